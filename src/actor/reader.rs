@@ -1,0 +1,208 @@
+//! The reader: waits once in the kernel, then drains ready packets into pooled buffers and
+//! hands them on in batches.
+
+use super::{run_stage_batch, Control, StageRunner};
+use crate::device::{classify, ErrorClass, RxHalf};
+use crate::link::{Backoff, Idle, Waited};
+use crate::pool::PacketBuf;
+use crate::wire;
+use crate::EngineError;
+use rtrb::{Consumer, Producer};
+use std::io;
+use std::sync::Arc;
+
+/// Where the reader sends packets.
+pub(crate) enum Downstream {
+    /// One ring per worker; a packet's flow picks the worker.
+    Workers(Vec<Producer<PacketBuf>>),
+    /// The stage runs here, and the one ring goes straight to the writer.
+    Inline(StageRunner, Producer<PacketBuf>),
+}
+
+pub(crate) struct Reader<R: RxHalf> {
+    pub rx: R,
+    pub ctl: Arc<Control>,
+    /// Buffers ready to receive into; starts with the whole pool.
+    pub free: Vec<PacketBuf>,
+    /// Buffers coming home from the writer.
+    pub free_in: Consumer<PacketBuf>,
+    pub downstream: Downstream,
+    /// The packets of the current drain, reused every time (allocated once).
+    pub batch: Vec<PacketBuf>,
+    pub batch_size: usize,
+    pub mtu: usize,
+    pub headroom: usize,
+    pub latency: bool,
+    pub backoff: Backoff,
+}
+
+enum Drained {
+    /// The batch is full or the free list ran out: hand on and read again.
+    More,
+    /// The device has nothing more right now: hand on, then wait in the kernel.
+    Empty,
+    Fatal(io::Error),
+}
+
+impl<R: RxHalf> Reader<R> {
+    pub(crate) fn run(mut self) {
+        self.ctl.reader_bell.register_current();
+        let mut idle = Idle::new(self.backoff);
+        let mut stalled = false;
+        while !self.ctl.stopping() {
+            self.refill();
+            if self.free.is_empty() {
+                // The pool is empty: stop reading until buffers come home, so the kernel's
+                // queue takes the pressure. A stall, not a drop.
+                if !stalled {
+                    self.ctl.counters.reader.pool_stalls.add(1);
+                    stalled = true;
+                }
+                let (free_in, ctl) = (&self.free_in, &self.ctl);
+                let waited = idle.wait(&ctl.reader_bell, || !free_in.is_empty() || ctl.stopping());
+                if waited == (Waited::Slept { parked: true }) {
+                    ctl.counters.reader.wakeups.add(1);
+                }
+                continue;
+            }
+            stalled = false;
+            idle.reset();
+            let drained = self.drain();
+            self.dispatch();
+            match drained {
+                Drained::More => {}
+                Drained::Empty => {
+                    if let Err(e) = self.rx.wait_readable() {
+                        // Interrupted means a stop trigger or EINTR: the loop condition
+                        // decides, never the error kind.
+                        if classify(&e) == ErrorClass::Fatal {
+                            self.ctl.fail(EngineError::device(e));
+                        }
+                    }
+                }
+                Drained::Fatal(e) => self.ctl.fail(EngineError::device(e)),
+            }
+        }
+    }
+
+    /// Takes home every buffer the writer has recycled.
+    fn refill(&mut self) {
+        let n = self.free_in.slots();
+        if n == 0 {
+            return;
+        }
+        if let Ok(chunk) = self.free_in.read_chunk(n) {
+            // `free` was allocated with room for the whole pool, so this never reallocates.
+            self.free.extend(chunk);
+        }
+    }
+
+    /// Receives until the device has nothing ready, the batch is full, or no buffer is free.
+    /// One clock read stamps the whole batch.
+    fn drain(&mut self) -> Drained {
+        let stamp = if self.latency { self.ctl.now_ns() } else { 0 };
+        while self.batch.len() < self.batch_size {
+            let Some(mut buf) = self.free.pop() else {
+                return Drained::More;
+            };
+            match self
+                .rx
+                .recv(buf.receive_window(self.headroom, self.mtu + 1))
+            {
+                Ok(n) => {
+                    buf.set_len(n);
+                    buf.received_at = stamp;
+                    self.batch.push(buf);
+                }
+                Err(e) => {
+                    self.free.push(buf);
+                    match classify(&e) {
+                        ErrorClass::Retry => {}
+                        ErrorClass::PerPacket => {
+                            if e.kind() != io::ErrorKind::WouldBlock {
+                                self.ctl.counters.reader.read_errors.add(1);
+                            }
+                            return Drained::Empty;
+                        }
+                        ErrorClass::Fatal => return Drained::Fatal(e),
+                    }
+                }
+            }
+        }
+        Drained::More
+    }
+
+    /// Checks, processes (inline) and hands on the batch, then rings the doorbells it used.
+    fn dispatch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let counters = &self.ctl.counters.reader;
+        let (mut bytes, mut malformed, mut oversize) = (0, 0, 0);
+        for buf in &mut self.batch {
+            bytes += buf.len() as u64;
+            if buf.len() > self.mtu {
+                oversize += 1;
+                buf.dropped = true;
+            } else if wire::check_ip(buf.data()).is_err() {
+                malformed += 1;
+                buf.dropped = true;
+            }
+        }
+        counters.rx_packets.add(self.batch.len() as u64);
+        counters.rx_bytes.add(bytes);
+        counters.drop_malformed.add(malformed);
+        counters.drop_oversize.add(oversize);
+
+        let mut ring_full = 0;
+        match &mut self.downstream {
+            Downstream::Inline(runner, out) => {
+                run_stage_batch(
+                    runner,
+                    [&mut self.batch[..], &mut []],
+                    &counters.stage,
+                    &self.ctl,
+                    self.latency,
+                );
+                for buf in self.batch.drain(..) {
+                    if buf.dropped {
+                        self.free.push(buf);
+                    } else if let Err(rtrb::PushError::Full(buf)) = out.push(buf) {
+                        ring_full += 1;
+                        self.free.push(buf);
+                    }
+                }
+                self.ctl.writer_bell.ring();
+            }
+            Downstream::Workers(outs) => {
+                let mut touched = 0u64;
+                let n = outs.len();
+                for buf in self.batch.drain(..) {
+                    if buf.dropped {
+                        self.free.push(buf);
+                        continue;
+                    }
+                    let i = if n == 1 {
+                        0
+                    } else {
+                        wire::flow_hash(buf.data()) as usize % n
+                    };
+                    // Back-pressure: a full worker ring drops the newest packet, counted.
+                    match outs[i].push(buf) {
+                        Ok(()) => touched |= 1 << i,
+                        Err(rtrb::PushError::Full(buf)) => {
+                            ring_full += 1;
+                            self.free.push(buf);
+                        }
+                    }
+                }
+                for (i, bell) in self.ctl.worker_bells.iter().enumerate() {
+                    if touched & (1 << i) != 0 {
+                        bell.ring();
+                    }
+                }
+            }
+        }
+        counters.drop_ring_full.add(ring_full);
+    }
+}

@@ -1,0 +1,288 @@
+//! Engine configuration, validated before anything is allocated or spawned.
+
+use std::time::Duration;
+
+/// Upper bounds that validation enforces, so that a huge number (say, from C) is a clear error
+/// instead of an allocation failure that aborts the process.
+pub mod limits {
+    /// Largest MTU accepted. iOS proxies commonly run 9000-byte MTUs; TUN allows 65535.
+    pub const MAX_MTU: usize = 65_535;
+    /// Smallest MTU accepted: the IPv4 minimum.
+    pub const MIN_MTU: usize = 68;
+    /// Most workers.
+    pub const MAX_WORKERS: usize = 64;
+    /// Largest ring capacity (packets per ring).
+    pub const MAX_RING_CAPACITY: usize = 1 << 16;
+    /// Largest pool (buffers).
+    pub const MAX_POOL_BUFFERS: usize = 1 << 18;
+    /// Largest head- or tailroom per buffer.
+    pub const MAX_ROOM: usize = 4096;
+    /// Largest read batch.
+    pub const MAX_BATCH: usize = 1024;
+    /// Most memory the pool may reserve, in bytes.
+    pub const MAX_POOL_BYTES: usize = 1 << 30;
+}
+
+/// How the engine runs. Build one with `Config::default()` and set fields; call
+/// [`Config::validate`] (the engine does) to check it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Worker threads running the stage. 0 runs the stage inline on the reader (two threads
+    /// in all), which wins on small machines: see PERFORMANCE.md.
+    pub workers: usize,
+    /// Packets each ring holds (rounded up to a power of two is not needed; any size works).
+    pub ring_capacity: usize,
+    /// Buffers in the pool, or 0 for automatic: what the rings hold plus a batch in each
+    /// actor's hands. An explicit value must be at least what the rings hold, so that a full
+    /// pipeline cannot starve the reader by design; see [`Config::pool_size`].
+    pub pool_buffers: usize,
+    /// Largest packet the device carries. Buffers receive `mtu + 1` bytes so an oversize packet
+    /// is detected, counted and dropped, never forwarded truncated.
+    pub mtu: usize,
+    /// Bytes reserved before each packet for a stage to prepend (encapsulation headers).
+    pub headroom: usize,
+    /// Bytes reserved after each packet for a stage to append (AEAD tags).
+    pub tailroom: usize,
+    /// Most packets the reader drains per wake-up before handing them on.
+    pub batch: usize,
+    /// How long an idle consumer spins before it yields and then parks. A park/unpark costs
+    /// about 35 µs on a small VM, so a short spin saves latency under load; an idle engine
+    /// still parks every thread after this window.
+    pub spin: Duration,
+    /// How many times an idle consumer yields after spinning, before it parks.
+    pub yields: u32,
+    /// Record latency histograms (two clock reads per batch).
+    pub latency: bool,
+    /// Pin actors to cores (Linux, Android); on Apple, sets a QoS class instead.
+    pub pin: bool,
+    /// Stage panics tolerated before the engine stops with an error. Each panic drops its
+    /// packet and rebuilds the stage instance.
+    pub max_stage_panics: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workers: 0,
+            ring_capacity: 256,
+            pool_buffers: 0,
+            mtu: 1500,
+            headroom: 64,
+            tailroom: 64,
+            batch: 64,
+            spin: Duration::from_micros(50),
+            yields: 8,
+            latency: true,
+            pin: false,
+            max_stage_panics: 1000,
+        }
+    }
+}
+
+/// A configuration that cannot run, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid config: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks every field against its limits and against each other.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first field that is out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use limits::*;
+        fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), ConfigError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError(msg()))
+            }
+        }
+        check((MIN_MTU..=MAX_MTU).contains(&self.mtu), || {
+            format!("mtu {} is outside {MIN_MTU}..={MAX_MTU}", self.mtu)
+        })?;
+        check(self.workers <= MAX_WORKERS, || {
+            format!("workers {} exceeds {MAX_WORKERS}", self.workers)
+        })?;
+        check(
+            (1..=MAX_RING_CAPACITY).contains(&self.ring_capacity),
+            || {
+                format!(
+                    "ring_capacity {} is outside 1..={MAX_RING_CAPACITY}",
+                    self.ring_capacity
+                )
+            },
+        )?;
+        check(
+            self.headroom <= MAX_ROOM && self.tailroom <= MAX_ROOM,
+            || {
+                format!(
+                    "headroom {} / tailroom {} exceed {MAX_ROOM}",
+                    self.headroom, self.tailroom
+                )
+            },
+        )?;
+        check((1..=MAX_BATCH).contains(&self.batch), || {
+            format!("batch {} is outside 1..={MAX_BATCH}", self.batch)
+        })?;
+        let pool = self.pool_size();
+        check(pool <= MAX_POOL_BUFFERS, || {
+            format!("pool_buffers {pool} exceeds {MAX_POOL_BUFFERS}")
+        })?;
+        let in_rings = self.ring_capacity.saturating_mul(self.ring_count());
+        check(pool >= in_rings, || {
+            format!("pool_buffers {pool} is smaller than the {in_rings} packets the rings can hold")
+        })?;
+        let pool_bytes = pool.saturating_mul(self.buffer_size());
+        check(pool_bytes <= MAX_POOL_BYTES, || {
+            format!("the pool would reserve {pool_bytes} bytes, over {MAX_POOL_BYTES}")
+        })
+    }
+
+    /// Rings that carry packets from reader to writer: one per worker in, one per worker out,
+    /// or one straight from reader to writer when the stage runs inline.
+    pub fn ring_count(&self) -> usize {
+        if self.workers == 0 {
+            1
+        } else {
+            self.workers.saturating_mul(2)
+        }
+    }
+
+    /// Buffers the pool will hold: `pool_buffers`, or when that is 0, the rings' capacity plus
+    /// one batch for each actor. Saturates instead of overflowing, so validation can reject it.
+    pub fn pool_size(&self) -> usize {
+        if self.pool_buffers != 0 {
+            return self.pool_buffers;
+        }
+        let actors = self.workers.saturating_add(2);
+        self.ring_capacity
+            .saturating_mul(self.ring_count())
+            .saturating_add(self.batch.saturating_mul(actors))
+    }
+
+    /// Bytes of one pool buffer.
+    pub fn buffer_size(&self) -> usize {
+        self.headroom + self.mtu + 1 + self.tailroom
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn out_of_range_fields_are_named_in_the_error() {
+        let cases: Vec<(Config, &str)> = vec![
+            (
+                Config {
+                    mtu: 10,
+                    ..Config::default()
+                },
+                "mtu",
+            ),
+            (
+                Config {
+                    mtu: usize::MAX,
+                    ..Config::default()
+                },
+                "mtu",
+            ),
+            (
+                Config {
+                    workers: 10_000,
+                    ..Config::default()
+                },
+                "workers",
+            ),
+            (
+                Config {
+                    ring_capacity: 0,
+                    ..Config::default()
+                },
+                "ring_capacity",
+            ),
+            (
+                Config {
+                    ring_capacity: usize::MAX,
+                    ..Config::default()
+                },
+                "ring_capacity",
+            ),
+            (
+                Config {
+                    batch: 0,
+                    ..Config::default()
+                },
+                "batch",
+            ),
+            (
+                Config {
+                    headroom: usize::MAX,
+                    ..Config::default()
+                },
+                "headroom",
+            ),
+            (
+                Config {
+                    pool_buffers: usize::MAX,
+                    ..Config::default()
+                },
+                "pool_buffers",
+            ),
+            (
+                Config {
+                    workers: 64,
+                    ring_capacity: 1 << 16,
+                    ..Config::default()
+                },
+                "pool_buffers",
+            ),
+            (
+                Config {
+                    pool_buffers: 10,
+                    ..Config::default()
+                },
+                "smaller than",
+            ),
+            (
+                Config {
+                    mtu: 65_535,
+                    pool_buffers: 1 << 18,
+                    ring_capacity: 1 << 16,
+                    ..Config::default()
+                },
+                "reserve",
+            ),
+        ];
+        for (config, needle) in cases {
+            let err = config.validate().unwrap_err();
+            assert!(
+                err.to_string().contains(needle),
+                "{err} should mention {needle}"
+            );
+        }
+    }
+
+    #[test]
+    fn mtu_9000_is_valid() {
+        let config = Config {
+            mtu: 9000,
+            ..Config::default()
+        };
+        config.validate().unwrap();
+    }
+}

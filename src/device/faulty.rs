@@ -1,0 +1,139 @@
+//! A fault-injecting wrapper around any device, in the spirit of smoltcp's `FaultInjector`.
+//!
+//! A test holds the [`FaultPlan`] and arms faults while the engine runs: EAGAIN bursts on
+//! receive, a fatal receive error (EIO, or the device gone), and on send: EINVAL, EAGAIN, or
+//! short writes. Each armed fault fires for the next `n` calls, then the device behaves again.
+
+use super::{Device, Interrupter, RxHalf, TxHalf};
+use std::io;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Faults to inject, shared between a test and the wrapped device's halves.
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    rx_fail_count: AtomicU64,
+    rx_fail_errno: AtomicI32,
+    tx_fail_count: AtomicU64,
+    tx_fail_errno: AtomicI32,
+    tx_short_count: AtomicU64,
+    injected: AtomicU64,
+}
+
+impl FaultPlan {
+    /// A plan with nothing armed.
+    pub fn new() -> Arc<Self> {
+        Arc::new(FaultPlan::default())
+    }
+
+    /// The next `count` receives fail with `errno` (EAGAIN for a burst; EIO or EBADFD for a
+    /// fatal error). Waiting reports readable meanwhile, so the reader meets the fault at once.
+    pub fn fail_receives(&self, count: u64, errno: i32) {
+        self.rx_fail_errno.store(errno, Ordering::Relaxed);
+        self.rx_fail_count.store(count, Ordering::Release);
+    }
+
+    /// The next `count` sends fail with `errno` (EINVAL, EAGAIN, ENOBUFS, or EIO).
+    pub fn fail_sends(&self, count: u64, errno: i32) {
+        self.tx_fail_errno.store(errno, Ordering::Relaxed);
+        self.tx_fail_count.store(count, Ordering::Release);
+    }
+
+    /// The next `count` sends write one byte less than asked.
+    pub fn short_sends(&self, count: u64) {
+        self.tx_short_count.store(count, Ordering::Release);
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Acquire)
+    }
+
+    fn take(&self, counter: &AtomicU64) -> bool {
+        let took = counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if took {
+            self.injected.fetch_add(1, Ordering::AcqRel);
+        }
+        took
+    }
+}
+
+/// Wraps a device; its halves consult a [`FaultPlan`] before each call.
+pub struct FaultyDevice<D> {
+    inner: D,
+    plan: Arc<FaultPlan>,
+}
+
+/// Receive half of a [`FaultyDevice`].
+pub struct FaultyRx<R> {
+    inner: R,
+    plan: Arc<FaultPlan>,
+}
+
+/// Send half of a [`FaultyDevice`].
+pub struct FaultyTx<T> {
+    inner: T,
+    plan: Arc<FaultPlan>,
+}
+
+impl<D> FaultyDevice<D> {
+    /// Wraps `inner`, injecting what `plan` says.
+    pub fn new(inner: D, plan: Arc<FaultPlan>) -> Self {
+        FaultyDevice { inner, plan }
+    }
+}
+
+impl<D: Device> Device for FaultyDevice<D> {
+    type Rx = FaultyRx<D::Rx>;
+    type Tx = FaultyTx<D::Tx>;
+
+    fn open(&self) -> io::Result<(Self::Rx, Self::Tx)> {
+        let (rx, tx) = self.inner.open()?;
+        Ok((
+            FaultyRx {
+                inner: rx,
+                plan: self.plan.clone(),
+            },
+            FaultyTx {
+                inner: tx,
+                plan: self.plan.clone(),
+            },
+        ))
+    }
+}
+
+impl<R: RxHalf> RxHalf for FaultyRx<R> {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.plan.take(&self.plan.rx_fail_count) {
+            let errno = self.plan.rx_fail_errno.load(Ordering::Relaxed);
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        self.inner.recv(buf)
+    }
+
+    fn wait_readable(&mut self) -> io::Result<()> {
+        if self.plan.rx_fail_count.load(Ordering::Acquire) > 0 {
+            return Ok(());
+        }
+        self.inner.wait_readable()
+    }
+
+    fn interrupter(&self) -> Interrupter {
+        self.inner.interrupter()
+    }
+}
+
+impl<T: TxHalf> TxHalf for FaultyTx<T> {
+    fn send(&mut self, packet: &[u8]) -> io::Result<usize> {
+        if self.plan.take(&self.plan.tx_fail_count) {
+            let errno = self.plan.tx_fail_errno.load(Ordering::Relaxed);
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        if !packet.is_empty() && self.plan.take(&self.plan.tx_short_count) {
+            return self.inner.send(&packet[..packet.len() - 1]);
+        }
+        self.inner.send(packet)
+    }
+}

@@ -1,0 +1,61 @@
+//! # tunpipe
+//!
+//! A packet engine for iOS/tvOS packet tunnels, built on [`tun_rs`]. The host app hands over
+//! a utun fd; tunpipe runs the packet loop behind it on dedicated threads, fast, within the
+//! Network Extension's memory limit, asleep when idle, and able to stop at once. The same
+//! engine runs on a Linux TUN device, where it is tested and benchmarked.
+//!
+//! ```text
+//!               ┌──────────── free buffers (writer → reader) ◄───────────┐
+//!               ▼                                                         │
+//!  rx half ──► Reader ══ring══► Worker[i]: Stage ══ring══► Writer ──► tx half
+//!         wait once, then drain   (flow hash picks i)     send; recycles every buffer
+//! ```
+//!
+//! - The **reader** waits once in the kernel, then drains every ready packet into pooled
+//!   buffers and hands them on in batches over lock-free SPSC rings.
+//! - **Workers** each run their own [`Stage`] instance; the flow hash keeps each flow on one
+//!   worker, in order. With `workers = 0` the stage runs inline on the reader.
+//! - The **writer** sends, records latency, and returns every buffer to the reader.
+//! - Idle actors spin briefly, yield, then park; a producer rings a parked consumer's doorbell.
+//!   An idle engine uses no CPU, and `stop()` returns promptly, with every thread joined.
+//!
+//! ```
+//! use tunpipe::{BuiltinStage, Config, Engine, MemoryDevice};
+//!
+//! // An in-memory device stands in for a TUN here; `TunDevice::adopt(fd)` takes a real one.
+//! let (device, mut app, mut app_rx) = MemoryDevice::new(64, 2048);
+//! let config = Config { workers: 1, ..Config::default() };
+//! let engine = Engine::builder().config(config).stage(BuiltinStage::Passthrough).start(&device)?;
+//!
+//! let packet = [0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+//! app.send(&packet).unwrap();
+//! while app_rx.recv_with(|p| assert_eq!(p, packet)).is_none() {
+//!     std::thread::yield_now();
+//! }
+//! engine.stop()?;
+//! let stats = engine.stats();
+//! assert_eq!(stats.rx_packets, stats.tx_packets + stats.dropped());
+//! # Ok::<(), tunpipe::EngineError>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod actor;
+pub mod config;
+pub mod device;
+mod engine;
+mod link;
+pub mod pool;
+pub mod stage;
+pub mod stats;
+mod sync;
+pub mod sys;
+pub mod wire;
+
+pub use config::{Config, ConfigError};
+pub use device::{Device, FaultPlan, FaultyDevice, MemoryDevice, RxHalf, TunDevice, TxHalf};
+pub use engine::{reserved_bytes, Builder, Engine, EngineError, IntoStageFactory};
+pub use pool::PacketBuf;
+pub use stage::{BuiltinStage, Stage, StageFactory, Verdict};
+pub use stats::{Latency, LatencySnapshot, Percentiles, Stats};

@@ -1,0 +1,253 @@
+//! Packet buffers: allocated once at start, then passed by ownership through the rings.
+//!
+//! A [`PacketBuf`] is one fixed allocation laid out as `headroom | packet | tailroom`. The packet
+//! window (`start..start + len`) can grow into either end, so a stage can prepend an encapsulation
+//! header or append an AEAD tag without copying. The engine receives into a window one byte
+//! larger than the MTU so that an oversize packet shows up as `len > mtu` instead of being
+//! silently truncated.
+
+use std::ops::Range;
+
+/// Error returned when a packet cannot grow or shrink as asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoRoom;
+
+impl std::fmt::Display for NoRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not enough head- or tailroom in the packet buffer")
+    }
+}
+
+impl std::error::Error for NoRoom {}
+
+/// One packet buffer. It has exactly one owner at a time: the reader, a worker, the writer, or a
+/// ring in between.
+pub struct PacketBuf {
+    storage: Box<[u8]>,
+    /// Offset of the packet's first byte; the bytes before it are headroom.
+    start: usize,
+    len: usize,
+    /// Nanoseconds since the engine's epoch at which the reader received the packet
+    /// (0 when latency recording is off).
+    pub(crate) received_at: u64,
+    /// Nanoseconds the stage spent on this packet (its batch's time divided evenly).
+    pub(crate) stage_ns: u64,
+    /// Set by a worker that dropped the packet: it still travels to the writer, which only
+    /// recycles it, so that every buffer has one way home.
+    pub(crate) dropped: bool,
+}
+
+impl PacketBuf {
+    /// A buffer with `headroom` bytes before the packet and room for `capacity` packet bytes
+    /// plus `tailroom` after it.
+    pub fn new(headroom: usize, capacity: usize, tailroom: usize) -> Self {
+        PacketBuf {
+            storage: vec![0u8; headroom + capacity + tailroom].into_boxed_slice(),
+            start: headroom,
+            len: 0,
+            received_at: 0,
+            stage_ns: 0,
+            dropped: false,
+        }
+    }
+
+    /// The packet bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.storage[self.range()]
+    }
+
+    /// The packet bytes, writable.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let range = self.range();
+        &mut self.storage[range]
+    }
+
+    /// Packet length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the packet holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Free bytes before the packet.
+    pub fn headroom(&self) -> usize {
+        self.start
+    }
+
+    /// Free bytes after the packet.
+    pub fn tailroom(&self) -> usize {
+        self.storage.len() - self.start - self.len
+    }
+
+    /// Total bytes of storage (headroom + packet + tailroom).
+    pub fn capacity(&self) -> usize {
+        self.storage.len()
+    }
+
+    /// Grows the packet by `n` bytes at the front and returns them.
+    ///
+    /// # Errors
+    /// [`NoRoom`] when the headroom is smaller than `n`; the packet is unchanged.
+    pub fn push_front(&mut self, n: usize) -> Result<&mut [u8], NoRoom> {
+        if n > self.start {
+            return Err(NoRoom);
+        }
+        self.start -= n;
+        self.len += n;
+        Ok(&mut self.storage[self.start..self.start + n])
+    }
+
+    /// Grows the packet by `n` bytes at the back and returns them.
+    ///
+    /// # Errors
+    /// [`NoRoom`] when the tailroom is smaller than `n`; the packet is unchanged.
+    pub fn push_back(&mut self, n: usize) -> Result<&mut [u8], NoRoom> {
+        if n > self.tailroom() {
+            return Err(NoRoom);
+        }
+        let end = self.start + self.len;
+        self.len += n;
+        Ok(&mut self.storage[end..end + n])
+    }
+
+    /// Removes `n` bytes from the front of the packet (they become headroom).
+    ///
+    /// # Errors
+    /// [`NoRoom`] when the packet is shorter than `n`.
+    pub fn pull_front(&mut self, n: usize) -> Result<(), NoRoom> {
+        if n > self.len {
+            return Err(NoRoom);
+        }
+        self.start += n;
+        self.len -= n;
+        Ok(())
+    }
+
+    /// Shortens the packet to `len` bytes (the rest becomes tailroom).
+    ///
+    /// # Errors
+    /// [`NoRoom`] when `len` is longer than the packet.
+    pub fn truncate(&mut self, len: usize) -> Result<(), NoRoom> {
+        if len > self.len {
+            return Err(NoRoom);
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// Sets the packet window to `start..start + len` within the storage, as a C stage that
+    /// rewrote the buffer reports it.
+    ///
+    /// # Errors
+    /// [`NoRoom`] when the window does not fit in the storage; the packet is unchanged.
+    pub fn set_window(&mut self, start: usize, len: usize) -> Result<(), NoRoom> {
+        match start.checked_add(len) {
+            Some(end) if end <= self.storage.len() => {
+                self.start = start;
+                self.len = len;
+                Ok(())
+            }
+            _ => Err(NoRoom),
+        }
+    }
+
+    /// Copies `bytes` in as the whole packet, placed after `headroom` bytes.
+    ///
+    /// # Errors
+    /// [`NoRoom`] when `headroom + bytes.len()` exceeds the storage.
+    pub fn fill(&mut self, headroom: usize, bytes: &[u8]) -> Result<(), NoRoom> {
+        self.set_window(headroom, bytes.len())?;
+        self.data_mut().copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// The whole storage, for C stages that see the buffer with its head- and tailroom.
+    pub fn storage_mut(&mut self) -> &mut [u8] {
+        &mut self.storage
+    }
+
+    /// Resets the window to `headroom..headroom + capacity` for the next receive and returns it.
+    pub(crate) fn receive_window(&mut self, headroom: usize, capacity: usize) -> &mut [u8] {
+        self.start = headroom;
+        self.len = 0;
+        self.dropped = false;
+        &mut self.storage[headroom..headroom + capacity]
+    }
+
+    /// Marks `len` bytes of the receive window as the packet.
+    pub(crate) fn set_len(&mut self, len: usize) {
+        debug_assert!(self.start + len <= self.storage.len());
+        self.len = len;
+    }
+
+    fn range(&self) -> Range<usize> {
+        self.start..self.start + self.len
+    }
+}
+
+impl std::fmt::Debug for PacketBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketBuf")
+            .field("headroom", &self.headroom())
+            .field("len", &self.len)
+            .field("tailroom", &self.tailroom())
+            .field("dropped", &self.dropped)
+            .finish()
+    }
+}
+
+/// Allocates the engine's fixed pool: `count` buffers, each `headroom + mtu + 1 + tailroom`
+/// bytes. The extra byte is what lets the reader see an oversize packet.
+pub(crate) fn allocate(
+    count: usize,
+    headroom: usize,
+    mtu: usize,
+    tailroom: usize,
+) -> Vec<PacketBuf> {
+    (0..count)
+        .map(|_| PacketBuf::new(headroom, mtu + 1, tailroom))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_into_head_and_tailroom_and_refuses_past_them() {
+        let mut buf = PacketBuf::new(8, 16, 4);
+        buf.fill(8, b"abcd").unwrap();
+        assert_eq!((buf.headroom(), buf.len(), buf.tailroom()), (8, 4, 16));
+        buf.push_front(8).unwrap().copy_from_slice(b"HEADHEAD");
+        assert_eq!(buf.push_front(1), Err(NoRoom));
+        buf.push_back(16).unwrap().fill(b't');
+        assert_eq!(buf.push_back(1), Err(NoRoom));
+        assert_eq!(buf.len(), 28);
+        assert_eq!(&buf.data()[..12], b"HEADHEADabcd");
+        buf.pull_front(8).unwrap();
+        buf.truncate(4).unwrap();
+        assert_eq!(buf.data(), b"abcd");
+        assert_eq!(buf.pull_front(5), Err(NoRoom));
+        assert_eq!(buf.truncate(5), Err(NoRoom));
+    }
+
+    #[test]
+    fn set_window_rejects_overflowing_and_out_of_bounds_windows() {
+        let mut buf = PacketBuf::new(2, 4, 2);
+        assert_eq!(buf.set_window(usize::MAX, 2), Err(NoRoom));
+        assert_eq!(buf.set_window(7, 2), Err(NoRoom));
+        assert_eq!(buf.set_window(0, 8), Ok(()));
+        assert_eq!(buf.fill(2, b"too long!"), Err(NoRoom));
+    }
+
+    #[test]
+    fn receive_window_is_one_byte_past_the_mtu() {
+        let mut pool = allocate(2, 4, 10, 4);
+        assert_eq!(pool.len(), 2);
+        let window = pool[0].receive_window(4, 11);
+        assert_eq!(window.len(), 11);
+    }
+}

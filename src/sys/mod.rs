@@ -1,0 +1,55 @@
+//! Platform code: the only engine code with `target_os` cfgs.
+//!
+//! Each platform module provides:
+//! - `validate_tun_fd(fd)`: is this fd a TUN (Linux) / utun control socket (Apple)?
+//! - `tune_tun(fd)`: best-effort throughput settings for a fresh run (logged on failure);
+//! - `place_current_thread(actor_index, pin)`: core pinning (Linux, Android) or a QoS class
+//!   (Apple), logged, never fatal.
+//!
+//! The fd helpers below are plain POSIX and shared by all.
+
+use std::io;
+use std::os::fd::RawFd;
+
+#[cfg(target_vendor = "apple")]
+#[path = "apple.rs"]
+mod imp;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[path = "linux.rs"]
+mod imp;
+#[cfg(not(any(target_vendor = "apple", target_os = "linux", target_os = "android")))]
+#[path = "other.rs"]
+mod imp;
+
+pub(crate) use imp::{place_current_thread, tune_tun, validate_tun_fd};
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// The fd's status flags (`F_GETFL`).
+pub(crate) fn fd_flags(fd: RawFd) -> io::Result<i32> {
+    // SAFETY: F_GETFL takes no pointer; an invalid fd yields EBADF, not undefined behaviour.
+    check(unsafe { libc::fcntl(fd, libc::F_GETFL) })
+}
+
+/// Sets the fd's status flags (`F_SETFL`).
+pub(crate) fn set_fd_flags(fd: RawFd, flags: i32) -> io::Result<()> {
+    // SAFETY: F_SETFL takes an integer; an invalid fd yields EBADF.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(|_| ())
+}
+
+/// A close-on-exec duplicate of `fd`, owned by the caller.
+pub(crate) fn dup_cloexec(fd: RawFd) -> io::Result<RawFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes an integer; an invalid fd yields EBADF.
+    check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })
+}
+
+/// Is `fd` open? (For tests and the C ABI's checks.)
+pub fn fd_is_open(fd: RawFd) -> bool {
+    fd_flags(fd).is_ok()
+}

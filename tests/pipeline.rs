@@ -1,0 +1,489 @@
+//! The whole pipeline on the in-memory device: ordering, back-pressure, conservation,
+//! stopping, restarting, and fault handling.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tunpipe::device::{Device, FaultPlan, FaultyDevice, TxHalf};
+use tunpipe::{
+    BuiltinStage, Config, Engine, EngineError, MemoryDevice, PacketBuf, StageFactory, Stats,
+    Verdict,
+};
+
+fn config(workers: usize) -> Config {
+    configured(|c| c.workers = workers)
+}
+
+fn configured(set: impl FnOnce(&mut Config)) -> Config {
+    let mut config = Config::default();
+    set(&mut config);
+    config
+}
+
+fn assert_conserved(stats: &Stats) {
+    assert_eq!(
+        stats.rx_packets,
+        stats.tx_packets + stats.dropped(),
+        "every packet read is written or dropped with a reason: {stats:?}"
+    );
+}
+
+#[test]
+fn each_flow_keeps_its_order_through_several_workers() {
+    for workers in [0, 1, 2, 3] {
+        let (dev, mut tx, mut rx) = MemoryDevice::new(4096, 2048);
+        let engine = Engine::builder()
+            .config(config(workers))
+            .stage(BuiltinStage::Reflect)
+            .start(&dev)
+            .unwrap();
+        const FLOWS: u16 = 16;
+        const PER_FLOW: u64 = 200;
+        for seq in 0..PER_FLOW {
+            for flow in 0..FLOWS {
+                send(&mut tx, &udp4(1000 + flow, 7, seq, 32));
+            }
+        }
+        let sent = u64::from(FLOWS) * PER_FLOW;
+        // A full ring drops the newest packet by design, so wait for everything to be
+        // accounted for, then check that what came out of each flow is in order.
+        assert!(eventually(|| {
+            let s = engine.stats();
+            s.rx_packets == sent && s.in_flight() == 0
+        }));
+        let stats = engine.stats();
+        let got = recv_n(&mut rx, stats.tx_packets as usize);
+        assert_eq!(got.len() as u64, stats.tx_packets, "workers={workers}");
+        assert!(stats.tx_packets > 0);
+        let mut last = [None::<u64>; FLOWS as usize];
+        for packet in &got {
+            // Reflected: the flow's source port is now the destination port.
+            let (sport, dport, seq) = udp4_seq(packet);
+            assert_eq!(sport, 7);
+            let flow = usize::from(dport - 1000);
+            assert!(
+                last[flow].is_none_or(|prev| seq > prev),
+                "flow {flow} out of order with {workers} workers"
+            );
+            last[flow] = Some(seq);
+        }
+        engine.stop().unwrap();
+        let stats = engine.stats();
+        assert_eq!(stats.tx_packets + stats.drop_ring_full, sent, "{stats:?}");
+        assert_conserved(&stats);
+    }
+}
+
+/// Opens a gate when dropped, so that a failed assertion cannot leave a gated stage (or
+/// device) blocking the engine's stop forever.
+struct Gate(Arc<AtomicUsize>);
+
+impl Gate {
+    fn closed() -> Self {
+        Gate(Arc::new(AtomicUsize::new(0)))
+    }
+
+    fn open(&self) {
+        self.0.store(1, Ordering::Release);
+    }
+
+    fn wait(gate: &AtomicUsize) {
+        while gate.load(Ordering::Acquire) == 0 {
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
+/// A stage that blocks until released, so a test can fill the rings behind it.
+fn gated_stage(gate: Arc<AtomicUsize>) -> StageFactory {
+    Arc::new(move |_| {
+        let gate = gate.clone();
+        Box::new(move |_: &mut PacketBuf| {
+            Gate::wait(&gate);
+            Verdict::Forward
+        })
+    })
+}
+
+#[test]
+fn a_full_worker_ring_drops_the_newest_and_counts_it() {
+    let (dev, mut tx, mut rx) = MemoryDevice::new(4096, 2048);
+    let cfg = configured(|c| {
+        c.workers = 1;
+        c.ring_capacity = 16;
+    });
+    let gate = Arc::new(AtomicUsize::new(0));
+    let engine = Engine::builder()
+        .config(cfg)
+        .stage(gated_stage(gate.clone()))
+        .start(&dev)
+        .unwrap();
+    let gate = Gate(gate); // dropped (opened) before the engine
+    const SENT: u64 = 1000;
+    for seq in 0..SENT {
+        send(&mut tx, &udp4(1, 2, seq, 16));
+    }
+    // The worker is stuck on its first packet: the reader fills the ring, then drops.
+    assert!(
+        eventually(|| engine.stats().rx_packets == SENT),
+        "{:?}",
+        engine.stats()
+    );
+    let stats = engine.stats();
+    assert!(stats.drop_ring_full >= SENT - 16 - 64, "{stats:?}");
+    assert!(stats.drop_ring_full <= SENT - 16);
+    gate.open();
+    let expected = (SENT - stats.drop_ring_full) as usize;
+    let got = recv_n(&mut rx, expected);
+    assert_eq!(got.len(), expected);
+    engine.stop().unwrap();
+    let stats = engine.stats();
+    assert_eq!(stats.tx_packets, expected as u64);
+    assert_conserved(&stats);
+}
+
+/// A send half that blocks until its gate opens: a writer stuck on a slow device.
+struct GatedTx<T> {
+    inner: T,
+    gate: Arc<AtomicUsize>,
+}
+
+impl<T: TxHalf> TxHalf for GatedTx<T> {
+    fn send(&mut self, packet: &[u8]) -> std::io::Result<usize> {
+        Gate::wait(&self.gate);
+        self.inner.send(packet)
+    }
+}
+
+#[test]
+fn an_empty_pool_stalls_the_reader_instead_of_dropping() {
+    // With the writer stuck, the pool (16 buffers) runs out before the two 8-packet rings
+    // plus the packet in the writer's hands (17) could fill: the reader must stall, not drop.
+    let (dev, mut tx, mut rx) = MemoryDevice::new(4096, 2048);
+    let cfg = configured(|c| {
+        c.workers = 1;
+        c.ring_capacity = 8;
+        c.pool_buffers = 16;
+        c.batch = 4;
+    });
+    let gate = Arc::new(AtomicUsize::new(0));
+    let (dev_rx, dev_tx) = dev.open().unwrap();
+    let gated = GatedTx {
+        inner: dev_tx,
+        gate: gate.clone(),
+    };
+    let engine = Engine::builder()
+        .config(cfg)
+        .start_halves(dev_rx, gated)
+        .unwrap();
+    let gate = Gate(gate);
+    const SENT: u64 = 100;
+    for seq in 0..SENT {
+        send(&mut tx, &udp4(1, 2, seq, 16));
+        // Paced, so that the worker keeps up and the pool (not a ring) is what runs out.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let stalled = engine.stats();
+    assert!(stalled.pool_stalls > 0, "{stalled:?}");
+    assert!(stalled.rx_packets < SENT, "a stalled reader does not read");
+    assert_eq!(stalled.dropped(), 0, "waiting, not dropping: {stalled:?}");
+    gate.open();
+    // Once the writer moves again, the reader reads everything that waited in the device.
+    // That burst may overrun the worker's ring (drop-newest), which is counted.
+    assert!(eventually(|| engine.stats().rx_packets == SENT));
+    engine.stop().unwrap();
+    let stats = engine.stats();
+    let got = recv_n(&mut rx, stats.tx_packets as usize);
+    assert_eq!(got.len() as u64, stats.tx_packets);
+    assert_eq!(stats.dropped(), stats.drop_ring_full, "{stats:?}");
+    assert_conserved(&stats);
+}
+
+#[test]
+fn malformed_and_oversize_packets_are_dropped_and_counted() {
+    let (dev, mut tx, mut rx) = MemoryDevice::new(64, 4096);
+    let cfg = configured(|c| {
+        c.mtu = 1280;
+    });
+    let engine = Engine::builder()
+        .config(cfg)
+        .stage(BuiltinStage::Passthrough)
+        .start(&dev)
+        .unwrap();
+    send(&mut tx, &[]); // empty
+    send(&mut tx, &[0x60; 10]); // IPv6 version, too short
+    send(&mut tx, &[0x00; 40]); // version 0
+    send(&mut tx, &udp4(1, 2, 0, 2000)); // over the MTU
+    send(&mut tx, &udp4(1, 2, 1, 1280 - 28)); // exactly the MTU: fine
+    let got = recv_n(&mut rx, 1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].len(), 1280);
+    assert!(eventually(|| engine.stats().rx_packets == 5));
+    engine.stop().unwrap();
+    let stats = engine.stats();
+    assert_eq!(stats.drop_malformed, 3, "{stats:?}");
+    assert_eq!(stats.drop_oversize, 1, "{stats:?}");
+    assert_conserved(&stats);
+}
+
+#[test]
+fn stage_drops_are_counted_and_conserved() {
+    for workers in [0, 2] {
+        let (dev, mut tx, mut rx) = MemoryDevice::new(1024, 2048);
+        let engine = Engine::builder()
+            .config(config(workers))
+            .stage(BuiltinStage::Reflect)
+            .start(&dev)
+            .unwrap();
+        // Reflect drops TCP.
+        let mut tcp = udp4(1, 2, 0, 16);
+        tcp[9] = 6;
+        for seq in 0..100 {
+            send(&mut tx, &udp4(1, 2, seq, 16));
+            send(&mut tx, &tcp);
+        }
+        assert_eq!(recv_n(&mut rx, 100).len(), 100);
+        assert!(eventually(|| engine.stats().drop_stage == 100));
+        engine.stop().unwrap();
+        assert_conserved(&engine.stats());
+    }
+}
+
+#[test]
+fn a_panicking_stage_drops_the_packet_and_goes_on() {
+    let factory: StageFactory = Arc::new(|_| {
+        Box::new(|p: &mut PacketBuf| {
+            if p.data().len() == 100 {
+                panic!("stage bug on purpose");
+            }
+            Verdict::Forward
+        })
+    });
+    for workers in [0, 1] {
+        let (dev, mut tx, mut rx) = MemoryDevice::new(256, 2048);
+        let engine = Engine::builder()
+            .config(config(workers))
+            .stage(factory.clone())
+            .start(&dev)
+            .unwrap();
+        send(&mut tx, &udp4(1, 2, 0, 100 - 28));
+        send(&mut tx, &udp4(1, 2, 1, 16));
+        let got = recv_n(&mut rx, 1);
+        assert_eq!(udp4_seq(&got[0]).2, 1);
+        engine.stop().unwrap();
+        let stats = engine.stats();
+        assert_eq!(stats.drop_stage_panic, 1);
+        assert_conserved(&stats);
+    }
+}
+
+#[test]
+fn too_many_stage_panics_stop_the_engine_with_an_error() {
+    let factory: StageFactory =
+        Arc::new(|_| Box::new(|_: &mut PacketBuf| -> Verdict { panic!("always") }));
+    let (dev, mut tx, _rx) = MemoryDevice::new(256, 2048);
+    let cfg = configured(|c| {
+        c.max_stage_panics = 5;
+    });
+    let engine = Engine::builder()
+        .config(cfg)
+        .stage(factory)
+        .start(&dev)
+        .unwrap();
+    for seq in 0..10 {
+        let _ = tx.send(&udp4(1, 2, seq, 16));
+    }
+    match engine.wait() {
+        Err(EngineError::StagePanics { panics }) => assert_eq!(panics, 6),
+        other => panic!("expected StagePanics, got {other:?}"),
+    }
+    assert_conserved(&engine.stats());
+}
+
+#[test]
+fn stop_while_idle_and_restart_on_the_same_device() {
+    let (dev, mut tx, mut rx) = MemoryDevice::new(256, 2048);
+    for round in 0..20u64 {
+        let engine = Engine::builder()
+            .config(config((round % 3) as usize))
+            .start(&dev)
+            .unwrap();
+        send(&mut tx, &udp4(1, 2, round, 16));
+        let got = recv_n(&mut rx, 1);
+        assert_eq!(udp4_seq(&got[0]).2, round);
+        // Let every actor go idle and park before stopping.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        engine.stop().unwrap();
+        let stats = engine.stats();
+        assert_eq!((stats.rx_packets, stats.tx_packets), (1, 1));
+        assert_conserved(&stats);
+    }
+}
+
+#[test]
+fn stop_under_load_accounts_for_every_packet() {
+    for workers in [0, 1, 2] {
+        let (dev, mut tx, mut rx) = MemoryDevice::new(512, 2048);
+        let engine = Arc::new(
+            Engine::builder()
+                .config(config(workers))
+                .stage(BuiltinStage::Reflect)
+                .start(&dev)
+                .unwrap(),
+        );
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seq = 0u64;
+                let packet = udp4(5, 6, 0, 64);
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = tx.send(&packet);
+                    while rx.recv_with(|_| ()).is_some() {}
+                    seq += 1;
+                }
+                seq
+            })
+        };
+        assert!(eventually(|| engine.stats().tx_packets > 10_000));
+        engine.stop().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        load.join().unwrap();
+        let stats = engine.stats();
+        assert_eq!(stats.in_flight(), 0);
+        assert_conserved(&stats);
+    }
+}
+
+#[test]
+fn concurrent_stoppers_all_return_and_one_joins() {
+    let (dev, _tx, _rx) = MemoryDevice::new(16, 2048);
+    let engine = Arc::new(Engine::builder().config(config(2)).start(&dev).unwrap());
+    let waiter = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.wait())
+    };
+    let stoppers: Vec<_> = (0..4)
+        .map(|_| {
+            let engine = engine.clone();
+            std::thread::spawn(move || engine.stop())
+        })
+        .collect();
+    for s in stoppers {
+        s.join().unwrap().unwrap();
+    }
+    waiter.join().unwrap().unwrap();
+    // Stopped means the device halves are released: it can be opened again.
+    Engine::builder().start(&dev).unwrap().stop().unwrap();
+}
+
+#[test]
+fn stop_from_inside_a_stage_requests_the_stop_and_returns_an_error() {
+    let slot: Arc<parking_lot::Mutex<Option<Arc<Engine>>>> = Arc::default();
+    let seen: Arc<parking_lot::Mutex<Option<Result<(), EngineError>>>> = Arc::default();
+    let factory: StageFactory = {
+        let (slot, seen) = (slot.clone(), seen.clone());
+        Arc::new(move |_| {
+            let (slot, seen) = (slot.clone(), seen.clone());
+            Box::new(move |_: &mut PacketBuf| {
+                if let Some(engine) = slot.lock().as_ref() {
+                    *seen.lock() = Some(engine.stop());
+                }
+                Verdict::Forward
+            })
+        })
+    };
+    for workers in [0, 1] {
+        let (dev, mut tx, _rx) = MemoryDevice::new(16, 2048);
+        let engine = Arc::new(
+            Engine::builder()
+                .config(config(workers))
+                .stage(factory.clone())
+                .start(&dev)
+                .unwrap(),
+        );
+        *slot.lock() = Some(engine.clone());
+        send(&mut tx, &udp4(1, 2, 0, 16));
+        assert!(
+            engine.wait().is_ok(),
+            "the stage's stop request ends the run"
+        );
+        assert!(matches!(
+            seen.lock().take(),
+            Some(Err(EngineError::StopFromEngineThread))
+        ));
+        slot.lock().take();
+    }
+}
+
+#[test]
+fn device_faults_per_packet_are_counted_and_fatal_ones_stop_the_engine() {
+    let plan = FaultPlan::new();
+    let (mem, mut tx, mut rx) = MemoryDevice::new(256, 2048);
+    let dev = FaultyDevice::new(mem, plan.clone());
+    let engine = Engine::builder().config(config(1)).start(&dev).unwrap();
+
+    plan.fail_sends(3, libc::EINVAL);
+    plan.short_sends(2);
+    for seq in 0..10 {
+        send(&mut tx, &udp4(1, 2, seq, 16));
+    }
+    assert_eq!(recv_n(&mut rx, 5).len(), 5);
+    assert!(
+        eventually(|| engine.stats().drop_write_error == 5),
+        "{:?}",
+        engine.stats()
+    );
+
+    plan.fail_receives(50, libc::EAGAIN);
+    send(&mut tx, &udp4(1, 2, 10, 16));
+    assert_eq!(recv_n(&mut rx, 1).len(), 1, "an EAGAIN burst is not fatal");
+    assert!(!engine.is_stopping());
+
+    plan.fail_receives(1, libc::EIO);
+    send(&mut tx, &udp4(1, 2, 11, 16));
+    match engine.wait() {
+        Err(EngineError::Device(e)) => assert_eq!(e.raw_os_error(), Some(libc::EIO)),
+        other => panic!("expected a device error, got {other:?}"),
+    }
+    assert_conserved(&engine.stats());
+}
+
+#[test]
+fn latency_is_answered_while_parked_and_kept_after_stop() {
+    let (dev, mut tx, mut rx) = MemoryDevice::new(256, 2048);
+    let engine = Engine::builder().config(config(1)).start(&dev).unwrap();
+    for seq in 0..50 {
+        send(&mut tx, &udp4(1, 2, seq, 16));
+    }
+    assert_eq!(recv_n(&mut rx, 50).len(), 50);
+    // Give every actor time to park, then ask: the writer must answer anyway.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let running = engine.latency().unwrap();
+    assert_eq!(running.engine.percentiles().count, 50);
+    assert_eq!(running.stage.percentiles().count, 50);
+    engine.stop().unwrap();
+    let after = engine.latency().unwrap();
+    assert_eq!(after.engine.percentiles().count, 50);
+    assert!(!after.engine.to_v2_deflate_base64().is_empty());
+}
+
+#[test]
+fn invalid_config_is_an_error_not_a_panic() {
+    let (dev, _tx, _rx) = MemoryDevice::new(16, 2048);
+    let cfg = configured(|c| {
+        c.mtu = 1 << 40;
+    });
+    match Engine::builder().config(cfg).start(&dev) {
+        Err(EngineError::Config(e)) => assert!(e.to_string().contains("mtu")),
+        other => panic!("expected a config error, got {:?}", other.err()),
+    }
+}
