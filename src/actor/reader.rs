@@ -206,3 +206,70 @@ impl<R: RxHalf> Reader<R> {
         counters.drop_ring_full.add(ring_full);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{Device, MemoryDevice};
+    use crate::stage::BuiltinStage;
+    use rtrb::RingBuffer;
+    use std::time::{Duration, Instant};
+
+    fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    /// With a valid config the rings fill (and drop) before the pool runs dry, so the stall
+    /// path is a safety net that only a reader built by hand can reach: start it with no
+    /// buffers, check that it waits (counted, nothing read, nothing dropped), then send one
+    /// buffer home and check that it reads.
+    #[test]
+    fn an_empty_pool_stalls_until_a_buffer_comes_home() {
+        let (dev, mut peer, _peer_rx) = MemoryDevice::new(8, 2048);
+        let (rx, _tx) = dev.open().unwrap();
+        let ctl = Arc::new(Control::new(0, rx.interrupter(), 10));
+        let (mut home, free_in) = RingBuffer::new(4);
+        let (out, mut writer_side) = RingBuffer::new(4);
+        let reader = Reader {
+            rx,
+            ctl: ctl.clone(),
+            free: Vec::with_capacity(4),
+            free_in,
+            downstream: Downstream::Inline(
+                StageRunner::new(BuiltinStage::Passthrough.factory(), 0),
+                out,
+            ),
+            batch: Vec::with_capacity(4),
+            batch_size: 4,
+            mtu: 1500,
+            headroom: 0,
+            latency: false,
+            backoff: Backoff {
+                spin: Duration::ZERO,
+                yields: 0,
+            },
+        };
+        let thread = std::thread::spawn(move || reader.run());
+        let packet = [
+            0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        peer.send(&packet).unwrap();
+        let counters = &ctl.counters.reader;
+        assert!(eventually(|| counters.pool_stalls.get() == 1));
+        assert_eq!(counters.rx_packets.get(), 0);
+        home.push(PacketBuf::new(0, 1501, 0)).unwrap();
+        ctl.reader_bell.ring();
+        assert!(eventually(|| writer_side.pop().is_ok()));
+        assert_eq!(counters.rx_packets.get(), 1);
+        assert_eq!(counters.drop_ring_full.get(), 0);
+        ctl.request_stop();
+        thread.join().unwrap();
+    }
+}
