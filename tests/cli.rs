@@ -200,11 +200,11 @@ fn demo_in_memory() -> Result<(), Failed> {
             format!("the demo's output should contain {needle:?}:\n{stdout}")
         })?;
     }
-    check(!stdout.contains("ping"), || {
+    check(!stdout.contains("ping IPv4"), || {
         format!("no ping rows on the in-memory device:\n{stdout}")
     })?;
     // Some round trips were answered.
-    check(!answered(&stdout).is_some_and(|n| n == 0), || {
+    check(answered(&stdout).is_some_and(|n| n > 0), || {
         format!("no UDP round trips answered:\n{stdout}")
     })
 }

@@ -153,7 +153,11 @@ pub fn report_clap_error(e: clap::Error) -> ExitCode {
                 .lines()
                 .map(str::trim)
                 .take_while(|l| !l.starts_with("Usage:"))
-                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("tip:")
+                        && !l.starts_with("For more information")
+                })
                 .collect();
             let message = super::one_line(&message.join(" "));
             let message = message.strip_prefix("error: ").unwrap_or(&message);

@@ -389,7 +389,7 @@ fn parse_ping(text: &str) -> Option<Ping> {
         .lines()
         .find(|l| l.contains("min/avg/max"))
         .and_then(|l| {
-            let values = l.split('=').nth(1)?.trim().split_whitespace().next()?;
+            let values = l.split('=').nth(1)?.split_whitespace().next()?;
             let v: Vec<f64> = values.split('/').filter_map(|v| v.parse().ok()).collect();
             (v.len() >= 3).then(|| [v[0], v[1], v[2]])
         });
