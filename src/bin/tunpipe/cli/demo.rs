@@ -71,6 +71,8 @@ struct Outcome {
     reserved: usize,
     pings: Vec<(&'static str, Result<Ping, String>)>,
     kernel: Option<Option<report::KernelCounters>>,
+    /// How long closing the TUN took: the kernel unregistering the interface.
+    device_close: Option<Duration>,
 }
 
 fn tun_demo(device: TunDevice, config: Config, seconds: Duration) -> CliResult {
@@ -136,7 +138,9 @@ fn tun_demo(device: TunDevice, config: Config, seconds: Duration) -> CliResult {
     // Read before the second run: these are the counters of the run the summary describes.
     let kernel = report::kernel_counters(TUN);
     let loaded_stop = stop_under_load(&config, &device, udp()?)?;
+    let at = Instant::now();
     drop(device);
+    let device_close = Some(at.elapsed());
 
     print_summary(&Outcome {
         device: format!("TUN {TUN} in a private network namespace"),
@@ -149,6 +153,7 @@ fn tun_demo(device: TunDevice, config: Config, seconds: Duration) -> CliResult {
         reserved: tunpipe::reserved_bytes(&config),
         pings,
         kernel: Some(kernel),
+        device_close,
     });
     row(
         "cleaned up",
@@ -204,6 +209,7 @@ fn memory_demo(config: Config, seconds: Duration, why: &str) -> CliResult {
         reserved: tunpipe::reserved_bytes(&config),
         pings: Vec::new(),
         kernel: None,
+        device_close: None,
     });
     row("cleaned up", "nothing outside this process was touched");
     Ok(())
@@ -325,6 +331,15 @@ fn print_summary(o: &Outcome) {
                 report::duration(*took),
                 group(s.rx_packets),
                 group(s.drop_stopped)
+            ),
+        );
+    }
+    if let Some(took) = o.device_close {
+        row(
+            "device closed",
+            format!(
+                "{}  (closing the TUN fd: the kernel removing {TUN}, after the engine stopped)",
+                report::duration(took)
             ),
         );
     }

@@ -102,7 +102,6 @@ pub fn run(a: RunArgs) -> CliResult {
     let kernel = report::kernel_counters(&a.name);
     let stats = engine.stats();
     let latency = engine.latency().ok();
-    drop(device);
 
     println!("tunpipe: stopped; final counters for {}:", a.name);
     report::engine_counters(&stats);
@@ -119,6 +118,18 @@ pub fn run(a: RunArgs) -> CliResult {
         ),
         Err(_) => row("stop", "not by a signal"),
     }
+    // Closing the TUN makes the kernel unregister the interface, which waits for RCU grace
+    // periods: typically tens of milliseconds, all of it after the engine has stopped.
+    let at = Instant::now();
+    drop(device);
+    row(
+        "device closed",
+        format!(
+            "{} (the kernel removing {}; the engine had already stopped)",
+            report::duration(at.elapsed()),
+            a.name
+        ),
+    );
     result.map_err(|e| Failure(format!("the engine stopped on an error: {e}")))
 }
 
