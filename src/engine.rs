@@ -10,7 +10,7 @@ use crate::device::{Device, RxHalf, TxHalf};
 use crate::link::Backoff;
 use crate::pool::{self, PacketBuf};
 use crate::stage::{BuiltinStage, StageFactory};
-use crate::stats::{Latency, LatencyRecorder, LatencySnapshot, Stats};
+use crate::stats::{LatencyRecorder, LatencySnapshot, Stats};
 use crate::sys;
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
@@ -256,7 +256,7 @@ enum Role {
 
 struct ActorThread {
     role: Role,
-    handle: JoinHandle<Option<crate::actor::writer::WriterLatency>>,
+    handle: JoinHandle<Option<LatencySnapshot>>,
 }
 
 /// Spawns actor threads; if one fails to spawn, stops and joins the ones already running.
@@ -279,7 +279,7 @@ impl Spawner {
         &mut self,
         name: &str,
         role: Role,
-        body: impl FnOnce() -> Option<crate::actor::writer::WriterLatency> + Send + 'static,
+        body: impl FnOnce() -> Option<LatencySnapshot> + Send + 'static,
     ) -> Result<(), EngineError> {
         let (pin, index) = (self.pin, self.threads.len());
         let spawned = thread::Builder::new()
@@ -313,10 +313,7 @@ impl Drop for Spawner {
 
 /// The stop protocol's joining side: reader first, then workers, then writer, advancing the
 /// phase between them so each actor can account for everything still in its input ring.
-fn join_in_order(
-    ctl: &Control,
-    threads: Vec<ActorThread>,
-) -> Option<crate::actor::writer::WriterLatency> {
+fn join_in_order(ctl: &Control, threads: Vec<ActorThread>) -> Option<LatencySnapshot> {
     ctl.request_stop();
     let mut threads = threads;
     let mut join = |role: Role| {
@@ -404,8 +401,7 @@ impl Engine {
         // Holding the lock while joining makes concurrent stoppers wait for the one that joins.
         let mut threads = self.threads.lock();
         if let Some(threads) = threads.take() {
-            let writer = join_in_order(&self.ctl, threads);
-            let snapshot = latency_from(writer);
+            let snapshot = join_in_order(&self.ctl, threads).unwrap_or_else(LatencySnapshot::empty);
             *self.final_latency.lock() = Some(snapshot);
             log::info!("tunpipe engine stopped: {:?}", self.stats());
         }
@@ -435,7 +431,7 @@ impl Engine {
             .map_err(|_| EngineError::Stopping)?;
         self.ctl.writer_bell.force();
         match reply_rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(writer) => Ok(latency_from(Some(writer))),
+            Ok(snapshot) => Ok(snapshot),
             Err(_) => Err(EngineError::Stopping),
         }
     }
@@ -449,16 +445,6 @@ impl Engine {
     pub fn workers(&self) -> usize {
         self.workers
     }
-}
-
-fn latency_from(writer: Option<crate::actor::writer::WriterLatency>) -> LatencySnapshot {
-    let mut engine = Latency::empty();
-    let mut stage = Latency::empty();
-    if let Some(w) = writer {
-        engine.merge(&w.engine);
-        stage.merge(&w.stage);
-    }
-    LatencySnapshot { engine, stage }
 }
 
 impl Drop for Engine {
