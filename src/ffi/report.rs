@@ -205,3 +205,37 @@ pub(crate) fn latency_base64(l: &LatencySnapshot, which: u32) -> FfiResult<Strin
 // The prefix copy relies on these layouts having no padding.
 const _: () = assert!(std::mem::size_of::<TunpipeStats>() == 8 + 8 * (16 + 8));
 const _: () = assert!(std::mem::size_of::<TunpipeLatency>() == 8 + 8 * (7 * 2 + 8));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_shorter_struct_gets_only_its_prefix() {
+        let stats = TunpipeStats {
+            rx_packets: 7,
+            tx_packets: 5,
+            ..Default::default()
+        };
+        // A caller that knows only size, reserved0, rx_packets and rx_bytes (24 bytes),
+        // followed by bytes it owns that must stay untouched.
+        let mut memory = [0xeeee_eeee_eeee_eeeeu64; std::mem::size_of::<TunpipeStats>() / 8];
+        let out = memory.as_mut_ptr().cast::<TunpipeStats>();
+        // SAFETY: `memory` is aligned for u64 and as large as TunpipeStats.
+        unsafe { out.cast::<u32>().write(24) };
+        // SAFETY: as above; the caller's size (24) is within the buffer.
+        unsafe { write_sized(out, stats) }.unwrap();
+        // SAFETY: reading back the caller's fields.
+        let (size, rx) = unsafe { ((*out).size, (*out).rx_packets) };
+        assert_eq!((size, rx), (24, 7));
+        assert!(memory[3..].iter().all(|&w| w == 0xeeee_eeee_eeee_eeee));
+
+        let mut tiny = TunpipeStats {
+            size: 4,
+            ..Default::default()
+        };
+        // SAFETY: a whole struct, whose size field claims less than the header.
+        let err = unsafe { write_sized(&mut tiny, stats) }.unwrap_err();
+        assert_eq!(err.code, TUNPIPE_ERR_STRUCT_SIZE);
+    }
+}
