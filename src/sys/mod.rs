@@ -23,6 +23,28 @@ mod imp;
 
 pub(crate) use imp::{place_current_thread, tune_tun, validate_tun_fd};
 
+#[cfg(target_vendor = "apple")]
+pub use imp::{available_memory, find_utun_fd};
+
+/// Finds the packet tunnel's utun fd by scanning descriptors: Apple only.
+///
+/// # Errors
+/// Always `Unsupported` here.
+#[cfg(not(target_vendor = "apple"))]
+pub fn find_utun_fd() -> io::Result<RawFd> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "utun fd discovery exists only on Apple platforms",
+    ))
+}
+
+/// Bytes the process may still allocate before the jetsam limit (`os_proc_available_memory`):
+/// iOS and tvOS only, `None` elsewhere.
+#[cfg(not(target_vendor = "apple"))]
+pub fn available_memory() -> Option<u64> {
+    None
+}
+
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
