@@ -12,13 +12,13 @@ use crate::pool::{self, PacketBuf};
 use crate::stage::{BuiltinStage, StageFactory};
 use crate::stats::{LatencyRecorder, LatencySnapshot, Stats};
 use crate::sys;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use rtrb::RingBuffer;
 use std::io;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle, ThreadId};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why the engine could not start, or why it stopped.
 #[derive(Debug, Clone)]
@@ -40,6 +40,11 @@ pub enum EngineError {
     StopFromEngineThread,
     /// A latency snapshot could not be taken because the engine is stopping.
     Stopping,
+    /// The buffer pool could not be allocated.
+    OutOfMemory {
+        /// Bytes the pool needed.
+        bytes: usize,
+    },
 }
 
 impl EngineError {
@@ -61,6 +66,9 @@ impl std::fmt::Display for EngineError {
                 f.write_str("stop called from an engine thread; stop requested, not joined")
             }
             EngineError::Stopping => f.write_str("the engine is stopping"),
+            EngineError::OutOfMemory { bytes } => {
+                write!(f, "could not allocate the {bytes}-byte buffer pool")
+            }
         }
     }
 }
@@ -130,8 +138,11 @@ impl Builder {
             yields: c.yields,
         };
         let pool_size = c.pool_size();
-        let mut free = Vec::with_capacity(pool_size);
-        free.extend(pool::allocate(pool_size, c.headroom, c.mtu, c.tailroom));
+        let free = pool::allocate(pool_size, c.headroom, c.mtu, c.tailroom).map_err(|_| {
+            EngineError::OutOfMemory {
+                bytes: pool_size.saturating_mul(c.buffer_size()),
+            }
+        })?;
         let (free_out, free_in) = RingBuffer::<PacketBuf>::new(pool_size);
         let (mail_tx, mailbox) = crossbeam_channel::bounded(16);
 
@@ -430,9 +441,17 @@ impl Engine {
             .try_send(Mail::Latency(reply_tx))
             .map_err(|_| EngineError::Stopping)?;
         self.ctl.writer_bell.force();
-        match reply_rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(snapshot) => Ok(snapshot),
-            Err(_) => Err(EngineError::Stopping),
+        // A request that lands after the writer's last look at its mailbox is never
+        // answered, so wait in short slices and give up as soon as a stop is under way,
+        // instead of blocking a host's UI thread for the whole deadline.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match reply_rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(snapshot) => return Ok(snapshot),
+                Err(RecvTimeoutError::Timeout)
+                    if !self.ctl.stopping() && Instant::now() < deadline => {}
+                Err(_) => return Err(EngineError::Stopping),
+            }
         }
     }
 

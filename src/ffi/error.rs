@@ -43,6 +43,9 @@ pub const TUNPIPE_ERR_BUFFER_TOO_SMALL: i32 = -15;
 /// tunpipe panicked inside the call (a bug in tunpipe); the panic was caught, the call did
 /// nothing, and the message was logged.
 pub const TUNPIPE_ERR_PANIC: i32 = -16;
+/// The engine's buffer pool could not be allocated (the config is valid, the memory is not
+/// there).
+pub const TUNPIPE_ERR_NO_MEMORY: i32 = -17;
 
 /// A failed call: its code and what to tell the host.
 #[derive(Debug)]
@@ -73,6 +76,7 @@ impl From<EngineError> for FfiError {
             EngineError::StagePanics { .. } => TUNPIPE_ERR_STAGE_PANICS,
             EngineError::StopFromEngineThread => TUNPIPE_ERR_ENGINE_THREAD,
             EngineError::Stopping => TUNPIPE_ERR_STOPPING,
+            EngineError::OutOfMemory { .. } => TUNPIPE_ERR_NO_MEMORY,
         };
         FfiError::new(code, e.to_string())
     }

@@ -152,6 +152,31 @@ pub fn find_utun_fd() -> io::Result<RawFd> {
     ))
 }
 
+/// `UTUN_OPT_IFNAME` from XNU's `bsd/net/if_utun.h` (value 2, level `SYSPROTO_CONTROL`): the
+/// utun's interface name, such as `utun3`.
+const UTUN_OPT_IFNAME: libc::c_int = 2;
+
+/// The utun's interface name, which every dup of its control socket shares.
+pub(crate) fn tun_identity(fd: RawFd) -> io::Result<String> {
+    let mut name = [0u8; libc::IFNAMSIZ];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `name`, which is that large.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            SYSPROTO_CONTROL,
+            UTUN_OPT_IFNAME,
+            name.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..len]).into_owned())
+}
+
 /// `UTUN_OPT_MAX_PENDING_PACKETS` from XNU's `bsd/net/if_utun.h` (value 16, level
 /// `SYSPROTO_CONTROL`, a non-zero `u_int32_t`; XNU's `utun_ctl_setopt` refuses another size
 /// with EMSGSIZE and 0 with EINVAL): how many packets may wait in the control socket to be

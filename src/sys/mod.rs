@@ -2,6 +2,7 @@
 //!
 //! Each platform module provides:
 //! - `validate_tun_fd(fd)`: is this fd a TUN (Linux) / utun control socket (Apple)?
+//! - `tun_identity(fd)`: a name for the TUN behind `fd`, the same for all its dups;
 //! - `tune_tun(fd)`: best-effort throughput settings for a fresh run (logged on failure);
 //! - `place_current_thread(actor_index, pin)`: core pinning (Linux, Android) or a QoS class
 //!   (Apple), logged, never fatal.
@@ -21,7 +22,7 @@ mod imp;
 #[path = "other.rs"]
 mod imp;
 
-pub(crate) use imp::{place_current_thread, tune_tun, validate_tun_fd};
+pub(crate) use imp::{place_current_thread, tun_identity, tune_tun, validate_tun_fd};
 
 #[cfg(target_vendor = "apple")]
 pub use imp::{available_memory, find_utun_fd};
