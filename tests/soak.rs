@@ -61,7 +61,7 @@ fn main() {
     ];
     let mut trials: Vec<Trial> = plain
         .into_iter()
-        .map(|(name, test)| Trial::test(name, move || test()))
+        .map(|(name, test)| Trial::test(name, test))
         .collect();
     trials.extend(root.into_iter().map(|(name, test)| {
         let trial = Trial::test(name, move || in_fresh_netns(test));
@@ -342,7 +342,18 @@ fn stress_run(run: u64) -> Result<(u64, u64, u64), Failed> {
         move || -> Result<u64, String> {
             let mut answered = 0u64;
             while !done.load(Ordering::Relaxed) {
-                match engine.latency() {
+                let asked = Instant::now();
+                let answer = engine.latency();
+                // Not a timing test: an answer takes microseconds; a request stranded in the
+                // writer's mailbox by the stop waits out latency()'s whole 5 s timeout.
+                if asked.elapsed() > Duration::from_secs(1) {
+                    return Err(format!(
+                        "latency() blocked {:?} (returned {:?})",
+                        asked.elapsed(),
+                        answer.as_ref().err()
+                    ));
+                }
+                match answer {
                     Ok(_) => answered += 1,
                     // Refused only because a stop is under way, never because the writer
                     // missed its doorbell while the engine runs.

@@ -55,7 +55,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(buf.headroom() + buf.len() + buf.tailroom(), capacity);
         assert_eq!(buf.storage_mut().len(), capacity);
         if !ok {
-            assert_eq!((buf.headroom(), buf.len(), buf.data()), (before.0, before.1, &before.2[..]));
+            assert_eq!(
+                (buf.headroom(), buf.len(), buf.data()),
+                (before.0, before.1, &before.2[..])
+            );
         }
         match op[0] % 6 {
             0 if ok => assert_eq!((buf.headroom(), buf.len()), (before.0 - n, before.1 + n)),

@@ -18,7 +18,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let (headroom, tailroom) = room;
     let mut buf = PacketBuf::new(headroom, packet.len(), tailroom);
-    buf.fill(headroom, packet).expect("the buffer was sized for it");
+    buf.fill(headroom, packet)
+        .expect("the buffer was sized for it");
     let capacity = buf.capacity();
 
     let verdict = Reflect.process(&mut buf);

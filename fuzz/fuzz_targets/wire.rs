@@ -21,7 +21,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(version, Ok(IpVersion::V4));
         assert!(ip.header_len() <= ip.total_len() && ip.total_len() <= data.len());
         assert_eq!(ip.payload().len(), ip.total_len() - ip.header_len());
-        let _ = (ip.protocol(), ip.is_fragment(), ip.src_addr(), ip.dst_addr());
+        let _ = (
+            ip.protocol(),
+            ip.is_fragment(),
+            ip.src_addr(),
+            ip.dst_addr(),
+        );
     }
     if let Ok(ip) = Ipv6Packet::new_checked(data) {
         assert_eq!(version, Ok(IpVersion::V6));
