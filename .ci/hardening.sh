@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Hardening gate (called from .ci/run): a short cargo-fuzz smoke over every fuzz target, and,
 # on request, ThreadSanitizer and the long soak. The soak, stress and ABI-misuse tests'
-# default (short) versions already run in `cargo test --release` (tests/soak.rs,
-# tests/misuse.rs), so they are not repeated here.
+# default (short) versions already run in `cargo test --release` (tests/soak/linux.rs,
+# tests/misuse/linux.rs), so they are not repeated here.
 #
 #   TUNPIPE_FUZZ_SECONDS=30   seconds per fuzz target (0 skips fuzzing)
-#   TUNPIPE_HARDENING_TSAN=1  also run tests/pipeline.rs and tests/soak.rs under TSan
+#   TUNPIPE_HARDENING_TSAN=1  also run tests/pipeline.rs and tests/soak/linux.rs under TSan
 #                             (a -Zbuild-std build: about 4-8 min cold on 2 cores)
 #   TUNPIPE_HARDENING_SOAK=1  also run the full soak: 10,000 memory cycles, 1,000 TUN
 #                             cycles, 60 s of UDP (about 75 s; TUN parts need root)

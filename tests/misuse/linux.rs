@@ -25,7 +25,7 @@ const V4_PEER: &str = "10.52.0.2";
 
 type Test = fn() -> Result<(), Failed>;
 
-fn main() {
+pub fn main() {
     if std::env::var("TUNPIPE_MISUSE_CHILD").as_deref() == Ok("alloc") {
         alloc_child();
     }
@@ -459,7 +459,7 @@ fn stats_during_stop() -> Result<(), Failed> {
     let fd = host.as_raw_fd();
     let mut total_stopping = 0u64;
     let mut slowest_stop = Duration::ZERO;
-    for round in 0..30u32 {
+    for round in 0..150u32 {
         let mut c = default_config();
         c.workers = round % 3;
         let h = start_handle(&c, fd)?;
@@ -546,7 +546,7 @@ fn stats_during_stop() -> Result<(), Failed> {
         total_stopping += stopping_seen.load(Ordering::Relaxed);
     }
     eprintln!(
-        "30 stops under stats/latency readers: {total_stopping} latency calls answered \
+        "150 stops under stats/latency readers: {total_stopping} latency calls answered \
          TUNPIPE_ERR_STOPPING; slowest stop {slowest_stop:?}"
     );
     Ok(())

@@ -13,9 +13,7 @@
 //! reported as ignored, never as passed, when the process cannot make one (not root). Tests run
 //! one at a time, so that the resource counts see only their own engines.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::io;
 use std::net::UdpSocket;
@@ -31,7 +29,7 @@ const V4_PEER: &str = "10.51.0.2";
 
 type Test = fn() -> Result<(), Failed>;
 
-fn main() {
+pub fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     let root_problem = privilege_problem();
