@@ -88,6 +88,10 @@
 // nothing, and the message was logged.
 #define TUNPIPE_ERR_PANIC -16
 
+// The engine's buffer pool could not be allocated (the config is valid, the memory is not
+// there).
+#define TUNPIPE_ERR_NO_MEMORY -17
+
 // Log level: nothing.
 #define TUNPIPE_LOG_OFF 0
 

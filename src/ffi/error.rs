@@ -192,6 +192,7 @@ pub(crate) fn describe(code: i32) -> &'static std::ffi::CStr {
         TUNPIPE_ERR_STOPPING => c"the engine is stopping",
         TUNPIPE_ERR_BUFFER_TOO_SMALL => c"buffer too small",
         TUNPIPE_ERR_PANIC => c"tunpipe panicked (bug)",
+        TUNPIPE_ERR_NO_MEMORY => c"out of memory for the buffer pool",
         _ => c"unknown error code",
     }
 }
