@@ -25,15 +25,15 @@ impl Worker {
         bell.register_current();
         let mut idle = Idle::new(self.backoff);
         loop {
-            let stage = ctl.phase();
+            let current_phase = ctl.phase();
             let ready = self.input.slots();
-            if stage >= phase::STOP_REQUESTED {
+            if current_phase >= phase::STOP_REQUESTED {
                 // Stopping: whatever is still in the ring is dropped and counted, not processed.
                 if let Ok(chunk) = self.input.read_chunk(ready) {
                     counters.stopped.add(chunk.len() as u64);
                     chunk.into_iter().for_each(drop);
                 }
-                if stage >= phase::READER_DONE && self.input.is_empty() {
+                if current_phase >= phase::READER_DONE && self.input.is_empty() {
                     return;
                 }
             } else if ready > 0 {
@@ -41,7 +41,7 @@ impl Worker {
                 self.process(ready.min(self.batch_size));
                 continue;
             }
-            let exit_phase = if stage >= phase::STOP_REQUESTED {
+            let exit_phase = if current_phase >= phase::STOP_REQUESTED {
                 phase::READER_DONE
             } else {
                 phase::STOP_REQUESTED

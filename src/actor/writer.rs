@@ -40,10 +40,10 @@ impl<T: TxHalf> Writer<T> {
             if let Ok(Mail::Latency(reply)) = self.mailbox.try_recv() {
                 let _ = reply.send(self.latency_snapshot());
             }
-            let stage = ctl.phase();
+            let current_phase = ctl.phase();
             let mut moved = 0;
             for i in 0..self.inputs.len() {
-                moved += self.write_from(i, stage >= phase::STOP_REQUESTED);
+                moved += self.write_from(i, current_phase >= phase::STOP_REQUESTED);
             }
             if moved > 0 {
                 // Buffers went home: wake the reader if it stalled on an empty pool.
@@ -51,13 +51,13 @@ impl<T: TxHalf> Writer<T> {
                 idle.reset();
                 continue;
             }
-            if stage >= phase::WORKERS_DONE {
+            if current_phase >= phase::WORKERS_DONE {
                 return LatencySnapshot {
                     engine: self.engine_time.into_latency(),
                     stage: self.stage_time.into_latency(),
                 };
             }
-            let exit_phase = if stage >= phase::STOP_REQUESTED {
+            let exit_phase = if current_phase >= phase::STOP_REQUESTED {
                 phase::WORKERS_DONE
             } else {
                 phase::STOP_REQUESTED
