@@ -55,6 +55,7 @@ struct Timing {
     measure: Duration,
     stop_cycles: usize,
     idle: Duration,
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     iperf_secs: u32,
 }
 
