@@ -177,6 +177,27 @@ pub fn name_current_thread(name: &str) {
     let _ = name;
 }
 
+/// Every table printed so far, as Markdown, for `target/bench-results/<name>.md`.
+static REPORT: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Prints a line and keeps it for the Markdown report.
+pub fn say(line: &str) {
+    println!("{line}");
+    if let Ok(mut r) = REPORT.lock() {
+        r.push_str(line);
+        r.push('\n');
+    }
+}
+
+/// Writes every table printed so far to `target/bench-results/<name>.md`.
+pub fn write_report(name: &str) {
+    let path = results_dir().join(format!("{name}.md"));
+    let text = REPORT.lock().map(|r| r.clone()).unwrap_or_default();
+    if let Err(e) = std::fs::write(&path, text) {
+        eprintln!("could not write {}: {e}", path.display());
+    }
+}
+
 /// Prints a table: a header row and rows of cells, columns padded to fit.
 pub fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -187,24 +208,24 @@ pub fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
             }
         }
     }
-    println!("\n## {title}\n");
+    say(&format!("\n## {title}\n"));
     let line = |cells: Vec<String>| {
         let padded: Vec<String> = cells
             .iter()
             .enumerate()
             .map(|(i, c)| format!("{c:>w$}", w = widths.get(i).copied().unwrap_or(0)))
             .collect();
-        println!("| {} |", padded.join(" | "));
+        say(&format!("| {} |", padded.join(" | ")));
     };
     line(header.iter().map(|s| s.to_string()).collect());
-    println!(
+    say(&format!(
         "|{}|",
         widths
             .iter()
             .map(|w| format!("{}:", "-".repeat(w + 1)))
             .collect::<Vec<_>>()
             .join("|")
-    );
+    ));
     for row in rows {
         line(row.clone());
     }
@@ -250,7 +271,7 @@ const COLORS: [&str; 6] = [
 /// round-trip time in µs on a log scale. Hand-written SVG keeps the benches free of a
 /// plotting dependency.
 pub fn write_latency_svg(path: &std::path::Path, heading: &str, panels: &[Panel]) {
-    let (pw, ph, ml, mt, mb, mr) = (420.0, 330.0, 60.0, 50.0, 50.0, 15.0);
+    let (pw, ph, ml, mt, mb, mr) = (420.0, 330.0, 60.0, 50.0, 50.0, 30.0);
     let width = panels.len() as f64 * (pw + ml + mr) + 10.0;
     let height = ph + mt + mb + 60.0;
     let (mut ymin, mut ymax, mut xmax) = (f64::MAX, 0f64, 1f64);

@@ -114,10 +114,9 @@ fn main() {
         "bench_seconds".into(),
         json!(started.elapsed().as_secs_f64()),
     );
-    write_json(
-        if quick { "engine-quick" } else { "engine" },
-        &Value::Object(out),
-    );
+    let name = if quick { "engine-quick" } else { "engine" };
+    write_json(name, &Value::Object(out));
+    common::write_report(name);
     println!("engine bench took {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -404,6 +403,8 @@ fn memory() -> Value {
         &rows,
     );
     let hwm = common::peak_rss_kib();
-    println!("\npeak RSS of this bench process (VmHWM): {hwm} KiB");
+    common::say(&format!(
+        "\npeak RSS of this bench process (VmHWM): {hwm} KiB"
+    ));
     json!({"reserved": cells, "bench_process_peak_rss_kib": hwm})
 }

@@ -130,16 +130,18 @@ fn main() {
             "bench_process_peak_rss_kib": common::peak_rss_kib(),
         }),
     );
-    println!(
+    common::say(&format!(
         "\nreserved at the default config: {} bytes; peak RSS of this bench process (VmHWM): {} KiB",
         thousands(tunpipe::reserved_bytes(&Config::default()) as f64),
         common::peak_rss_kib()
-    );
+    ));
     out.insert(
         "bench_seconds".into(),
         json!(started.elapsed().as_secs_f64()),
     );
-    common::write_json(if quick { "tun-quick" } else { "tun" }, &Value::Object(out));
+    let name = if quick { "tun-quick" } else { "tun" };
+    common::write_json(name, &Value::Object(out));
+    common::write_report(name);
     println!("tun bench took {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -971,6 +973,67 @@ fn stop_section(t: &Timing) -> Value {
             json!({"contender": format!("tunpipe-w{workers}"), "cycles": h.len(), "stop": p}),
         );
     }
+    // Under load: a flooder offers UDP (bursts of 32 every 100 µs, open loop) while engines
+    // start on the same TUN, carry traffic, and stop.
+    let flood_stop = Arc::new(AtomicBool::new(false));
+    let flooder = {
+        let stop = flood_stop.clone();
+        let socket = client_socket().expect("socket");
+        socket.set_nonblocking(true).expect("nonblocking");
+        std::thread::Builder::new()
+            .name("bench-flood".into())
+            .spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..32 {
+                        let _ = socket.send(&[0u8; 64]);
+                    }
+                    while socket.recv(&mut buf).is_ok() {}
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            })
+            .expect("spawn")
+    };
+    for workers in [0usize, 1, 2] {
+        let mut h = common::histogram();
+        let mut config = Config::default();
+        config.workers = workers;
+        let mut in_flight = 0;
+        for _ in 0..(t.stop_cycles / 5).max(10) {
+            let engine = Engine::builder()
+                .config(config.clone())
+                .start(&device)
+                .expect("engine");
+            let deadline = Instant::now() + Duration::from_millis(100);
+            while engine.stats().tx_packets < 200 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let t0 = Instant::now();
+            engine.stop().expect("stop");
+            h.record(t0.elapsed().as_nanos() as u64).ok();
+            in_flight += engine.stats().drop_stopped;
+        }
+        let p = common::percentiles_us(&h);
+        rows.push(vec![
+            format!("tunpipe-w{workers}, under load"),
+            h.len().to_string(),
+            p["p50_us"].to_string(),
+            p["p99_us"].to_string(),
+            p["max_us"].to_string(),
+            format!(
+                "{:.1} packets in flight dropped as \"stopped\" per stop",
+                in_flight as f64 / h.len().max(1) as f64
+            ),
+        ]);
+        cells.push(json!({
+            "contender": format!("tunpipe-w{workers}"),
+            "under_load": true,
+            "cycles": h.len(),
+            "stop": p,
+        }));
+    }
+    flood_stop.store(true, Ordering::Relaxed);
+    let _ = flooder.join();
     drop(device);
     // The guide's loops check their flag between packets: when idle, they stop only when the
     // next packet arrives.
@@ -1015,7 +1078,7 @@ fn stop_section(t: &Timing) -> Value {
         }));
     }
     print_table(
-        "Stop while idle on a real TUN (time for stop() to return)",
+        "Stop on a real TUN, idle and under load (time for stop() to return)",
         &[
             "contender",
             "cycles",
