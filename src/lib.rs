@@ -25,7 +25,8 @@
 //!
 //! // An in-memory device stands in for a TUN here; `TunDevice::adopt(fd)` takes a real one.
 //! let (device, mut app, mut app_rx) = MemoryDevice::new(64, 2048);
-//! let config = Config { workers: 1, ..Config::default() };
+//! let mut config = Config::default();
+//! config.workers = 1;
 //! let engine = Engine::builder().config(config).stage(BuiltinStage::Passthrough).start(&device)?;
 //!
 //! let packet = [0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];

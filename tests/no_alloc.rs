@@ -71,7 +71,11 @@ fn the_hot_path_allocates_nothing_per_packet() {
         let mut config = Config::default();
         config.workers = workers;
         config.latency = true;
-        let engine = Engine::builder().config(config).stage(stage).start(&dev).unwrap();
+        let engine = Engine::builder()
+            .config(config)
+            .stage(stage)
+            .start(&dev)
+            .unwrap();
         let packets: Vec<Vec<u8>> = (0..4).map(|i| udp4(1000 + i, 7, 0, 64)).collect();
         // Warm up: first-use allocations (thread-locals, lazy statics) happen here.
         for p in &packets {

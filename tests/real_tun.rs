@@ -18,11 +18,14 @@ const V4_PEER: &str = "10.50.0.2";
 const V6_LOCAL: &str = "fd00:50::1";
 const V6_PEER: &str = "fd00:50::2";
 
+/// A real-TUN test: runs inside its own network namespace.
+type Test = fn() -> Result<(), Failed>;
+
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     let reason = privilege_problem();
-    let tests: Vec<(&str, fn() -> Result<(), Failed>)> = vec![
+    let tests: Vec<(&str, Test)> = vec![
         (
             "kernel_ping_v4_and_v6_answered_through_reflect",
             ping_v4_and_v6,
@@ -92,7 +95,7 @@ fn unshare_net() -> io::Result<()> {
 
 /// Runs `test` on a thread of its own inside a new network namespace with DAD off, so that
 /// IPv6 addresses are usable at once.
-fn in_fresh_netns(test: fn() -> Result<(), Failed>) -> Result<(), Failed> {
+fn in_fresh_netns(test: Test) -> Result<(), Failed> {
     std::thread::spawn(move || {
         unshare_net().map_err(|e| format!("unshare: {e}"))?;
         for conf in ["default", "all"] {

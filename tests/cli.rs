@@ -1,0 +1,378 @@
+//! The `tunpipe` binary, run as a user would run it.
+//!
+//! Tests that need root (a TUN device in a private network namespace) are marked ignored at
+//! run time when the process cannot make one, so they show as ignored, never as passed. This
+//! is why the file runs under libtest-mimic (`harness = false`): the default harness can only
+//! ignore at compile time.
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tunpipe");
+
+fn main() {
+    let args = Arguments::from_args();
+    let root = can_make_tun_in_netns();
+    let trials = vec![
+        Trial::test("bad_flag_is_a_one_line_error", bad_flag_is_a_one_line_error),
+        Trial::test("unknown_command_is_a_one_line_error", unknown_command),
+        Trial::test("missing_flag_names_it", missing_flag_names_it),
+        Trial::test("bad_address_is_a_one_line_error", bad_address),
+        Trial::test("invalid_mtu_is_rejected_before_any_device", invalid_mtu),
+        Trial::test("ipv6_with_small_mtu_is_rejected", ipv6_small_mtu),
+        Trial::test("help_exits_zero", help_exits_zero),
+        Trial::test("demo_in_memory_prints_a_summary", demo_in_memory),
+        Trial::test("root_demo_on_tun_gets_every_ping_reply", demo_on_tun).with_ignored_flag(!root),
+        Trial::test(
+            "root_run_answers_ping_and_exits_0_on_sigint",
+            run_and_sigint,
+        )
+        .with_ignored_flag(!root),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// Root, `unshare -n` works, and a TUN can be opened: what the real-TUN tests need.
+fn can_make_tun_in_netns() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    euid == 0
+        && std::path::Path::new("/dev/net/tun").exists()
+        && Command::new("unshare")
+            .args(["-n", "true"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what().into())
+    }
+}
+
+fn tunpipe(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the tunpipe binary runs")
+}
+
+/// Fails unless the command failed with exactly one line on stderr that contains `needle`.
+fn one_line_failure(args: &[&str], needle: &str) -> Result<(), Failed> {
+    let out = tunpipe(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(!out.status.success(), || {
+        format!("{args:?} should fail; it exited {}", out.status)
+    })?;
+    check(out.status.code().is_some(), || {
+        format!("{args:?} died of a signal: {}", out.status)
+    })?;
+    check(stderr.trim_end().lines().count() == 1, || {
+        format!("{args:?}: stderr should be one line, was:\n{stderr}")
+    })?;
+    check(stderr.contains(needle), || {
+        format!("{args:?}: stderr should mention {needle:?}, was: {stderr}")
+    })?;
+    check(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        || format!("{args:?}: a panic: {stderr}"),
+    )
+}
+
+fn bad_flag_is_a_one_line_error() -> Result<(), Failed> {
+    one_line_failure(
+        &["run", "--name", "t0", "--ipv4", "10.9.0.1/24", "--bogus"],
+        "--bogus",
+    )?;
+    one_line_failure(&["demo", "--seconds", "zero"], "zero")
+}
+
+fn unknown_command() -> Result<(), Failed> {
+    one_line_failure(&["frobnicate"], "frobnicate")
+}
+
+fn missing_flag_names_it() -> Result<(), Failed> {
+    one_line_failure(&["run", "--name", "t0"], "--ipv4")
+}
+
+fn bad_address() -> Result<(), Failed> {
+    one_line_failure(
+        &["run", "--name", "t0", "--ipv4", "10.9.0.1"],
+        "ADDR/PREFIX",
+    )?;
+    one_line_failure(
+        &[
+            "run",
+            "--name",
+            "t0",
+            "--ipv4",
+            "10.9.0.1/24",
+            "--ipv6",
+            "fd00::1/200",
+        ],
+        "prefix",
+    )
+}
+
+fn invalid_mtu() -> Result<(), Failed> {
+    // Validation comes before the device, so this never creates t0, even as root.
+    one_line_failure(
+        &[
+            "run",
+            "--name",
+            "t0",
+            "--ipv4",
+            "10.9.0.1/24",
+            "--mtu",
+            "10",
+        ],
+        "mtu 10",
+    )?;
+    one_line_failure(
+        &[
+            "run",
+            "--name",
+            "t0",
+            "--ipv4",
+            "10.9.0.1/24",
+            "--workers",
+            "100000",
+        ],
+        "workers",
+    )
+}
+
+fn ipv6_small_mtu() -> Result<(), Failed> {
+    one_line_failure(
+        &[
+            "run",
+            "--name",
+            "t0",
+            "--ipv4",
+            "10.9.0.1/24",
+            "--ipv6",
+            "fd00:9::1/64",
+            "--mtu",
+            "576",
+        ],
+        "1280",
+    )
+}
+
+fn help_exits_zero() -> Result<(), Failed> {
+    let out = tunpipe(&["run", "--help"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(out.status.success(), || {
+        format!("--help exited {}", out.status)
+    })?;
+    check(stdout.contains("--stats-interval"), || {
+        format!("help should list the flags:\n{stdout}")
+    })
+}
+
+fn demo_in_memory() -> Result<(), Failed> {
+    let out = tunpipe(&["demo", "--seconds", "1", "--memory"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(out.status.success(), || {
+        format!("demo exited {}:\n{stdout}\n{stderr}", out.status)
+    })?;
+    for needle in [
+        "in-memory device",
+        "--memory was given",
+        "summary",
+        "client RTT",
+        "engine time",
+        "engine drops",
+        "every packet accounted for",
+        "stop, idle",
+        "memory",
+        "cleaned up",
+    ] {
+        check(stdout.contains(needle), || {
+            format!("the demo's output should contain {needle:?}:\n{stdout}")
+        })?;
+    }
+    check(!stdout.contains("ping IPv4"), || {
+        format!("no ping rows on the in-memory device:\n{stdout}")
+    })?;
+    // Some round trips were answered.
+    check(answered(&stdout).is_some_and(|n| n > 0), || {
+        format!("no UDP round trips answered:\n{stdout}")
+    })
+}
+
+/// The "answered" count of the summary's UDP row.
+fn answered(stdout: &str) -> Option<u64> {
+    let line = stdout.lines().find(|l| l.contains("UDP closed loop"))?;
+    let before = line.split(" answered").next()?;
+    before.rsplit(' ').next()?.replace(',', "").parse().ok()
+}
+
+fn demo_on_tun() -> Result<(), Failed> {
+    let out = tunpipe(&["demo", "--seconds", "1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(out.status.success(), || {
+        format!("demo exited {}:\n{stdout}\n{stderr}", out.status)
+    })?;
+    check(stdout.contains("real TUN device"), || {
+        format!("the demo should run on a TUN as root:\n{stdout}")
+    })?;
+    let row = |label: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .map(str::to_string)
+    };
+    for (label, expect) in [
+        ("ping IPv4", "200 sent, 200 received"),
+        ("ping IPv6", "50 sent, 50 received"),
+    ] {
+        let line = row(label).ok_or_else(|| format!("no {label} row:\n{stdout}"))?;
+        check(line.contains(expect), || {
+            format!("{label}: expected {expect:?}, got {line:?}\n{stdout}")
+        })?;
+    }
+    check(answered(&stdout).is_some_and(|n| n > 0), || {
+        format!("no UDP round trips answered:\n{stdout}")
+    })?;
+    check(stdout.contains("every packet accounted for"), || {
+        format!("conservation should hold:\n{stdout}")
+    })?;
+    check(stdout.contains("cleaned up"), || stdout.to_string())
+}
+
+/// Kills the child if a check fails half-way, so no `tunpipe run` outlives the test.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn ping_in(pid: u32, args: &[&str]) -> Result<(u64, u64), Failed> {
+    let pid = pid.to_string();
+    let out = Command::new("nsenter")
+        .args(["-t", &pid, "-n", "ping", "-q", "-w", "30"])
+        .args(args)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .ok_or_else(|| {
+            format!(
+                "ping {args:?} printed no summary: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let mut numbers = line
+        .split(',')
+        .filter_map(|part| part.split_whitespace().next()?.parse::<u64>().ok());
+    let sent = numbers.next().ok_or("no sent count")?;
+    let received = numbers.next().ok_or("no received count")?;
+    Ok((sent, received))
+}
+
+fn run_and_sigint() -> Result<(), Failed> {
+    let script = format!(
+        "ip link set lo up && exec {BIN} run --name t0 --ipv4 10.9.0.1/24 --ipv6 fd00:9::1/64"
+    );
+    // `unshare -n` without --fork execs: the child's pid is tunpipe's own.
+    let child = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut child = Reap(child);
+    let pid = child.0.id();
+    let (lines_tx, lines_rx) = mpsc::channel::<String>();
+    let stdout = child.0.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut stderr = child.0.stderr.take().expect("piped");
+    let stderr_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    // The banner comes once the device is configured and the engine runs.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok(line) => {
+                let ready = line.contains("stop with Ctrl-C");
+                seen.push(line);
+                if ready {
+                    break;
+                }
+            }
+            Err(_) => {
+                return Err(format!("tunpipe run never became ready: {seen:?}").into());
+            }
+        }
+    }
+
+    let (sent, received) = ping_in(pid, &["-c", "500", "-i", "0.001", "10.9.0.2"])?;
+    check(sent == 500 && received == 500, || {
+        format!("IPv4 ping: {sent} sent, {received} received")
+    })?;
+    let (sent, received) = ping_in(pid, &["-6", "-c", "5", "-i", "0.2", "fd00:9::2"])?;
+    check(sent == 5 && received == 5, || {
+        format!("IPv6 ping: {sent} sent, {received} received")
+    })?;
+
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+    check(rc == 0, || "kill(SIGINT) failed".to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.0.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            return Err("tunpipe run did not exit after SIGINT".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = reader.join();
+    seen.extend(lines_rx.try_iter());
+    let stdout = seen.join("\n");
+    let stderr = stderr_reader.join().unwrap_or_default();
+    check(status.success(), || {
+        format!("exit status {status}:\n{stdout}\n{stderr}")
+    })?;
+    for needle in [
+        "final counters",
+        "engine in",
+        "engine drops",
+        "every packet accounted for",
+        "engine time",
+        "kernel t0",
+        "after SIGINT",
+    ] {
+        check(stdout.contains(needle), || {
+            format!("output should contain {needle:?}:\n{stdout}")
+        })?;
+    }
+    check(stderr.trim().is_empty(), || format!("stderr: {stderr}"))
+}
