@@ -105,6 +105,14 @@ pub fn peak_rss_kib() -> u64 {
     )
 }
 
+/// Peak resident set size of process `pid` (VmHWM), in KiB (0 where unknown).
+pub fn peak_rss_kib_of(pid: u32) -> u64 {
+    status_field(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default(),
+        "VmHWM:",
+    )
+}
+
 fn status_field(status: &str, key: &str) -> u64 {
     status
         .lines()

@@ -20,7 +20,8 @@
 //!   guide's loops do when asked to stop while idle;
 //! - `idle`: CPU time and wake-ups per second of each contender with no traffic;
 //! - `tcp`: iperf3 between two network namespaces joined by a bridge (two engines, or two
-//!   guide loops), Linux only.
+//!   guide loops), Linux only;
+//! - `cli`: peak RSS of the CLI (`tunpipe run`) under load, Linux only.
 //!
 //! On Linux every section runs in a private network namespace of its own (root needed); on
 //! macOS it runs on utun devices. Results: `target/bench-results/tun.json` and
@@ -101,6 +102,8 @@ fn main() {
         ("idle", idle_section),
         #[cfg(target_os = "linux")]
         ("tcp", tcp_section),
+        #[cfg(target_os = "linux")]
+        ("cli", cli_section),
     ];
     for (name, f) in sections_fns {
         if !run(name) {
@@ -216,13 +219,25 @@ fn build_tun(name: &str) -> io::Result<tun_rs::SyncDevice> {
 /// Kernel drop counters of the interface (Linux): packets the TUN's queue toward user space
 /// dropped (`tx_dropped`), and packets user space wrote that the kernel dropped (`rx_dropped`).
 fn if_drops(name: &str) -> (u64, u64) {
-    let read = |f: &str| {
-        std::fs::read_to_string(format!("/sys/class/net/{name}/statistics/{f}"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (read("tx_dropped"), read("rx_dropped"))
+    // /proc/thread-self/net/dev shows the calling thread's namespace (sysfs would show the
+    // namespace it was mounted in). Fields after "name:": rx bytes packets errs drop ...,
+    // then tx bytes packets errs drop ...
+    let text = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap_or_default();
+    let prefix = format!("{name}:");
+    text.lines()
+        .map(str::trim_start)
+        .find(|l| l.starts_with(&prefix))
+        .map(|l| {
+            let f: Vec<u64> = l[prefix.len()..]
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            (
+                f.get(11).copied().unwrap_or(0),
+                f.get(3).copied().unwrap_or(0),
+            )
+        })
+        .unwrap_or((0, 0))
 }
 
 fn client_socket() -> io::Result<UdpSocket> {
@@ -1134,6 +1149,57 @@ fn idle_section(t: &Timing) -> Value {
             t.idle.as_secs_f64()
         ),
         &["contender", "threads", "CPU µs", "wake-ups/s"],
+        &rows,
+    );
+    Value::Array(cells)
+}
+
+/// Peak RSS of the CLI (`tunpipe run`, reflect) under closed-loop load: 256 packets of
+/// 1400 B in flight.
+#[cfg(target_os = "linux")]
+fn cli_section(t: &Timing) -> Value {
+    let mut rows = Vec::new();
+    let mut cells = Vec::new();
+    for workers in [0usize, 2] {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tunpipe"))
+            .args(["run", "--name", "tpcli", "--ipv4", "10.70.0.1/24"])
+            .args(["--workers", &workers.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => return json!({"error": e.to_string()}),
+        };
+        let mut socket = None;
+        common::wait_until(Duration::from_secs(5), || {
+            socket = client_socket().ok();
+            socket.is_some()
+        });
+        let Some(socket) = socket else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return json!({"error": "the CLI's TUN never came up"});
+        };
+        let result = client(&socket, 256, 1400, t, &mut || {});
+        let hwm = common::peak_rss_kib_of(child.id());
+        // SAFETY: kill takes a pid and a signal number; the child is ours and not yet reaped.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let _ = child.wait();
+        let pps = result.received as f64 / result.secs;
+        rows.push(vec![
+            workers.to_string(),
+            thousands(pps),
+            format!("{hwm}"),
+            format!("{:.1}", hwm as f64 / 1024.0),
+        ]);
+        cells.push(json!({"workers": workers, "pps": pps, "peak_rss_kib": hwm}));
+    }
+    print_table(
+        "Peak RSS of the CLI (tunpipe run, reflect) under load: window 256, 1400 B",
+        &["workers", "pps", "VmHWM KiB", "MiB"],
         &rows,
     );
     Value::Array(cells)
