@@ -583,6 +583,8 @@ struct ClientResult {
     sent: u64,
     lost: u64,
     send_errors: u64,
+    /// Times the client waited 250 ms for nothing and restarted its window.
+    timeouts: u64,
     rtt: Histogram<u64>,
 }
 
@@ -606,6 +608,7 @@ fn client(
     let mut inbuf = vec![0u8; 2048];
     let mut rtt = common::histogram();
     let (mut in_flight, mut sent, mut received, mut lost, mut errors) = (0usize, 0, 0, 0, 0);
+    let mut timeouts = 0;
     let warm_end = t.warmup.as_nanos() as u64;
     let end = warm_end + t.measure.as_nanos() as u64;
     let mut measuring = false;
@@ -651,6 +654,7 @@ fn client(
                 // Nothing for 250 ms: whatever is in flight is lost; start the window again.
                 lost += in_flight as u64;
                 in_flight = 0;
+                timeouts += 1;
             }
         }
     }
@@ -679,6 +683,7 @@ fn client(
         sent: sent - sent_at_start,
         lost,
         send_errors: errors,
+        timeouts,
         rtt,
     }
 }
@@ -829,6 +834,7 @@ fn cell(contender: Contender, work: Work, window: usize, payload: usize, t: &Tim
         "client_cpu_ns_per_packet": per_packet(client_cpu.cpu_ns),
         "lost_client_side": result.lost,
         "client_send_errors": result.send_errors,
+        "client_timeouts": result.timeouts,
         "kernel_tun_tx_dropped": kernel_drops.0,
         "kernel_tun_rx_dropped": kernel_drops.1,
         "contender_drops": stopped.drops,
