@@ -390,3 +390,65 @@ pub fn write_latency_svg(path: &std::path::Path, heading: &str, panels: &[Panel]
         Err(e) => eprintln!("could not write {}: {e}", path.display()),
     }
 }
+
+/// A receive half that spins for a while before it waits: an experiment that shows what the
+/// engine's reader would gain from a spin window before `wait_readable`, as its other actors
+/// have. While spinning it tries `recv` (on a TUN, a non-blocking read syscall) and keeps the
+/// packet it finds for the reader's next `recv` (one extra copy).
+pub struct SpinRx<R> {
+    inner: R,
+    spin: Duration,
+    stash: Box<[u8]>,
+    stashed: Option<usize>,
+}
+
+impl<R: tunpipe::RxHalf> SpinRx<R> {
+    /// Wraps `inner`, spinning up to `spin` before each wait.
+    pub fn new(inner: R, spin: Duration) -> Self {
+        SpinRx {
+            inner,
+            spin,
+            stash: vec![0u8; 65_536].into_boxed_slice(),
+            stashed: None,
+        }
+    }
+}
+
+impl<R: tunpipe::RxHalf> tunpipe::RxHalf for SpinRx<R> {
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(n) = self.stashed.take() {
+            // Like a TUN read into a short buffer: truncated, and the reader sees it.
+            let n = n.min(buf.len());
+            buf[..n].copy_from_slice(&self.stash[..n]);
+            return Ok(n);
+        }
+        self.inner.recv(buf)
+    }
+
+    fn wait_readable(&mut self) -> std::io::Result<()> {
+        if self.stashed.is_some() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let mut tries = 0u32;
+        loop {
+            match self.inner.recv(&mut self.stash) {
+                Ok(n) => {
+                    self.stashed = Some(n);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            tries += 1;
+            if tries % 16 == 0 && start.elapsed() >= self.spin {
+                return self.inner.wait_readable();
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn interrupter(&self) -> tunpipe::device::Interrupter {
+        self.inner.interrupter()
+    }
+}

@@ -342,6 +342,9 @@ enum Contender {
     Tunpipe(usize),
     /// tunpipe with `workers` and a spin window of `spin_us` µs (the default is 50).
     TunpipeSpin(usize, u64),
+    /// tunpipe with `workers`, its receive half wrapped to spin 50 µs before each wait (an
+    /// experiment: the engine's reader does not spin).
+    TunpipeReaderSpin(usize),
 }
 
 impl Contender {
@@ -351,6 +354,7 @@ impl Contender {
             Contender::GuideTokio => "guide-tokio".into(),
             Contender::Tunpipe(w) => format!("tunpipe-w{w}"),
             Contender::TunpipeSpin(w, spin) => format!("tunpipe-w{w}-spin{spin}"),
+            Contender::TunpipeReaderSpin(w) => format!("tunpipe-w{w}-rxspin50*"),
         }
     }
 
@@ -359,7 +363,9 @@ impl Contender {
         match self {
             Contender::GuideSync => &["guide-sync"],
             Contender::GuideTokio => &["guide-tokio"],
-            Contender::Tunpipe(_) | Contender::TunpipeSpin(..) => &["tunpipe-"],
+            Contender::Tunpipe(_)
+            | Contender::TunpipeSpin(..)
+            | Contender::TunpipeReaderSpin(_) => &["tunpipe-"],
         }
     }
 }
@@ -500,7 +506,7 @@ fn start(contender: Contender, work: Work, ifname: &str) -> io::Result<Running> 
                 .map_err(|_| io::Error::other("tokio loop died"))??;
             running.guide = Some((stop, handle));
         }
-        Contender::Tunpipe(_) | Contender::TunpipeSpin(..) => {
+        Contender::Tunpipe(_) | Contender::TunpipeSpin(..) | Contender::TunpipeReaderSpin(_) => {
             let device = TunDevice::new(build_tun(ifname)?);
             let mut config = Config::default();
             match contender {
@@ -508,14 +514,20 @@ fn start(contender: Contender, work: Work, ifname: &str) -> io::Result<Running> 
                     config.workers = workers;
                     config.spin = Duration::from_micros(spin);
                 }
-                Contender::Tunpipe(workers) => config.workers = workers,
+                Contender::Tunpipe(workers) | Contender::TunpipeReaderSpin(workers) => {
+                    config.workers = workers
+                }
                 _ => {}
             }
-            let engine = Engine::builder()
-                .config(config)
-                .stage(factory)
-                .start(&device)
-                .map_err(io::Error::other)?;
+            let builder = Engine::builder().config(config).stage(factory);
+            let engine = if let Contender::TunpipeReaderSpin(_) = contender {
+                use tunpipe::Device;
+                let (rx, tx) = device.open()?;
+                builder.start_halves(common::SpinRx::new(rx, Duration::from_micros(50)), tx)
+            } else {
+                builder.start(&device)
+            }
+            .map_err(io::Error::other)?;
             running.engine = Some((engine, device));
         }
     }
@@ -958,6 +970,7 @@ fn spin_section(t: &Timing) -> Value {
         for spin in [0u64, 10, 50, 200] {
             contenders.push(Contender::TunpipeSpin(workers, spin));
         }
+        contenders.push(Contender::TunpipeReaderSpin(workers));
     }
     run_matrix(t, Work::Reflect, &contenders, &[1, 32], &[64])
 }
