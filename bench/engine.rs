@@ -280,7 +280,8 @@ fn throughput(t: &Timing) -> Value {
                 "count": p.count, "p50": p.p50, "p90": p.p90, "p99": p.p99,
                 "p999": p.p999, "max": p.max,
             })),
-            "dropped": stats.dropped(),
+            "dropped": stats.dropped() - stats.drop_stopped,
+            "drop_stopped": stats.drop_stopped,
             "drop_ring_full": stats.drop_ring_full,
         });
         rows.push(vec![
@@ -306,7 +307,7 @@ fn throughput(t: &Timing) -> Value {
                     )
                 })
                 .unwrap_or_else(|| "-".into()),
-            thousands(stats.dropped() as f64),
+            thousands((stats.dropped() - stats.drop_stopped) as f64),
         ]);
         cells.push(cell);
     }
@@ -321,7 +322,7 @@ fn throughput(t: &Timing) -> Value {
             "engine CPU ns/pkt",
             "allocs (window)",
             "engine time p50/p99/p99.9 µs",
-            "drops",
+            "drops (not stopped)",
         ],
         &rows,
     );
