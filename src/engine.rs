@@ -10,15 +10,15 @@ use crate::device::{Device, RxHalf, TxHalf};
 use crate::link::Backoff;
 use crate::pool::{self, PacketBuf};
 use crate::stage::{BuiltinStage, StageFactory};
-use crate::stats::{Latency, LatencyRecorder, LatencySnapshot, Stats};
+use crate::stats::{LatencyRecorder, LatencySnapshot, Stats};
 use crate::sys;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use rtrb::RingBuffer;
 use std::io;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle, ThreadId};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why the engine could not start, or why it stopped.
 #[derive(Debug, Clone)]
@@ -40,6 +40,11 @@ pub enum EngineError {
     StopFromEngineThread,
     /// A latency snapshot could not be taken because the engine is stopping.
     Stopping,
+    /// The buffer pool could not be allocated.
+    OutOfMemory {
+        /// Bytes the pool needed.
+        bytes: usize,
+    },
 }
 
 impl EngineError {
@@ -61,6 +66,9 @@ impl std::fmt::Display for EngineError {
                 f.write_str("stop called from an engine thread; stop requested, not joined")
             }
             EngineError::Stopping => f.write_str("the engine is stopping"),
+            EngineError::OutOfMemory { bytes } => {
+                write!(f, "could not allocate the {bytes}-byte buffer pool")
+            }
         }
     }
 }
@@ -130,8 +138,11 @@ impl Builder {
             yields: c.yields,
         };
         let pool_size = c.pool_size();
-        let mut free = Vec::with_capacity(pool_size);
-        free.extend(pool::allocate(pool_size, c.headroom, c.mtu, c.tailroom));
+        let free = pool::allocate(pool_size, c.headroom, c.mtu, c.tailroom).map_err(|_| {
+            EngineError::OutOfMemory {
+                bytes: pool_size.saturating_mul(c.buffer_size()),
+            }
+        })?;
         let (free_out, free_in) = RingBuffer::<PacketBuf>::new(pool_size);
         let (mail_tx, mailbox) = crossbeam_channel::bounded(16);
 
@@ -256,7 +267,7 @@ enum Role {
 
 struct ActorThread {
     role: Role,
-    handle: JoinHandle<Option<crate::actor::writer::WriterLatency>>,
+    handle: JoinHandle<Option<LatencySnapshot>>,
 }
 
 /// Spawns actor threads; if one fails to spawn, stops and joins the ones already running.
@@ -279,7 +290,7 @@ impl Spawner {
         &mut self,
         name: &str,
         role: Role,
-        body: impl FnOnce() -> Option<crate::actor::writer::WriterLatency> + Send + 'static,
+        body: impl FnOnce() -> Option<LatencySnapshot> + Send + 'static,
     ) -> Result<(), EngineError> {
         let (pin, index) = (self.pin, self.threads.len());
         let spawned = thread::Builder::new()
@@ -313,10 +324,7 @@ impl Drop for Spawner {
 
 /// The stop protocol's joining side: reader first, then workers, then writer, advancing the
 /// phase between them so each actor can account for everything still in its input ring.
-fn join_in_order(
-    ctl: &Control,
-    threads: Vec<ActorThread>,
-) -> Option<crate::actor::writer::WriterLatency> {
+fn join_in_order(ctl: &Control, threads: Vec<ActorThread>) -> Option<LatencySnapshot> {
     ctl.request_stop();
     let mut threads = threads;
     let mut join = |role: Role| {
@@ -404,8 +412,7 @@ impl Engine {
         // Holding the lock while joining makes concurrent stoppers wait for the one that joins.
         let mut threads = self.threads.lock();
         if let Some(threads) = threads.take() {
-            let writer = join_in_order(&self.ctl, threads);
-            let snapshot = latency_from(writer);
+            let snapshot = join_in_order(&self.ctl, threads).unwrap_or_else(LatencySnapshot::empty);
             *self.final_latency.lock() = Some(snapshot);
             log::info!("tunpipe engine stopped: {:?}", self.stats());
         }
@@ -434,9 +441,17 @@ impl Engine {
             .try_send(Mail::Latency(reply_tx))
             .map_err(|_| EngineError::Stopping)?;
         self.ctl.writer_bell.force();
-        match reply_rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(writer) => Ok(latency_from(Some(writer))),
-            Err(_) => Err(EngineError::Stopping),
+        // A request that lands after the writer's last look at its mailbox is never
+        // answered, so wait in short slices and give up as soon as a stop is under way,
+        // instead of blocking a host's UI thread for the whole deadline.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match reply_rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(snapshot) => return Ok(snapshot),
+                Err(RecvTimeoutError::Timeout)
+                    if !self.ctl.stopping() && Instant::now() < deadline => {}
+                Err(_) => return Err(EngineError::Stopping),
+            }
         }
     }
 
@@ -449,16 +464,6 @@ impl Engine {
     pub fn workers(&self) -> usize {
         self.workers
     }
-}
-
-fn latency_from(writer: Option<crate::actor::writer::WriterLatency>) -> LatencySnapshot {
-    let mut engine = Latency::empty();
-    let mut stage = Latency::empty();
-    if let Some(w) = writer {
-        engine.merge(&w.engine);
-        stage.merge(&w.stage);
-    }
-    LatencySnapshot { engine, stage }
 }
 
 impl Drop for Engine {

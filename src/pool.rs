@@ -23,7 +23,8 @@ impl std::error::Error for NoRoom {}
 /// One packet buffer. It has exactly one owner at a time: the reader, a worker, the writer, or a
 /// ring in between.
 pub struct PacketBuf {
-    storage: Box<[u8]>,
+    /// Never resized after allocation: a `Vec` only so that it can be allocated fallibly.
+    storage: Vec<u8>,
     /// Offset of the packet's first byte; the bytes before it are headroom.
     start: usize,
     len: usize,
@@ -40,15 +41,35 @@ pub struct PacketBuf {
 impl PacketBuf {
     /// A buffer with `headroom` bytes before the packet and room for `capacity` packet bytes
     /// plus `tailroom` after it.
+    ///
+    /// # Panics
+    /// If the allocation fails (as `vec!` does); the engine uses [`PacketBuf::try_new`].
     pub fn new(headroom: usize, capacity: usize, tailroom: usize) -> Self {
-        PacketBuf {
-            storage: vec![0u8; headroom + capacity + tailroom].into_boxed_slice(),
+        Self::try_new(headroom, capacity, tailroom).expect("packet buffer allocation failed")
+    }
+
+    /// Like [`PacketBuf::new`], but an allocation failure is an error instead of an abort.
+    ///
+    /// # Errors
+    /// When the memory cannot be reserved.
+    pub fn try_new(
+        headroom: usize,
+        capacity: usize,
+        tailroom: usize,
+    ) -> Result<Self, std::collections::TryReserveError> {
+        let size = headroom.saturating_add(capacity).saturating_add(tailroom);
+        let mut storage = Vec::new();
+        storage.try_reserve_exact(size)?;
+        // Within the reserved capacity: this does not allocate again.
+        storage.resize(size, 0);
+        Ok(PacketBuf {
+            storage,
             start: headroom,
             len: 0,
             received_at: 0,
             stage_ns: 0,
             dropped: false,
-        }
+        })
     }
 
     /// The packet bytes.
@@ -200,16 +221,23 @@ impl std::fmt::Debug for PacketBuf {
 }
 
 /// Allocates the engine's fixed pool: `count` buffers, each `headroom + mtu + 1 + tailroom`
-/// bytes. The extra byte is what lets the reader see an oversize packet.
+/// bytes. The extra byte is what lets the reader see an oversize packet. The returned `Vec`
+/// has room for exactly `count` buffers, so the reader's free list never reallocates.
+///
+/// Fallible, so that a valid config the system cannot back (an address-space limit, a
+/// 32-bit host) is an error for the host instead of an abort.
 pub(crate) fn allocate(
     count: usize,
     headroom: usize,
     mtu: usize,
     tailroom: usize,
-) -> Vec<PacketBuf> {
-    (0..count)
-        .map(|_| PacketBuf::new(headroom, mtu + 1, tailroom))
-        .collect()
+) -> Result<Vec<PacketBuf>, std::collections::TryReserveError> {
+    let mut pool = Vec::new();
+    pool.try_reserve_exact(count)?;
+    for _ in 0..count {
+        pool.push(PacketBuf::try_new(headroom, mtu + 1, tailroom)?);
+    }
+    Ok(pool)
 }
 
 #[cfg(test)]
@@ -244,8 +272,14 @@ mod tests {
     }
 
     #[test]
+    fn an_impossible_allocation_is_an_error() {
+        assert!(PacketBuf::try_new(usize::MAX / 2, usize::MAX / 2, 0).is_err());
+        assert!(allocate(usize::MAX / 64, 0, 1500, 0).is_err());
+    }
+
+    #[test]
     fn receive_window_is_one_byte_past_the_mtu() {
-        let mut pool = allocate(2, 4, 10, 4);
+        let mut pool = allocate(2, 4, 10, 4).unwrap();
         assert_eq!(pool.len(), 2);
         let window = pool[0].receive_window(4, 11);
         assert_eq!(window.len(), 11);

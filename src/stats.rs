@@ -175,11 +175,14 @@ pub(crate) struct LatencyRecorder {
 
 /// Highest latency the histograms track (longer values are clamped to it): 60 s.
 const MAX_TRACKED_NS: u64 = 60_000_000_000;
+/// Two significant digits (1% resolution) is plenty for latency percentiles and keeps each
+/// histogram at tens of kilobytes instead of the ~220 KB that three digits cost.
+const SIGNIFICANT_DIGITS: u8 = 2;
 
 impl LatencyRecorder {
     pub(crate) fn new() -> Self {
         LatencyRecorder {
-            histogram: Histogram::new_with_bounds(1, MAX_TRACKED_NS, 3)
+            histogram: Histogram::new_with_bounds(1, MAX_TRACKED_NS, SIGNIFICANT_DIGITS)
                 .expect("static histogram bounds are valid"),
         }
     }
@@ -190,8 +193,18 @@ impl LatencyRecorder {
         let _ = self.histogram.record_n(ns.clamp(1, MAX_TRACKED_NS), count);
     }
 
-    pub(crate) fn histogram(&self) -> &Histogram<u64> {
-        &self.histogram
+    /// A copy of the distribution so far (allocates: for snapshot requests only).
+    pub(crate) fn snapshot(&self) -> Latency {
+        Latency {
+            histogram: self.histogram.clone(),
+        }
+    }
+
+    /// The final distribution, moved out without copying.
+    pub(crate) fn into_latency(self) -> Latency {
+        Latency {
+            histogram: self.histogram,
+        }
     }
 
     /// Bytes this histogram keeps.
@@ -233,11 +246,6 @@ impl Latency {
         }
     }
 
-    pub(crate) fn merge(&mut self, other: &Histogram<u64>) {
-        // Same bounds on both sides, so adding cannot fail.
-        let _ = self.histogram.add(other);
-    }
-
     /// Count, min, p50/p90/p99/p99.9 and max, in nanoseconds (all 0 when empty).
     pub fn percentiles(&self) -> Percentiles {
         let h = &self.histogram;
@@ -269,6 +277,15 @@ impl Latency {
 impl std::fmt::Debug for Latency {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.percentiles().fmt(f)
+    }
+}
+
+impl LatencySnapshot {
+    pub(crate) fn empty() -> Self {
+        LatencySnapshot {
+            engine: Latency::empty(),
+            stage: Latency::empty(),
+        }
     }
 }
 
@@ -311,12 +328,11 @@ mod tests {
             rec.record_n(v * 1000, 1);
         }
         rec.record_n(u64::MAX, 1); // clamped, never an error
-        let mut latency = Latency::empty();
-        latency.merge(rec.histogram());
+        let latency = rec.snapshot();
         let p = latency.percentiles();
         assert_eq!(p.count, 1001);
-        assert!(p.min >= 1000 && p.min < 1010);
-        assert!((499_000..=502_000).contains(&p.p50), "{p:?}");
+        assert!((990..=1010).contains(&p.min), "{p:?}");
+        assert!((495_000..=505_000).contains(&p.p50), "{p:?}");
         assert!(p.max >= MAX_TRACKED_NS);
 
         use base64::Engine as _;

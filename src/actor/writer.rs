@@ -4,22 +4,15 @@ use super::{phase, Control};
 use crate::device::{classify, ErrorClass, TxHalf};
 use crate::link::{Backoff, Idle, Waited};
 use crate::pool::PacketBuf;
-use crate::stats::LatencyRecorder;
+use crate::stats::{LatencyRecorder, LatencySnapshot};
 use crate::EngineError;
 use crossbeam_channel::{Receiver, Sender};
-use hdrhistogram::Histogram;
 use rtrb::{Consumer, Producer};
 use std::sync::Arc;
 
-/// The writer's histograms, as a snapshot request receives them.
-pub(crate) struct WriterLatency {
-    pub engine: Histogram<u64>,
-    pub stage: Histogram<u64>,
-}
-
 /// A request in the writer's mailbox, answered between batches.
 pub(crate) enum Mail {
-    Latency(Sender<WriterLatency>),
+    Latency(Sender<LatencySnapshot>),
 }
 
 pub(crate) struct Writer<T: TxHalf> {
@@ -39,7 +32,7 @@ pub(crate) struct Writer<T: TxHalf> {
 
 impl<T: TxHalf> Writer<T> {
     /// Runs until the stop protocol lets it leave; returns the final histograms.
-    pub(crate) fn run(mut self) -> WriterLatency {
+    pub(crate) fn run(mut self) -> LatencySnapshot {
         let ctl = self.ctl.clone();
         ctl.writer_bell.register_current();
         let mut idle = Idle::new(self.backoff);
@@ -59,7 +52,10 @@ impl<T: TxHalf> Writer<T> {
                 continue;
             }
             if stage >= phase::WORKERS_DONE {
-                return self.latency_snapshot();
+                return LatencySnapshot {
+                    engine: self.engine_time.into_latency(),
+                    stage: self.stage_time.into_latency(),
+                };
             }
             let exit_phase = if stage >= phase::STOP_REQUESTED {
                 phase::WORKERS_DONE
@@ -130,10 +126,10 @@ impl<T: TxHalf> Writer<T> {
         n
     }
 
-    fn latency_snapshot(&self) -> WriterLatency {
-        WriterLatency {
-            engine: self.engine_time.histogram().clone(),
-            stage: self.stage_time.histogram().clone(),
+    fn latency_snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            engine: self.engine_time.snapshot(),
+            stage: self.stage_time.snapshot(),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use super::{Device, Interrupter, RxHalf, TxHalf};
 use crate::sys;
+use parking_lot::Mutex;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -18,12 +19,42 @@ pub struct TunDevice {
     device: Arc<SyncDevice>,
 }
 
+/// Interfaces with a run open in this process. Two runs on one TUN would share one open file
+/// description, and so one `O_NONBLOCK` flag: the first to stop would restore blocking mode
+/// under the other, whose reader would then block in `read()` where no stop can reach it.
+static OPEN_RUNS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Claims `interface` for one run; released on drop.
+struct Claim(String);
+
+impl Claim {
+    fn new(interface: String) -> io::Result<Self> {
+        let mut open = OPEN_RUNS.lock();
+        if open.contains(&interface) {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!("a tunpipe engine already runs on {interface}"),
+            ));
+        }
+        open.push(interface.clone());
+        Ok(Claim(interface))
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        OPEN_RUNS.lock().retain(|name| *name != self.0);
+    }
+}
+
 /// One run's hold on the device: restores the fd's flags when the last half is dropped.
 struct Run {
     device: Arc<SyncDevice>,
     saved_flags: i32,
     /// Each run gets its own event: an `InterruptEvent` stays triggered until reset.
     interrupt: Arc<InterruptEvent>,
+    /// Dropped after the flags are restored (fields drop after `drop` runs).
+    _claim: Claim,
 }
 
 impl Drop for Run {
@@ -88,8 +119,11 @@ impl Device for TunDevice {
     type Rx = TunRx;
     type Tx = TunTx;
 
+    /// # Errors
+    /// `ResourceBusy` when another run (of any engine in this process) has the same TUN open.
     fn open(&self) -> io::Result<(TunRx, TunTx)> {
         let fd = self.device.as_raw_fd();
+        let claim = Claim::new(sys::tun_identity(fd)?)?;
         let saved_flags = sys::fd_flags(fd)?;
         let interrupt = Arc::new(InterruptEvent::new()?);
         sys::set_fd_flags(fd, saved_flags | libc::O_NONBLOCK)?;
@@ -97,6 +131,7 @@ impl Device for TunDevice {
             device: self.device.clone(),
             saved_flags,
             interrupt,
+            _claim: claim,
         });
         sys::tune_tun(fd);
         Ok((TunRx { run: run.clone() }, TunTx { run }))

@@ -30,15 +30,17 @@ struct SockaddrCtl {
     sc_reserved: [u32; 5],
 }
 
-/// The utun control id, looked up through a throwaway control socket.
-fn utun_control_id() -> io::Result<u32> {
-    // SAFETY: plain socket creation; the result is checked and closed below.
-    let sock = unsafe {
-        libc::socket(AF_SYSTEM, libc::SOCK_DGRAM, 2 /* SYSPROTO_CONTROL */)
-    };
-    if sock < 0 {
-        return Err(io::Error::last_os_error());
-    }
+/// `SYSPROTO_CONTROL`, from XNU's `sys/sys_domain.h`: the protocol and the socket-option
+/// level of kernel control sockets.
+const SYSPROTO_CONTROL: libc::c_int = 2;
+/// Highest descriptor the scan tries, as the tun-rs iOS guide's Swift scan does.
+const MAX_SCANNED_FD: RawFd = 1024;
+
+// The layouts must match XNU exactly, or the ioctl and getpeername write out of bounds.
+const _: () = assert!(std::mem::size_of::<CtlInfo>() == 100);
+const _: () = assert!(std::mem::size_of::<SockaddrCtl>() == 32);
+
+fn utun_ctl_info() -> CtlInfo {
     let mut info = CtlInfo {
         ctl_id: 0,
         ctl_name: [0; 96],
@@ -46,19 +48,41 @@ fn utun_control_id() -> io::Result<u32> {
     for (dst, src) in info.ctl_name.iter_mut().zip(UTUN_CONTROL_NAME) {
         *dst = *src as libc::c_char;
     }
-    // SAFETY: CTLIOCGINFO reads and writes one `struct ctl_info`, which `info` is.
+    info
+}
+
+/// `CTLIOCGINFO` on `sock`, a kernel control socket: the utun control's id.
+fn ctl_id_via(sock: RawFd) -> io::Result<u32> {
+    let mut info = utun_ctl_info();
+    // SAFETY: CTLIOCGINFO reads and writes one `struct ctl_info`, which `info` is (its size
+    // is asserted above).
     let ret = unsafe { libc::ioctl(sock, CTLIOCGINFO, &mut info as *mut CtlInfo) };
-    let err = io::Error::last_os_error();
-    // SAFETY: `sock` was created above and is closed exactly once.
-    unsafe { libc::close(sock) };
     if ret < 0 {
-        return Err(err);
+        return Err(io::Error::last_os_error());
     }
     Ok(info.ctl_id)
 }
 
-/// Is `fd` a utun control socket? (`getpeername` yields `AF_SYSTEM` and the utun control id.)
-pub(crate) fn is_utun_fd(fd: RawFd, utun_id: u32) -> bool {
+/// The utun control id. Asked of `fd` itself first (a kernel control socket answers
+/// CTLIOCGINFO, and a Network Extension's sandbox may refuse to create new `AF_SYSTEM`
+/// sockets), else of a throwaway control socket.
+fn utun_control_id(fd: RawFd) -> io::Result<u32> {
+    if let Ok(id) = ctl_id_via(fd) {
+        return Ok(id);
+    }
+    // SAFETY: plain socket creation; the result is checked and closed below.
+    let sock = unsafe { libc::socket(AF_SYSTEM, libc::SOCK_DGRAM, SYSPROTO_CONTROL) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let id = ctl_id_via(sock);
+    // SAFETY: `sock` was created above and is closed exactly once.
+    unsafe { libc::close(sock) };
+    id
+}
+
+/// The peer address of `fd` if it is a kernel control socket (`AF_SYSTEM`/`AF_SYS_CONTROL`).
+fn control_peer(fd: RawFd) -> Option<SockaddrCtl> {
     let mut addr = SockaddrCtl::default();
     let mut len = std::mem::size_of::<SockaddrCtl>() as libc::socklen_t;
     // SAFETY: getpeername writes at most `len` bytes into `addr`, which is that large.
@@ -69,28 +93,177 @@ pub(crate) fn is_utun_fd(fd: RawFd, utun_id: u32) -> bool {
             &mut len,
         )
     };
-    ret == 0
-        && addr.sc_family as libc::c_int == AF_SYSTEM
-        && addr.ss_sysaddr == AF_SYS_CONTROL
-        && addr.sc_id == utun_id
+    (ret == 0 && addr.sc_family as libc::c_int == AF_SYSTEM && addr.ss_sysaddr == AF_SYS_CONTROL)
+        .then_some(addr)
+}
+
+/// Is `fd` a utun control socket? (`getpeername` yields `AF_SYSTEM` and the utun control id.)
+pub(crate) fn is_utun_fd(fd: RawFd, utun_id: u32) -> bool {
+    control_peer(fd).is_some_and(|addr| addr.sc_id == utun_id)
 }
 
 /// Checks that `fd` is a utun control socket, so that `start_tun(1)` cannot read stdin.
 pub(crate) fn validate_tun_fd(fd: RawFd) -> io::Result<()> {
     super::fd_flags(fd)?;
-    let id = utun_control_id()?;
+    let not_utun = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} is not a utun control socket"),
+        )
+    };
+    if control_peer(fd).is_none() {
+        return Err(not_utun());
+    }
+    let id = utun_control_id(fd)?;
     if is_utun_fd(fd, id) {
         Ok(())
     } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("fd {fd} is not a utun control socket"),
-        ))
+        Err(not_utun())
     }
 }
 
-/// Throughput tuning for utun is added with the C ABI work; nothing yet.
-pub(crate) fn tune_tun(_fd: RawFd) {}
+/// Finds the packet tunnel's utun fd: the first of descriptors 0..=1024 that is a kernel
+/// control socket connected to the utun control. This is the scan of the tun-rs iOS/tvOS
+/// guide (and WireGuardKit), for hosts that do not pass the fd in.
+///
+/// # Errors
+/// `NotFound` when no descriptor is a utun control socket.
+pub fn find_utun_fd() -> io::Result<RawFd> {
+    let mut utun_id = None;
+    for fd in 0..=MAX_SCANNED_FD {
+        let Some(addr) = control_peer(fd) else {
+            continue;
+        };
+        // Look the id up once, from the first control socket met.
+        let id = match utun_id {
+            Some(id) => id,
+            None => match utun_control_id(fd) {
+                Ok(id) => *utun_id.insert(id),
+                Err(_) => continue,
+            },
+        };
+        if addr.sc_id == id {
+            return Ok(fd);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no utun control socket among fds 0..={MAX_SCANNED_FD}"),
+    ))
+}
+
+/// `UTUN_OPT_IFNAME` from XNU's `bsd/net/if_utun.h` (value 2, level `SYSPROTO_CONTROL`): the
+/// utun's interface name, such as `utun3`.
+const UTUN_OPT_IFNAME: libc::c_int = 2;
+
+/// The utun's interface name, which every dup of its control socket shares.
+pub(crate) fn tun_identity(fd: RawFd) -> io::Result<String> {
+    let mut name = [0u8; libc::IFNAMSIZ];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `name`, which is that large.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            SYSPROTO_CONTROL,
+            UTUN_OPT_IFNAME,
+            name.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..len]).into_owned())
+}
+
+/// `UTUN_OPT_MAX_PENDING_PACKETS` from XNU's `bsd/net/if_utun.h` (value 16, level
+/// `SYSPROTO_CONTROL`, a non-zero `u_int32_t`; XNU's `utun_ctl_setopt` refuses another size
+/// with EMSGSIZE and 0 with EINVAL): how many packets may wait in the control socket to be
+/// read. XNU defaults to a handful, which throttles a fast reader to lock-step reads;
+/// firezone's connlib (`apple` tun) raises it, with the socket's receive buffer, for the
+/// same reason.
+const UTUN_OPT_MAX_PENDING_PACKETS: libc::c_int = 16;
+/// Receive buffer asked for with `SO_RCVBUF`: 2 MiB on iOS/tvOS, where the extension's
+/// memory is tight, 8 MiB (the default `kern.ipc.maxsockbuf`) on macOS, as connlib does.
+/// The kernel clamps what it cannot grant.
+const RECV_BUFFER: libc::c_int = if cfg!(target_os = "macos") {
+    8 << 20
+} else {
+    2 << 20
+};
+/// Send buffer: writes go straight to the interface, so a modest one suffices.
+const SEND_BUFFER: libc::c_int = 1 << 20;
+/// Enough pending packets to fill the receive buffer with 1500-byte packets.
+const MAX_PENDING_PACKETS: u32 = (RECV_BUFFER as u32 / 1500).next_power_of_two();
+
+fn set_opt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
+    // SAFETY: setsockopt reads `size_of::<T>()` bytes from `value`, which lives on this frame.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Raises the utun pending-packet limit and the socket buffers, best effort: a refusal is
+/// logged and the engine runs with the defaults.
+pub(crate) fn tune_tun(fd: RawFd) {
+    let attempts = [
+        (
+            "UTUN_OPT_MAX_PENDING_PACKETS",
+            set_opt(
+                fd,
+                SYSPROTO_CONTROL,
+                UTUN_OPT_MAX_PENDING_PACKETS,
+                MAX_PENDING_PACKETS,
+            ),
+        ),
+        (
+            "SO_RCVBUF",
+            set_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RECV_BUFFER),
+        ),
+        (
+            "SO_SNDBUF",
+            set_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, SEND_BUFFER),
+        ),
+    ];
+    for (name, result) in attempts {
+        if let Err(e) = result {
+            log::warn!("could not set {name} on the utun fd (running with the default): {e}");
+        }
+    }
+}
+
+#[cfg(any(target_os = "ios", target_os = "tvos"))]
+extern "C" {
+    /// `<os/proc.h>`: bytes the process may still allocate before it hits its memory limit
+    /// (iOS 13+, tvOS 13+); 0 when not limited or unknown.
+    fn os_proc_available_memory() -> libc::size_t;
+}
+
+/// Bytes the process may still allocate before the jetsam limit (`os_proc_available_memory`):
+/// iOS and tvOS only; `None` on macOS, where the call does not exist.
+pub fn available_memory() -> Option<u64> {
+    #[cfg(any(target_os = "ios", target_os = "tvos"))]
+    {
+        // SAFETY: takes no arguments and only reads the process's own accounting.
+        Some(unsafe { os_proc_available_memory() } as u64)
+    }
+    #[cfg(not(any(target_os = "ios", target_os = "tvos")))]
+    {
+        None
+    }
+}
 
 /// Apple has no thread affinity; actors get the user-interactive QoS class instead, so the
 /// scheduler keeps them on performance cores and runs them promptly.

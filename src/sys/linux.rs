@@ -3,21 +3,35 @@
 use std::io;
 use std::os::fd::RawFd;
 
-/// Checks that `fd` is a TUN device with `TUNGETIFF`, which fails on anything else.
-pub(crate) fn validate_tun_fd(fd: RawFd) -> io::Result<()> {
-    super::fd_flags(fd)?;
-    // struct ifreq is 40 bytes on every Linux ABI; TUNGETIFF fills the name and flags.
+/// `struct ifreq` as `TUNGETIFF` fills it: 40 bytes on every Linux ABI, the interface name
+/// first.
+fn tungetiff(fd: RawFd) -> io::Result<[u8; 40]> {
     let mut ifreq = [0u8; 40];
     // SAFETY: TUNGETIFF writes at most one `struct ifreq` into the buffer, which is that size.
     let ret = unsafe { libc::ioctl(fd, libc::TUNGETIFF as _, ifreq.as_mut_ptr()) };
     if ret < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ifreq)
+}
+
+/// Checks that `fd` is a TUN device with `TUNGETIFF`, which fails on anything else.
+pub(crate) fn validate_tun_fd(fd: RawFd) -> io::Result<()> {
+    super::fd_flags(fd)?;
+    tungetiff(fd).map(|_| ()).map_err(|e| {
+        io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("fd {fd} is not a TUN device (TUNGETIFF: {e})"),
-        ));
-    }
-    Ok(())
+        )
+    })
+}
+
+/// The TUN's interface name, which every fd attached to it shares.
+pub(crate) fn tun_identity(fd: RawFd) -> io::Result<String> {
+    let ifreq = tungetiff(fd)?;
+    let name = &ifreq[..libc::IFNAMSIZ];
+    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..len]).into_owned())
 }
 
 /// Nothing to tune: the Linux TUN queue length is an interface setting (`ip link ... txqueuelen`).

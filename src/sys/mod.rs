@@ -2,6 +2,7 @@
 //!
 //! Each platform module provides:
 //! - `validate_tun_fd(fd)`: is this fd a TUN (Linux) / utun control socket (Apple)?
+//! - `tun_identity(fd)`: a name for the TUN behind `fd`, the same for all its dups;
 //! - `tune_tun(fd)`: best-effort throughput settings for a fresh run (logged on failure);
 //! - `place_current_thread(actor_index, pin)`: core pinning (Linux, Android) or a QoS class
 //!   (Apple), logged, never fatal.
@@ -21,7 +22,29 @@ mod imp;
 #[path = "other.rs"]
 mod imp;
 
-pub(crate) use imp::{place_current_thread, tune_tun, validate_tun_fd};
+pub(crate) use imp::{place_current_thread, tun_identity, tune_tun, validate_tun_fd};
+
+#[cfg(target_vendor = "apple")]
+pub use imp::{available_memory, find_utun_fd};
+
+/// Finds the packet tunnel's utun fd by scanning descriptors: Apple only.
+///
+/// # Errors
+/// Always `Unsupported` here.
+#[cfg(not(target_vendor = "apple"))]
+pub fn find_utun_fd() -> io::Result<RawFd> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "utun fd discovery exists only on Apple platforms",
+    ))
+}
+
+/// Bytes the process may still allocate before the jetsam limit (`os_proc_available_memory`):
+/// iOS and tvOS only, `None` elsewhere.
+#[cfg(not(target_vendor = "apple"))]
+pub fn available_memory() -> Option<u64> {
+    None
+}
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {

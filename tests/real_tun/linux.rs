@@ -1,10 +1,10 @@
-//! Real-TUN tests: the kernel's own `ping`, `ping -6` and UDP sockets as clients of the engine.
-//!
-//! Each test runs in a fresh network namespace (`unshare(CLONE_NEWNET)` on its own thread;
-//! the engine's threads and the `ping` children inherit it), so nothing collides or leaks.
-//! When the process cannot create a namespace and a TUN device (not root), every test is
-//! reported as ignored, never as passed. Tests run one at a time, so that the idle test sees
-//! only its own engine's threads.
+// Real-TUN tests: the kernel's own `ping`, `ping -6` and UDP sockets as clients of the engine.
+//
+// Each test runs in a fresh network namespace (`unshare(CLONE_NEWNET)` on its own thread;
+// the engine's threads and the `ping` children inherit it), so nothing collides or leaks.
+// When the process cannot create a namespace and a TUN device (not root), every test is
+// reported as ignored, never as passed. Tests run one at a time, so that the idle test sees
+// only its own engine's threads.
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::io;
@@ -21,7 +21,7 @@ const V6_PEER: &str = "fd00:50::2";
 /// A real-TUN test: runs inside its own network namespace.
 type Test = fn() -> Result<(), Failed>;
 
-fn main() {
+pub fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     let reason = privilege_problem();

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Apple (and Android) targets without an Apple SDK: type-check every target the engine
+# ships for, build the iOS static archive, and check with llvm-nm that it exports the C ABI.
+# rustup serves aarch64-apple-ios, the macOS targets and Android; aarch64-apple-ios-sim and
+# tvOS are built from source with -Zbuild-std (RUSTC_BOOTSTRAP: no nightly toolchain here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target_dir=${CARGO_TARGET_DIR:-target}
+started=$SECONDS
+timed() {
+  local name=$1; shift
+  local t=$SECONDS
+  echo "== apple: $name"
+  "$@"
+  echo "   $name: $((SECONDS - t)) s"
+}
+
+timed "rustup targets" rustup target add aarch64-apple-ios aarch64-apple-darwin \
+  x86_64-apple-darwin aarch64-linux-android
+timed "rust-src" rustup component add rust-src
+
+for t in aarch64-apple-ios aarch64-apple-darwin x86_64-apple-darwin aarch64-linux-android; do
+  timed "check --lib $t" cargo check --quiet --lib --target "$t"
+done
+# --all-targets adds the CLI, tests and benches; their dev-dependencies build for these.
+for t in aarch64-apple-ios aarch64-apple-darwin aarch64-linux-android; do
+  timed "check --all-targets $t" cargo check --quiet --all-targets --target "$t"
+done
+timed "clippy --lib aarch64-apple-ios" cargo clippy --quiet --lib --target aarch64-apple-ios -- -D warnings
+
+for t in aarch64-apple-ios-sim aarch64-apple-tvos; do
+  timed "check --lib $t (build-std)" env RUSTC_BOOTSTRAP=1 \
+    cargo check --quiet --lib -Zbuild-std=std,panic_abort --target "$t"
+done
+
+# A staticlib needs no linker, but tun-rs asks for a cdylib of itself, which does: point
+# that link at /bin/true (the .dylib is not shipped; the .a is).
+timed "build --release --lib aarch64-apple-ios" env CARGO_TARGET_AARCH64_APPLE_IOS_LINKER=/bin/true \
+  cargo build --quiet --release --lib --target aarch64-apple-ios
+
+if ! command -v llvm-nm >/dev/null; then
+  timed "install llvm" bash -c 'DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq llvm >/dev/null'
+fi
+archive="${target_dir}/aarch64-apple-ios/release/libtunpipe.a"
+echo "== apple: exported C ABI in $archive"
+# llvm-nm exits 1 when some members (compiler_builtins shards) have no symbols: judge by
+# what it lists, not by its status.
+nm_out=$(llvm-nm --defined-only --extern-only "$archive" 2>/dev/null || true)
+defined=$(awk '$2 == "T" { print $3 }' <<<"$nm_out" | sort -u)
+# Every function of the header, by construction: the names cbindgen put into it.
+expected=$(sed -n 's/^[a-z_0-9 ]*[ *]\([a-z_0-9]*\)(.*/\1/p' ffi/tunpipe.h | sort -u)
+[ -n "$expected" ] || { echo "could not read function names from ffi/tunpipe.h"; exit 1; }
+missing=0
+for f in $expected; do
+  if grep -qx "_$f" <<<"$defined"; then echo "   T _$f"; else echo "   MISSING _$f"; missing=1; fi
+done
+for f in start_tun stop_tun tunpipe_engine_start tunpipe_engine_stop tunpipe_engine_free; do
+  grep -qx "_$f" <<<"$defined" || { echo "   MISSING _$f"; missing=1; }
+done
+[ "$missing" = 0 ] || { echo "the iOS archive does not export the whole C ABI"; exit 1; }
+echo "== apple: done in $((SECONDS - started)) s"

@@ -1,0 +1,477 @@
+/*
+ * The C host test: does what an iOS packet-tunnel host does with tunpipe, on a real Linux
+ * TUN fd that it opens itself (TUNSETIFF, IFF_TUN | IFF_NO_PI) in its own network
+ * namespace, compiled against the committed header and linked against libtunpipe.a.
+ *
+ * Without root (no network namespace), the TUN part is reported as skipped, never passed;
+ * the checks that need no TUN (NULL pointers, bad fds, stop with nothing running) still run.
+ *
+ * Build and run: .ci/ffi.sh
+ */
+#define _GNU_SOURCE
+#include "tunpipe.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static int passed, failed, skipped;
+
+#define CHECK(cond, ...)                                                                   \
+    do {                                                                                   \
+        if (cond) {                                                                        \
+            passed++;                                                                      \
+        } else {                                                                           \
+            failed++;                                                                      \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);               \
+            fprintf(stderr, __VA_ARGS__);                                                  \
+            fprintf(stderr, " (last error: %s)\n", last_error());                          \
+        }                                                                                  \
+    } while (0)
+
+static const char *last_error(void) {
+    static __thread char buf[512];
+    buf[0] = 0;
+    tunpipe_last_error(buf, sizeof buf);
+    return buf;
+}
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int fd_is_open(int fd) { return fcntl(fd, F_GETFD) != -1; }
+
+/* ---- log callback: counts warnings, keeps the last line ---- */
+
+static atomic_int log_warnings;
+static char last_log[512];
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void on_log(void *context, int32_t level, const char *message) {
+    (void)context;
+    if (level <= TUNPIPE_LOG_WARN) atomic_fetch_add(&log_warnings, 1);
+    pthread_mutex_lock(&log_lock);
+    snprintf(last_log, sizeof last_log, "%s", message);
+    pthread_mutex_unlock(&log_lock);
+}
+
+/* ---- start_tun on a thread, as the iOS guide's host does ---- */
+
+struct runner {
+    pthread_t thread;
+    int fd;
+    int result;
+};
+
+static void *run_start_tun(void *arg) {
+    struct runner *r = arg;
+    r->result = start_tun(r->fd);
+    return NULL;
+}
+
+static void start_runner(struct runner *r, int fd) {
+    r->fd = fd;
+    r->result = 12345;
+    pthread_create(&r->thread, NULL, run_start_tun, r);
+}
+
+/* Stops start_tun and joins its thread. A stop_tun that comes before start_tun has even
+ * entered finds nothing to stop, so retry until it stops something (or start_tun failed). */
+static int stop_runner(struct runner *r) {
+    int code;
+    for (int i = 0; i < 5000; i++) {
+        code = stop_tun();
+        if (code != TUNPIPE_ERR_NOT_RUNNING || r->result != 12345) break;
+        sleep_ms(1);
+    }
+    pthread_join(r->thread, NULL);
+    return code;
+}
+
+static int ping(int count, double deadline_s) {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "ping -q -c %d -i 0.2 -w %.0f 10.77.0.2 >/dev/null 2>&1", count,
+             deadline_s);
+    return system(cmd) == 0;
+}
+
+static struct TunpipeStats global_stats(void) {
+    struct TunpipeStats s;
+    memset(&s, 0, sizeof s);
+    s.size = sizeof s;
+    int code = tunpipe_stats(&s);
+    CHECK(code == TUNPIPE_OK, "tunpipe_stats: %d", code);
+    return s;
+}
+
+static uint64_t drops(const struct TunpipeStats *s) {
+    return s->drop_ring_full + s->drop_malformed + s->drop_oversize + s->drop_stage +
+           s->drop_stage_panic + s->drop_write_error + s->drop_stopped;
+}
+
+/* ---- a UDP flood towards the reflecting engine ---- */
+
+static atomic_int flooding;
+static atomic_long flood_sent;
+
+static void *flood(void *arg) {
+    (void)arg;
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(9999)};
+    inet_pton(AF_INET, "10.77.0.2", &to.sin_addr);
+    char payload[256];
+    memset(payload, 0xab, sizeof payload);
+    /* Bounded in count and time: it stops by itself even if the test forgets to. */
+    for (long i = 0; i < 2000000 && atomic_load(&flooding); i++) {
+        if (sendto(s, payload, sizeof payload, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof to) > 0)
+            atomic_fetch_add(&flood_sent, 1);
+        else
+            sched_yield();
+    }
+    close(s);
+    return NULL;
+}
+
+/* ---- a C stage: reflects ICMPv4 echo requests, counts packets per worker ---- */
+
+struct counters {
+    atomic_ulong per_worker[8];
+    int bad_window; /* 1: report a window past the buffer's end */
+};
+
+static int32_t reflect_cb(void *context, uint32_t worker, struct TunpipePacket *p) {
+    struct counters *c = context;
+    atomic_fetch_add(&c->per_worker[worker % 8], 1);
+    if (c->bad_window) {
+        p->length = p->capacity - p->offset + 1;
+        return TUNPIPE_VERDICT_FORWARD;
+    }
+    uint8_t *ip = p->data + p->offset;
+    if (p->length < 28 || (ip[0] >> 4) != 4 || ip[9] != 1) return TUNPIPE_VERDICT_DROP;
+    size_t ihl = (size_t)(ip[0] & 0x0f) * 4;
+    if (ihl < 20 || p->length < ihl + 8 || ip[ihl] != 8) return TUNPIPE_VERDICT_DROP;
+    uint8_t addr[4];
+    memcpy(addr, ip + 12, 4);
+    memcpy(ip + 12, ip + 16, 4); /* swapping the addresses keeps the IP checksum */
+    memcpy(ip + 16, addr, 4);
+    ip[ihl] = 0; /* echo reply: the checksum's type word drops by 0x0800 */
+    uint32_t sum = (uint32_t)((ip[ihl + 2] << 8) | ip[ihl + 3]) + 0x0800;
+    sum = (sum & 0xffff) + (sum >> 16);
+    ip[ihl + 2] = (uint8_t)(sum >> 8);
+    ip[ihl + 3] = (uint8_t)sum;
+    return TUNPIPE_VERDICT_FORWARD;
+}
+
+/* ---- the tests ---- */
+
+static void test_null_pointers(void) {
+    struct TunpipeConfig c;
+    tunpipe_config_default(&c);
+    TunpipeEngine *e = NULL;
+    uint64_t n;
+    size_t needed;
+    char buf[8];
+    struct TunpipeStats s = {.size = sizeof s};
+    struct TunpipeLatency l = {.size = sizeof l};
+    int codes[] = {
+        tunpipe_config_default(NULL),
+        tunpipe_config_validate(NULL),
+        tunpipe_config_reserved_bytes(NULL, &n),
+        tunpipe_config_reserved_bytes(&c, NULL),
+        tunpipe_set_config(NULL),
+        tunpipe_engine_start(NULL, 0, &e),
+        tunpipe_engine_start(&c, 0, NULL),
+        tunpipe_engine_stop(NULL),
+        tunpipe_engine_wait(NULL),
+        tunpipe_engine_free(NULL),
+        tunpipe_engine_stats(NULL, &s),
+        tunpipe_engine_latency(NULL, &l),
+        tunpipe_engine_latency_base64(NULL, TUNPIPE_LATENCY_ENGINE, buf, sizeof buf, &needed),
+        tunpipe_engine_last_error(NULL, buf, sizeof buf),
+        tunpipe_engine_reserved_bytes(NULL, &n),
+        tunpipe_stats(NULL),
+        tunpipe_latency(NULL),
+        tunpipe_last_error(NULL, 4),
+        tunpipe_available_memory(NULL),
+    };
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+        CHECK(codes[i] == TUNPIPE_ERR_NULL_POINTER, "call %zu returned %d", i, codes[i]);
+    CHECK(e == NULL, "a failed start leaves *out alone");
+    CHECK(strstr(last_error(), "NULL") != NULL, "last error names the NULL");
+}
+
+static void test_no_tun_needed(void) {
+    CHECK(tunpipe_abi_version() == TUNPIPE_ABI_VERSION, "abi %u", tunpipe_abi_version());
+    CHECK(stop_tun() == TUNPIPE_ERR_NOT_RUNNING, "stop_tun with nothing running");
+    CHECK(strlen(last_error()) > 0, "stop_tun's error has text");
+
+    struct TunpipeConfig c;
+    CHECK(tunpipe_config_default(&c) == TUNPIPE_OK, "defaults");
+    CHECK(c.size == sizeof c, "size %u", c.size);
+    c.mtu = 9000;
+    CHECK(tunpipe_config_validate(&c) == TUNPIPE_OK, "mtu 9000 is valid");
+    c.mtu = 0xffffffffu;
+    CHECK(tunpipe_config_validate(&c) == TUNPIPE_ERR_CONFIG, "huge mtu");
+    CHECK(tunpipe_set_config(&c) == TUNPIPE_ERR_CONFIG, "huge mtu refused globally");
+    tunpipe_config_default(&c);
+    c.pool_buffers = 0xffffffffu;
+    TunpipeEngine *e = NULL;
+    CHECK(tunpipe_engine_start(&c, 0, &e) == TUNPIPE_ERR_CONFIG && e == NULL, "huge pool");
+
+    /* Bad fds: a pipe, /dev/null, a closed fd. Each refused with text, none closed. */
+    int pipefd[2];
+    CHECK(pipe(pipefd) == 0, "pipe");
+    int devnull = open("/dev/null", O_RDWR);
+    int bad[] = {pipefd[0], devnull};
+    for (int i = 0; i < 2; i++) {
+        int code = start_tun(bad[i]);
+        CHECK(code == TUNPIPE_ERR_BAD_FD, "start_tun(fd %d) = %d", bad[i], code);
+        CHECK(strstr(last_error(), "not a TUN") != NULL, "bad fd message");
+        tunpipe_config_default(&c);
+        code = tunpipe_engine_start(&c, bad[i], &e);
+        CHECK(code == TUNPIPE_ERR_BAD_FD && e == NULL, "engine_start(fd %d) = %d", bad[i], code);
+        CHECK(fd_is_open(bad[i]), "the host's fd stays open");
+    }
+    close(pipefd[1]);
+    int closed = pipefd[1];
+    CHECK(start_tun(closed) == TUNPIPE_ERR_BAD_FD, "closed fd");
+    CHECK(strlen(last_error()) > 0, "closed fd message");
+    CHECK(start_tun(-1) == TUNPIPE_ERR_UNSUPPORTED, "fd < 0 is Apple only");
+    close(pipefd[0]);
+    close(devnull);
+
+    uint64_t avail = 7;
+    CHECK(tunpipe_available_memory(&avail) == TUNPIPE_ERR_UNSUPPORTED && avail == 0,
+          "os_proc_available_memory is iOS/tvOS only");
+    CHECK(atomic_load(&log_warnings) > 0, "rejected calls were logged");
+}
+
+static int open_tun(const char *name) {
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void test_start_tun(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+
+    /* Pings answered by the default reflect stage. */
+    struct runner r;
+    start_runner(&r, fd);
+    CHECK(ping(3, 10), "the kernel's pings are answered");
+    struct runner second;
+    start_runner(&second, fd);
+    pthread_join(second.thread, NULL);
+    CHECK(second.result == TUNPIPE_ERR_ALREADY_RUNNING, "second start_tun: %d", second.result);
+    CHECK(stop_runner(&r) == TUNPIPE_OK, "stop_tun");
+    CHECK(r.result == TUNPIPE_OK, "start_tun returned %d after a clean stop", r.result);
+    struct TunpipeStats s = global_stats();
+    CHECK(s.tx_packets >= 3, "tx %llu", (unsigned long long)s.tx_packets);
+    CHECK(s.rx_packets == s.tx_packets + drops(&s), "conservation after stop");
+    CHECK(fd_is_open(fd), "fd open after stop");
+    CHECK(fcntl(fd, F_GETFL) == flags, "flags restored after stop");
+    CHECK(stop_tun() == TUNPIPE_ERR_NOT_RUNNING, "nothing runs after stop");
+
+    /* Stop while idle. */
+    start_runner(&r, fd);
+    sleep_ms(100);
+    CHECK(stop_runner(&r) == TUNPIPE_OK && r.result == TUNPIPE_OK, "stop while idle");
+
+    /* Stop under a UDP flood, then the flood ends. */
+    start_runner(&r, fd);
+    pthread_t sender;
+    atomic_store(&flooding, 1);
+    pthread_create(&sender, NULL, flood, NULL);
+    sleep_ms(300);
+    CHECK(stop_runner(&r) == TUNPIPE_OK && r.result == TUNPIPE_OK, "stop under a flood");
+    atomic_store(&flooding, 0);
+    pthread_join(sender, NULL);
+    s = global_stats();
+    CHECK(s.rx_packets > 0, "the flood reached the engine (%ld sent)", atomic_load(&flood_sent));
+    CHECK(s.rx_packets == s.tx_packets + drops(&s), "conservation after a stop under load");
+    CHECK(fcntl(fd, F_GETFL) == flags, "flags restored after a loaded stop");
+
+    /* Restart on the same fd, several times; a quick start-then-stop too. */
+    for (int i = 0; i < 4; i++) {
+        start_runner(&r, fd);
+        if (i % 2 == 0) CHECK(ping(1, 5), "ping on restart %d", i);
+        CHECK(stop_runner(&r) == TUNPIPE_OK, "stop on restart %d", i);
+        CHECK(r.result == TUNPIPE_OK, "start_tun on restart %d: %d", i, r.result);
+        CHECK(fd_is_open(fd), "fd open after restart %d", i);
+    }
+
+    /* A larger MTU and two workers through the global config. */
+    struct TunpipeConfig c;
+    tunpipe_config_default(&c);
+    c.mtu = 9000;
+    c.workers = 2;
+    CHECK(tunpipe_set_config(&c) == TUNPIPE_OK, "set_config");
+    start_runner(&r, fd);
+    CHECK(ping(2, 5), "pings with 2 workers, mtu 9000");
+    CHECK(stop_runner(&r) == TUNPIPE_OK && r.result == TUNPIPE_OK, "stop with 2 workers");
+    tunpipe_config_default(&c);
+    tunpipe_set_config(&c);
+}
+
+static void *stop_engine(void *engine) {
+    tunpipe_engine_stop(engine);
+    return NULL;
+}
+
+static void test_handles(int fd) {
+    struct counters counters;
+    memset(&counters, 0, sizeof counters);
+    struct TunpipeConfig c;
+    tunpipe_config_default(&c);
+    c.workers = 2;
+    c.stage = TUNPIPE_STAGE_CALLBACK;
+    c.callback = reflect_cb;
+    c.callback_context = &counters;
+    TunpipeEngine *e = NULL;
+    int code = tunpipe_engine_start(&c, fd, &e);
+    CHECK(code == TUNPIPE_OK && e != NULL, "engine_start: %d", code);
+    if (!e) return;
+    CHECK(stop_tun() == TUNPIPE_ERR_NOT_RUNNING, "stop_tun leaves handle engines alone");
+    CHECK(ping(3, 10), "pings answered by the C stage");
+
+    struct TunpipeStats s;
+    memset(&s, 0, sizeof s);
+    s.size = sizeof s;
+    /* The writer counts a chunk once it has sent all of it, so the last reply can reach ping
+     * a moment before the counter moves: poll briefly (a hang guard, not a timing check). */
+    for (int i = 0; i < 200; i++) {
+        CHECK(tunpipe_engine_stats(e, &s) == TUNPIPE_OK && s.size == sizeof s, "stats");
+        if (s.tx_packets >= 3) break;
+        usleep(10000);
+    }
+    unsigned long calls = 0;
+    for (int i = 0; i < 8; i++) calls += atomic_load(&counters.per_worker[i]);
+    CHECK(s.rx_packets >= 3 && s.tx_packets >= 3, "rx %llu tx %llu",
+          (unsigned long long)s.rx_packets, (unsigned long long)s.tx_packets);
+    CHECK(calls >= 3 && calls <= s.rx_packets, "callback calls %lu", calls);
+    CHECK(s.callback_errors == 0, "no callback errors");
+    CHECK(s.reserved_bytes > 0, "reserved bytes");
+    struct TunpipeStats tiny = {.size = 4};
+    CHECK(tunpipe_engine_stats(e, &tiny) == TUNPIPE_ERR_STRUCT_SIZE, "size too small");
+    char text[256];
+    CHECK(tunpipe_engine_last_error(e, text, sizeof text) > 0 && strstr(text, "size"),
+          "the handle keeps its last error: %s", text);
+
+    struct TunpipeLatency l;
+    memset(&l, 0, sizeof l);
+    l.size = sizeof l;
+    CHECK(tunpipe_engine_latency(e, &l) == TUNPIPE_OK, "latency");
+    CHECK(l.engine.count >= 3 && l.engine.p50 > 0 && l.engine.max >= l.engine.p50,
+          "engine latency n=%llu p50=%llu", (unsigned long long)l.engine.count,
+          (unsigned long long)l.engine.p50);
+    size_t needed = 0;
+    code = tunpipe_engine_latency_base64(e, TUNPIPE_LATENCY_ENGINE, NULL, 0, &needed);
+    CHECK(code == TUNPIPE_ERR_BUFFER_TOO_SMALL && needed > 1, "length query: %d %zu", code,
+          needed);
+    char *b64 = malloc(needed);
+    code = tunpipe_engine_latency_base64(e, TUNPIPE_LATENCY_ENGINE, b64, needed, &needed);
+    CHECK(code == TUNPIPE_OK && strlen(b64) == needed - 1 && strlen(b64) > 0, "base64: %d",
+          code);
+    free(b64);
+    uint64_t reserved = 0;
+    CHECK(tunpipe_engine_reserved_bytes(e, &reserved) == TUNPIPE_OK &&
+              reserved == s.reserved_bytes, "reserved bytes agree");
+
+    CHECK(tunpipe_engine_stop(e) == TUNPIPE_OK, "engine_stop");
+    CHECK(tunpipe_engine_stop(e) == TUNPIPE_OK, "a second stop is fine");
+    CHECK(tunpipe_engine_latency(e, &l) == TUNPIPE_OK && l.engine.count >= 3,
+          "latency still readable after stop");
+    memset(&s, 0, sizeof s);
+    s.size = sizeof s;
+    tunpipe_engine_stats(e, &s);
+    CHECK(s.rx_packets == s.tx_packets + drops(&s), "handle conservation");
+    CHECK(tunpipe_engine_free(e) == TUNPIPE_OK, "free");
+    CHECK(fd_is_open(fd), "fd open after free");
+
+    /* A callback that reports a window past the buffer: dropped and counted, not sent. */
+    memset(&counters, 0, sizeof counters);
+    counters.bad_window = 1;
+    e = NULL;
+    CHECK(tunpipe_engine_start(&c, fd, &e) == TUNPIPE_OK, "bad-window engine");
+    if (!e) return;
+    CHECK(!ping(2, 2), "nothing comes back from a broken callback");
+    CHECK(tunpipe_engine_stop(e) == TUNPIPE_OK, "stop the bad-window engine");
+    memset(&s, 0, sizeof s);
+    s.size = sizeof s;
+    tunpipe_engine_stats(e, &s);
+    CHECK(s.callback_errors >= 2 && s.tx_packets == 0,
+          "bad windows counted, nothing sent: errors %llu tx %llu",
+          (unsigned long long)s.callback_errors, (unsigned long long)s.tx_packets);
+    CHECK(s.drop_stage >= s.callback_errors, "and counted as stage drops");
+    CHECK(s.rx_packets == s.tx_packets + drops(&s), "bad-window conservation");
+    tunpipe_engine_free(e);
+
+    /* Waiting for a stop from another thread; then free a running engine. */
+    e = NULL;
+    c.stage = TUNPIPE_STAGE_REFLECT;
+    CHECK(tunpipe_engine_start(&c, fd, &e) == TUNPIPE_OK, "reflect handle");
+    if (!e) return;
+    CHECK(ping(1, 5), "reflect handle answers");
+    pthread_t stopper;
+    pthread_create(&stopper, NULL, stop_engine, e);
+    CHECK(tunpipe_engine_wait(e) == TUNPIPE_OK, "wait returns once another thread stops");
+    pthread_join(stopper, NULL);
+    CHECK(tunpipe_engine_free(e) == TUNPIPE_OK, "free after wait");
+    e = NULL;
+    CHECK(tunpipe_engine_start(&c, fd, &e) == TUNPIPE_OK, "another handle");
+    if (!e) return;
+    CHECK(tunpipe_engine_free(e) == TUNPIPE_OK, "free stops a running engine");
+    CHECK(fd_is_open(fd), "fd open at the end");
+}
+
+int main(void) {
+    CHECK(tunpipe_set_log_callback(on_log, TUNPIPE_LOG_WARN, NULL) == TUNPIPE_OK, "log callback");
+    int have_netns = geteuid() == 0 && unshare(CLONE_NEWNET) == 0;
+
+    test_null_pointers();
+    test_no_tun_needed();
+
+    if (!have_netns) {
+        printf("SKIPPED: the real-TUN part needs root (unshare(CLONE_NEWNET), TUNSETIFF)\n");
+        skipped++;
+    } else {
+        int fd = open_tun("tp0");
+        CHECK(fd >= 0, "open a TUN: %s", strerror(errno));
+        int up = system("ip link set lo up && ip link set tp0 up && "
+                        "ip addr add 10.77.0.1/24 dev tp0");
+        CHECK(up == 0, "configure tp0");
+        if (fd >= 0 && up == 0) {
+            test_start_tun(fd);
+            test_handles(fd);
+            close(fd);
+        }
+    }
+    tunpipe_set_log_callback(NULL, TUNPIPE_LOG_OFF, NULL);
+    if (skipped)
+        printf("C host tests: %d passed, %d failed, %d skipped\n", passed, failed, skipped);
+    else
+        printf("C host tests: %d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,198 @@
+//! The C view of [`Config`] and the stage choice, and its conversion.
+
+use super::error::{FfiError, FfiResult, TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_STRUCT_SIZE};
+use super::stage::{CallbackShared, StageFn, TunpipeStageCallback};
+use crate::{BuiltinStage, Config, StageFactory};
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// Stage: answer ICMP/ICMPv6 echo requests and reflect UDP (the default).
+pub const TUNPIPE_STAGE_REFLECT: u32 = 0;
+/// Stage: forward every packet unchanged.
+pub const TUNPIPE_STAGE_PASSTHROUGH: u32 = 1;
+/// Stage: call `TunpipeConfig::callback` for every packet.
+pub const TUNPIPE_STAGE_CALLBACK: u32 = 2;
+
+/// Engine configuration. Fill it with `tunpipe_config_default`, then change fields. The
+/// struct grows by turning `reserved` bytes into fields, whose value 0 means "the default",
+/// so `sizeof` stays the same and a host built against an older header keeps working;
+/// `size` lets tunpipe refuse a struct that is too short.
+///
+/// Sizes are validated at start; a value out of range is `TUNPIPE_ERR_CONFIG`, never an
+/// abort. Limits: mtu 68..=65535 (9000 is fine), workers <= 64, ring_capacity 1..=65536,
+/// headroom and tailroom <= 4096, batch 1..=1024, pool_buffers (0 = automatic) at least what
+/// the rings hold and <= 262144, and the pool at most 1 GiB.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct TunpipeConfig {
+    /// `sizeof(TunpipeConfig)` as the caller knows it; set by `tunpipe_config_default`.
+    pub size: u32,
+    /// Worker threads running the stage; 0 runs it inline on the reader thread.
+    pub workers: u32,
+    /// Packets each ring holds.
+    pub ring_capacity: u32,
+    /// Buffers in the pool; 0 sizes it from the rings.
+    pub pool_buffers: u32,
+    /// Largest packet, in bytes.
+    pub mtu: u32,
+    /// Bytes before each packet that a stage may prepend into.
+    pub headroom: u32,
+    /// Bytes after each packet that a stage may append into.
+    pub tailroom: u32,
+    /// Most packets read per wake-up.
+    pub batch: u32,
+    /// `TUNPIPE_STAGE_REFLECT`, `TUNPIPE_STAGE_PASSTHROUGH` or `TUNPIPE_STAGE_CALLBACK`.
+    pub stage: u32,
+    /// 1: pin actor threads to cores (Linux, Android) or raise their QoS class (Apple).
+    pub pin: u8,
+    /// 1: record latency histograms; 0: do not (saves two clock reads per batch).
+    pub latency: u8,
+    /// Zero.
+    pub reserved0: [u8; 2],
+    /// Stage panics tolerated before the engine stops with `TUNPIPE_ERR_STAGE_PANICS`.
+    pub max_stage_panics: u64,
+    /// The C stage, when `stage == TUNPIPE_STAGE_CALLBACK`.
+    pub callback: TunpipeStageCallback,
+    /// Passed back to `callback` untouched. It must stay valid until the engine is stopped,
+    /// and be usable from the worker threads.
+    pub callback_context: *mut c_void,
+    /// Zero; room for fields added later.
+    pub reserved: [u8; 64],
+}
+
+impl TunpipeConfig {
+    /// The defaults: those of [`Config::default`] and the reflect stage.
+    pub fn defaults() -> Self {
+        let c = Config::default();
+        let narrow = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        TunpipeConfig {
+            size: std::mem::size_of::<TunpipeConfig>() as u32,
+            workers: narrow(c.workers),
+            ring_capacity: narrow(c.ring_capacity),
+            pool_buffers: narrow(c.pool_buffers),
+            mtu: narrow(c.mtu),
+            headroom: narrow(c.headroom),
+            tailroom: narrow(c.tailroom),
+            batch: narrow(c.batch),
+            stage: TUNPIPE_STAGE_REFLECT,
+            pin: u8::from(c.pin),
+            latency: u8::from(c.latency),
+            reserved0: [0; 2],
+            max_stage_panics: c.max_stage_panics,
+            callback: None,
+            callback_context: std::ptr::null_mut(),
+            reserved: [0; 64],
+        }
+    }
+
+    /// Reads a caller's config: the prefix its `size` covers, which must hold at least
+    /// this version's fields (no shorter version was ever published).
+    ///
+    /// # Safety
+    /// `ptr` must be non-null, aligned, and valid for reads of its own `size` field and then
+    /// of `min(size, size_of::<TunpipeConfig>())` bytes.
+    pub(crate) unsafe fn read(ptr: *const TunpipeConfig) -> FfiResult<TunpipeConfig> {
+        // SAFETY: the caller promises the struct starts with a readable `size` field.
+        let size = unsafe { std::ptr::addr_of!((*ptr).size).read() } as usize;
+        if size < std::mem::size_of::<TunpipeConfig>() {
+            return Err(FfiError::new(
+                TUNPIPE_ERR_STRUCT_SIZE,
+                format!(
+                    "TunpipeConfig.size is {size}, expected at least {} (use tunpipe_config_default)",
+                    std::mem::size_of::<TunpipeConfig>()
+                ),
+            ));
+        }
+        // SAFETY: `size` covers the whole of this version's struct, which the caller
+        // promises is readable; every bit pattern is valid for its fields (integers, a
+        // nullable fn pointer, a raw pointer).
+        Ok(unsafe { ptr.read() })
+    }
+
+    /// Converts to the engine's config and stage plan (not yet validated).
+    pub(crate) fn to_plan(self) -> FfiResult<Plan> {
+        let config = Config {
+            workers: self.workers as usize,
+            ring_capacity: self.ring_capacity as usize,
+            pool_buffers: self.pool_buffers as usize,
+            mtu: self.mtu as usize,
+            headroom: self.headroom as usize,
+            tailroom: self.tailroom as usize,
+            batch: self.batch as usize,
+            pin: self.pin != 0,
+            latency: self.latency != 0,
+            max_stage_panics: self.max_stage_panics,
+            // Spin and yield windows are tuned by measurement, not exposed to C (yet).
+            ..Config::default()
+        };
+        let stage = match self.stage {
+            TUNPIPE_STAGE_REFLECT => StagePlan::Builtin(BuiltinStage::Reflect),
+            TUNPIPE_STAGE_PASSTHROUGH => StagePlan::Builtin(BuiltinStage::Passthrough),
+            TUNPIPE_STAGE_CALLBACK => match self.callback {
+                Some(cb) => {
+                    StagePlan::Callback(cb, super::stage::HostContext(self.callback_context))
+                }
+                None => {
+                    return Err(FfiError::new(
+                        TUNPIPE_ERR_INVALID_ARGUMENT,
+                        "stage is TUNPIPE_STAGE_CALLBACK but callback is NULL",
+                    ))
+                }
+            },
+            other => {
+                return Err(FfiError::new(
+                    TUNPIPE_ERR_INVALID_ARGUMENT,
+                    format!("unknown stage {other}"),
+                ))
+            }
+        };
+        Ok(Plan { config, stage })
+    }
+}
+
+impl Default for TunpipeConfig {
+    fn default() -> Self {
+        Self::defaults()
+    }
+}
+
+/// What a start needs: the engine config and how to build the stage.
+#[derive(Clone, Debug)]
+pub(crate) struct Plan {
+    pub config: Config,
+    pub stage: StagePlan,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum StagePlan {
+    Builtin(BuiltinStage),
+    Callback(StageFn, super::stage::HostContext),
+}
+
+impl Plan {
+    pub(crate) fn validate(&self) -> FfiResult {
+        self.config
+            .validate()
+            .map_err(|e| crate::EngineError::Config(e).into())
+    }
+
+    /// The stage factory, and for a C stage the counters its adapters share.
+    pub(crate) fn factory(&self) -> (StageFactory, Option<Arc<CallbackShared>>) {
+        match self.stage {
+            StagePlan::Builtin(b) => (b.factory(), None),
+            StagePlan::Callback(cb, ctx) => {
+                let shared = CallbackShared::new(cb, ctx.0);
+                (shared.factory(), Some(shared))
+            }
+        }
+    }
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan {
+            config: Config::default(),
+            stage: StagePlan::Builtin(BuiltinStage::Reflect),
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Error codes, the last-error text, and the guard every entry point runs its body in.
+
+use crate::EngineError;
+use std::cell::RefCell;
+use std::ffi::c_char;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Success.
+pub const TUNPIPE_OK: i32 = 0;
+/// A required pointer argument is NULL.
+pub const TUNPIPE_ERR_NULL_POINTER: i32 = -1;
+/// An argument is out of its domain: a misaligned pointer, an unknown stage, verdict or
+/// latency kind, or a callback stage without a callback.
+pub const TUNPIPE_ERR_INVALID_ARGUMENT: i32 = -2;
+/// A struct's `size` field is smaller than the smallest version this library knows.
+pub const TUNPIPE_ERR_STRUCT_SIZE: i32 = -3;
+/// The configuration is invalid (a size out of range, a pool too small for the rings, ...).
+pub const TUNPIPE_ERR_CONFIG: i32 = -4;
+/// The fd is closed, or is not a TUN (Linux) / utun control socket (Apple).
+pub const TUNPIPE_ERR_BAD_FD: i32 = -5;
+/// `fd < 0` asked tunpipe to find the utun fd, and no descriptor is a utun control socket.
+pub const TUNPIPE_ERR_NO_UTUN_FD: i32 = -6;
+/// Not available on this platform (finding the utun fd off Apple, the memory headroom off
+/// iOS/tvOS, or a log callback when the process already installed another `log` logger).
+pub const TUNPIPE_ERR_UNSUPPORTED: i32 = -7;
+/// `start_tun` while the global engine is starting or running.
+pub const TUNPIPE_ERR_ALREADY_RUNNING: i32 = -8;
+/// `stop_tun` (or a global query) with no global engine starting or running.
+pub const TUNPIPE_ERR_NOT_RUNNING: i32 = -9;
+/// The device failed: at start, or fatally while running (for example, it was deleted).
+pub const TUNPIPE_ERR_DEVICE: i32 = -10;
+/// An engine thread could not be spawned.
+pub const TUNPIPE_ERR_SPAWN: i32 = -11;
+/// The stage panicked more often than `max_stage_panics` allows; the engine stopped.
+pub const TUNPIPE_ERR_STAGE_PANICS: i32 = -12;
+/// A stop or wait was called from one of the engine's own threads (say, from the stage
+/// callback). The stop was requested, not joined: the owner must still stop or wait.
+pub const TUNPIPE_ERR_ENGINE_THREAD: i32 = -13;
+/// The engine is between its stop request and the end of its join; ask again after stop.
+pub const TUNPIPE_ERR_STOPPING: i32 = -14;
+/// The caller's buffer is too small; the needed size was stored in the out parameter.
+pub const TUNPIPE_ERR_BUFFER_TOO_SMALL: i32 = -15;
+/// tunpipe panicked inside the call (a bug in tunpipe); the panic was caught, the call did
+/// nothing, and the message was logged.
+pub const TUNPIPE_ERR_PANIC: i32 = -16;
+/// The engine's buffer pool could not be allocated (the config is valid, the memory is not
+/// there).
+pub const TUNPIPE_ERR_NO_MEMORY: i32 = -17;
+
+/// A failed call: its code and what to tell the host.
+#[derive(Debug)]
+pub(crate) struct FfiError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl FfiError {
+    pub(crate) fn new(code: i32, message: impl Into<String>) -> Self {
+        FfiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn null(what: &str) -> Self {
+        FfiError::new(TUNPIPE_ERR_NULL_POINTER, format!("{what} is NULL"))
+    }
+}
+
+impl From<EngineError> for FfiError {
+    fn from(e: EngineError) -> Self {
+        let code = match &e {
+            EngineError::Config(_) => TUNPIPE_ERR_CONFIG,
+            EngineError::Device(_) => TUNPIPE_ERR_DEVICE,
+            EngineError::Spawn(_) => TUNPIPE_ERR_SPAWN,
+            EngineError::StagePanics { .. } => TUNPIPE_ERR_STAGE_PANICS,
+            EngineError::StopFromEngineThread => TUNPIPE_ERR_ENGINE_THREAD,
+            EngineError::Stopping => TUNPIPE_ERR_STOPPING,
+            EngineError::OutOfMemory { .. } => TUNPIPE_ERR_NO_MEMORY,
+        };
+        FfiError::new(code, e.to_string())
+    }
+}
+
+pub(crate) type FfiResult<T = ()> = Result<T, FfiError>;
+
+thread_local! {
+    /// The calling thread's last error, for calls without a handle (and with one).
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+pub(crate) fn set_thread_error(message: &str) {
+    // try_with: a call made while the thread is being torn down must not panic.
+    let _ = LAST_ERROR.try_with(|last| {
+        let mut last = last.borrow_mut();
+        last.clear();
+        last.push_str(message);
+    });
+}
+
+pub(crate) fn thread_error() -> String {
+    LAST_ERROR
+        .try_with(|last| last.borrow().clone())
+        .unwrap_or_default()
+}
+
+/// Runs an entry point's body: catches panics so that nothing unwinds into C, records a
+/// failure as the thread's last error, and logs it (a bad pointer or fd deserves a line in
+/// the host's log: it is a host bug). `name` is the C function's name, for the message.
+pub(crate) fn guard(name: &str, body: impl FnOnce() -> FfiResult<i32>) -> i32 {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(value)) => value,
+        Ok(Err(e)) => fail(name, &e),
+        Err(panic) => {
+            let e = FfiError::new(
+                TUNPIPE_ERR_PANIC,
+                format!("tunpipe panicked: {}", panic_message(&*panic)),
+            );
+            fail(name, &e)
+        }
+    }
+}
+
+fn fail(name: &str, e: &FfiError) -> i32 {
+    let message = format!("{name}: {}", e.message);
+    // Logging goes to the host's callback; a panic in it must not escape either.
+    let _ = catch_unwind(|| {
+        if e.code == TUNPIPE_ERR_PANIC {
+            log::error!("{message}");
+        } else {
+            log::warn!("{message}");
+        }
+    });
+    set_thread_error(&message);
+    e.code
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(no message)"
+    }
+}
+
+/// Copies `text` into a caller's buffer as a NUL-terminated string, truncated (on a UTF-8
+/// boundary) to fit, and returns the text's full length in bytes without the NUL, as
+/// `snprintf` does. A NULL `buf` is allowed only with `len == 0` (a length query).
+///
+/// # Safety
+/// `buf` must be NULL or valid for writes of `len` bytes.
+pub(crate) unsafe fn copy_text(text: &str, buf: *mut c_char, len: usize) -> FfiResult<i32> {
+    let full = i32::try_from(text.len()).unwrap_or(i32::MAX);
+    if len == 0 {
+        return Ok(full);
+    }
+    if buf.is_null() {
+        return Err(FfiError::null("buf"));
+    }
+    let mut n = text.len().min(len - 1);
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    // SAFETY: the caller promises `buf` holds `len` bytes; `n + 1 <= len`, and `text` is a
+    // distinct Rust allocation, so the ranges cannot overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
+        *buf.add(n) = 0;
+    }
+    Ok(full)
+}
+
+/// A short, static description of an error code.
+pub(crate) fn describe(code: i32) -> &'static std::ffi::CStr {
+    match code {
+        TUNPIPE_OK => c"ok",
+        TUNPIPE_ERR_NULL_POINTER => c"a required pointer is NULL",
+        TUNPIPE_ERR_INVALID_ARGUMENT => c"invalid argument",
+        TUNPIPE_ERR_STRUCT_SIZE => c"struct size field too small",
+        TUNPIPE_ERR_CONFIG => c"invalid configuration",
+        TUNPIPE_ERR_BAD_FD => c"not an open TUN/utun descriptor",
+        TUNPIPE_ERR_NO_UTUN_FD => c"no utun descriptor found",
+        TUNPIPE_ERR_UNSUPPORTED => c"not supported on this platform",
+        TUNPIPE_ERR_ALREADY_RUNNING => c"an engine is already running",
+        TUNPIPE_ERR_NOT_RUNNING => c"no engine is running",
+        TUNPIPE_ERR_DEVICE => c"device error",
+        TUNPIPE_ERR_SPAWN => c"could not spawn an engine thread",
+        TUNPIPE_ERR_STAGE_PANICS => c"the stage panicked too often",
+        TUNPIPE_ERR_ENGINE_THREAD => c"called from an engine thread",
+        TUNPIPE_ERR_STOPPING => c"the engine is stopping",
+        TUNPIPE_ERR_BUFFER_TOO_SMALL => c"buffer too small",
+        TUNPIPE_ERR_PANIC => c"tunpipe panicked (bug)",
+        TUNPIPE_ERR_NO_MEMORY => c"out of memory for the buffer pool",
+        _ => c"unknown error code",
+    }
+}

@@ -1,0 +1,253 @@
+//! The seed's calls: `start_tun(fd)` blocks while one global engine runs; `stop_tun()` stops
+//! it. They never touch engines started through handles.
+//!
+//! The global slot walks `Idle → Starting → Running → Idle`. A `stop_tun` that finds it
+//! `Starting` marks the start as cancelled and waits: `start_tun` sees the mark when it would
+//! move to `Running`, stops its fresh engine itself, and only then leaves `Starting`. So a
+//! quick start-then-stop from Swift cannot leave an engine running, and `stop_tun` still
+//! returns only once nothing runs. The slot returns to `Idle` only after the engine is
+//! joined and its dup of the fd closed, so a `start_tun` right after `stop_tun` returns
+//! finds it free.
+
+use super::config::{Plan, TunpipeConfig};
+use super::error::{
+    guard, FfiError, FfiResult, TUNPIPE_ERR_ALREADY_RUNNING, TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_OK,
+};
+use super::report::{latency_base64, write_sized, TunpipeLatency, TunpipeStats};
+use super::session::Session;
+use super::{check_ptr, check_ptr_mut};
+use parking_lot::{Condvar, Mutex};
+use std::ffi::c_char;
+use std::sync::Arc;
+
+enum State {
+    Idle,
+    /// `start_tun` is adopting the fd and spawning; `cancelled` once a `stop_tun` came.
+    Starting {
+        cancelled: bool,
+    },
+    Running(Arc<Session>),
+}
+
+struct Global {
+    state: State,
+    /// Set by `tunpipe_set_config`; `None` means the defaults (reflect).
+    plan: Option<Plan>,
+    /// The running engine, or the last one, so stats stay readable after stop.
+    last: Option<Arc<Session>>,
+}
+
+static GLOBAL: Mutex<Global> = Mutex::new(Global {
+    state: State::Idle,
+    plan: None,
+    last: None,
+});
+/// Signalled whenever the slot leaves `Starting`.
+static STARTED: Condvar = Condvar::new();
+
+/// Sets the configuration `start_tun` uses from its next call on (a running engine keeps
+/// its own). It is validated now: an invalid one is refused and the previous one kept. For
+/// a C stage, the callback context must stay valid while any `start_tun` engine runs.
+///
+/// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NULL_POINTER`, `TUNPIPE_ERR_STRUCT_SIZE`,
+/// `TUNPIPE_ERR_INVALID_ARGUMENT` or `TUNPIPE_ERR_CONFIG`.
+///
+/// # Safety
+/// `config` must be NULL or point to a readable `TunpipeConfig`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tunpipe_set_config(config: *const TunpipeConfig) -> i32 {
+    guard("tunpipe_set_config", || {
+        check_ptr(config, "config")?;
+        // SAFETY: checked non-null and aligned; the caller promises it is readable.
+        let plan = unsafe { TunpipeConfig::read(config) }?.to_plan()?;
+        plan.validate()?;
+        GLOBAL.lock().plan = Some(plan);
+        Ok(TUNPIPE_OK)
+    })
+}
+
+/// Runs the packet engine on the host's TUN/utun `fd` and blocks until `stop_tun()` or a
+/// fatal error. Call it on a thread of its own.
+///
+/// It adopts `fd` by duplicating it: the host's fd is never closed, and its flags are
+/// restored at stop, so the same fd can be started again. `fd < 0` finds the utun fd
+/// (Apple only). The configuration is the one `tunpipe_set_config` set, or the defaults:
+/// the reflect stage, MTU 1500.
+///
+/// Returns `TUNPIPE_OK` after a clean stop (also when `stop_tun` came while it was still
+/// starting), `TUNPIPE_ERR_ALREADY_RUNNING` when a `start_tun` engine is starting or
+/// running, or the error that kept it from starting or stopped it (`TUNPIPE_ERR_BAD_FD`,
+/// `TUNPIPE_ERR_NO_UTUN_FD`, `TUNPIPE_ERR_UNSUPPORTED`, `TUNPIPE_ERR_DEVICE`,
+/// `TUNPIPE_ERR_SPAWN`, `TUNPIPE_ERR_STAGE_PANICS`, ...). The message is then the calling
+/// thread's last error.
+#[unsafe(no_mangle)]
+pub extern "C" fn start_tun(fd: i32) -> i32 {
+    guard("start_tun", || run(fd).map(|()| TUNPIPE_OK))
+}
+
+fn run(fd: i32) -> FfiResult {
+    let plan = {
+        let mut g = GLOBAL.lock();
+        if !matches!(g.state, State::Idle) {
+            return Err(FfiError::new(
+                TUNPIPE_ERR_ALREADY_RUNNING,
+                "an engine started by start_tun is already running",
+            ));
+        }
+        g.state = State::Starting { cancelled: false };
+        g.plan.clone().unwrap_or_default()
+    };
+    // Whatever happens from here on, the slot must leave `Starting`, or every later
+    // start_tun and stop_tun would hang or fail: a guard resets it even on a panic.
+    let mut slot = StartingSlot { armed: true };
+    let session = match Session::start(&plan, fd) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return Err(e),
+    };
+    {
+        let mut g = GLOBAL.lock();
+        if let State::Starting { cancelled: false } = g.state {
+            g.state = State::Running(session.clone());
+            g.last = Some(session.clone());
+            slot.armed = false;
+            STARTED.notify_all();
+        }
+    }
+    if slot.armed {
+        // stop_tun came while starting: stop the fresh engine before leaving `Starting`, so
+        // that the waiting stop_tun returns only once it is joined. `slot` then goes Idle.
+        log::info!("start_tun: stop_tun arrived while starting; stopping");
+        GLOBAL.lock().last = Some(session.clone());
+        return session.stop();
+    }
+    let result = session.wait();
+    finish(&session);
+    result
+}
+
+/// Resets the slot from `Starting` to `Idle` when dropped armed (start failed, was
+/// cancelled, or panicked).
+struct StartingSlot {
+    armed: bool,
+}
+
+impl Drop for StartingSlot {
+    fn drop(&mut self) {
+        if self.armed {
+            GLOBAL.lock().state = State::Idle;
+            STARTED.notify_all();
+        }
+    }
+}
+
+/// Frees the slot once `session` is joined: the first of start_tun and stop_tun to get here
+/// does it.
+fn finish(session: &Arc<Session>) {
+    let mut g = GLOBAL.lock();
+    if let State::Running(s) = &g.state {
+        if Arc::ptr_eq(s, session) {
+            g.state = State::Idle;
+        }
+    }
+}
+
+/// Stops the engine `start_tun` runs and returns once every thread is joined and its dup of
+/// the fd is closed: after it returns, the engine no longer touches the fd. A `start_tun`
+/// still starting is stopped too. Several threads may call it at once; each returns once
+/// the engine is stopped (one that arrives after that finds nothing running).
+///
+/// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` when no `start_tun` engine is starting or
+/// running, the fatal error that had stopped the engine, or `TUNPIPE_ERR_ENGINE_THREAD`
+/// from a stage callback (the stop is requested; `start_tun` then returns).
+#[unsafe(no_mangle)]
+pub extern "C" fn stop_tun() -> i32 {
+    guard("stop_tun", || {
+        let session = {
+            let mut g = GLOBAL.lock();
+            loop {
+                match &mut g.state {
+                    State::Idle => {
+                        return Err(FfiError::new(
+                            TUNPIPE_ERR_NOT_RUNNING,
+                            "no engine started by start_tun is running",
+                        ))
+                    }
+                    State::Starting { cancelled } => {
+                        *cancelled = true;
+                        STARTED.wait(&mut g);
+                        if matches!(g.state, State::Idle) {
+                            // The start was cancelled (its engine stopped and joined) or
+                            // failed: either way nothing runs now.
+                            return Ok(TUNPIPE_OK);
+                        }
+                    }
+                    State::Running(s) => break s.clone(),
+                }
+            }
+        };
+        let result = session.stop();
+        if !matches!(&result, Err(e) if e.code == super::TUNPIPE_ERR_ENGINE_THREAD) {
+            finish(&session);
+        }
+        result.map(|()| TUNPIPE_OK)
+    })
+}
+
+fn current() -> FfiResult<Arc<Session>> {
+    GLOBAL.lock().last.clone().ok_or_else(|| {
+        FfiError::new(
+            TUNPIPE_ERR_NOT_RUNNING,
+            "start_tun has not started an engine yet",
+        )
+    })
+}
+
+/// Copies the counters of the `start_tun` engine (the running one, or the last one after
+/// it stopped) into `*out`. Set `out->size = sizeof(TunpipeStats)` first. Returns
+/// `TUNPIPE_ERR_NOT_RUNNING` if `start_tun` never started an engine.
+///
+/// # Safety
+/// `out` must be NULL or a writable `TunpipeStats` whose `size` field is set.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tunpipe_stats(out: *mut TunpipeStats) -> i32 {
+    guard("tunpipe_stats", || {
+        check_ptr_mut(out, "out")?;
+        let stats = current()?.stats();
+        // SAFETY: checked non-null and aligned; the caller promises `size` writable bytes.
+        unsafe { write_sized(out, stats) }?;
+        Ok(TUNPIPE_OK)
+    })
+}
+
+/// As `tunpipe_engine_latency`, for the `start_tun` engine (running, or the last one).
+///
+/// # Safety
+/// `out` must be NULL or a writable `TunpipeLatency` whose `size` field is set.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tunpipe_latency(out: *mut TunpipeLatency) -> i32 {
+    guard("tunpipe_latency", || {
+        check_ptr_mut(out, "out")?;
+        let latency = TunpipeLatency::from_snapshot(&current()?.latency()?);
+        // SAFETY: checked non-null and aligned; the caller promises `size` writable bytes.
+        unsafe { write_sized(out, latency) }?;
+        Ok(TUNPIPE_OK)
+    })
+}
+
+/// As `tunpipe_engine_latency_base64`, for the `start_tun` engine (running, or the last).
+///
+/// # Safety
+/// `buf` must be NULL or writable for `len` bytes; `needed` NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tunpipe_latency_base64(
+    which: u32,
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> i32 {
+    guard("tunpipe_latency_base64", || {
+        let text = latency_base64(&current()?.latency()?, which)?;
+        // SAFETY: the pointers are checked inside; the caller promises their extent.
+        unsafe { super::handle::write_string(&text, buf, len, needed) }
+    })
+}

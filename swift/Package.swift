@@ -1,0 +1,23 @@
+// swift-tools-version:5.9
+// tunpipe for iOS/tvOS packet tunnels: the Rust engine as an XCFramework (built by
+// scripts/build-xcframework.sh on a Mac) plus a thin Swift wrapper.
+import PackageDescription
+
+let package = Package(
+    name: "TunPipe",
+    platforms: [.iOS(.v15), .tvOS(.v17), .macOS(.v12)],
+    products: [
+        .library(name: "TunPipe", targets: ["TunPipe"]),
+    ],
+    targets: [
+        // libtunpipe.a for every Apple slice, with ffi/tunpipe.h and the module map in
+        // Headers/ (module TunPipeFFI).
+        .binaryTarget(name: "TunPipeFFI", path: "TunPipeFFI.xcframework"),
+        .target(
+            name: "TunPipe",
+            dependencies: ["TunPipeFFI"],
+            path: "Sources/TunPipe",
+            linkerSettings: [.linkedFramework("NetworkExtension")]
+        ),
+    ]
+)

@@ -1,0 +1,400 @@
+//! The C ABI called the way C calls it: NULL pointers, invalid configs, bad fds, error
+//! codes, the last-error text and the log callback. Nothing here needs root: real-TUN runs
+//! of the ABI are in the C host test (`ffi/tests/host_test.c`, run by `.ci/ffi.sh`).
+
+use std::ffi::{c_char, c_void, CStr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::{null, null_mut};
+use std::sync::Mutex;
+use tunpipe::ffi::*;
+
+/// `start_tun`/`stop_tun` share one global slot; tests that use it take turns.
+static GLOBAL_SLOT: Mutex<()> = Mutex::new(());
+
+fn last_error() -> String {
+    let mut buf = [0 as c_char; 512];
+    // SAFETY: `buf` holds `buf.len()` bytes.
+    let n = unsafe { tunpipe_last_error(buf.as_mut_ptr(), buf.len()) };
+    assert!(n >= 0);
+    // SAFETY: tunpipe_last_error NUL-terminates within the buffer.
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn default_config() -> TunpipeConfig {
+    let mut c = std::mem::MaybeUninit::<TunpipeConfig>::uninit();
+    // SAFETY: the pointer is valid for a write of one TunpipeConfig.
+    assert_eq!(
+        unsafe { tunpipe_config_default(c.as_mut_ptr()) },
+        TUNPIPE_OK
+    );
+    // SAFETY: tunpipe_config_default initialized all of it.
+    unsafe { c.assume_init() }
+}
+
+#[test]
+fn abi_version_matches_the_header_constant() {
+    assert_eq!(tunpipe_abi_version(), TUNPIPE_ABI_VERSION);
+}
+
+#[test]
+fn defaults_are_valid_and_sized() {
+    let c = default_config();
+    assert_eq!(c.size as usize, std::mem::size_of::<TunpipeConfig>());
+    assert_eq!(c.stage, TUNPIPE_STAGE_REFLECT);
+    assert_eq!(c.mtu, 1500);
+    // SAFETY: `c` is a valid config.
+    assert_eq!(unsafe { tunpipe_config_validate(&c) }, TUNPIPE_OK);
+    let mut bytes = 0u64;
+    // SAFETY: both pointers are valid.
+    assert_eq!(
+        unsafe { tunpipe_config_reserved_bytes(&c, &mut bytes) },
+        TUNPIPE_OK
+    );
+    assert!(bytes > 256 * 1500, "the pool alone is bigger: {bytes}");
+}
+
+#[test]
+fn every_pointer_taking_function_rejects_null() {
+    let c = default_config();
+    let mut out: *mut TunpipeEngine = null_mut();
+    let mut stats = TunpipeStats {
+        size: std::mem::size_of::<TunpipeStats>() as u32,
+        ..Default::default()
+    };
+    let mut latency = TunpipeLatency {
+        size: std::mem::size_of::<TunpipeLatency>() as u32,
+        ..Default::default()
+    };
+    let mut n = 0u64;
+    let mut buf = [0 as c_char; 8];
+    // Each call is checked before the next, since the last error is replaced by each.
+    macro_rules! refused {
+        ($name:literal, $call:expr) => {{
+            // SAFETY: every non-null pointer passed is valid; the NULL ones are what is tested.
+            let code = unsafe { $call };
+            assert_eq!(code, TUNPIPE_ERR_NULL_POINTER, $name);
+            let message = last_error();
+            assert!(message.starts_with($name), "{}: {message}", $name);
+            assert!(message.contains("NULL"), "{}: {message}", $name);
+        }};
+    }
+    refused!("tunpipe_config_default", tunpipe_config_default(null_mut()));
+    refused!("tunpipe_config_validate", tunpipe_config_validate(null()));
+    refused!(
+        "tunpipe_config_reserved_bytes",
+        tunpipe_config_reserved_bytes(null(), &mut n)
+    );
+    refused!(
+        "tunpipe_config_reserved_bytes",
+        tunpipe_config_reserved_bytes(&c, null_mut())
+    );
+    refused!("tunpipe_set_config", tunpipe_set_config(null()));
+    refused!(
+        "tunpipe_engine_start",
+        tunpipe_engine_start(null(), 0, &mut out)
+    );
+    refused!(
+        "tunpipe_engine_start",
+        tunpipe_engine_start(&c, 0, null_mut())
+    );
+    refused!("tunpipe_engine_stop", tunpipe_engine_stop(null()));
+    refused!("tunpipe_engine_wait", tunpipe_engine_wait(null()));
+    refused!("tunpipe_engine_free", tunpipe_engine_free(null_mut()));
+    refused!(
+        "tunpipe_engine_stats",
+        tunpipe_engine_stats(null(), &mut stats)
+    );
+    refused!(
+        "tunpipe_engine_latency",
+        tunpipe_engine_latency(null(), &mut latency)
+    );
+    refused!(
+        "tunpipe_engine_latency_base64",
+        tunpipe_engine_latency_base64(null(), 0, buf.as_mut_ptr(), buf.len(), null_mut())
+    );
+    refused!(
+        "tunpipe_engine_last_error",
+        tunpipe_engine_last_error(null(), buf.as_mut_ptr(), buf.len())
+    );
+    refused!(
+        "tunpipe_engine_reserved_bytes",
+        tunpipe_engine_reserved_bytes(null(), &mut n)
+    );
+    refused!("tunpipe_stats", tunpipe_stats(null_mut()));
+    refused!("tunpipe_latency", tunpipe_latency(null_mut()));
+    refused!("tunpipe_last_error", tunpipe_last_error(null_mut(), 4));
+    refused!(
+        "tunpipe_available_memory",
+        tunpipe_available_memory(null_mut())
+    );
+    assert!(out.is_null(), "a failed start leaves *out untouched");
+}
+
+#[test]
+fn a_misaligned_pointer_is_an_error_not_undefined_behaviour() {
+    let mut storage = [0u64; 4];
+    // One byte in: never aligned for a u64.
+    let odd = (storage.as_mut_ptr() as *mut u8).wrapping_add(1) as *mut u64;
+    // SAFETY: tunpipe checks alignment before touching the pointer.
+    let code = unsafe { tunpipe_available_memory(odd) };
+    assert_eq!(code, TUNPIPE_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("misaligned"));
+}
+
+#[test]
+fn invalid_configs_are_error_codes_not_aborts() {
+    type Change = fn(&mut TunpipeConfig);
+    let cases: Vec<(&str, Change, i32)> = vec![
+        ("mtu", |c| c.mtu = u32::MAX, TUNPIPE_ERR_CONFIG),
+        ("mtu", |c| c.mtu = 10, TUNPIPE_ERR_CONFIG),
+        ("workers", |c| c.workers = u32::MAX, TUNPIPE_ERR_CONFIG),
+        (
+            "ring_capacity",
+            |c| c.ring_capacity = u32::MAX,
+            TUNPIPE_ERR_CONFIG,
+        ),
+        ("ring_capacity", |c| c.ring_capacity = 0, TUNPIPE_ERR_CONFIG),
+        (
+            "pool_buffers",
+            |c| c.pool_buffers = u32::MAX,
+            TUNPIPE_ERR_CONFIG,
+        ),
+        ("headroom", |c| c.headroom = u32::MAX, TUNPIPE_ERR_CONFIG),
+        ("batch", |c| c.batch = 0, TUNPIPE_ERR_CONFIG),
+        (
+            "unknown stage",
+            |c| c.stage = 99,
+            TUNPIPE_ERR_INVALID_ARGUMENT,
+        ),
+        (
+            "callback is NULL",
+            |c| c.stage = TUNPIPE_STAGE_CALLBACK,
+            TUNPIPE_ERR_INVALID_ARGUMENT,
+        ),
+        (
+            "TunpipeConfig.size",
+            |c| c.size = 0,
+            TUNPIPE_ERR_STRUCT_SIZE,
+        ),
+        (
+            "TunpipeConfig.size",
+            |c| c.size = 8,
+            TUNPIPE_ERR_STRUCT_SIZE,
+        ),
+    ];
+    for (needle, change, expected) in cases {
+        let mut c = default_config();
+        change(&mut c);
+        // SAFETY: `c` is a readable config.
+        assert_eq!(unsafe { tunpipe_config_validate(&c) }, expected, "{needle}");
+        assert!(last_error().contains(needle), "{needle}: {}", last_error());
+        // The same config refused by every function that takes one, before any fd is used:
+        // fd 0 (stdin) would be a bad fd, but validation comes first.
+        let mut out: *mut TunpipeEngine = null_mut();
+        // SAFETY: valid pointers.
+        assert_eq!(unsafe { tunpipe_engine_start(&c, 0, &mut out) }, expected);
+        assert!(out.is_null());
+        // SAFETY: valid pointer.
+        assert_eq!(unsafe { tunpipe_set_config(&c) }, expected, "{needle}");
+    }
+}
+
+#[test]
+fn mtu_9000_is_valid() {
+    let mut c = default_config();
+    c.mtu = 9000;
+    // SAFETY: `c` is a readable config.
+    assert_eq!(unsafe { tunpipe_config_validate(&c) }, TUNPIPE_OK);
+}
+
+#[test]
+fn stop_tun_with_nothing_running_is_an_error() {
+    let _turn = GLOBAL_SLOT.lock().unwrap();
+    assert_eq!(stop_tun(), TUNPIPE_ERR_NOT_RUNNING);
+    assert!(last_error().contains("stop_tun"));
+}
+
+#[test]
+fn a_fd_that_is_not_a_tun_is_refused_and_left_open() {
+    let _turn = GLOBAL_SLOT.lock().unwrap();
+    let mut ends = [0; 2];
+    // SAFETY: pipe writes two fds into `ends`, which then belong to this test.
+    assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+    // SAFETY: both fds are fresh and owned by nobody else.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    let dev_null = std::fs::File::open("/dev/null").unwrap();
+    for fd in [read_end.as_raw_fd(), dev_null.as_raw_fd()] {
+        assert_eq!(start_tun(fd), TUNPIPE_ERR_BAD_FD, "fd {fd}");
+        let message = last_error();
+        assert!(message.contains("not a TUN"), "{message}");
+        let c = default_config();
+        let mut out: *mut TunpipeEngine = null_mut();
+        // SAFETY: valid pointers.
+        assert_eq!(
+            unsafe { tunpipe_engine_start(&c, fd, &mut out) },
+            TUNPIPE_ERR_BAD_FD
+        );
+        assert!(out.is_null());
+        assert!(
+            tunpipe::sys::fd_is_open(fd),
+            "tunpipe never closes the host's fd"
+        );
+    }
+    // A closed fd: refused too (the slot is free again afterwards).
+    let closed = write_end.as_raw_fd();
+    drop(write_end);
+    assert_eq!(start_tun(closed), TUNPIPE_ERR_BAD_FD);
+    assert_eq!(stop_tun(), TUNPIPE_ERR_NOT_RUNNING);
+}
+
+#[cfg(not(target_vendor = "apple"))]
+#[test]
+fn finding_the_utun_fd_is_apple_only() {
+    let _turn = GLOBAL_SLOT.lock().unwrap();
+    assert_eq!(tunpipe_find_utun_fd(), TUNPIPE_ERR_UNSUPPORTED);
+    assert_eq!(start_tun(-1), TUNPIPE_ERR_UNSUPPORTED);
+    assert!(last_error().contains("Apple"));
+    let mut out: *mut TunpipeEngine = null_mut();
+    let c = default_config();
+    // SAFETY: valid pointers.
+    assert_eq!(
+        unsafe { tunpipe_engine_start(&c, -1, &mut out) },
+        TUNPIPE_ERR_UNSUPPORTED
+    );
+}
+
+#[cfg(not(any(target_os = "ios", target_os = "tvos")))]
+#[test]
+fn available_memory_is_ios_only() {
+    let mut bytes = 42u64;
+    // SAFETY: valid pointer.
+    assert_eq!(
+        unsafe { tunpipe_available_memory(&mut bytes) },
+        TUNPIPE_ERR_UNSUPPORTED
+    );
+    assert_eq!(bytes, 0);
+}
+
+#[test]
+fn global_queries_before_any_start_tun_say_not_running() {
+    // Another test in this binary may start_tun a bad fd, but none ever starts an engine.
+    let mut stats = TunpipeStats {
+        size: std::mem::size_of::<TunpipeStats>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: valid pointer.
+    assert_eq!(
+        unsafe { tunpipe_stats(&mut stats) },
+        TUNPIPE_ERR_NOT_RUNNING
+    );
+    let mut needed = 0usize;
+    // SAFETY: a length query: no buffer.
+    let code =
+        unsafe { tunpipe_latency_base64(TUNPIPE_LATENCY_ENGINE, null_mut(), 0, &mut needed) };
+    assert_eq!(code, TUNPIPE_ERR_NOT_RUNNING);
+}
+
+#[test]
+fn last_error_truncates_like_snprintf() {
+    // SAFETY: NULL is what is tested; it is refused.
+    assert_eq!(
+        unsafe { tunpipe_engine_stop(null()) },
+        TUNPIPE_ERR_NULL_POINTER
+    );
+    let full = last_error();
+    assert!(!full.is_empty());
+    // A length query: no buffer, the full length back.
+    // SAFETY: `len == 0` never touches `buf`.
+    assert_eq!(
+        unsafe { tunpipe_last_error(null_mut(), 0) },
+        full.len() as i32
+    );
+    let mut small = [0x55 as c_char; 6];
+    // SAFETY: `small` holds 6 bytes.
+    let n = unsafe { tunpipe_last_error(small.as_mut_ptr(), small.len()) };
+    assert_eq!(n, full.len() as i32);
+    // SAFETY: NUL-terminated within the buffer.
+    let cut = unsafe { CStr::from_ptr(small.as_ptr()) }.to_str().unwrap();
+    assert_eq!(cut, &full[..5]);
+    // Errors are per thread: a fresh thread has none.
+    let other = std::thread::spawn(last_error).join().unwrap();
+    assert_eq!(other, "");
+}
+
+#[test]
+fn every_code_has_a_description() {
+    for code in 0..=16 {
+        let text = tunpipe_error_string(-code);
+        // SAFETY: tunpipe_error_string returns a static NUL-terminated string.
+        let text = unsafe { CStr::from_ptr(text) }.to_str().unwrap();
+        assert!(!text.is_empty());
+        assert_ne!(text, "unknown error code", "code {}", -code);
+    }
+    // SAFETY: as above.
+    let unknown = unsafe { CStr::from_ptr(tunpipe_error_string(-1000)) };
+    assert_eq!(unknown.to_str().unwrap(), "unknown error code");
+}
+
+/// Log lines the callback received, with their levels.
+static LINES: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
+
+unsafe extern "C" fn collect(context: *mut c_void, level: i32, message: *const c_char) {
+    assert_eq!(context as usize, 0x1234, "the context comes back untouched");
+    // SAFETY: tunpipe passes a NUL-terminated string valid for the call.
+    let text = unsafe { CStr::from_ptr(message) }
+        .to_string_lossy()
+        .into_owned();
+    if let Ok(mut lines) = LINES.lock() {
+        lines.push((level, text));
+    }
+}
+
+#[test]
+fn logs_and_panic_messages_reach_the_callback() {
+    // SAFETY: `collect` follows the callback contract; the context is never dereferenced.
+    let code = unsafe { tunpipe_set_log_callback(Some(collect), 99, 0x1234 as *mut c_void) };
+    assert_eq!(code, TUNPIPE_ERR_INVALID_ARGUMENT, "unknown level");
+    // SAFETY: as above.
+    let code =
+        unsafe { tunpipe_set_log_callback(Some(collect), TUNPIPE_LOG_WARN, 0x1234 as *mut c_void) };
+    assert_eq!(code, TUNPIPE_OK);
+
+    // A rejected call is a warning line naming the function.
+    // SAFETY: NULL is what is tested; it is refused.
+    assert_eq!(
+        unsafe { tunpipe_engine_wait(null()) },
+        TUNPIPE_ERR_NULL_POINTER
+    );
+    // A panic anywhere in the process reaches the callback through the hook.
+    let caught = std::panic::catch_unwind(|| panic!("ffi-test-panic-marker"));
+    assert!(caught.is_err());
+    // Below the maximum level: not delivered.
+    log::info!("ffi-test-info-marker");
+
+    // SAFETY: NULL turns logging off; after it returns the callback runs nowhere.
+    assert_eq!(
+        unsafe { tunpipe_set_log_callback(None, TUNPIPE_LOG_TRACE, null_mut()) },
+        TUNPIPE_OK
+    );
+    log::error!("ffi-test-after-off-marker");
+
+    let lines = LINES.lock().unwrap().clone();
+    let find = |needle: &str| lines.iter().find(|(_, l)| l.contains(needle)).cloned();
+    let (level, line) = find("tunpipe_engine_wait").expect("the rejected call was logged");
+    assert_eq!(level, TUNPIPE_LOG_WARN);
+    assert!(line.contains("NULL"), "{line}");
+    let (level, line) = find("ffi-test-panic-marker").expect("the panic was logged");
+    assert_eq!(level, TUNPIPE_LOG_ERROR);
+    assert!(line.contains("panic"), "{line}");
+    assert!(
+        find("ffi-test-info-marker").is_none(),
+        "above the max level"
+    );
+    assert!(
+        find("ffi-test-after-off-marker").is_none(),
+        "logging was turned off"
+    );
+}
