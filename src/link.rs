@@ -146,7 +146,7 @@ impl Idle {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(tunpipe_loom)))]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
@@ -233,8 +233,8 @@ mod tests {
 
 /// Model checks of the doorbell protocol with loom, on a model of the ring (an atomic count of
 /// published items). Run with
-/// `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_models`.
-#[cfg(all(test, loom))]
+/// `RUSTFLAGS="--cfg tunpipe_loom" cargo test --release --lib loom_models`.
+#[cfg(all(test, tunpipe_loom))]
 mod loom_models {
     use super::*;
     use loom::sync::atomic::AtomicUsize;
