@@ -20,32 +20,32 @@ timed "rustup targets" rustup target add aarch64-apple-ios aarch64-apple-darwin 
 timed "rust-src" rustup component add rust-src
 
 for t in aarch64-apple-ios aarch64-apple-darwin x86_64-apple-darwin aarch64-linux-android; do
-  timed "check --lib $t" cargo check --quiet --lib --target "$t"
+  timed "check --lib $t" cargo check --quiet --workspace --lib --target "$t"
 done
 # The CLI and tests build for these too. The benches are desktop tools (Linux, and macOS on
 # a utun: tun-rs has no DeviceBuilder on iOS or Android), so only macOS checks them.
 timed "check --all-targets aarch64-apple-darwin" \
-  cargo check --quiet --all-targets --target aarch64-apple-darwin
+  cargo check --quiet --workspace --all-targets --target aarch64-apple-darwin
 for t in aarch64-apple-ios aarch64-linux-android; do
-  timed "check --bins --tests $t" cargo check --quiet --lib --bins --tests --target "$t"
+  timed "check --bins --tests $t" cargo check --quiet --workspace --lib --bins --tests --target "$t"
 done
-timed "clippy --lib aarch64-apple-ios" cargo clippy --quiet --lib --target aarch64-apple-ios -- -D warnings
+timed "clippy --lib aarch64-apple-ios" cargo clippy --quiet --workspace --lib --target aarch64-apple-ios -- -D warnings
 
 for t in aarch64-apple-ios-sim aarch64-apple-tvos; do
   timed "check --lib $t (build-std)" env RUSTC_BOOTSTRAP=1 \
-    cargo check --quiet --lib -Zbuild-std=std,panic_abort --target "$t"
+    cargo check --quiet --workspace --lib -Zbuild-std=std,panic_abort --target "$t"
 done
 
 # A staticlib needs no linker, but tun-rs asks for a cdylib of itself, which does: point
 # that link at /bin/true (the .dylib is not shipped; the .a is).
 timed "build --release --lib aarch64-apple-ios" env CARGO_TARGET_AARCH64_APPLE_IOS_LINKER=/bin/true \
-  cargo build --quiet --release --lib --target aarch64-apple-ios
+  cargo build --quiet --release --workspace --lib --target aarch64-apple-ios
 
 if ! command -v llvm-nm >/dev/null; then
   timed "install llvm" bash -c 'DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq llvm >/dev/null'
 fi
-archive="${target_dir}/aarch64-apple-ios/release/libtunpipe.a"
+archive="${target_dir}/aarch64-apple-ios/release/libtunpipe_ffi.a"
 echo "== apple: exported C ABI in $archive"
 # llvm-nm exits 1 when some members (compiler_builtins shards) have no symbols: judge by
 # what it lists, not by its status.

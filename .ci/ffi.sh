@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The C ABI gate: the committed header must be what the pinned cbindgen generates, and the C
-# host test (ffi/tests/host_test.c) must pass against libtunpipe.a on a real TUN (as root:
+# host test (ffi/tests/host_test.c) must pass against libtunpipe_ffi.a on a real TUN (as root:
 # it makes its own network namespace), natively and, where valgrind exists, under memcheck.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,17 +19,18 @@ fi
 step "header is up to date"
 generated=$(mktemp)
 trap 'rm -f "$generated"' EXIT
-# Source-file mode: cbindgen reads src/ffi and nothing else of the crate.
-cbindgen --quiet --config ffi/cbindgen.toml --output "$generated" src/ffi/mod.rs
+# Source-file mode: cbindgen reads the ffi crate's sources and nothing else.
+cbindgen --quiet --config ffi/cbindgen.toml --output "$generated" ffi/src/lib.rs
 if ! diff -u ffi/tunpipe.h "$generated"; then
   echo "ffi/tunpipe.h is stale: regenerate it with"
-  echo "  cbindgen --config ffi/cbindgen.toml --output ffi/tunpipe.h src/ffi/mod.rs"
+  echo "  cbindgen --config ffi/cbindgen.toml --output ffi/tunpipe.h ffi/src/lib.rs"
   exit 1
 fi
 
-step "libtunpipe.a (release)"
-cargo build --release --lib --quiet
-lib="${target_dir}/release/libtunpipe.a"
+step "libtunpipe_ffi.a (release)"
+# The README's promise: a release build of the workspace's libraries yields the static library.
+cargo build --release --workspace --lib --quiet
+lib="${target_dir}/release/libtunpipe_ffi.a"
 
 step "compile the C host test against the committed header"
 bin="${target_dir}/ffi-host-test"

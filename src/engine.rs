@@ -473,3 +473,15 @@ impl Drop for Engine {
         }
     }
 }
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("workers", &self.workers).field("stopping", &self.is_stopping()).field("reserved_bytes", &self.reserved_bytes).finish_non_exhaustive()
+    }
+}

@@ -46,7 +46,6 @@ mod actor;
 pub mod config;
 pub mod device;
 mod engine;
-pub mod ffi;
 mod link;
 pub mod pool;
 pub mod stage;

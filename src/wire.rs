@@ -36,17 +36,25 @@ impl std::error::Error for Malformed {}
 /// IP version of a packet that passed [`check_ip`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpVersion {
+    /// IPv4.
     V4,
+    /// IPv6.
     V6,
 }
 
 /// IP protocol / IPv6 next-header numbers.
 pub mod protocol {
+    /// ICMP for IPv4.
     pub const ICMP: u8 = 1;
+    /// TCP.
     pub const TCP: u8 = 6;
+    /// UDP.
     pub const UDP: u8 = 17;
+    /// The IPv6 fragment extension header.
     pub const IPV6_FRAGMENT: u8 = 44;
+    /// ICMPv6.
     pub const ICMPV6: u8 = 58;
+    /// SCTP.
     pub const SCTP: u8 = 132;
 }
 
@@ -279,6 +287,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         }
     }
 
+    /// Header length in bytes (IHL × 4).
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[ipv4::VER_IHL] & 0x0f) * 4
     }
@@ -288,6 +297,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         usize::from(read_u16(self.buffer.as_ref(), ipv4::TOTAL_LEN))
     }
 
+    /// The protocol number of the payload (see [`protocol`]).
     pub fn protocol(&self) -> u8 {
         self.buffer.as_ref()[ipv4::PROTOCOL]
     }
@@ -298,14 +308,17 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         flags_frag & (ipv4::MORE_FRAGMENTS | ipv4::FRAG_OFFSET) != 0
     }
 
+    /// Source address.
     pub fn src_addr(&self) -> [u8; 4] {
         ip_addr(self.buffer.as_ref(), ipv4::SRC_ADDR)
     }
 
+    /// Destination address.
     pub fn dst_addr(&self) -> [u8; 4] {
         ip_addr(self.buffer.as_ref(), ipv4::DST_ADDR)
     }
 
+    /// The bytes after the header, up to the packet's declared length.
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_len()..self.total_len()]
     }
@@ -318,6 +331,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         swap_fields::<4>(self.buffer.as_mut(), ipv4::SRC_ADDR, ipv4::DST_ADDR);
     }
 
+    /// The payload, writable.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let range = self.header_len()..self.total_len();
         &mut self.buffer.as_mut()[range]
@@ -341,22 +355,27 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         }
     }
 
+    /// Payload length as the header declares it.
     pub fn payload_len(&self) -> usize {
         usize::from(read_u16(self.buffer.as_ref(), ipv6::PAYLOAD_LEN))
     }
 
+    /// The protocol of the payload (see [`protocol`]); extension headers are not walked.
     pub fn next_header(&self) -> u8 {
         self.buffer.as_ref()[ipv6::NEXT_HEADER]
     }
 
+    /// Source address.
     pub fn src_addr(&self) -> [u8; 16] {
         ip_addr(self.buffer.as_ref(), ipv6::SRC_ADDR)
     }
 
+    /// Destination address.
     pub fn dst_addr(&self) -> [u8; 16] {
         ip_addr(self.buffer.as_ref(), ipv6::DST_ADDR)
     }
 
+    /// The bytes after the header, up to the packet's declared length.
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[ipv6::HEADER_LEN..ipv6::HEADER_LEN + self.payload_len()]
     }
@@ -369,6 +388,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
         swap_fields::<16>(self.buffer.as_mut(), ipv6::SRC_ADDR, ipv6::DST_ADDR);
     }
 
+    /// The payload, writable.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let end = ipv6::HEADER_LEN + self.payload_len();
         &mut self.buffer.as_mut()[ipv6::HEADER_LEN..end]
@@ -400,10 +420,12 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         Ok(UdpPacket { buffer })
     }
 
+    /// Source port.
     pub fn src_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), udp::SRC_PORT)
     }
 
+    /// Destination port.
     pub fn dst_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), udp::DST_PORT)
     }
@@ -438,14 +460,17 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
         Ok(IcmpPacket { buffer })
     }
 
+    /// Message type.
     pub fn msg_type(&self) -> u8 {
         self.buffer.as_ref()[icmp::TYPE]
     }
 
+    /// Message code.
     pub fn msg_code(&self) -> u8 {
         self.buffer.as_ref()[icmp::CODE]
     }
 
+    /// The checksum field as it stands.
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), icmp::CHECKSUM)
     }

@@ -10,7 +10,7 @@ let package = Package(
         .library(name: "TunPipe", targets: ["TunPipe"]),
     ],
     targets: [
-        // libtunpipe.a for every Apple slice, with ffi/tunpipe.h and the module map in
+        // libtunpipe_ffi.a for every Apple slice, with ffi/tunpipe.h and the module map in
         // Headers/ (module TunPipeFFI).
         .binaryTarget(name: "TunPipeFFI", path: "TunPipeFFI.xcframework"),
         .target(

@@ -1,7 +1,7 @@
 /*
  * The C host test: does what an iOS packet-tunnel host does with tunpipe, on a real Linux
  * TUN fd that it opens itself (TUNSETIFF, IFF_TUN | IFF_NO_PI) in its own network
- * namespace, compiled against the committed header and linked against libtunpipe.a.
+ * namespace, compiled against the committed header and linked against libtunpipe_ffi.a.
  *
  * Without root (no network namespace), the TUN part is reported as skipped, never passed;
  * the checks that need no TUN (NULL pointers, bad fds, stop with nothing running) still run.

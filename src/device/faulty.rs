@@ -61,18 +61,21 @@ impl FaultPlan {
 }
 
 /// Wraps a device; its halves consult a [`FaultPlan`] before each call.
+#[derive(Debug)]
 pub struct FaultyDevice<D> {
     inner: D,
     plan: Arc<FaultPlan>,
 }
 
 /// Receive half of a [`FaultyDevice`].
+#[derive(Debug)]
 pub struct FaultyRx<R> {
     inner: R,
     plan: Arc<FaultPlan>,
 }
 
 /// Send half of a [`FaultyDevice`].
+#[derive(Debug)]
 pub struct FaultyTx<T> {
     inner: T,
     plan: Arc<FaultPlan>,

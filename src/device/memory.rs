@@ -330,3 +330,33 @@ mod tests {
         assert_eq!(rx.recv(&mut buf).unwrap(), 11);
     }
 }
+
+impl std::fmt::Debug for MemoryDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryDevice").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for PeerSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerSender").field("free_slots", &self.free_slots()).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for PeerReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerReceiver").field("pending", &self.pending()).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for MemoryRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryRx").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for MemoryTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryTx").finish_non_exhaustive()
+    }
+}

@@ -164,3 +164,21 @@ impl TxHalf for TunTx {
         self.run.device.send(packet)
     }
 }
+
+impl std::fmt::Debug for TunDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunDevice").field("fd", &self.raw_fd()).finish()
+    }
+}
+
+impl std::fmt::Debug for TunRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunRx").field("fd", &self.run.device.as_raw_fd()).finish()
+    }
+}
+
+impl std::fmt::Debug for TunTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunTx").field("fd", &self.run.device.as_raw_fd()).finish()
+    }
+}

@@ -18,22 +18,22 @@ tier2=(aarch64-apple-ios aarch64-apple-ios-sim x86_64-apple-ios aarch64-apple-da
 tier3=(aarch64-apple-tvos aarch64-apple-tvos-sim x86_64-apple-tvos)
 
 rustup target add "${tier2[@]}"
-build() { (cd "$root" && cargo build --release --lib --target "$1"); }
+build() { (cd "$root" && cargo build --release -p tunpipe-ffi --lib --target "$1"); }
 build_std() {
   rustup component add rust-src
-  (cd "$root" && RUSTC_BOOTSTRAP=1 cargo build --release --lib -Zbuild-std=std,panic_abort --target "$1")
+  (cd "$root" && RUSTC_BOOTSTRAP=1 cargo build --release -p tunpipe-ffi --lib -Zbuild-std=std,panic_abort --target "$1")
 }
 for t in "${tier2[@]}"; do build "$t"; done
 if [ -z "${SKIP_TVOS:-}" ]; then for t in "${tier3[@]}"; do build_std "$t"; done; fi
 
-lib() { echo "$target_dir/$1/release/libtunpipe.a"; }
+lib() { echo "$target_dir/$1/release/libtunpipe_ffi.a"; }
 fat() { # fat NAME slice...
   local name=$1; shift
   mkdir -p "$stage/$name"
   local inputs=()
   for t in "$@"; do inputs+=("$(lib "$t")"); done
-  lipo -create "${inputs[@]}" -output "$stage/$name/libtunpipe.a"
-  echo "$stage/$name/libtunpipe.a"
+  lipo -create "${inputs[@]}" -output "$stage/$name/libtunpipe_ffi.a"
+  echo "$stage/$name/libtunpipe_ffi.a"
 }
 
 headers="$stage/Headers"

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use std::ffi::c_char;
 
 /// An engine started with `tunpipe_engine_start`. Opaque to C.
+#[derive(Debug)]
 pub struct TunpipeEngine {
     session: Session,
     last_error: Mutex<String>,

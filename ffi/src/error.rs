@@ -1,6 +1,6 @@
 //! Error codes, the last-error text, and the guard every entry point runs its body in.
 
-use crate::EngineError;
+use tunpipe::EngineError;
 use std::cell::RefCell;
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -77,6 +77,9 @@ impl From<EngineError> for FfiError {
             EngineError::StopFromEngineThread => TUNPIPE_ERR_ENGINE_THREAD,
             EngineError::Stopping => TUNPIPE_ERR_STOPPING,
             EngineError::OutOfMemory { .. } => TUNPIPE_ERR_NO_MEMORY,
+            // EngineError is #[non_exhaustive]: a variant that gains no code of its own here
+            // reports as a device failure, with its own message.
+            _ => TUNPIPE_ERR_DEVICE,
         };
         FfiError::new(code, e.to_string())
     }

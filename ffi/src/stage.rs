@@ -4,7 +4,7 @@
 //! callback reports through the checked [`PacketBuf::set_window`]. It allocates nothing and
 //! logs nothing per packet: a bad window is counted, and logged once per engine.
 
-use crate::stage::{PacketBuf, Stage, StageFactory, Verdict};
+use tunpipe::stage::{PacketBuf, Stage, StageFactory, Verdict};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

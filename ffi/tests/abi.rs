@@ -6,7 +6,7 @@ use std::ffi::{c_char, c_void, CStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::{null, null_mut};
 use std::sync::Mutex;
-use tunpipe::ffi::*;
+use tunpipe_ffi::*;
 
 /// `start_tun`/`stop_tun` share one global slot; tests that use it take turns.
 static GLOBAL_SLOT: Mutex<()> = Mutex::new(());

@@ -18,7 +18,7 @@ use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
-use tunpipe::ffi::*;
+use tunpipe_ffi::*;
 
 const V4_LOCAL: &str = "10.52.0.1";
 const V4_PEER: &str = "10.52.0.2";

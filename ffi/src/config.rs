@@ -2,7 +2,7 @@
 
 use super::error::{FfiError, FfiResult, TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_STRUCT_SIZE};
 use super::stage::{CallbackShared, StageFn, TunpipeStageCallback};
-use crate::{BuiltinStage, Config, StageFactory};
+use tunpipe::{BuiltinStage, Config, StageFactory};
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -111,20 +111,18 @@ impl TunpipeConfig {
 
     /// Converts to the engine's config and stage plan (not yet validated).
     pub(crate) fn to_plan(self) -> FfiResult<Plan> {
-        let config = Config {
-            workers: self.workers as usize,
-            ring_capacity: self.ring_capacity as usize,
-            pool_buffers: self.pool_buffers as usize,
-            mtu: self.mtu as usize,
-            headroom: self.headroom as usize,
-            tailroom: self.tailroom as usize,
-            batch: self.batch as usize,
-            pin: self.pin != 0,
-            latency: self.latency != 0,
-            max_stage_panics: self.max_stage_panics,
-            // Spin and yield windows are tuned by measurement, not exposed to C (yet).
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.workers = self.workers as usize;
+        config.ring_capacity = self.ring_capacity as usize;
+        config.pool_buffers = self.pool_buffers as usize;
+        config.mtu = self.mtu as usize;
+        config.headroom = self.headroom as usize;
+        config.tailroom = self.tailroom as usize;
+        config.batch = self.batch as usize;
+        config.pin = self.pin != 0;
+        config.latency = self.latency != 0;
+        config.max_stage_panics = self.max_stage_panics;
+        // Spin and yield windows are tuned by measurement, not exposed to C (yet).
         let stage = match self.stage {
             TUNPIPE_STAGE_REFLECT => StagePlan::Builtin(BuiltinStage::Reflect),
             TUNPIPE_STAGE_PASSTHROUGH => StagePlan::Builtin(BuiltinStage::Passthrough),
@@ -173,7 +171,7 @@ impl Plan {
     pub(crate) fn validate(&self) -> FfiResult {
         self.config
             .validate()
-            .map_err(|e| crate::EngineError::Config(e).into())
+            .map_err(|e| tunpipe::EngineError::Config(e).into())
     }
 
     /// The stage factory, and for a C stage the counters its adapters share.

@@ -6,12 +6,13 @@ use super::error::{
 };
 use super::report::TunpipeStats;
 use super::stage::CallbackShared;
-use crate::{Engine, EngineError, LatencySnapshot, TunDevice};
+use tunpipe::{Engine, EngineError, LatencySnapshot, TunDevice};
 use parking_lot::Mutex;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+#[derive(Debug)]
 pub(crate) struct Session {
     engine: Engine,
     /// The engine's dup of the host's fd. Dropped once the engine is joined, so that the
@@ -25,7 +26,7 @@ pub(crate) fn resolve_fd(fd: i32) -> FfiResult<i32> {
     if fd >= 0 {
         return Ok(fd);
     }
-    crate::sys::find_utun_fd().map_err(|e| match e.kind() {
+    tunpipe::sys::find_utun_fd().map_err(|e| match e.kind() {
         io::ErrorKind::Unsupported => FfiError::new(
             TUNPIPE_ERR_UNSUPPORTED,
             format!(

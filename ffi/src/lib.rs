@@ -129,7 +129,7 @@ pub unsafe extern "C" fn tunpipe_config_reserved_bytes(
         let plan = unsafe { TunpipeConfig::read(config) }?.to_plan()?;
         plan.validate()?;
         // SAFETY: checked non-null and aligned; the caller promises it is writable.
-        unsafe { out.write(crate::reserved_bytes(&plan.config) as u64) };
+        unsafe { out.write(tunpipe::reserved_bytes(&plan.config) as u64) };
         Ok(TUNPIPE_OK)
     })
 }
@@ -175,7 +175,7 @@ pub extern "C" fn tunpipe_find_utun_fd() -> i32 {
 pub unsafe extern "C" fn tunpipe_available_memory(out: *mut u64) -> i32 {
     error::guard("tunpipe_available_memory", || {
         check_ptr_mut(out, "out")?;
-        let available = crate::sys::available_memory();
+        let available = tunpipe::sys::available_memory();
         // SAFETY: checked non-null and aligned; the caller promises it is writable.
         unsafe { out.write(available.unwrap_or(0)) };
         match available {

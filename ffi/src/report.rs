@@ -1,7 +1,7 @@
 //! The C views of [`Stats`] and latency, and how they are written into a caller's struct.
 
 use super::error::{FfiError, FfiResult, TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_STRUCT_SIZE};
-use crate::{LatencySnapshot, Percentiles, Stats};
+use tunpipe::{LatencySnapshot, Percentiles, Stats};
 
 /// Which latency histogram: time in the engine (read to write).
 pub const TUNPIPE_LATENCY_ENGINE: u32 = 0;
