@@ -1,5 +1,6 @@
 //! Engine configuration, validated before anything is allocated or spawned.
 
+pub use crate::error::ConfigError;
 use std::time::Duration;
 
 /// Upper bounds that validation enforces, so that a huge number (say, from C) is a clear error
@@ -80,18 +81,6 @@ impl Default for Config {
     }
 }
 
-/// A configuration that cannot run, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid config: {}", self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 impl Config {
     /// Checks every field against its limits and against each other.
     ///
@@ -99,50 +88,47 @@ impl Config {
     /// A [`ConfigError`] naming the first field that is out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         use limits::*;
-        fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<(), ConfigError> {
+        fn check(
+            ok: bool,
+            field: &'static str,
+            reason: impl FnOnce() -> String,
+        ) -> Result<(), ConfigError> {
             if ok {
                 Ok(())
             } else {
-                Err(ConfigError(msg()))
+                Err(ConfigError::new(field, reason()))
             }
         }
-        check((MIN_MTU..=MAX_MTU).contains(&self.mtu), || {
-            format!("mtu {} is outside {MIN_MTU}..={MAX_MTU}", self.mtu)
+        check((MIN_MTU..=MAX_MTU).contains(&self.mtu), "mtu", || {
+            format!("{} is outside {MIN_MTU}..={MAX_MTU}", self.mtu)
         })?;
-        check(self.workers <= MAX_WORKERS, || {
-            format!("workers {} exceeds {MAX_WORKERS}", self.workers)
+        check(self.workers <= MAX_WORKERS, "workers", || {
+            format!("{} exceeds {MAX_WORKERS}", self.workers)
         })?;
         check(
             (1..=MAX_RING_CAPACITY).contains(&self.ring_capacity),
-            || {
-                format!(
-                    "ring_capacity {} is outside 1..={MAX_RING_CAPACITY}",
-                    self.ring_capacity
-                )
-            },
+            "ring_capacity",
+            || format!("{} is outside 1..={MAX_RING_CAPACITY}", self.ring_capacity),
         )?;
-        check(
-            self.headroom <= MAX_ROOM && self.tailroom <= MAX_ROOM,
-            || {
-                format!(
-                    "headroom {} / tailroom {} exceed {MAX_ROOM}",
-                    self.headroom, self.tailroom
-                )
-            },
-        )?;
-        check((1..=MAX_BATCH).contains(&self.batch), || {
-            format!("batch {} is outside 1..={MAX_BATCH}", self.batch)
+        check(self.headroom <= MAX_ROOM, "headroom", || {
+            format!("{} exceeds {MAX_ROOM}", self.headroom)
+        })?;
+        check(self.tailroom <= MAX_ROOM, "tailroom", || {
+            format!("{} exceeds {MAX_ROOM}", self.tailroom)
+        })?;
+        check((1..=MAX_BATCH).contains(&self.batch), "batch", || {
+            format!("{} is outside 1..={MAX_BATCH}", self.batch)
         })?;
         let pool = self.pool_size();
-        check(pool <= MAX_POOL_BUFFERS, || {
-            format!("pool_buffers {pool} exceeds {MAX_POOL_BUFFERS}")
+        check(pool <= MAX_POOL_BUFFERS, "pool_buffers", || {
+            format!("{pool} exceeds {MAX_POOL_BUFFERS}")
         })?;
         let in_rings = self.ring_capacity.saturating_mul(self.ring_count());
-        check(pool >= in_rings, || {
-            format!("pool_buffers {pool} is smaller than the {in_rings} packets the rings can hold")
+        check(pool >= in_rings, "pool_buffers", || {
+            format!("{pool} is smaller than the {in_rings} packets the rings can hold")
         })?;
         let pool_bytes = pool.saturating_mul(self.buffer_size());
-        check(pool_bytes <= MAX_POOL_BYTES, || {
+        check(pool_bytes <= MAX_POOL_BYTES, "pool_buffers", || {
             format!("the pool would reserve {pool_bytes} bytes, over {MAX_POOL_BYTES}")
         })
     }
@@ -274,6 +260,10 @@ mod tests {
                 err.to_string().contains(needle),
                 "{err} should mention {needle}"
             );
+            // The field is named on its own, and the message leads with it.
+            assert!(err
+                .to_string()
+                .starts_with(&format!("invalid config: {}: ", err.field)));
         }
     }
 

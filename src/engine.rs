@@ -5,8 +5,9 @@ use crate::actor::reader::{Downstream, Reader};
 use crate::actor::worker::Worker;
 use crate::actor::writer::{Mail, Writer};
 use crate::actor::{phase, Control, StageRunner};
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::device::{Device, RxHalf, TxHalf};
+use crate::error::EngineError;
 use crate::link::Backoff;
 use crate::pool::{self, PacketBuf};
 use crate::stage::{BuiltinStage, StageFactory};
@@ -15,71 +16,9 @@ use crate::sys;
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use rtrb::RingBuffer;
-use std::io;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
-
-/// Why the engine could not start, or why it stopped.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum EngineError {
-    /// The configuration is invalid.
-    Config(ConfigError),
-    /// The device failed: at open, or fatally while running (for example, it was deleted).
-    Device(Arc<io::Error>),
-    /// An actor thread could not be spawned.
-    Spawn(Arc<io::Error>),
-    /// The stage kept panicking past [`Config::max_stage_panics`].
-    StagePanics {
-        /// Panics counted when the engine gave up.
-        panics: u64,
-    },
-    /// `stop()` was called from one of the engine's own threads (say, a stage). The stop was
-    /// requested; the engine's owner must still call `stop()` or `wait()` to join it.
-    StopFromEngineThread,
-    /// A latency snapshot could not be taken because the engine is stopping.
-    Stopping,
-    /// The buffer pool could not be allocated.
-    OutOfMemory {
-        /// Bytes the pool needed.
-        bytes: usize,
-    },
-}
-
-impl EngineError {
-    pub(crate) fn device(e: io::Error) -> Self {
-        EngineError::Device(Arc::new(e))
-    }
-}
-
-impl std::fmt::Display for EngineError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EngineError::Config(e) => e.fmt(f),
-            EngineError::Device(e) => write!(f, "device error: {e}"),
-            EngineError::Spawn(e) => write!(f, "could not spawn an engine thread: {e}"),
-            EngineError::StagePanics { panics } => {
-                write!(f, "the stage panicked {panics} times; giving up")
-            }
-            EngineError::StopFromEngineThread => {
-                f.write_str("stop called from an engine thread; stop requested, not joined")
-            }
-            EngineError::Stopping => f.write_str("the engine is stopping"),
-            EngineError::OutOfMemory { bytes } => {
-                write!(f, "could not allocate the {bytes}-byte buffer pool")
-            }
-        }
-    }
-}
-
-impl std::error::Error for EngineError {}
-
-impl From<ConfigError> for EngineError {
-    fn from(e: ConfigError) -> Self {
-        EngineError::Config(e)
-    }
-}
 
 /// Sets up an [`Engine`].
 ///
@@ -128,6 +67,7 @@ impl Builder {
     pub fn start_halves<R: RxHalf, T: TxHalf>(self, rx: R, tx: T) -> Result<Engine, EngineError> {
         let c = &self.config;
         c.validate()?;
+        let (rx_caps, tx_caps) = (rx.capabilities(), tx.capabilities());
         let ctl = Arc::new(Control::new(
             c.workers,
             rx.interrupter(),
@@ -191,6 +131,8 @@ impl Builder {
             backoff,
             engine_time: LatencyRecorder::new(),
             stage_time: LatencyRecorder::new(),
+            sending: Vec::with_capacity(c.batch),
+            max_batch: tx_caps.max_batch,
         };
         spawner.spawn("tunpipe-writer", Role::Writer, move || Some(writer.run()))?;
         let reader = Reader {
@@ -205,6 +147,8 @@ impl Builder {
             headroom: c.headroom,
             latency: c.latency,
             backoff,
+            medium: rx_caps.medium,
+            max_batch: rx_caps.max_batch,
         };
         spawner.spawn("tunpipe-reader", Role::Reader, move || {
             reader.run();
@@ -476,12 +420,18 @@ impl Drop for Engine {
 
 impl std::fmt::Debug for Builder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Builder").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Builder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("workers", &self.workers).field("stopping", &self.is_stopping()).field("reserved_bytes", &self.reserved_bytes).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("workers", &self.workers)
+            .field("stopping", &self.is_stopping())
+            .field("reserved_bytes", &self.reserved_bytes)
+            .finish_non_exhaustive()
     }
 }

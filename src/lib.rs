@@ -39,13 +39,12 @@
 //! assert_eq!(stats.rx_packets, stats.tx_packets + stats.dropped());
 //! # Ok::<(), tunpipe::EngineError>(())
 //! ```
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod actor;
 pub mod config;
 pub mod device;
 mod engine;
+mod error;
 mod link;
 pub mod pool;
 pub mod stage;
@@ -54,9 +53,10 @@ mod sync;
 pub mod sys;
 pub mod wire;
 
-pub use config::{Config, ConfigError};
+pub use config::Config;
 pub use device::{Device, FaultPlan, FaultyDevice, MemoryDevice, RxHalf, TunDevice, TxHalf};
-pub use engine::{reserved_bytes, Builder, Engine, EngineError, IntoStageFactory};
+pub use engine::{reserved_bytes, Builder, Engine, IntoStageFactory};
+pub use error::{ConfigError, EngineError};
 pub use pool::PacketBuf;
 pub use stage::{BuiltinStage, Stage, StageFactory, Verdict};
 pub use stats::{Latency, LatencySnapshot, Percentiles, Stats};

@@ -6,6 +6,7 @@
 //! larger than the MTU so that an oversize packet shows up as `len > mtu` instead of being
 //! silently truncated.
 
+use std::net::SocketAddr;
 use std::ops::Range;
 
 /// Error returned when a packet cannot grow or shrink as asked.
@@ -36,6 +37,8 @@ pub struct PacketBuf {
     /// Set by a worker that dropped the packet: it still travels to the writer, which only
     /// recycles it, so that every buffer has one way home.
     pub(crate) dropped: bool,
+    /// The peer a datagram came from or goes to (datagram devices); `None` for IP packets.
+    endpoint: Option<SocketAddr>,
 }
 
 impl PacketBuf {
@@ -69,6 +72,7 @@ impl PacketBuf {
             received_at: 0,
             stage_ns: 0,
             dropped: false,
+            endpoint: None,
         })
     }
 
@@ -190,18 +194,25 @@ impl PacketBuf {
         &mut self.storage
     }
 
-    /// Resets the window to `headroom..headroom + capacity` for the next receive and returns it.
-    pub(crate) fn receive_window(&mut self, headroom: usize, capacity: usize) -> &mut [u8] {
-        self.start = headroom;
-        self.len = 0;
-        self.dropped = false;
-        &mut self.storage[headroom..headroom + capacity]
+    /// The peer a datagram came from (as received) or goes to (as sent), for datagram
+    /// devices such as a UDP socket; `None` for IP packets.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint
     }
 
-    /// Marks `len` bytes of the receive window as the packet.
-    pub(crate) fn set_len(&mut self, len: usize) {
-        debug_assert!(self.start + len <= self.storage.len());
-        self.len = len;
+    /// Sets the peer a datagram came from or goes to.
+    pub fn set_endpoint(&mut self, endpoint: Option<SocketAddr>) {
+        self.endpoint = endpoint;
+    }
+
+    /// Makes the window `headroom..headroom + capacity`, the area a device receives into, and
+    /// clears what the last packet left (its endpoint, its drop mark).
+    pub(crate) fn prepare_receive(&mut self, headroom: usize, capacity: usize) {
+        debug_assert!(headroom + capacity <= self.storage.len());
+        self.start = headroom;
+        self.len = capacity;
+        self.dropped = false;
+        self.endpoint = None;
     }
 
     fn range(&self) -> Range<usize> {
@@ -216,6 +227,7 @@ impl std::fmt::Debug for PacketBuf {
             .field("len", &self.len)
             .field("tailroom", &self.tailroom())
             .field("dropped", &self.dropped)
+            .field("endpoint", &self.endpoint)
             .finish()
     }
 }
@@ -281,7 +293,9 @@ mod tests {
     fn receive_window_is_one_byte_past_the_mtu() {
         let mut pool = allocate(2, 4, 10, 4).unwrap();
         assert_eq!(pool.len(), 2);
-        let window = pool[0].receive_window(4, 11);
-        assert_eq!(window.len(), 11);
+        pool[0].set_endpoint(Some(([10, 0, 0, 1], 53).into()));
+        pool[0].prepare_receive(4, 11);
+        assert_eq!(pool[0].data_mut().len(), 11);
+        assert_eq!((pool[0].headroom(), pool[0].endpoint()), (4, None));
     }
 }

@@ -187,6 +187,16 @@ pub fn flow_hash(packet: &[u8]) -> u32 {
     }
 }
 
+/// A hash of a datagram peer's address and port, for spreading datagrams from several peers
+/// over workers: every datagram of one peer gets the same value.
+pub fn endpoint_hash(endpoint: &std::net::SocketAddr) -> u32 {
+    let addr = match endpoint.ip() {
+        std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => u128::from(v6),
+    };
+    symmetric_hash(addr, 0, Some((protocol::UDP, endpoint.port(), 0)))
+}
+
 fn ip_addr<const N: usize>(packet: &[u8], at: usize) -> [u8; N] {
     let mut addr = [0u8; N];
     addr.copy_from_slice(&packet[at..at + N]);

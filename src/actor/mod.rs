@@ -6,10 +6,10 @@ pub(crate) mod worker;
 pub(crate) mod writer;
 
 use crate::device::Interrupter;
+use crate::error::EngineError;
 use crate::link::Doorbell;
 use crate::stage::{PacketBuf, Stage, StageFactory, Verdict};
 use crate::stats::{Counters, StageCounters};
-use crate::EngineError;
 use parking_lot::{Condvar, Mutex};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

@@ -2,11 +2,11 @@
 //! hands them on in batches.
 
 use super::{run_stage_batch, Control, StageRunner};
-use crate::device::{classify, ErrorClass, RxHalf};
+use crate::device::{ErrorClass, Medium, RxHalf};
+use crate::error::EngineError;
 use crate::link::{Backoff, Idle, Waited};
 use crate::pool::PacketBuf;
 use crate::wire;
-use crate::EngineError;
 use rtrb::{Consumer, Producer};
 use std::io;
 use std::sync::Arc;
@@ -34,6 +34,9 @@ pub(crate) struct Reader<R: RxHalf> {
     pub headroom: usize,
     pub latency: bool,
     pub backoff: Backoff,
+    /// From the device: what it carries, and the most packets one receive call moves.
+    pub medium: Medium,
+    pub max_batch: usize,
 }
 
 enum Drained {
@@ -75,7 +78,7 @@ impl<R: RxHalf> Reader<R> {
                     if let Err(e) = self.rx.wait_readable() {
                         // Interrupted means a stop trigger or EINTR: the loop condition
                         // decides, never the error kind.
-                        if classify(&e) == ErrorClass::Fatal {
+                        if self.rx.classify(&e) == ErrorClass::Fatal {
                             self.ctl.fail(EngineError::device(e));
                         }
                     }
@@ -97,36 +100,47 @@ impl<R: RxHalf> Reader<R> {
         }
     }
 
-    /// Receives until the device has nothing ready, the batch is full, or no buffer is free.
-    /// One clock read stamps the whole batch.
+    /// Receives until the device has nothing ready, the batch is full, or no buffer is free,
+    /// in calls of up to the device's batch size. One clock read stamps the whole batch.
     fn drain(&mut self) -> Drained {
         let stamp = if self.latency { self.ctl.now_ns() } else { 0 };
         while self.batch.len() < self.batch_size {
-            let Some(mut buf) = self.free.pop() else {
+            let want = (self.batch_size - self.batch.len())
+                .min(self.max_batch)
+                .min(self.free.len());
+            if want == 0 {
                 return Drained::More;
-            };
-            match self
-                .rx
-                .recv(buf.receive_window(self.headroom, self.mtu + 1))
-            {
-                Ok(n) => {
-                    buf.set_len(n);
-                    buf.received_at = stamp;
-                    self.batch.push(buf);
-                }
-                Err(e) => {
-                    self.free.push(buf);
-                    match classify(&e) {
-                        ErrorClass::Retry => {}
-                        ErrorClass::PerPacket => {
-                            if e.kind() != io::ErrorKind::WouldBlock {
-                                self.ctl.counters.reader.read_errors.add(1);
-                            }
-                            return Drained::Empty;
-                        }
-                        ErrorClass::Fatal => return Drained::Fatal(e),
+            }
+            let start = self.batch.len();
+            for buf in self.free.drain(self.free.len() - want..) {
+                let mut buf = buf;
+                buf.prepare_receive(self.headroom, self.mtu + 1);
+                self.batch.push(buf);
+            }
+            let result = self.rx.recv_batch(&mut self.batch[start..]);
+            let received = result.as_ref().map_or(0, |&n| n.min(want));
+            // Buffers the device did not fill go back to the free list.
+            self.free.extend(self.batch.drain(start + received..));
+            match result {
+                Ok(_) => {
+                    for buf in &mut self.batch[start..] {
+                        buf.received_at = stamp;
+                    }
+                    if received < want {
+                        // The device had fewer ready than asked for: it is empty for now.
+                        return Drained::Empty;
                     }
                 }
+                Err(e) => match self.rx.classify(&e) {
+                    ErrorClass::Retry => {}
+                    ErrorClass::PerPacket => {
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            self.ctl.counters.reader.read_errors.add(1);
+                        }
+                        return Drained::Empty;
+                    }
+                    ErrorClass::Fatal => return Drained::Fatal(e),
+                },
             }
         }
         Drained::More
@@ -139,12 +153,13 @@ impl<R: RxHalf> Reader<R> {
         }
         let counters = &self.ctl.counters.reader;
         let (mut bytes, mut malformed, mut oversize) = (0, 0, 0);
+        let check_ip = self.medium == Medium::Ip;
         for buf in &mut self.batch {
             bytes += buf.len() as u64;
             if buf.len() > self.mtu {
                 oversize += 1;
                 buf.dropped = true;
-            } else if wire::check_ip(buf.data()).is_err() {
+            } else if check_ip && wire::check_ip(buf.data()).is_err() {
                 malformed += 1;
                 buf.dropped = true;
             }
@@ -185,7 +200,7 @@ impl<R: RxHalf> Reader<R> {
                     let i = if n == 1 {
                         0
                     } else {
-                        wire::flow_hash(buf.data()) as usize % n
+                        flow_hash(&buf, self.medium) as usize % n
                     };
                     // Back-pressure: a full worker ring drops the newest packet, counted.
                     match outs[i].push(buf) {
@@ -204,6 +219,15 @@ impl<R: RxHalf> Reader<R> {
             }
         }
         counters.drop_ring_full.add(ring_full);
+    }
+}
+
+/// The flow a packet belongs to, so that one flow keeps to one worker and its order: from the
+/// IP header for IP packets, from the peer's address for datagrams.
+fn flow_hash(buf: &PacketBuf, medium: Medium) -> u32 {
+    match (medium, buf.endpoint()) {
+        (Medium::Datagram, Some(endpoint)) => wire::endpoint_hash(&endpoint),
+        _ => wire::flow_hash(buf.data()),
     }
 }
 
@@ -255,6 +279,8 @@ mod tests {
                 spin: Duration::ZERO,
                 yields: 0,
             },
+            medium: Medium::Ip,
+            max_batch: 1,
         };
         let thread = std::thread::spawn(move || reader.run());
         let packet = [

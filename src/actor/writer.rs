@@ -1,11 +1,11 @@
 //! The writer: sends packets to the device, records latency, and recycles every buffer.
 
 use super::{phase, Control};
-use crate::device::{classify, ErrorClass, TxHalf};
+use crate::device::{ErrorClass, TxHalf};
+use crate::error::EngineError;
 use crate::link::{Backoff, Idle, Waited};
 use crate::pool::PacketBuf;
 use crate::stats::{LatencyRecorder, LatencySnapshot};
-use crate::EngineError;
 use crossbeam_channel::{Receiver, Sender};
 use rtrb::{Consumer, Producer};
 use std::sync::Arc;
@@ -28,6 +28,11 @@ pub(crate) struct Writer<T: TxHalf> {
     pub backoff: Backoff,
     pub engine_time: LatencyRecorder,
     pub stage_time: LatencyRecorder,
+    /// The packets of the chunk being sent, out of their ring already so that its slots are
+    /// free for the producer while the send calls run. Allocated once, `batch_size` long.
+    pub sending: Vec<PacketBuf>,
+    /// The most packets one send call moves (from the device).
+    pub max_batch: usize,
 }
 
 impl<T: TxHalf> Writer<T> {
@@ -83,72 +88,90 @@ impl<T: TxHalf> Writer<T> {
         let Ok(chunk) = self.inputs[i].read_chunk(n) else {
             return 0;
         };
-        let ctl = &*self.ctl;
-        let counters = &ctl.counters.writer;
+        let counters = &self.ctl.counters.writer;
         if stopping {
-            counters.stopped.add(
-                chunk
-                    .as_slices()
-                    .0
-                    .iter()
-                    .chain(chunk.as_slices().1)
-                    .filter(|b| !b.dropped)
-                    .count() as u64,
-            );
-            chunk.into_iter().for_each(drop);
+            let (first, second) = chunk.as_slices();
+            let in_flight = first.iter().chain(second).filter(|b| !b.dropped).count();
+            counters.stopped.add(in_flight as u64);
+            // Still sent home: the reader's pool outlives this run's rings only through them.
+            for buf in chunk {
+                let _ = self.free_out.push(buf);
+            }
             return n;
         }
+        // Taking the packets out commits the read: the ring's slots are free before any send.
+        for buf in chunk {
+            if buf.dropped {
+                // The ring home holds the whole pool, so there is always room.
+                let _ = self.free_out.push(buf);
+            } else {
+                self.sending.push(buf);
+            }
+        }
+        self.send_all();
+        n
+    }
+
+    /// Sends `self.sending` in calls of up to the device's batch size, counts what went and
+    /// what failed (a failure belongs to the first packet a call did not send), and sends
+    /// every buffer home.
+    fn send_all(&mut self) {
+        let ctl = &*self.ctl;
+        let counters = &ctl.counters.writer;
         // One clock read per chunk: engine time ends when the writer takes the chunk, so it
         // leaves out the send syscalls of the packets ahead in the same chunk.
         let now = if self.latency { ctl.now_ns() } else { 0 };
         let (mut packets, mut bytes, mut errors) = (0, 0, 0);
-        for buf in chunk {
-            if !buf.dropped {
-                match send(&mut self.tx, ctl, &buf) {
-                    Ok(()) => {
-                        packets += 1;
-                        bytes += buf.len() as u64;
-                        if self.latency {
-                            self.engine_time
-                                .record_n(now.saturating_sub(buf.received_at), 1);
-                            self.stage_time.record_n(buf.stage_ns, 1);
-                        }
+        let mut next = 0;
+        while next < self.sending.len() {
+            let end = self.sending.len().min(next + self.max_batch);
+            let went = match self.tx.send_batch(&self.sending[next..end]) {
+                // A device that claims to have sent nothing without an error would loop
+                // here forever: count its packet as failed instead.
+                Ok(0) => {
+                    errors += 1;
+                    next += 1;
+                    continue;
+                }
+                Ok(k) => k.min(end - next),
+                Err(e) => match self.tx.classify(&e) {
+                    ErrorClass::Retry => continue,
+                    ErrorClass::PerPacket => {
+                        errors += 1;
+                        next += 1;
+                        continue;
                     }
-                    Err(()) => errors += 1,
+                    ErrorClass::Fatal => {
+                        // The device is gone: nothing after this will go either.
+                        ctl.fail(EngineError::device(e));
+                        errors += (self.sending.len() - next) as u64;
+                        break;
+                    }
+                },
+            };
+            for buf in &self.sending[next..next + went] {
+                packets += 1;
+                bytes += buf.len() as u64;
+                if self.latency {
+                    self.engine_time
+                        .record_n(now.saturating_sub(buf.received_at), 1);
+                    self.stage_time.record_n(buf.stage_ns, 1);
                 }
             }
-            // The ring holds the whole pool, so there is always room.
-            let _ = self.free_out.push(buf);
+            next += went;
         }
         counters.tx_packets.add(packets);
         counters.tx_bytes.add(bytes);
         counters.drop_write_error.add(errors);
-        n
+        for buf in self.sending.drain(..) {
+            let _ = self.free_out.push(buf);
+        }
     }
 
     fn latency_snapshot(&self) -> LatencySnapshot {
         LatencySnapshot {
             engine: self.engine_time.snapshot(),
             stage: self.stage_time.snapshot(),
-        }
-    }
-}
-
-/// Sends one packet. A per-packet error (or a short write) drops it; a fatal error stops the
-/// engine (the packet is counted as a write error); EINTR is retried.
-fn send(tx: &mut impl TxHalf, ctl: &Control, buf: &PacketBuf) -> Result<(), ()> {
-    loop {
-        match tx.send(buf.data()) {
-            Ok(n) if n == buf.len() => return Ok(()),
-            Ok(_) => return Err(()),
-            Err(e) => match classify(&e) {
-                ErrorClass::Retry => continue,
-                ErrorClass::PerPacket => return Err(()),
-                ErrorClass::Fatal => {
-                    ctl.fail(EngineError::device(e));
-                    return Err(());
-                }
-            },
         }
     }
 }

@@ -2,9 +2,13 @@
 //!
 //! A test holds the [`FaultPlan`] and arms faults while the engine runs: EAGAIN bursts on
 //! receive, a fatal receive error (EIO, or the device gone), and on send: EINVAL, EAGAIN, or
-//! short writes. Each armed fault fires for the next `n` calls, then the device behaves again.
+//! short writes. Each armed fault fires for the next `n` packets, then the device behaves
+//! again. Everything else (capabilities, batches, error classification) is the wrapped
+//! device's: a fault in the middle of a batch ends the batch there, as a real `sendmmsg`
+//! would, so the packets before it go and the fault belongs to the packet it hit.
 
-use super::{Device, Interrupter, RxHalf, TxHalf};
+use super::{Capabilities, Device, ErrorClass, Interrupter, RxHalf, TxHalf};
+use crate::pool::PacketBuf;
 use std::io;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,7 +43,8 @@ impl FaultPlan {
         self.tx_fail_count.store(count, Ordering::Release);
     }
 
-    /// The next `count` sends write one byte less than asked.
+    /// The next `count` sends are short writes: the packet does not go, and the send
+    /// fails with `WriteZero`.
     pub fn short_sends(&self, count: u64) {
         self.tx_short_count.store(count, Ordering::Release);
     }
@@ -107,13 +112,31 @@ impl<D: Device> Device for FaultyDevice<D> {
     }
 }
 
+impl<R: RxHalf> FaultyRx<R> {
+    fn injected_error(&self) -> Option<io::Error> {
+        self.plan
+            .take(&self.plan.rx_fail_count)
+            .then(|| io::Error::from_raw_os_error(self.plan.rx_fail_errno.load(Ordering::Relaxed)))
+    }
+}
+
 impl<R: RxHalf> RxHalf for FaultyRx<R> {
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.plan.take(&self.plan.rx_fail_count) {
-            let errno = self.plan.rx_fail_errno.load(Ordering::Relaxed);
-            return Err(io::Error::from_raw_os_error(errno));
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn recv(&mut self, packet: &mut PacketBuf) -> io::Result<()> {
+        match self.injected_error() {
+            Some(e) => Err(e),
+            None => self.inner.recv(packet),
         }
-        self.inner.recv(buf)
+    }
+
+    fn recv_batch(&mut self, packets: &mut [PacketBuf]) -> io::Result<usize> {
+        match self.injected_error() {
+            Some(e) => Err(e),
+            None => self.inner.recv_batch(packets),
+        }
     }
 
     fn wait_readable(&mut self) -> io::Result<()> {
@@ -126,17 +149,57 @@ impl<R: RxHalf> RxHalf for FaultyRx<R> {
     fn interrupter(&self) -> Interrupter {
         self.inner.interrupter()
     }
+
+    fn classify(&self, error: &io::Error) -> ErrorClass {
+        self.inner.classify(error)
+    }
+}
+
+impl<T: TxHalf> FaultyTx<T> {
+    /// The fault armed for the next packet, if any (taking it).
+    fn injected_error(&self) -> Option<io::Error> {
+        if self.plan.take(&self.plan.tx_fail_count) {
+            let errno = self.plan.tx_fail_errno.load(Ordering::Relaxed);
+            return Some(io::Error::from_raw_os_error(errno));
+        }
+        self.plan
+            .take(&self.plan.tx_short_count)
+            .then(|| io::Error::new(io::ErrorKind::WriteZero, "short write (injected)"))
+    }
+
+    fn armed(&self) -> bool {
+        self.plan.tx_fail_count.load(Ordering::Acquire) > 0
+            || self.plan.tx_short_count.load(Ordering::Acquire) > 0
+    }
 }
 
 impl<T: TxHalf> TxHalf for FaultyTx<T> {
-    fn send(&mut self, packet: &[u8]) -> io::Result<usize> {
-        if self.plan.take(&self.plan.tx_fail_count) {
-            let errno = self.plan.tx_fail_errno.load(Ordering::Relaxed);
-            return Err(io::Error::from_raw_os_error(errno));
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn send(&mut self, packet: &PacketBuf) -> io::Result<()> {
+        match self.injected_error() {
+            Some(e) => Err(e),
+            None => self.inner.send(packet),
         }
-        if !packet.is_empty() && self.plan.take(&self.plan.tx_short_count) {
-            return self.inner.send(&packet[..packet.len() - 1]);
+    }
+
+    fn send_batch(&mut self, packets: &[PacketBuf]) -> io::Result<usize> {
+        if !self.armed() {
+            return self.inner.send_batch(packets);
         }
-        self.inner.send(packet)
+        // Packet by packet while faults are armed, so that each fault hits one packet.
+        let want = packets.len().min(self.capabilities().max_batch);
+        for (sent, packet) in packets[..want].iter().enumerate() {
+            if let Err(e) = self.send(packet) {
+                return if sent == 0 { Err(e) } else { Ok(sent) };
+            }
+        }
+        Ok(want)
+    }
+
+    fn classify(&self, error: &io::Error) -> ErrorClass {
+        self.inner.classify(error)
     }
 }

@@ -2,13 +2,20 @@
 //!
 //! A [`Device`] opens a receive half ([`RxHalf`], used by the reader) and a send half
 //! ([`TxHalf`], used by the writer). One device can give both halves, or two devices give one
-//! each: a pipeline that reads one TUN and writes another is a bridge. The trait fits anything
-//! that moves one packet per call: a TUN fd, a UDP socket (one datagram per packet), or a
-//! device fed by the host through the C ABI.
+//! each: a pipeline that reads one TUN and writes another is a bridge.
+//!
+//! The halves move packets in pooled [`PacketBuf`]s. The batch methods
+//! ([`RxHalf::recv_batch`], [`TxHalf::send_batch`]) default to one packet per call, so a
+//! simple device implements `recv` and `send` only, and a device with a multi-packet system
+//! call (`recvmmsg`/`sendmmsg`, TUN offload) overrides the batch methods. Each half describes
+//! itself ([`Capabilities`]: what it carries, how many packets a call moves) and classifies
+//! its own errors ([`ErrorClass`]): `ENETDOWN` means "the interface is gone" on a TUN and "the
+//! phone is changing networks" on a UDP socket.
 //!
 //! Implementations: [`TunDevice`] (tun-rs), [`MemoryDevice`] (in-process queues, for tests and
 //! benches without root), and [`FaultyDevice`] (wraps any device and injects errors).
 
+use crate::pool::PacketBuf;
 use std::io;
 use std::sync::Arc;
 
@@ -20,35 +27,143 @@ pub use faulty::{FaultPlan, FaultyDevice, FaultyRx, FaultyTx};
 pub use memory::{MemoryDevice, MemoryRx, MemoryTx, PeerReceiver, PeerSendError, PeerSender};
 pub use tun::{TunDevice, TunRx, TunTx};
 
+/// What a device carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Medium {
+    /// IP packets, as a TUN carries them. The reader drops what is not IPv4 or IPv6, and the
+    /// flow hash reads addresses and ports.
+    #[default]
+    Ip,
+    /// Opaque datagrams, each with its peer's address (a UDP socket). The reader checks
+    /// nothing inside them, and the flow hash uses the peer's address.
+    Datagram,
+}
+
+/// What a device half can do, so that the actors assume nothing about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// What the half carries.
+    pub medium: Medium,
+    /// Most packets one [`RxHalf::recv_batch`] or [`TxHalf::send_batch`] call moves (1 for
+    /// a device that moves one packet per system call).
+    pub max_batch: usize,
+}
+
+impl Capabilities {
+    /// A half that moves one packet of `medium` per call.
+    pub const fn one_at_a_time(medium: Medium) -> Self {
+        Capabilities {
+            medium,
+            max_batch: 1,
+        }
+    }
+
+    /// A half that moves up to `max_batch` packets of `medium` per call.
+    pub const fn batched(medium: Medium, max_batch: usize) -> Self {
+        Capabilities {
+            medium,
+            max_batch: if max_batch == 0 { 1 } else { max_batch },
+        }
+    }
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities::one_at_a_time(Medium::Ip)
+    }
+}
+
 /// The receive half, owned by the reader thread.
 pub trait RxHalf: Send + 'static {
-    /// Receives one packet into `buf` without blocking and returns its length. A packet longer
-    /// than `buf` may be truncated to `buf.len()` (the reader's buffer is one byte longer than
-    /// the MTU, so it still sees that the packet was oversize).
+    /// What this half carries and how many packets a call moves. The default: IP packets,
+    /// one at a time.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    /// Receives one packet into `packet` without blocking.
+    ///
+    /// On entry the packet's window is the whole receive area ([`PacketBuf::data_mut`]);
+    /// the device writes the packet there and [`PacketBuf::truncate`]s the window to its
+    /// length, and a datagram device sets the sender with [`PacketBuf::set_endpoint`]. A
+    /// packet longer than the area may be cut to the area's length: the reader's area is one
+    /// byte longer than the MTU, so it still sees that the packet was oversize.
     ///
     /// # Errors
-    /// `WouldBlock` when no packet is ready; any other error is classified by [`classify`].
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// `WouldBlock` when no packet is ready; any other error is classified by
+    /// [`RxHalf::classify`].
+    fn recv(&mut self, packet: &mut PacketBuf) -> io::Result<()>;
+
+    /// Receives up to `packets.len()` packets (at most [`Capabilities::max_batch`]) without
+    /// blocking, into the first slots of `packets` as [`RxHalf::recv`] does, and returns how
+    /// many it received (at least one).
+    ///
+    /// The default receives one packet with [`RxHalf::recv`].
+    ///
+    /// # Errors
+    /// As [`RxHalf::recv`], for the first packet; nothing was received then.
+    fn recv_batch(&mut self, packets: &mut [PacketBuf]) -> io::Result<usize> {
+        match packets.first_mut() {
+            Some(packet) => self.recv(packet).map(|()| 1),
+            None => Ok(0),
+        }
+    }
 
     /// Blocks until a packet may be ready, or until the [`Interrupter`] fires.
     ///
     /// # Errors
     /// `Interrupted` when interrupted (or on EINTR: the caller decides by its own stop flag,
-    /// never by the error kind). Other errors are classified by [`classify`].
+    /// never by the error kind). Other errors are classified by [`RxHalf::classify`].
     fn wait_readable(&mut self) -> io::Result<()>;
 
     /// A handle another thread uses to interrupt [`RxHalf::wait_readable`]. It stays triggered
     /// until this half is dropped; each opening of a device gets its own.
     fn interrupter(&self) -> Interrupter;
+
+    /// What a receive error means. The default suits a device node (a TUN): see
+    /// [`classify`].
+    fn classify(&self, error: &io::Error) -> ErrorClass {
+        classify(error)
+    }
 }
 
 /// The send half, owned by the writer thread.
 pub trait TxHalf: Send + 'static {
-    /// Sends one packet without blocking and returns the bytes written.
+    /// What this half carries and how many packets a call moves. The default: IP packets,
+    /// one at a time.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    /// Sends one whole packet without blocking (a datagram device sends it to
+    /// [`PacketBuf::endpoint`]).
     ///
     /// # Errors
-    /// Classified by [`classify`]: EAGAIN, EINVAL, ENOBUFS drop only this packet.
-    fn send(&mut self, packet: &[u8]) -> io::Result<usize>;
+    /// A short write is an error too (`WriteZero`): the packet did not go. Errors are
+    /// classified by [`TxHalf::classify`].
+    fn send(&mut self, packet: &PacketBuf) -> io::Result<()>;
+
+    /// Sends the packets in order, up to [`Capabilities::max_batch`] of them, and returns how
+    /// many went (at least one). It stops at the first packet that fails: that packet and
+    /// the ones after it were not sent, and the caller decides what to do with them.
+    ///
+    /// The default sends one packet with [`TxHalf::send`].
+    ///
+    /// # Errors
+    /// The error of `packets[0]`, which was not sent; nothing was sent then.
+    fn send_batch(&mut self, packets: &[PacketBuf]) -> io::Result<usize> {
+        match packets.first() {
+            Some(packet) => self.send(packet).map(|()| 1),
+            None => Ok(0),
+        }
+    }
+
+    /// What a send error means. The default suits a device node (a TUN): see [`classify`].
+    fn classify(&self, error: &io::Error) -> ErrorClass {
+        classify(error)
+    }
 }
 
 /// Something that can be opened for one engine run. Opening again after the run's halves are
@@ -62,8 +177,8 @@ pub trait Device {
     /// Opens both halves for one run.
     ///
     /// # Errors
-    /// When the device cannot be prepared (for example, setting non-blocking mode fails, or
-    /// the halves of an earlier run are still alive).
+    /// When the device cannot be prepared (for example, the halves of an earlier run are
+    /// still alive).
     fn open(&self) -> io::Result<(Self::Rx, Self::Tx)>;
 }
 
@@ -91,6 +206,7 @@ impl std::fmt::Debug for Interrupter {
 
 /// What an I/O error means for the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorClass {
     /// The device is gone or unusable: stop the engine and report the error.
     Fatal,
@@ -100,9 +216,10 @@ pub enum ErrorClass {
     Retry,
 }
 
-/// Classifies a device error. A deleted Linux interface makes poll report POLLERR, which tun-rs
-/// turns into a generic "fd error" with no errno, and makes reads fail with EBADFD: both are
-/// fatal. A garbage packet from a stage gets EINVAL on write: per packet, never fatal.
+/// The default classification, for a device node such as a TUN. A deleted Linux interface
+/// makes poll report POLLERR, which tun-rs turns into a generic "fd error" with no errno,
+/// and makes reads fail with EBADFD: both are fatal, and so is ENETDOWN. A garbage packet
+/// from a stage gets EINVAL on write: per packet, never fatal.
 pub fn classify(error: &io::Error) -> ErrorClass {
     match error.raw_os_error() {
         Some(libc::EINTR) => ErrorClass::Retry,
@@ -129,6 +246,19 @@ pub fn classify(error: &io::Error) -> ErrorClass {
     }
 }
 
+/// The one-packet send of a device whose write call reports a byte count: a short write
+/// means the packet did not go.
+pub(crate) fn whole_write(written: io::Result<usize>, len: usize) -> io::Result<()> {
+    match written {
+        Ok(n) if n == len => Ok(()),
+        Ok(n) => Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short write: {n} of {len} bytes"),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +280,13 @@ mod tests {
             classify(&io::Error::from(io::ErrorKind::WouldBlock)),
             ErrorClass::PerPacket
         );
+    }
+
+    #[test]
+    fn a_short_write_is_an_error() {
+        assert!(whole_write(Ok(10), 10).is_ok());
+        let short = whole_write(Ok(9), 10).unwrap_err();
+        assert_eq!(short.kind(), io::ErrorKind::WriteZero);
+        assert_eq!(classify(&short), ErrorClass::PerPacket);
     }
 }

@@ -6,7 +6,8 @@
 //! shares, so each run saves the flags before setting non-blocking mode and restores them when
 //! its halves are dropped (which the engine does before `stop()` returns).
 
-use super::{Device, Interrupter, RxHalf, TxHalf};
+use super::{whole_write, Device, Interrupter, RxHalf, TxHalf};
+use crate::pool::PacketBuf;
 use crate::sys;
 use parking_lot::Mutex;
 use std::io;
@@ -140,8 +141,11 @@ impl Device for TunDevice {
 
 impl RxHalf for TunRx {
     #[inline]
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.run.device.recv(buf)
+    fn recv(&mut self, packet: &mut PacketBuf) -> io::Result<()> {
+        let n = self.run.device.recv(packet.data_mut())?;
+        // Within the window just written into, so it cannot fail.
+        let _ = packet.truncate(n);
+        Ok(())
     }
 
     fn wait_readable(&mut self) -> io::Result<()> {
@@ -160,25 +164,31 @@ impl RxHalf for TunRx {
 
 impl TxHalf for TunTx {
     #[inline]
-    fn send(&mut self, packet: &[u8]) -> io::Result<usize> {
-        self.run.device.send(packet)
+    fn send(&mut self, packet: &PacketBuf) -> io::Result<()> {
+        whole_write(self.run.device.send(packet.data()), packet.len())
     }
 }
 
 impl std::fmt::Debug for TunDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunDevice").field("fd", &self.raw_fd()).finish()
+        f.debug_struct("TunDevice")
+            .field("fd", &self.raw_fd())
+            .finish()
     }
 }
 
 impl std::fmt::Debug for TunRx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunRx").field("fd", &self.run.device.as_raw_fd()).finish()
+        f.debug_struct("TunRx")
+            .field("fd", &self.run.device.as_raw_fd())
+            .finish()
     }
 }
 
 impl std::fmt::Debug for TunTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunTx").field("fd", &self.run.device.as_raw_fd()).finish()
+        f.debug_struct("TunTx")
+            .field("fd", &self.run.device.as_raw_fd())
+            .finish()
     }
 }
