@@ -398,8 +398,8 @@ pub fn write_latency_svg(path: &std::path::Path, heading: &str, panels: &[Panel]
 pub struct SpinRx<R> {
     inner: R,
     spin: Duration,
-    stash: Box<[u8]>,
-    stashed: Option<usize>,
+    stash: tunpipe::PacketBuf,
+    stashed: bool,
 }
 
 impl<R: tunpipe::RxHalf> SpinRx<R> {
@@ -408,33 +408,36 @@ impl<R: tunpipe::RxHalf> SpinRx<R> {
         SpinRx {
             inner,
             spin,
-            stash: vec![0u8; 65_536].into_boxed_slice(),
-            stashed: None,
+            stash: tunpipe::PacketBuf::new(0, 65_536, 0),
+            stashed: false,
         }
     }
 }
 
 impl<R: tunpipe::RxHalf> tunpipe::RxHalf for SpinRx<R> {
-    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if let Some(n) = self.stashed.take() {
+    fn recv(&mut self, packet: &mut tunpipe::PacketBuf) -> std::io::Result<()> {
+        if std::mem::take(&mut self.stashed) {
             // Like a TUN read into a short buffer: truncated, and the reader sees it.
-            let n = n.min(buf.len());
-            buf[..n].copy_from_slice(&self.stash[..n]);
-            return Ok(n);
+            let n = self.stash.len().min(packet.len());
+            packet.data_mut()[..n].copy_from_slice(&self.stash.data()[..n]);
+            let _ = packet.truncate(n);
+            return Ok(());
         }
-        self.inner.recv(buf)
+        self.inner.recv(packet)
     }
 
     fn wait_readable(&mut self) -> std::io::Result<()> {
-        if self.stashed.is_some() {
+        if self.stashed {
             return Ok(());
         }
         let start = Instant::now();
         let mut tries = 0u32;
         loop {
+            // The whole stash is the receive area.
+            let _ = self.stash.set_window(0, self.stash.capacity());
             match self.inner.recv(&mut self.stash) {
-                Ok(n) => {
-                    self.stashed = Some(n);
+                Ok(()) => {
+                    self.stashed = true;
                     return Ok(());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -9,6 +9,7 @@ use std::fmt;
 
 /// Why bytes are not a usable packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Malformed {
     /// No bytes at all.
     Empty,

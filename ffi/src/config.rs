@@ -2,9 +2,9 @@
 
 use super::error::{FfiError, FfiResult, TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_STRUCT_SIZE};
 use super::stage::{CallbackShared, StageFn, TunpipeStageCallback};
-use tunpipe::{BuiltinStage, Config, StageFactory};
 use std::ffi::c_void;
 use std::sync::Arc;
+use tunpipe::{BuiltinStage, Config, StageFactory};
 
 /// Stage: answer ICMP/ICMPv6 echo requests and reflect UDP (the default).
 pub const TUNPIPE_STAGE_REFLECT: u32 = 0;

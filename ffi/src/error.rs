@@ -1,9 +1,9 @@
 //! Error codes, the last-error text, and the guard every entry point runs its body in.
 
-use tunpipe::EngineError;
 use std::cell::RefCell;
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use tunpipe::EngineError;
 
 /// Success.
 pub const TUNPIPE_OK: i32 = 0;

@@ -6,11 +6,11 @@ use super::error::{
 };
 use super::report::TunpipeStats;
 use super::stage::CallbackShared;
-use tunpipe::{Engine, EngineError, LatencySnapshot, TunDevice};
 use parking_lot::Mutex;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use tunpipe::{Engine, EngineError, LatencySnapshot, TunDevice};
 
 #[derive(Debug)]
 pub(crate) struct Session {

@@ -4,10 +4,10 @@
 //! callback reports through the checked [`PacketBuf::set_window`]. It allocates nothing and
 //! logs nothing per packet: a bad window is counted, and logged once per engine.
 
-use tunpipe::stage::{PacketBuf, Stage, StageFactory, Verdict};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use tunpipe::{PacketBuf, Stage, StageFactory, Verdict};
 
 /// Verdict: send the packet on, as the window (`offset`, `length`) now describes it.
 pub const TUNPIPE_VERDICT_FORWARD: i32 = 0;

@@ -8,7 +8,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tunpipe::stage::{PacketBuf, Reflect, Stage, Verdict};
+use tunpipe::stage::Reflect;
+use tunpipe::{PacketBuf, Stage, Verdict};
 use tunpipe::wire::flow_hash;
 
 fuzz_target!(|data: &[u8]| {

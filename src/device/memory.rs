@@ -54,6 +54,7 @@ pub struct MemoryDevice {
 
 /// Why the peer could not send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PeerSendError {
     /// Every slot toward the engine is in use: the engine is not keeping up.
     Full,

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-pub use crate::pool::{NoRoom, PacketBuf};
+use crate::pool::PacketBuf;
 
 mod passthrough;
 mod reflect;
@@ -49,6 +49,7 @@ pub type StageFactory = Arc<dyn Fn(usize) -> Box<dyn Stage> + Send + Sync>;
 
 /// The stages tunpipe ships, by name (for the CLI and the C ABI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum BuiltinStage {
     /// Answers ICMP/ICMPv6 echo requests and reflects UDP; drops everything else.
     #[default]

@@ -275,8 +275,11 @@ impl Transport for MemoryTransport {
                 Ok(()) => return Ok(()),
                 // The window is far smaller than the device's slots, so this is brief.
                 Err(PeerSendError::Full) => std::thread::yield_now(),
-                Err(PeerSendError::TooLarge) => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidInput, "too large"))
+                Err(e) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{e:?}"),
+                    ))
                 }
             }
         }
