@@ -19,11 +19,13 @@ fi
 step "header is up to date"
 generated=$(mktemp)
 trap 'rm -f "$generated"' EXIT
-# Source-file mode: cbindgen reads the ffi crate's sources and nothing else.
-cbindgen --quiet --config ffi/cbindgen.toml --output "$generated" ffi/src/lib.rs
+# The entry points are made by the ffi_fn! macro, so cbindgen reads the macro-expanded crate
+# (rustc -Zunpretty=expanded, which RUSTC_BOOTSTRAP=1 allows on the stable toolchain).
+regenerate() { RUSTC_BOOTSTRAP=1 cbindgen --quiet --config ffi/cbindgen.toml --crate tunpipe-ffi --output "$1"; }
+regenerate "$generated"
 if ! diff -u ffi/tunpipe.h "$generated"; then
   echo "ffi/tunpipe.h is stale: regenerate it with"
-  echo "  cbindgen --config ffi/cbindgen.toml --output ffi/tunpipe.h ffi/src/lib.rs"
+  echo "  RUSTC_BOOTSTRAP=1 cbindgen --config ffi/cbindgen.toml --crate tunpipe-ffi --output ffi/tunpipe.h"
   exit 1
 fi
 

@@ -2,6 +2,7 @@
 
 use super::error::{FfiError, FfiResult, TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_STRUCT_SIZE};
 use super::stage::{CallbackShared, StageFn, TunpipeStageCallback};
+use super::util::{check_ptr, HostContext};
 use std::ffi::c_void;
 use std::sync::Arc;
 use tunpipe::{BuiltinStage, Config, StageFactory};
@@ -89,10 +90,12 @@ impl TunpipeConfig {
     /// this version's fields (no shorter version was ever published).
     ///
     /// # Safety
-    /// `ptr` must be non-null, aligned, and valid for reads of its own `size` field and then
-    /// of `min(size, size_of::<TunpipeConfig>())` bytes.
+    /// `ptr` must be NULL or aligned and valid for reads of its own `size` field and then of
+    /// `min(size, size_of::<TunpipeConfig>())` bytes.
     pub(crate) unsafe fn read(ptr: *const TunpipeConfig) -> FfiResult<TunpipeConfig> {
-        // SAFETY: the caller promises the struct starts with a readable `size` field.
+        check_ptr(ptr, "config")?;
+        // SAFETY: checked non-null and aligned; the caller promises the struct starts with
+        // a readable `size` field.
         let size = unsafe { std::ptr::addr_of!((*ptr).size).read() } as usize;
         if size < std::mem::size_of::<TunpipeConfig>() {
             return Err(FfiError::new(
@@ -127,9 +130,7 @@ impl TunpipeConfig {
             TUNPIPE_STAGE_REFLECT => StagePlan::Builtin(BuiltinStage::Reflect),
             TUNPIPE_STAGE_PASSTHROUGH => StagePlan::Builtin(BuiltinStage::Passthrough),
             TUNPIPE_STAGE_CALLBACK => match self.callback {
-                Some(cb) => {
-                    StagePlan::Callback(cb, super::stage::HostContext(self.callback_context))
-                }
+                Some(cb) => StagePlan::Callback(cb, HostContext(self.callback_context)),
                 None => {
                     return Err(FfiError::new(
                         TUNPIPE_ERR_INVALID_ARGUMENT,
@@ -164,7 +165,7 @@ pub(crate) struct Plan {
 #[derive(Clone, Debug)]
 pub(crate) enum StagePlan {
     Builtin(BuiltinStage),
-    Callback(StageFn, super::stage::HostContext),
+    Callback(StageFn, HostContext),
 }
 
 impl Plan {

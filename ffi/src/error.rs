@@ -1,8 +1,6 @@
-//! Error codes, the last-error text, and the guard every entry point runs its body in.
+//! Error codes, the failure type every entry point returns, and the last-error text.
 
 use std::cell::RefCell;
-use std::ffi::c_char;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use tunpipe::EngineError;
 
 /// Success.
@@ -65,6 +63,11 @@ impl FfiError {
     pub(crate) fn null(what: &str) -> Self {
         FfiError::new(TUNPIPE_ERR_NULL_POINTER, format!("{what} is NULL"))
     }
+
+    /// The last-error text of a failed call to the C function `name`.
+    pub(crate) fn message_for(&self, name: &str) -> String {
+        format!("{name}: {}", self.message)
+    }
 }
 
 impl From<EngineError> for FfiError {
@@ -73,7 +76,7 @@ impl From<EngineError> for FfiError {
             EngineError::Config(_) => TUNPIPE_ERR_CONFIG,
             EngineError::Device(_) => TUNPIPE_ERR_DEVICE,
             EngineError::Spawn(_) => TUNPIPE_ERR_SPAWN,
-            EngineError::StagePanics { .. } => TUNPIPE_ERR_STAGE_PANICS,
+            EngineError::StagePanics { .. } | EngineError::StageRebuild => TUNPIPE_ERR_STAGE_PANICS,
             EngineError::StopFromEngineThread => TUNPIPE_ERR_ENGINE_THREAD,
             EngineError::Stopping => TUNPIPE_ERR_STOPPING,
             EngineError::OutOfMemory { .. } => TUNPIPE_ERR_NO_MEMORY,
@@ -105,74 +108,6 @@ pub(crate) fn thread_error() -> String {
     LAST_ERROR
         .try_with(|last| last.borrow().clone())
         .unwrap_or_default()
-}
-
-/// Runs an entry point's body: catches panics so that nothing unwinds into C, records a
-/// failure as the thread's last error, and logs it (a bad pointer or fd deserves a line in
-/// the host's log: it is a host bug). `name` is the C function's name, for the message.
-pub(crate) fn guard(name: &str, body: impl FnOnce() -> FfiResult<i32>) -> i32 {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(value)) => value,
-        Ok(Err(e)) => fail(name, &e),
-        Err(panic) => {
-            let e = FfiError::new(
-                TUNPIPE_ERR_PANIC,
-                format!("tunpipe panicked: {}", panic_message(&*panic)),
-            );
-            fail(name, &e)
-        }
-    }
-}
-
-fn fail(name: &str, e: &FfiError) -> i32 {
-    let message = format!("{name}: {}", e.message);
-    // Logging goes to the host's callback; a panic in it must not escape either.
-    let _ = catch_unwind(|| {
-        if e.code == TUNPIPE_ERR_PANIC {
-            log::error!("{message}");
-        } else {
-            log::warn!("{message}");
-        }
-    });
-    set_thread_error(&message);
-    e.code
-}
-
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s
-    } else {
-        "(no message)"
-    }
-}
-
-/// Copies `text` into a caller's buffer as a NUL-terminated string, truncated (on a UTF-8
-/// boundary) to fit, and returns the text's full length in bytes without the NUL, as
-/// `snprintf` does. A NULL `buf` is allowed only with `len == 0` (a length query).
-///
-/// # Safety
-/// `buf` must be NULL or valid for writes of `len` bytes.
-pub(crate) unsafe fn copy_text(text: &str, buf: *mut c_char, len: usize) -> FfiResult<i32> {
-    let full = i32::try_from(text.len()).unwrap_or(i32::MAX);
-    if len == 0 {
-        return Ok(full);
-    }
-    if buf.is_null() {
-        return Err(FfiError::null("buf"));
-    }
-    let mut n = text.len().min(len - 1);
-    while !text.is_char_boundary(n) {
-        n -= 1;
-    }
-    // SAFETY: the caller promises `buf` holds `len` bytes; `n + 1 <= len`, and `text` is a
-    // distinct Rust allocation, so the ranges cannot overlap.
-    unsafe {
-        std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
-        *buf.add(n) = 0;
-    }
-    Ok(full)
 }
 
 /// A short, static description of an error code.

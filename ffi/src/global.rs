@@ -11,11 +11,12 @@
 
 use super::config::{Plan, TunpipeConfig};
 use super::error::{
-    guard, FfiError, FfiResult, TUNPIPE_ERR_ALREADY_RUNNING, TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_OK,
+    FfiError, FfiResult, TUNPIPE_ERR_ALREADY_RUNNING, TUNPIPE_ERR_ENGINE_THREAD,
+    TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_OK,
 };
-use super::report::{latency_base64, write_sized, TunpipeLatency, TunpipeStats};
+use super::report::{latency_base64, TunpipeLatency, TunpipeStats};
 use super::session::Session;
-use super::{check_ptr, check_ptr_mut};
+use super::util::{check_ptr, write_sized, write_string};
 use parking_lot::{Condvar, Mutex};
 use std::ffi::c_char;
 use std::sync::Arc;
@@ -45,44 +46,43 @@ static GLOBAL: Mutex<Global> = Mutex::new(Global {
 /// Signalled whenever the slot leaves `Starting`.
 static STARTED: Condvar = Condvar::new();
 
-/// Sets the configuration `start_tun` uses from its next call on (a running engine keeps
-/// its own). It is validated now: an invalid one is refused and the previous one kept. For
-/// a C stage, the callback context must stay valid while any `start_tun` engine runs.
-///
-/// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NULL_POINTER`, `TUNPIPE_ERR_STRUCT_SIZE`,
-/// `TUNPIPE_ERR_INVALID_ARGUMENT` or `TUNPIPE_ERR_CONFIG`.
-///
-/// # Safety
-/// `config` must be NULL or point to a readable `TunpipeConfig`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn tunpipe_set_config(config: *const TunpipeConfig) -> i32 {
-    guard("tunpipe_set_config", || {
-        check_ptr(config, "config")?;
-        // SAFETY: checked non-null and aligned; the caller promises it is readable.
+ffi_fn! {
+    /// Sets the configuration `start_tun` uses from its next call on (a running engine keeps
+    /// its own). It is validated now: an invalid one is refused and the previous one kept. For
+    /// a C stage, the callback context must stay valid while any `start_tun` engine runs.
+    ///
+    /// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NULL_POINTER`, `TUNPIPE_ERR_STRUCT_SIZE`,
+    /// `TUNPIPE_ERR_INVALID_ARGUMENT` or `TUNPIPE_ERR_CONFIG`.
+    ///
+    /// # Safety
+    /// `config` must be NULL or point to a readable `TunpipeConfig`.
+    unsafe fn tunpipe_set_config(config: *const TunpipeConfig) -> i32 {
+        // SAFETY: the caller promises `config` is NULL or readable.
         let plan = unsafe { TunpipeConfig::read(config) }?.to_plan()?;
         plan.validate()?;
         GLOBAL.lock().plan = Some(plan);
         Ok(TUNPIPE_OK)
-    })
+    }
 }
 
-/// Runs the packet engine on the host's TUN/utun `fd` and blocks until `stop_tun()` or a
-/// fatal error. Call it on a thread of its own.
-///
-/// It adopts `fd` by duplicating it: the host's fd is never closed, and its flags are
-/// restored at stop, so the same fd can be started again. `fd < 0` finds the utun fd
-/// (Apple only). The configuration is the one `tunpipe_set_config` set, or the defaults:
-/// the reflect stage, MTU 1500.
-///
-/// Returns `TUNPIPE_OK` after a clean stop (also when `stop_tun` came while it was still
-/// starting), `TUNPIPE_ERR_ALREADY_RUNNING` when a `start_tun` engine is starting or
-/// running, or the error that kept it from starting or stopped it (`TUNPIPE_ERR_BAD_FD`,
-/// `TUNPIPE_ERR_NO_UTUN_FD`, `TUNPIPE_ERR_UNSUPPORTED`, `TUNPIPE_ERR_DEVICE`,
-/// `TUNPIPE_ERR_SPAWN`, `TUNPIPE_ERR_STAGE_PANICS`, ...). The message is then the calling
-/// thread's last error.
-#[unsafe(no_mangle)]
-pub extern "C" fn start_tun(fd: i32) -> i32 {
-    guard("start_tun", || run(fd).map(|()| TUNPIPE_OK))
+ffi_fn! {
+    /// Runs the packet engine on the host's TUN/utun `fd` and blocks until `stop_tun()` or a
+    /// fatal error. Call it on a thread of its own.
+    ///
+    /// It adopts `fd` by duplicating it: the host's fd is never closed, and its flags are
+    /// restored at stop, so the same fd can be started again. `fd < 0` finds the utun fd
+    /// (Apple only). The configuration is the one `tunpipe_set_config` set, or the defaults:
+    /// the reflect stage, MTU 1500.
+    ///
+    /// Returns `TUNPIPE_OK` after a clean stop (also when `stop_tun` came while it was still
+    /// starting), `TUNPIPE_ERR_ALREADY_RUNNING` when a `start_tun` engine is starting or
+    /// running, or the error that kept it from starting or stopped it (`TUNPIPE_ERR_BAD_FD`,
+    /// `TUNPIPE_ERR_NO_UTUN_FD`, `TUNPIPE_ERR_UNSUPPORTED`, `TUNPIPE_ERR_DEVICE`,
+    /// `TUNPIPE_ERR_SPAWN`, `TUNPIPE_ERR_STAGE_PANICS`, ...). The message is then the calling
+    /// thread's last error.
+    fn start_tun(fd: i32) -> i32 {
+        run(fd).map(|()| TUNPIPE_OK)
+    }
 }
 
 fn run(fd: i32) -> FfiResult {
@@ -151,17 +151,16 @@ fn finish(session: &Arc<Session>) {
     }
 }
 
-/// Stops the engine `start_tun` runs and returns once every thread is joined and its dup of
-/// the fd is closed: after it returns, the engine no longer touches the fd. A `start_tun`
-/// still starting is stopped too. Several threads may call it at once; each returns once
-/// the engine is stopped (one that arrives after that finds nothing running).
-///
-/// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` when no `start_tun` engine is starting or
-/// running, the fatal error that had stopped the engine, or `TUNPIPE_ERR_ENGINE_THREAD`
-/// from a stage callback (the stop is requested; `start_tun` then returns).
-#[unsafe(no_mangle)]
-pub extern "C" fn stop_tun() -> i32 {
-    guard("stop_tun", || {
+ffi_fn! {
+    /// Stops the engine `start_tun` runs and returns once every thread is joined and its dup of
+    /// the fd is closed: after it returns, the engine no longer touches the fd. A `start_tun`
+    /// still starting is stopped too. Several threads may call it at once; each returns once
+    /// the engine is stopped (one that arrives after that finds nothing running).
+    ///
+    /// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` when no `start_tun` engine is starting or
+    /// running, the fatal error that had stopped the engine, or `TUNPIPE_ERR_ENGINE_THREAD`
+    /// from a stage callback (the stop is requested; `start_tun` then returns).
+    fn stop_tun() -> i32 {
         let session = {
             let mut g = GLOBAL.lock();
             loop {
@@ -186,11 +185,11 @@ pub extern "C" fn stop_tun() -> i32 {
             }
         };
         let result = session.stop();
-        if !matches!(&result, Err(e) if e.code == super::TUNPIPE_ERR_ENGINE_THREAD) {
+        if !matches!(&result, Err(e) if e.code == TUNPIPE_ERR_ENGINE_THREAD) {
             finish(&session);
         }
         result.map(|()| TUNPIPE_OK)
-    })
+    }
 }
 
 fn current() -> FfiResult<Arc<Session>> {
@@ -202,52 +201,47 @@ fn current() -> FfiResult<Arc<Session>> {
     })
 }
 
-/// Copies the counters of the `start_tun` engine (the running one, or the last one after
-/// it stopped) into `*out`. Set `out->size = sizeof(TunpipeStats)` first. Returns
-/// `TUNPIPE_ERR_NOT_RUNNING` if `start_tun` never started an engine.
-///
-/// # Safety
-/// `out` must be NULL or a writable `TunpipeStats` whose `size` field is set.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn tunpipe_stats(out: *mut TunpipeStats) -> i32 {
-    guard("tunpipe_stats", || {
-        check_ptr_mut(out, "out")?;
+ffi_fn! {
+    /// Copies the counters of the `start_tun` engine (the running one, or the last one after
+    /// it stopped) into `*out`. Set `out->size = sizeof(TunpipeStats)` first. Returns
+    /// `TUNPIPE_ERR_NOT_RUNNING` if `start_tun` never started an engine.
+    ///
+    /// # Safety
+    /// `out` must be NULL or a writable `TunpipeStats` whose `size` field is set.
+    unsafe fn tunpipe_stats(out: *mut TunpipeStats) -> i32 {
+        check_ptr(out.cast_const(), "out")?;
         let stats = current()?.stats();
-        // SAFETY: checked non-null and aligned; the caller promises `size` writable bytes.
-        unsafe { write_sized(out, stats) }?;
-        Ok(TUNPIPE_OK)
-    })
+        // SAFETY: the caller promises `out` holds `size` writable bytes.
+        unsafe { write_sized(out, stats) }
+    }
 }
 
-/// As `tunpipe_engine_latency`, for the `start_tun` engine (running, or the last one).
-///
-/// # Safety
-/// `out` must be NULL or a writable `TunpipeLatency` whose `size` field is set.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn tunpipe_latency(out: *mut TunpipeLatency) -> i32 {
-    guard("tunpipe_latency", || {
-        check_ptr_mut(out, "out")?;
+ffi_fn! {
+    /// As `tunpipe_engine_latency`, for the `start_tun` engine (running, or the last one).
+    ///
+    /// # Safety
+    /// `out` must be NULL or a writable `TunpipeLatency` whose `size` field is set.
+    unsafe fn tunpipe_latency(out: *mut TunpipeLatency) -> i32 {
+        check_ptr(out.cast_const(), "out")?;
         let latency = TunpipeLatency::from_snapshot(&current()?.latency()?);
-        // SAFETY: checked non-null and aligned; the caller promises `size` writable bytes.
-        unsafe { write_sized(out, latency) }?;
-        Ok(TUNPIPE_OK)
-    })
+        // SAFETY: the caller promises `out` holds `size` writable bytes.
+        unsafe { write_sized(out, latency) }
+    }
 }
 
-/// As `tunpipe_engine_latency_base64`, for the `start_tun` engine (running, or the last).
-///
-/// # Safety
-/// `buf` must be NULL or writable for `len` bytes; `needed` NULL or writable.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn tunpipe_latency_base64(
-    which: u32,
-    buf: *mut c_char,
-    len: usize,
-    needed: *mut usize,
-) -> i32 {
-    guard("tunpipe_latency_base64", || {
+ffi_fn! {
+    /// As `tunpipe_engine_latency_base64`, for the `start_tun` engine (running, or the last).
+    ///
+    /// # Safety
+    /// `buf` must be NULL or writable for `len` bytes; `needed` NULL or writable.
+    unsafe fn tunpipe_latency_base64(
+        which: u32,
+        buf: *mut c_char,
+        len: usize,
+        needed: *mut usize,
+    ) -> i32 {
         let text = latency_base64(&current()?.latency()?, which)?;
         // SAFETY: the pointers are checked inside; the caller promises their extent.
-        unsafe { super::handle::write_string(&text, buf, len, needed) }
-    })
+        unsafe { write_string(&text, buf, len, needed) }
+    }
 }

@@ -1,15 +1,19 @@
-//! The C ABI (`ffi/tunpipe.h`, generated from this module by cbindgen): it converts types and
-//! calls the safe API; no engine logic lives here.
+//! The C ABI of tunpipe (`ffi/tunpipe.h`, generated from this crate by cbindgen): it converts
+//! types and calls the safe API of the `tunpipe` crate; no engine logic lives here.
 //!
 //! - `global`: the seed's `start_tun(fd)` / `stop_tun()` pair and its global config.
 //! - `handle`: engines behind opaque `TunpipeEngine*` handles (several may run at once).
 //! - `stage`: the C callback stage. `log`: the host's log callback and panic hook.
+//! - `macros`: `ffi_fn!`, the one way an entry point is written; `util`: the pointer checks
+//!   and copies they share.
 //!
 //! Every entry point checks its pointers (NULL or misaligned is an error code), runs its
 //! body under `catch_unwind` and returns a documented `TUNPIPE_*` code: nothing unwinds into
 //! C, nothing aborts the host. That needs `panic = "unwind"`, which every profile keeps.
 //! A failure is also the calling thread's last error (`tunpipe_last_error`) and a log line.
 
+#[macro_use]
+mod macros;
 mod config;
 mod error;
 mod global;
@@ -18,6 +22,7 @@ mod log;
 mod report;
 mod session;
 mod stage;
+mod util;
 
 pub use config::{
     TunpipeConfig, TUNPIPE_STAGE_CALLBACK, TUNPIPE_STAGE_PASSTHROUGH, TUNPIPE_STAGE_REFLECT,
@@ -25,9 +30,10 @@ pub use config::{
 pub use error::{
     TUNPIPE_ERR_ALREADY_RUNNING, TUNPIPE_ERR_BAD_FD, TUNPIPE_ERR_BUFFER_TOO_SMALL,
     TUNPIPE_ERR_CONFIG, TUNPIPE_ERR_DEVICE, TUNPIPE_ERR_ENGINE_THREAD,
-    TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_ERR_NO_UTUN_FD,
-    TUNPIPE_ERR_NULL_POINTER, TUNPIPE_ERR_PANIC, TUNPIPE_ERR_SPAWN, TUNPIPE_ERR_STAGE_PANICS,
-    TUNPIPE_ERR_STOPPING, TUNPIPE_ERR_STRUCT_SIZE, TUNPIPE_ERR_UNSUPPORTED, TUNPIPE_OK,
+    TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_ERR_NO_MEMORY,
+    TUNPIPE_ERR_NO_UTUN_FD, TUNPIPE_ERR_NULL_POINTER, TUNPIPE_ERR_PANIC, TUNPIPE_ERR_SPAWN,
+    TUNPIPE_ERR_STAGE_PANICS, TUNPIPE_ERR_STOPPING, TUNPIPE_ERR_STRUCT_SIZE,
+    TUNPIPE_ERR_UNSUPPORTED, TUNPIPE_OK,
 };
 pub use global::{
     start_tun, stop_tun, tunpipe_latency, tunpipe_latency_base64, tunpipe_set_config, tunpipe_stats,
@@ -48,29 +54,14 @@ pub use stage::{
     TunpipePacket, TunpipeStageCallback, TUNPIPE_VERDICT_DROP, TUNPIPE_VERDICT_FORWARD,
 };
 
+use error::FfiError;
 use std::ffi::c_char;
+use util::write_out;
 
 /// The ABI version this header describes. It changes only when an existing function or
 /// struct field changes meaning or layout; growth into `reserved` bytes does not change it.
 /// Compare it with `tunpipe_abi_version()` at run time.
 pub const TUNPIPE_ABI_VERSION: u32 = 1;
-
-fn check_ptr<T>(ptr: *const T, what: &str) -> error::FfiResult {
-    if ptr.is_null() {
-        Err(error::FfiError::null(what))
-    } else if !ptr.is_aligned() {
-        Err(error::FfiError::new(
-            TUNPIPE_ERR_INVALID_ARGUMENT,
-            format!("{what} is misaligned"),
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-fn check_ptr_mut<T>(ptr: *mut T, what: &str) -> error::FfiResult {
-    check_ptr(ptr.cast_const(), what)
-}
 
 /// The ABI version of the linked library (`TUNPIPE_ABI_VERSION` of its header).
 #[unsafe(no_mangle)]
@@ -78,62 +69,54 @@ pub extern "C" fn tunpipe_abi_version() -> u32 {
     TUNPIPE_ABI_VERSION
 }
 
+ffi_fn! {
 /// Fills `*config` with the defaults: reflect stage, inline stage (0 workers), ring 256,
 /// MTU 1500, head- and tailroom 64, batch 64, latency on, no pinning, 1000 stage panics.
 /// The struct's `size` is set; `reserved` is zeroed.
 ///
 /// # Safety
 /// `config` must be NULL or writable for `sizeof(TunpipeConfig)` bytes.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn tunpipe_config_default(config: *mut TunpipeConfig) -> i32 {
-    error::guard("tunpipe_config_default", || {
-        check_ptr_mut(config, "config")?;
-        // SAFETY: checked non-null and aligned; the caller promises it is writable.
-        unsafe { config.write(TunpipeConfig::defaults()) };
+    unsafe fn tunpipe_config_default(config: *mut TunpipeConfig) -> i32 {
+        // SAFETY: the caller promises `config` is NULL or writable.
+        unsafe { write_out(config, "config", TunpipeConfig::defaults()) }?;
         Ok(TUNPIPE_OK)
-    })
+    }
 }
 
+ffi_fn! {
 /// Checks `*config` as a start would, without starting anything. Returns `TUNPIPE_OK` or
 /// the error a start would return (`TUNPIPE_ERR_CONFIG`, ...); the message is the thread's
 /// last error.
 ///
 /// # Safety
 /// `config` must be NULL or point to a readable `TunpipeConfig`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn tunpipe_config_validate(config: *const TunpipeConfig) -> i32 {
-    error::guard("tunpipe_config_validate", || {
-        check_ptr(config, "config")?;
-        // SAFETY: checked non-null and aligned; the caller promises it is readable.
+    unsafe fn tunpipe_config_validate(config: *const TunpipeConfig) -> i32 {
+        // SAFETY: the caller promises `config` is NULL or readable.
         unsafe { TunpipeConfig::read(config) }?
             .to_plan()?
             .validate()?;
         Ok(TUNPIPE_OK)
-    })
+    }
 }
 
+ffi_fn! {
 /// Stores in `*out` the bytes an engine with `*config` would reserve at start (pool, rings,
 /// histograms), so a host can check it against its memory limit first.
 ///
 /// # Safety
 /// `config` must be NULL or readable; `out` NULL or writable.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn tunpipe_config_reserved_bytes(
-    config: *const TunpipeConfig,
-    out: *mut u64,
-) -> i32 {
-    error::guard("tunpipe_config_reserved_bytes", || {
-        check_ptr(config, "config")?;
-        check_ptr_mut(out, "out")?;
-        // SAFETY: checked non-null and aligned; the caller promises it is readable.
+    unsafe fn tunpipe_config_reserved_bytes(config: *const TunpipeConfig, out: *mut u64) -> i32 {
+        // SAFETY: the caller promises `config` is NULL or readable.
         let plan = unsafe { TunpipeConfig::read(config) }?.to_plan()?;
         plan.validate()?;
-        // SAFETY: checked non-null and aligned; the caller promises it is writable.
-        unsafe { out.write(tunpipe::reserved_bytes(&plan.config) as u64) };
+        let bytes = tunpipe::reserved_bytes(&plan.config) as u64;
+        // SAFETY: the caller promises `out` is NULL or writable.
+        unsafe { write_out(out, "out", bytes) }?;
         Ok(TUNPIPE_OK)
-    })
+    }
 }
 
+ffi_fn! {
 /// Copies the calling thread's last error message (NUL-terminated, truncated to fit) into
 /// `buf[0..len]` and returns its full length in bytes without the NUL, like `snprintf`
 /// (0: no error on this thread yet). Every failing call sets it, handle calls included.
@@ -141,14 +124,12 @@ pub unsafe extern "C" fn tunpipe_config_reserved_bytes(
 ///
 /// # Safety
 /// `buf` must be NULL or writable for `len` bytes.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn tunpipe_last_error(buf: *mut c_char, len: usize) -> i32 {
-    // Read before the guard: a failure of this very call would replace it.
-    let message = error::thread_error();
-    error::guard("tunpipe_last_error", || {
+    unsafe fn tunpipe_last_error(buf: *mut c_char, len: usize) -> i32 {
+        // Read before anything can fail: a failure of this very call would replace it.
+        let message = error::thread_error();
         // SAFETY: the caller promises `buf` holds `len` bytes.
-        unsafe { error::copy_text(&message, buf, len) }
-    })
+        unsafe { util::copy_text(&message, buf, len) }
+    }
 }
 
 /// A static, NUL-terminated description of a `TUNPIPE_*` code (never NULL).
@@ -157,33 +138,32 @@ pub extern "C" fn tunpipe_error_string(code: i32) -> *const c_char {
     error::describe(code).as_ptr()
 }
 
+ffi_fn! {
 /// Finds the utun fd of the packet tunnel by scanning descriptors 0..=1024 for a utun
 /// control socket (Apple; the same scan as the tun-rs iOS guide). Returns the fd,
 /// `TUNPIPE_ERR_NO_UTUN_FD` when none is found, or `TUNPIPE_ERR_UNSUPPORTED` off Apple.
-#[unsafe(no_mangle)]
-pub extern "C" fn tunpipe_find_utun_fd() -> i32 {
-    error::guard("tunpipe_find_utun_fd", || session::resolve_fd(-1))
+    fn tunpipe_find_utun_fd() -> i32 {
+        session::resolve_fd(-1)
+    }
 }
 
+ffi_fn! {
 /// Stores in `*out` the memory the process may still allocate before iOS/tvOS's jetsam limit
 /// (`os_proc_available_memory()`), and returns `TUNPIPE_OK`. Elsewhere the call does not
 /// exist: `*out` is set to 0 and `TUNPIPE_ERR_UNSUPPORTED` returned.
 ///
 /// # Safety
 /// `out` must be NULL or writable.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn tunpipe_available_memory(out: *mut u64) -> i32 {
-    error::guard("tunpipe_available_memory", || {
-        check_ptr_mut(out, "out")?;
+    unsafe fn tunpipe_available_memory(out: *mut u64) -> i32 {
         let available = tunpipe::sys::available_memory();
-        // SAFETY: checked non-null and aligned; the caller promises it is writable.
-        unsafe { out.write(available.unwrap_or(0)) };
+        // SAFETY: the caller promises `out` is NULL or writable.
+        unsafe { write_out(out, "out", available.unwrap_or(0)) }?;
         match available {
             Some(_) => Ok(TUNPIPE_OK),
-            None => Err(error::FfiError::new(
+            None => Err(FfiError::new(
                 TUNPIPE_ERR_UNSUPPORTED,
                 "os_proc_available_memory exists only on iOS and tvOS",
             )),
         }
-    })
+    }
 }

@@ -1,9 +1,7 @@
 //! Routes the `log` facade and panic messages to a host callback: stderr is lost on iOS.
 
-use super::error::{
-    guard, FfiError, TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_UNSUPPORTED, TUNPIPE_OK,
-};
-use super::stage::HostContext;
+use super::error::{FfiError, TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_UNSUPPORTED, TUNPIPE_OK};
+use super::util::HostContext;
 use parking_lot::RwLock;
 use std::ffi::{c_char, c_void, CString};
 use std::sync::{Once, OnceLock};
@@ -110,7 +108,7 @@ fn install_panic_hook() {
                 &format!(
                     "panic in thread {}{location}: {}",
                     thread.name().unwrap_or("<unnamed>"),
-                    super::error::panic_message(info.payload())
+                    super::util::panic_message(info.payload())
                 ),
             );
             previous(info);
@@ -118,27 +116,22 @@ fn install_panic_hook() {
     });
 }
 
-/// Routes tunpipe's log lines at or above `max_level` (a `TUNPIPE_LOG_*` level) to
-/// `callback`, with `context` passed back untouched, and installs a panic hook that sends
-/// panic messages there too. `callback = NULL` (or `TUNPIPE_LOG_OFF`) turns logging off.
-/// Calling it again replaces the callback; once it returns, the old one is not running
-/// anywhere and its context may be freed.
-///
-/// tunpipe installs itself as the process's `log` logger on the first call. Returns
-/// `TUNPIPE_OK`, `TUNPIPE_ERR_INVALID_ARGUMENT` (unknown level), or
-/// `TUNPIPE_ERR_UNSUPPORTED` when the process already installed another `log` logger (a
-/// Rust host with its own logger keeps it).
-///
-/// # Safety
-/// `callback` must be NULL or a function following the `TunpipeLogCallback` contract;
-/// `context` must stay valid, and usable from any thread, until the callback is replaced.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn tunpipe_set_log_callback(
-    callback: TunpipeLogCallback,
-    max_level: i32,
-    context: *mut c_void,
-) -> i32 {
-    guard("tunpipe_set_log_callback", || {
+ffi_fn! {
+    /// Routes tunpipe's log lines at or above `max_level` (a `TUNPIPE_LOG_*` level) to
+    /// `callback`, with `context` passed back untouched, and installs a panic hook that sends
+    /// panic messages there too. `callback = NULL` (or `TUNPIPE_LOG_OFF`) turns logging off.
+    /// Calling it again replaces the callback; once it returns, the old one is not running
+    /// anywhere and its context may be freed.
+    ///
+    /// tunpipe installs itself as the process's `log` logger on the first call. Returns
+    /// `TUNPIPE_OK`, `TUNPIPE_ERR_INVALID_ARGUMENT` (unknown level), or
+    /// `TUNPIPE_ERR_UNSUPPORTED` when the process already installed another `log` logger (a
+    /// Rust host with its own logger keeps it).
+    ///
+    /// # Safety
+    /// `callback` must be NULL or a function following the `TunpipeLogCallback` contract;
+    /// `context` must stay valid, and usable from any thread, until the callback is replaced.
+    unsafe fn tunpipe_set_log_callback( callback: TunpipeLogCallback, max_level: i32, context: *mut c_void) -> i32 {
         let filter = level_filter(max_level).ok_or_else(|| {
             FfiError::new(
                 TUNPIPE_ERR_INVALID_ARGUMENT,
@@ -163,5 +156,5 @@ pub unsafe extern "C" fn tunpipe_set_log_callback(
             log::LevelFilter::Off
         });
         Ok(TUNPIPE_OK)
-    })
+    }
 }

@@ -1,6 +1,7 @@
 //! The C views of [`Stats`] and latency, and how they are written into a caller's struct.
 
-use super::error::{FfiError, FfiResult, TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_STRUCT_SIZE};
+use super::error::{FfiError, FfiResult, TUNPIPE_ERR_INVALID_ARGUMENT};
+use super::util::Sized32;
 use tunpipe::{LatencySnapshot, Percentiles, Stats};
 
 /// Which latency histogram: time in the engine (read to write).
@@ -11,7 +12,8 @@ pub const TUNPIPE_LATENCY_STAGE: u32 = 1;
 /// The engine's counters. Set `size = sizeof(TunpipeStats)` before the call; tunpipe writes
 /// at most that many bytes and sets `size` to the bytes it wrote.
 ///
-/// After stop, `rx_packets == tx_packets + every drop_*` (conservation).
+/// After stop, `rx_packets == tx_packets + dropped` (conservation), and `dropped` is the sum
+/// of the `drop_*` fields.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TunpipeStats {
@@ -52,8 +54,10 @@ pub struct TunpipeStats {
     pub callback_errors: u64,
     /// Bytes the engine reserved at start (pool, rings, histograms).
     pub reserved_bytes: u64,
+    /// Every packet dropped, whatever the reason: the sum of the seven `drop_*` fields.
+    pub dropped: u64,
     /// Zero; room for counters added later.
-    pub reserved: [u64; 8],
+    pub reserved: [u64; 7],
 }
 
 /// One latency distribution, in nanoseconds (all 0 when nothing was recorded).
@@ -128,7 +132,8 @@ impl TunpipeStats {
             wakeups: s.wakeups,
             callback_errors,
             reserved_bytes: reserved_bytes as u64,
-            reserved: [0; 8],
+            dropped: s.dropped(),
+            reserved: [0; 7],
         }
     }
 }
@@ -145,12 +150,6 @@ impl TunpipeLatency {
     }
 }
 
-/// Structs that start with a `u32` size field and have no padding, so a prefix of their
-/// bytes is a valid older version.
-pub(crate) trait Sized32: Copy {
-    fn with_size(self, size: u32) -> Self;
-}
-
 impl Sized32 for TunpipeStats {
     fn with_size(mut self, size: u32) -> Self {
         self.size = size;
@@ -163,31 +162,6 @@ impl Sized32 for TunpipeLatency {
         self.size = size;
         self
     }
-}
-
-/// Writes `value` into the caller's struct: as many bytes as its `size` field says it
-/// holds, at most ours. A size smaller than the header (8 bytes) is an error.
-///
-/// # Safety
-/// `out` must be non-null, aligned, and valid for a read of its `size` field and for
-/// writes of `size` bytes.
-pub(crate) unsafe fn write_sized<T: Sized32>(out: *mut T, value: T) -> FfiResult {
-    // SAFETY: the caller promises the struct starts with a readable u32 `size` field.
-    let size = unsafe { out.cast::<u32>().read() } as usize;
-    if size < 8 {
-        return Err(FfiError::new(
-            TUNPIPE_ERR_STRUCT_SIZE,
-            format!("size field is {size}; set it to sizeof the struct before the call"),
-        ));
-    }
-    let n = size.min(std::mem::size_of::<T>());
-    let value = value.with_size(n as u32);
-    // SAFETY: `value` is a padding-free repr(C) struct (u32 pair then u64s), so its first
-    // `n` bytes are initialized; the caller promises `size >= n` writable bytes at `out`.
-    unsafe {
-        std::ptr::copy_nonoverlapping((&value as *const T).cast::<u8>(), out.cast::<u8>(), n)
-    };
-    Ok(())
 }
 
 /// The histogram `which` names, in V2-deflate base64.
@@ -209,6 +183,8 @@ const _: () = assert!(std::mem::size_of::<TunpipeLatency>() == 8 + 8 * (7 * 2 + 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::TUNPIPE_ERR_STRUCT_SIZE;
+    use crate::util::write_sized;
 
     #[test]
     fn an_older_shorter_struct_gets_only_its_prefix() {

@@ -4,6 +4,7 @@
 //! callback reports through the checked [`PacketBuf::set_window`]. It allocates nothing and
 //! logs nothing per packet: a bad window is counted, and logged once per engine.
 
+use crate::util::HostContext;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,17 +52,6 @@ pub type TunpipeStageCallback = Option<
 /// The non-null form of [`TunpipeStageCallback`].
 pub(crate) type StageFn =
     unsafe extern "C" fn(context: *mut c_void, worker: u32, packet: *mut TunpipePacket) -> i32;
-
-/// The host's context pointer, handed back to its callbacks.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct HostContext(pub *mut c_void);
-
-// SAFETY: tunpipe never dereferences the context; it only passes it back to the host's own
-// callback, from the threads the header documents. The host promises (in the header) that
-// its context may be used from those threads.
-unsafe impl Send for HostContext {}
-// SAFETY: as above; tunpipe shares the pointer value, never the pointee.
-unsafe impl Sync for HostContext {}
 
 /// What one engine's C stage shares between its workers: the callback, its context, and
 /// the count of unusable results.

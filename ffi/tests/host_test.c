@@ -118,11 +118,6 @@ static struct TunpipeStats global_stats(void) {
     return s;
 }
 
-static uint64_t drops(const struct TunpipeStats *s) {
-    return s->drop_ring_full + s->drop_malformed + s->drop_oversize + s->drop_stage +
-           s->drop_stage_panic + s->drop_write_error + s->drop_stopped;
-}
-
 /* ---- a UDP flood towards the reflecting engine ---- */
 
 static atomic_int flooding;
@@ -289,7 +284,7 @@ static void test_start_tun(int fd) {
     CHECK(r.result == TUNPIPE_OK, "start_tun returned %d after a clean stop", r.result);
     struct TunpipeStats s = global_stats();
     CHECK(s.tx_packets >= 3, "tx %llu", (unsigned long long)s.tx_packets);
-    CHECK(s.rx_packets == s.tx_packets + drops(&s), "conservation after stop");
+    CHECK(s.rx_packets == s.tx_packets + s.dropped, "conservation after stop");
     CHECK(fd_is_open(fd), "fd open after stop");
     CHECK(fcntl(fd, F_GETFL) == flags, "flags restored after stop");
     CHECK(stop_tun() == TUNPIPE_ERR_NOT_RUNNING, "nothing runs after stop");
@@ -310,7 +305,7 @@ static void test_start_tun(int fd) {
     pthread_join(sender, NULL);
     s = global_stats();
     CHECK(s.rx_packets > 0, "the flood reached the engine (%ld sent)", atomic_load(&flood_sent));
-    CHECK(s.rx_packets == s.tx_packets + drops(&s), "conservation after a stop under load");
+    CHECK(s.rx_packets == s.tx_packets + s.dropped, "conservation after a stop under load");
     CHECK(fcntl(fd, F_GETFL) == flags, "flags restored after a loaded stop");
 
     /* Restart on the same fd, several times; a quick start-then-stop too. */
@@ -406,7 +401,7 @@ static void test_handles(int fd) {
     memset(&s, 0, sizeof s);
     s.size = sizeof s;
     tunpipe_engine_stats(e, &s);
-    CHECK(s.rx_packets == s.tx_packets + drops(&s), "handle conservation");
+    CHECK(s.rx_packets == s.tx_packets + s.dropped, "handle conservation");
     CHECK(tunpipe_engine_free(e) == TUNPIPE_OK, "free");
     CHECK(fd_is_open(fd), "fd open after free");
 
@@ -425,7 +420,7 @@ static void test_handles(int fd) {
           "bad windows counted, nothing sent: errors %llu tx %llu",
           (unsigned long long)s.callback_errors, (unsigned long long)s.tx_packets);
     CHECK(s.drop_stage >= s.callback_errors, "and counted as stage drops");
-    CHECK(s.rx_packets == s.tx_packets + drops(&s), "bad-window conservation");
+    CHECK(s.rx_packets == s.tx_packets + s.dropped, "bad-window conservation");
     tunpipe_engine_free(e);
 
     /* Waiting for a stop from another thread; then free a running engine. */

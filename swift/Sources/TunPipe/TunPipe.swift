@@ -126,12 +126,8 @@ public struct TunPipeStats {
     public var wakeups: UInt64
     public var callbackErrors: UInt64
     public var reservedBytes: UInt64
-
-    /// Every packet dropped, whatever the reason.
-    public var dropped: UInt64 {
-        dropRingFull + dropMalformed + dropOversize + dropStage + dropStagePanic
-            + dropWriteError + dropStopped
-    }
+    /// Every packet dropped, whatever the reason (the sum of the `drop*` fields).
+    public var dropped: UInt64
 
     init(_ s: TunpipeStats) {
         rxPackets = s.rx_packets
@@ -150,6 +146,7 @@ public struct TunPipeStats {
         wakeups = s.wakeups
         callbackErrors = s.callback_errors
         reservedBytes = s.reserved_bytes
+        dropped = s.dropped
     }
 
     static func read(_ fill: (UnsafeMutablePointer<TunpipeStats>) -> Int32) throws -> TunPipeStats {
