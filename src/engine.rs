@@ -84,7 +84,7 @@ impl Builder {
             }
         })?;
         let (free_out, free_in) = RingBuffer::<PacketBuf>::new(pool_size);
-        let (mail_tx, mailbox) = crossbeam_channel::bounded(16);
+        let (mail_tx, mailbox) = crossbeam_channel::bounded(1);
 
         let mut spawner = Spawner::new(ctl.clone(), c.pin);
         let mut writer_inputs = Vec::new();
@@ -170,6 +170,7 @@ impl Builder {
             ctl,
             mail: mail_tx,
             final_latency: Mutex::new(None),
+            latency_turn: Mutex::new(()),
             reserved_bytes: reserved_bytes(c),
             workers: c.workers,
         })
@@ -288,7 +289,9 @@ fn join_in_order(ctl: &Control, threads: Vec<ActorThread>) -> Option<LatencySnap
     ctl.advance(phase::READER_DONE);
     join(Role::Worker);
     ctl.advance(phase::WORKERS_DONE);
-    join(Role::Writer)
+    let latency = join(Role::Writer);
+    ctl.release_interrupter();
+    latency
 }
 
 /// A running (or stopped) engine. Dropping it stops it.
@@ -301,6 +304,8 @@ pub struct Engine {
     thread_ids: Vec<ThreadId>,
     mail: Sender<Mail>,
     final_latency: Mutex<Option<LatencySnapshot>>,
+    /// Serializes latency requests (see [`Engine::latency`]).
+    latency_turn: Mutex<()>,
     reserved_bytes: usize,
     workers: usize,
 }
@@ -374,6 +379,9 @@ impl Engine {
     /// [`EngineError::Stopping`] if the engine is between its stop request and the end of
     /// the join; ask again after `stop()` returns.
     pub fn latency(&self) -> Result<LatencySnapshot, EngineError> {
+        // One request at a time: callers queue here, never in the writer's mailbox, so any
+        // number of threads may ask at once and each gets an answer (not a false "stopping").
+        let _turn = self.latency_turn.lock();
         if let Some(done) = self.final_latency.lock().as_ref() {
             return Ok(done.clone());
         }
@@ -381,13 +389,16 @@ impl Engine {
             return Err(EngineError::Stopping);
         }
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-        self.mail
-            .try_send(Mail::Latency(reply_tx))
-            .map_err(|_| EngineError::Stopping)?;
+        // The mailbox holds one request at most (the turn above), so it is never full; it is
+        // disconnected only once the writer has left, which a stop does.
+        if self.mail.try_send(Mail::Latency(reply_tx)).is_err() {
+            return Err(EngineError::Stopping);
+        }
         self.ctl.writer_bell.force();
         // A request that lands after the writer's last look at its mailbox is never
         // answered, so wait in short slices and give up as soon as a stop is under way,
-        // instead of blocking a host's UI thread for the whole deadline.
+        // instead of blocking a host's UI thread. A running writer answers between two
+        // batches; the deadline is only a backstop against a bug.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match reply_rx.recv_timeout(Duration::from_millis(5)) {

@@ -34,7 +34,9 @@ pub(crate) struct Control {
     pub reader_bell: Doorbell,
     pub worker_bells: Box<[Doorbell]>,
     pub writer_bell: Doorbell,
-    interrupter: Interrupter,
+    /// Wakes the reader out of its wait in the kernel. Released once the engine is joined, so
+    /// that a stopped engine kept for its figures holds no descriptors (a pipe, an eventfd).
+    interrupter: Mutex<Option<Interrupter>>,
     fatal: Mutex<Option<EngineError>>,
     stop_requested: Mutex<bool>,
     stop_requested_cv: Condvar,
@@ -51,7 +53,7 @@ impl Control {
             reader_bell: Doorbell::default(),
             worker_bells: (0..workers).map(|_| Doorbell::default()).collect(),
             writer_bell: Doorbell::default(),
-            interrupter,
+            interrupter: Mutex::new(Some(interrupter)),
             fatal: Mutex::new(None),
             stop_requested: Mutex::new(false),
             stop_requested_cv: Condvar::new(),
@@ -92,7 +94,9 @@ impl Control {
         if !first {
             return;
         }
-        self.interrupter.interrupt();
+        if let Some(interrupter) = self.interrupter.lock().as_ref() {
+            interrupter.interrupt();
+        }
         self.reader_bell.force();
         self.worker_bells.iter().for_each(Doorbell::force);
         self.writer_bell.force();
@@ -106,6 +110,12 @@ impl Control {
         self.phase.fetch_max(next, Ordering::AcqRel);
         self.worker_bells.iter().for_each(Doorbell::force);
         self.writer_bell.force();
+    }
+
+    /// Lets go of the reader's interrupter: called once every actor is joined, when nothing
+    /// waits in the kernel any more.
+    pub(crate) fn release_interrupter(&self) {
+        self.interrupter.lock().take();
     }
 
     /// Records a fatal error (the first one wins) and stops the engine.
@@ -137,7 +147,9 @@ impl Control {
 
 /// Runs a stage on packets, containing its panics.
 pub(crate) struct StageRunner {
-    stage: Box<dyn Stage>,
+    /// `None` once the stage panicked and its factory panicked too: a torn instance is never
+    /// called again, and the engine is stopping with [`EngineError::StageRebuild`].
+    stage: Option<Box<dyn Stage>>,
     factory: StageFactory,
     index: usize,
 }
@@ -145,7 +157,7 @@ pub(crate) struct StageRunner {
 impl StageRunner {
     pub(crate) fn new(factory: StageFactory, index: usize) -> Self {
         StageRunner {
-            stage: factory(index),
+            stage: Some(factory(index)),
             factory,
             index,
         }
@@ -160,8 +172,13 @@ impl StageRunner {
         counters: &StageCounters,
         ctl: &Control,
     ) -> bool {
+        let Some(stage) = self.stage.as_mut() else {
+            // No stage left to run (the engine is stopping): the packet goes no further.
+            counters.stopped.add(1);
+            return false;
+        };
         // Unwinding through the stage costs nothing unless it panics.
-        match catch_unwind(AssertUnwindSafe(|| self.stage.process(packet))) {
+        match catch_unwind(AssertUnwindSafe(|| stage.process(packet))) {
             Ok(Verdict::Forward) => true,
             Ok(Verdict::Drop) => {
                 counters.drop_stage.add(1);
@@ -169,18 +186,28 @@ impl StageRunner {
             }
             Err(_) => {
                 counters.drop_stage_panic.add(1);
-                log::error!(
-                    "stage on worker {} panicked; packet dropped, stage rebuilt",
-                    self.index
-                );
-                let (factory, index) = (&self.factory, self.index);
-                match catch_unwind(AssertUnwindSafe(|| factory(index))) {
-                    Ok(stage) => self.stage = stage,
-                    Err(_) => ctl.fail(EngineError::StagePanics { panics: u64::MAX }),
-                }
-                ctl.note_stage_panic();
+                self.rebuild(ctl);
                 false
             }
+        }
+    }
+
+    /// Replaces a stage that panicked, whose state may be torn, with a fresh one.
+    #[cold]
+    fn rebuild(&mut self, ctl: &Control) {
+        log::error!(
+            "stage on worker {} panicked; packet dropped, stage rebuilt",
+            self.index
+        );
+        // The torn instance is gone whatever happens next.
+        self.stage = None;
+        let (factory, index) = (&self.factory, self.index);
+        match catch_unwind(AssertUnwindSafe(|| factory(index))) {
+            Ok(stage) => {
+                self.stage = Some(stage);
+                ctl.note_stage_panic();
+            }
+            Err(_) => ctl.fail(EngineError::StageRebuild),
         }
     }
 }
@@ -188,6 +215,10 @@ impl StageRunner {
 /// Runs the stage over a batch in place (given as the two slices a ring chunk has), marking
 /// dropped packets, and stamps each with its share of the batch's stage time: one clock pair
 /// per batch, not per packet.
+///
+/// The stop flag is checked before every packet: once a stop is asked for, the stage is not
+/// called again (a slow stage would otherwise hold the stop for a whole batch, and go on with
+/// its side effects), and the rest of the batch is counted as stopped.
 pub(crate) fn run_stage_batch(
     runner: &mut StageRunner,
     batch: [&mut [PacketBuf]; 2],
@@ -198,7 +229,13 @@ pub(crate) fn run_stage_batch(
     let started = latency.then(Instant::now);
     let [first, second] = batch;
     for packet in first.iter_mut().chain(second.iter_mut()) {
-        if !packet.dropped && !runner.run(packet, counters, ctl) {
+        if packet.dropped {
+            continue;
+        }
+        if ctl.stopping() {
+            counters.stopped.add(1);
+            packet.dropped = true;
+        } else if !runner.run(packet, counters, ctl) {
             packet.dropped = true;
         }
     }

@@ -2,13 +2,18 @@
 //!
 //! An adopted fd is never used directly: the engine works on its own `dup()` and closes only
 //! that, as WireGuardKit does, so a host that closes its fd early cannot make the engine touch
-//! a reused descriptor number. `O_NONBLOCK` lives on the open file description, which the dup
-//! shares, so each run saves the flags before setting non-blocking mode and restores them when
-//! its halves are dropped (which the engine does before `stop()` returns).
+//! a reused descriptor number.
+//!
+//! The dup shares the open file, and with it the `O_NONBLOCK` flag, with the host's fd. The
+//! engine neither sets nor relies on that flag: every read and write asks the kernel for
+//! "now or EAGAIN" by itself (`sys::TunIo`: `RWF_NOWAIT` on Linux, `MSG_DONTWAIT` on Apple),
+//! and the reader waits in `poll`, which a stop interrupts. So no host behaviour (clearing the
+//! flag, another process reading the same TUN) can leave the reader blocked where a stop
+//! cannot reach it.
 
 use super::{whole_write, Device, Interrupter, RxHalf, TxHalf};
 use crate::pool::PacketBuf;
-use crate::sys;
+use crate::sys::{self, TunIdentity, TunIo};
 use parking_lot::Mutex;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -20,49 +25,45 @@ pub struct TunDevice {
     device: Arc<SyncDevice>,
 }
 
-/// Interfaces with a run open in this process. Two runs on one TUN would share one open file
-/// description, and so one `O_NONBLOCK` flag: the first to stop would restore blocking mode
-/// under the other, whose reader would then block in `read()` where no stop can reach it.
-static OPEN_RUNS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// TUNs with a run open in this process. Two runs on one TUN would race for its packets, and
+/// each would see the other's stop as its own device failing; one is enough.
+static OPEN_RUNS: Mutex<Vec<TunIdentity>> = Mutex::new(Vec::new());
 
-/// Claims `interface` for one run; released on drop.
-struct Claim(String);
+/// Claims a TUN for one run; released on drop.
+struct Claim(TunIdentity);
 
 impl Claim {
-    fn new(interface: String) -> io::Result<Self> {
+    fn new(tun: TunIdentity) -> io::Result<Self> {
         let mut open = OPEN_RUNS.lock();
-        if open.contains(&interface) {
+        if open.contains(&tun) {
             return Err(io::Error::new(
                 io::ErrorKind::ResourceBusy,
-                format!("a tunpipe engine already runs on {interface}"),
+                format!("a tunpipe engine already runs on this TUN ({tun})"),
             ));
         }
-        open.push(interface.clone());
-        Ok(Claim(interface))
+        open.push(tun.clone());
+        Ok(Claim(tun))
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        OPEN_RUNS.lock().retain(|name| *name != self.0);
+        OPEN_RUNS.lock().retain(|tun| *tun != self.0);
     }
 }
 
-/// One run's hold on the device: restores the fd's flags when the last half is dropped.
+/// One run's hold on the device, shared by its two halves.
 struct Run {
     device: Arc<SyncDevice>,
-    saved_flags: i32,
+    io: TunIo,
     /// Each run gets its own event: an `InterruptEvent` stays triggered until reset.
     interrupt: Arc<InterruptEvent>,
-    /// Dropped after the flags are restored (fields drop after `drop` runs).
     _claim: Claim,
 }
 
-impl Drop for Run {
-    fn drop(&mut self) {
-        if let Err(e) = sys::set_fd_flags(self.device.as_raw_fd(), self.saved_flags) {
-            log::warn!("could not restore the TUN fd's flags: {e}");
-        }
+impl Run {
+    fn fd(&self) -> RawFd {
+        self.device.as_raw_fd()
     }
 }
 
@@ -86,23 +87,23 @@ impl TunDevice {
 
     /// Adopts a TUN fd owned by the host (for example the utun fd of an iOS packet tunnel).
     ///
-    /// The fd is validated first (Linux: a TUN, by `TUNGETIFF`; Apple: a utun control socket),
-    /// so that adopting, say, stdin fails instead of reading it. The engine then works on its
-    /// own duplicate; the host's fd stays open and is never closed here.
+    /// The fd is validated first, so that adopting, say, stdin fails instead of reading it.
+    /// On Linux it must be a TUN (not a TAP) without packet information or a virtio-net
+    /// header, open for reading and writing; on Apple, a utun control socket. The engine then
+    /// works on its own duplicate; the host's fd stays open and is never closed here, and its
+    /// flags are never changed.
     ///
     /// # Errors
-    /// When `fd` is not an open TUN/utun descriptor, or cannot be duplicated.
+    /// `InvalidInput` when `fd` is not a TUN the engine can run on; the system's error when
+    /// it is not open or cannot be duplicated (`EMFILE`: too many open files).
     pub fn adopt(fd: RawFd) -> io::Result<Self> {
         sys::validate_tun_fd(fd)?;
         let dup = sys::dup_cloexec(fd)?;
         // SAFETY: `dup` is a fresh descriptor that this function owns and hands to tun-rs,
         // which closes it on drop; it refers to the TUN validated above (plain IFF_NO_PI
         // framing without IFF_VNET_HDR on Linux, which tun-rs re-checks).
-        let device = unsafe { SyncDevice::from_fd(dup) };
-        match device {
-            Ok(device) => Ok(TunDevice::new(device)),
-            Err(e) => Err(e),
-        }
+        let device = unsafe { SyncDevice::from_fd(dup) }?;
+        Ok(TunDevice::new(device))
     }
 
     /// The underlying tun-rs device (for address management and the like).
@@ -121,17 +122,15 @@ impl Device for TunDevice {
     type Tx = TunTx;
 
     /// # Errors
-    /// `ResourceBusy` when another run (of any engine in this process) has the same TUN open.
+    /// `ResourceBusy` when another run (of any engine in this process) has the same TUN open;
+    /// the system's error when the interrupt event cannot be made (`EMFILE`).
     fn open(&self) -> io::Result<(TunRx, TunTx)> {
         let fd = self.device.as_raw_fd();
         let claim = Claim::new(sys::tun_identity(fd)?)?;
-        let saved_flags = sys::fd_flags(fd)?;
-        let interrupt = Arc::new(InterruptEvent::new()?);
-        sys::set_fd_flags(fd, saved_flags | libc::O_NONBLOCK)?;
         let run = Arc::new(Run {
             device: self.device.clone(),
-            saved_flags,
-            interrupt,
+            io: TunIo::default(),
+            interrupt: Arc::new(InterruptEvent::new()?),
             _claim: claim,
         });
         sys::tune_tun(fd);
@@ -142,8 +141,8 @@ impl Device for TunDevice {
 impl RxHalf for TunRx {
     #[inline]
     fn recv(&mut self, packet: &mut PacketBuf) -> io::Result<()> {
-        let n = self.run.device.recv(packet.data_mut())?;
-        // Within the window just written into, so it cannot fail.
+        let n = self.run.io.read(self.run.fd(), packet.data_mut())?;
+        // Within the window just read into, so it cannot fail.
         let _ = packet.truncate(n);
         Ok(())
     }
@@ -165,7 +164,10 @@ impl RxHalf for TunRx {
 impl TxHalf for TunTx {
     #[inline]
     fn send(&mut self, packet: &PacketBuf) -> io::Result<()> {
-        whole_write(self.run.device.send(packet.data()), packet.len())
+        whole_write(
+            self.run.io.write(self.run.fd(), packet.data()),
+            packet.len(),
+        )
     }
 }
 
@@ -179,16 +181,12 @@ impl std::fmt::Debug for TunDevice {
 
 impl std::fmt::Debug for TunRx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunRx")
-            .field("fd", &self.run.device.as_raw_fd())
-            .finish()
+        f.debug_struct("TunRx").field("fd", &self.run.fd()).finish()
     }
 }
 
 impl std::fmt::Debug for TunTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunTx")
-            .field("fd", &self.run.device.as_raw_fd())
-            .finish()
+        f.debug_struct("TunTx").field("fd", &self.run.fd()).finish()
     }
 }

@@ -1,5 +1,6 @@
 //! Apple (iOS, tvOS, macOS): utun checks, thread QoS.
 
+use super::{byte_count, TunIdentity};
 use std::io;
 use std::os::fd::RawFd;
 
@@ -156,8 +157,9 @@ pub fn find_utun_fd() -> io::Result<RawFd> {
 /// utun's interface name, such as `utun3`.
 const UTUN_OPT_IFNAME: libc::c_int = 2;
 
-/// The utun's interface name, which every dup of its control socket shares.
-pub(crate) fn tun_identity(fd: RawFd) -> io::Result<String> {
+/// The utun's interface name, which every dup of its control socket shares. utun names are
+/// unique on the system and cannot be changed, so the name is the identity.
+pub(crate) fn tun_identity(fd: RawFd) -> io::Result<TunIdentity> {
     let mut name = [0u8; libc::IFNAMSIZ];
     let mut len = name.len() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `name`, which is that large.
@@ -174,7 +176,81 @@ pub(crate) fn tun_identity(fd: RawFd) -> io::Result<String> {
         return Err(io::Error::last_os_error());
     }
     let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-    Ok(String::from_utf8_lossy(&name[..len]).into_owned())
+    Ok(TunIdentity::Name {
+        netns: None,
+        name: String::from_utf8_lossy(&name[..len]).into_owned(),
+    })
+}
+
+/// Reads and writes one packet on a utun control socket without blocking, whatever
+/// `O_NONBLOCK` says: `MSG_DONTWAIT` asks for that per call, and a socket needs no flag shared
+/// with the host's fd. Each packet travels behind a 4-byte protocol family (`AF_INET` or
+/// `AF_INET6`, big-endian), which is stripped on read and added on write.
+#[derive(Debug, Default)]
+pub(crate) struct TunIo;
+
+/// Bytes of the utun packet-information header.
+const FAMILY_HEADER: usize = 4;
+
+impl TunIo {
+    pub(crate) fn read(&self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+        let mut family = [0u8; FAMILY_HEADER];
+        let mut iov = [
+            libc::iovec {
+                iov_base: family.as_mut_ptr().cast(),
+                iov_len: family.len(),
+            },
+            libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            },
+        ];
+        // SAFETY: an all-zero msghdr is valid; the fields set point at `iov`, which lives
+        // for the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len() as _;
+        // SAFETY: recvmsg writes into the two buffers `iov` describes, both owned here.
+        let n = byte_count(unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) })?;
+        n.checked_sub(FAMILY_HEADER).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "utun read shorter than its header",
+            )
+        })
+    }
+
+    pub(crate) fn write(&self, fd: RawFd, packet: &[u8]) -> io::Result<usize> {
+        let family: libc::c_int = match packet.first().map(|b| b >> 4) {
+            Some(6) => libc::AF_INET6,
+            Some(4) => libc::AF_INET,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not an IP packet",
+                ))
+            }
+        };
+        let family = (family as u32).to_be_bytes();
+        let iov = [
+            libc::iovec {
+                iov_base: family.as_ptr() as *mut _,
+                iov_len: family.len(),
+            },
+            libc::iovec {
+                iov_base: packet.as_ptr() as *mut _,
+                iov_len: packet.len(),
+            },
+        ];
+        // SAFETY: an all-zero msghdr is valid; the fields set point at `iov`, which lives
+        // for the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut _;
+        msg.msg_iovlen = iov.len() as _;
+        // SAFETY: sendmsg only reads the two buffers `iov` describes.
+        let n = byte_count(unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT) })?;
+        Ok(n.saturating_sub(FAMILY_HEADER))
+    }
 }
 
 /// `UTUN_OPT_MAX_PENDING_PACKETS` from XNU's `bsd/net/if_utun.h` (value 16, level

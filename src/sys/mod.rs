@@ -1,8 +1,10 @@
 //! Platform code: the only engine code with `target_os` cfgs.
 //!
 //! Each platform module provides:
-//! - `validate_tun_fd(fd)`: is this fd a TUN (Linux) / utun control socket (Apple)?
-//! - `tun_identity(fd)`: a name for the TUN behind `fd`, the same for all its dups;
+//! - `validate_tun_fd(fd)`: is this fd a TUN (Linux) / utun control socket (Apple) that the
+//!   engine can run on?
+//! - `tun_identity(fd)`: who the TUN behind `fd` is, the same for all its dups ([`TunIdentity`]);
+//! - `TunIo`: reads and writes of one packet that never block, whatever `O_NONBLOCK` says;
 //! - `tune_tun(fd)`: best-effort throughput settings for a fresh run (logged on failure);
 //! - `place_current_thread(actor_index, pin)`: core pinning (Linux, Android) or a QoS class
 //!   (Apple), logged, never fatal.
@@ -16,13 +18,36 @@ use std::os::fd::RawFd;
 #[path = "apple.rs"]
 mod imp;
 #[cfg(any(target_os = "linux", target_os = "android"))]
-#[path = "linux.rs"]
+#[path = "linux/mod.rs"]
 mod imp;
 #[cfg(not(any(target_vendor = "apple", target_os = "linux", target_os = "android")))]
 #[path = "other.rs"]
 mod imp;
 
-pub(crate) use imp::{place_current_thread, tun_identity, tune_tun, validate_tun_fd};
+pub(crate) use imp::{place_current_thread, tun_identity, tune_tun, validate_tun_fd, TunIo};
+
+/// Who a TUN is, the same for every fd attached to it, so that one process runs one engine
+/// per TUN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TunIdentity {
+    /// A network namespace (device and inode of its nsfs file) and an interface index.
+    Index { netns: (u64, u64), ifindex: u32 },
+    /// An interface name, in a namespace where it is known; where nothing better can be had
+    /// (and on Apple, where utun names are unique and cannot be changed).
+    Name {
+        netns: Option<(u64, u64)>,
+        name: String,
+    },
+}
+
+impl std::fmt::Display for TunIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TunIdentity::Index { ifindex, .. } => write!(f, "interface index {ifindex}"),
+            TunIdentity::Name { name, .. } => f.write_str(name),
+        }
+    }
+}
 
 #[cfg(target_vendor = "apple")]
 pub use imp::{available_memory, find_utun_fd};
@@ -54,16 +79,15 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// The byte count a read or write system call returned, or its error.
+fn byte_count(ret: isize) -> io::Result<usize> {
+    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
+}
+
 /// The fd's status flags (`F_GETFL`).
 pub(crate) fn fd_flags(fd: RawFd) -> io::Result<i32> {
     // SAFETY: F_GETFL takes no pointer; an invalid fd yields EBADF, not undefined behaviour.
     check(unsafe { libc::fcntl(fd, libc::F_GETFL) })
-}
-
-/// Sets the fd's status flags (`F_SETFL`).
-pub(crate) fn set_fd_flags(fd: RawFd, flags: i32) -> io::Result<()> {
-    // SAFETY: F_SETFL takes an integer; an invalid fd yields EBADF.
-    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(|_| ())
 }
 
 /// A close-on-exec duplicate of `fd`, owned by the caller.

@@ -1,5 +1,6 @@
 //! Platforms without a known TUN check: adopted fds are taken on trust.
 
+use super::{byte_count, TunIdentity};
 use std::io;
 use std::os::fd::RawFd;
 
@@ -8,17 +9,37 @@ pub(crate) fn validate_tun_fd(fd: RawFd) -> io::Result<()> {
 }
 
 /// The open file's identity (device and inode), shared by its dups.
-pub(crate) fn tun_identity(fd: RawFd) -> io::Result<String> {
+pub(crate) fn tun_identity(fd: RawFd) -> io::Result<TunIdentity> {
     // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat writes one `struct stat` into `st`.
     if unsafe { libc::fstat(fd, &mut st) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(format!("dev {} inode {}", st.st_dev, st.st_ino))
+    Ok(TunIdentity::Name {
+        netns: None,
+        name: format!("dev {} inode {}", st.st_dev, st.st_ino),
+    })
 }
 
 pub(crate) fn tune_tun(_fd: RawFd) {}
+
+/// Plain reads and writes: this platform offers no per-call non-blocking mode that tunpipe
+/// knows, so the descriptor's own blocking mode applies.
+#[derive(Debug, Default)]
+pub(crate) struct TunIo;
+
+impl TunIo {
+    pub(crate) fn read(&self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: read writes at most `buf.len()` bytes into `buf`.
+        byte_count(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+    }
+
+    pub(crate) fn write(&self, fd: RawFd, packet: &[u8]) -> io::Result<usize> {
+        // SAFETY: write reads `packet.len()` bytes from `packet`.
+        byte_count(unsafe { libc::write(fd, packet.as_ptr().cast(), packet.len()) })
+    }
+}
 
 pub(crate) fn place_current_thread(actor_index: usize, pin: bool) {
     if pin {
