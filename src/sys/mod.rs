@@ -30,7 +30,9 @@ pub(crate) use imp::{place_current_thread, tun_identity, tune_tun, validate_tun_
 /// per TUN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TunIdentity {
-    /// A network namespace (device and inode of its nsfs file) and an interface index.
+    /// A network namespace (device and inode of its nsfs file) and an interface index
+    /// (Linux and Android).
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     Index { netns: (u64, u64), ifindex: u32 },
     /// An interface name, in a namespace where it is known; where nothing better can be had
     /// (and on Apple, where utun names are unique and cannot be changed).
