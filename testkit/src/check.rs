@@ -1,0 +1,52 @@
+//! Assertions for libtest-mimic tests (they return errors instead of panicking), packet
+//! conservation, and waiting for a condition without timing anything.
+
+use libtest_mimic::Failed;
+use std::time::{Duration, Instant};
+use tunpipe::Stats;
+
+/// `Ok` when `cond` holds, else a failure with the message `msg` makes.
+pub fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg().into())
+    }
+}
+
+/// Whether every packet the engine read was written or dropped with a reason.
+pub fn is_conserved(s: &Stats) -> bool {
+    s.rx_packets == s.tx_packets + s.dropped()
+}
+
+/// Fails unless every packet read was written or dropped with a reason.
+pub fn conserved(s: &Stats) -> Result<(), Failed> {
+    check(is_conserved(s), || format!("conservation broken: {s:?}"))
+}
+
+/// Panics unless every packet read was written or dropped with a reason (for `#[test]`s).
+pub fn assert_conserved(s: &Stats) {
+    assert_eq!(
+        s.rx_packets,
+        s.tx_packets + s.dropped(),
+        "every packet read is written or dropped with a reason: {s:?}"
+    );
+}
+
+/// Waits until `cond` holds, up to a generous deadline (30 s); returns whether it did. The
+/// deadline turns a hang into a failure; it is not a timing assertion.
+pub fn eventually(cond: impl FnMut() -> bool) -> bool {
+    eventually_within(Duration::from_secs(30), cond)
+}
+
+/// Polls `cond` every millisecond until it holds or `limit` passes; returns whether it held.
+pub fn eventually_within(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cond()
+}
