@@ -11,55 +11,21 @@
 //! the default config reserves. Results: `target/bench-results/engine.json`.
 //!
 //! Arguments: `quick` shortens every cell (a smoke run); names of sections (`throughput`,
-//! `stop`, `memory`) run only those.
+//! `stop`, `memory`) run only those; `--list` lists them.
 
-#[path = "common.rs"]
-mod common;
-
-use common::{print_table, thousands, thread_cpu, write_json};
 use serde_json::{json, Value};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tunpipe::device::{PeerReceiver, PeerSender};
 use tunpipe::{BuiltinStage, Config, Device, Engine, MemoryDevice};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// Set on the bench's control thread, whose bookkeeping is not part of the hot path.
-    static IGNORED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    if !IGNORED.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; it only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use tunpipe_testkit::alloc::{allocations, ignore_this_thread, Counting};
+use tunpipe_testkit::packets::udp4_packet;
+use tunpipe_testkit::proc::{name_current_thread, peak_rss_kib, thread_cpu, ThreadCpu};
+use tunpipe_testkit::report::{
+    histogram, machine, percentiles_us, print_table, say, thousands, write_results, BenchArgs,
+};
+use tunpipe_testkit::spin::SpinRx;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -72,20 +38,19 @@ struct Timing {
     cycles: usize,
 }
 
+const SECTIONS: [&str; 3] = ["throughput", "stop", "memory"];
+
 fn main() {
-    IGNORED.with(|i| i.set(true));
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let quick = args.iter().any(|a| a == "quick");
-    let sections: Vec<&str> = args
-        .iter()
-        .map(String::as_str)
-        .filter(|a| *a != "quick")
-        .collect();
-    let run = |s: &str| sections.is_empty() || sections.contains(&s);
-    let timing = if quick {
+    // The control thread's bookkeeping is not part of the hot path.
+    ignore_this_thread();
+    let args = BenchArgs::from_env();
+    if args.list {
+        for name in SECTIONS {
+            println!("{name}: bench");
+        }
+        return;
+    }
+    let timing = if args.quick {
         Timing {
             warmup: Duration::from_millis(50),
             measure: Duration::from_millis(200),
@@ -100,30 +65,36 @@ fn main() {
     };
     let started = Instant::now();
     let mut out = serde_json::Map::new();
-    out.insert("machine".into(), common::machine());
-    if run("throughput") {
+    out.insert("machine".into(), machine());
+    if args.runs("throughput") {
         out.insert("throughput".into(), throughput(&timing));
     }
-    if run("stop") {
+    if args.runs("stop") {
         out.insert("stop_under_load".into(), stop_under_load(&timing));
     }
-    if run("memory") || sections.is_empty() {
+    if args.runs("memory") {
         out.insert("memory".into(), memory());
     }
     out.insert(
         "bench_seconds".into(),
         json!(started.elapsed().as_secs_f64()),
     );
-    let name = if quick { "engine-quick" } else { "engine" };
-    write_json(name, &Value::Object(out));
-    common::write_report(name);
+    write_results(&args.results_name("engine"), &Value::Object(out));
     println!("engine bench took {:.1} s", started.elapsed().as_secs_f64());
 }
 
 /// Packets of `size` bytes (IPv4 + UDP + payload) on four flows, so two workers both get work.
 fn packets(size: usize) -> Vec<Vec<u8>> {
     (0..4)
-        .map(|i| common::udp4([10, 0, 0, 1], [10, 0, 0, 2], 1000 + i, 7, size - 28))
+        .map(|i| {
+            udp4_packet(
+                [10, 0, 0, 1],
+                [10, 0, 0, 2],
+                1000 + i,
+                7,
+                &vec![0; size - 28],
+            )
+        })
         .collect()
 }
 
@@ -136,7 +107,7 @@ fn drive(
     received: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) -> (PeerSender, PeerReceiver) {
-    common::name_current_thread("bench-driver");
+    name_current_thread("bench-driver");
     let (mut sent, mut got) = (0u64, 0u64);
     let mut idle = 0u32;
     while !stop.load(Ordering::Relaxed) {
@@ -166,7 +137,7 @@ fn drive(
 /// Engine threads by role (thread names are cut to 15 bytes by the kernel).
 const ACTORS: [&str; 3] = ["tunpipe-reader", "tunpipe-worker", "tunpipe-writer"];
 
-fn per_actor() -> Vec<common::ThreadCpu> {
+fn per_actor() -> Vec<ThreadCpu> {
     ACTORS.iter().map(|a| thread_cpu(&[a])).collect()
 }
 
@@ -195,10 +166,7 @@ fn throughput(t: &Timing) -> Value {
             .stage(BuiltinStage::Passthrough);
         let engine = if reader_spin {
             let (dev_rx, dev_tx) = dev.open().expect("open");
-            builder.start_halves(
-                common::SpinRx::new(dev_rx, Duration::from_micros(50)),
-                dev_tx,
-            )
+            builder.start_halves(SpinRx::new(dev_rx, Duration::from_micros(50)), dev_tx)
         } else {
             builder.start(&dev)
         }
@@ -212,14 +180,14 @@ fn throughput(t: &Timing) -> Value {
         std::thread::sleep(t.warmup);
         let (r0, a0, c0, i0) = (
             received.load(Ordering::Relaxed),
-            ALLOCATIONS.load(Ordering::SeqCst),
+            allocations(),
             per_actor(),
             Instant::now(),
         );
         std::thread::sleep(t.measure);
         let (r1, a1, c1, i1) = (
             received.load(Ordering::Relaxed),
-            ALLOCATIONS.load(Ordering::SeqCst),
+            allocations(),
             per_actor(),
             Instant::now(),
         );
@@ -232,20 +200,14 @@ fn throughput(t: &Timing) -> Value {
         let secs = (i1 - i0).as_secs_f64();
         let pps = packets as f64 / secs;
         let allocs = a1 - a0;
-        let actors: Vec<(&str, common::ThreadCpu)> = ACTORS
+        let actors: Vec<(&str, ThreadCpu)> = ACTORS
             .iter()
             .zip(c1.iter().zip(&c0))
             .map(|(name, (b, a))| (*name, b.since(a)))
             .collect();
         let cpu = actors
             .iter()
-            .fold(common::ThreadCpu::default(), |mut t, (_, c)| {
-                t.threads += c.threads;
-                t.cpu_ns += c.cpu_ns;
-                t.voluntary += c.voluntary;
-                t.involuntary += c.involuntary;
-                t
-            });
+            .fold(ThreadCpu::default(), |total, (_, c)| total.plus(c));
         let by_actor: serde_json::Map<String, Value> = actors
             .iter()
             .map(|(name, c)| {
@@ -326,7 +288,7 @@ fn throughput(t: &Timing) -> Value {
         ],
         &rows,
     );
-    common::say(
+    say(
         "\n\\* reader spin: an experiment, not the engine as shipped. The device's receive half is \
          wrapped so that it spins up to 50 µs (trying recv) before it waits, which the engine's \
          reader does not do.",
@@ -348,7 +310,7 @@ fn stop_under_load(t: &Timing) -> Value {
             let (stop, received) = (stop.clone(), received.clone());
             std::thread::spawn(move || open_loop(tx, rx, packets(64), received, stop))
         };
-        let mut h = common::histogram();
+        let mut h = histogram();
         let mut config = Config::default();
         config.workers = workers;
         let mut in_flight_at_stop = 0u64;
@@ -370,7 +332,7 @@ fn stop_under_load(t: &Timing) -> Value {
         }
         stop.store(true, Ordering::Relaxed);
         let _ = driver.join();
-        let pct = common::percentiles_us(&h);
+        let pct = percentiles_us(&h);
         rows.push(vec![
             workers.to_string(),
             h.len().to_string(),
@@ -411,7 +373,7 @@ fn open_loop(
     received: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) {
-    common::name_current_thread("bench-driver");
+    name_current_thread("bench-driver");
     let (mut sent, mut got) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
         let mut progress = false;
@@ -463,8 +425,8 @@ fn memory() -> Value {
         ],
         &rows,
     );
-    let hwm = common::peak_rss_kib();
-    common::say(&format!(
+    let hwm = peak_rss_kib();
+    say(&format!(
         "\npeak RSS of this bench process (VmHWM): {hwm} KiB"
     ));
     json!({"reserved": cells, "bench_process_peak_rss_kib": hwm})

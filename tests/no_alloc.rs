@@ -4,37 +4,10 @@
 //! The counter is process-wide, so the test driver itself must not allocate either: packets
 //! are built before counting starts and the in-memory peer recycles fixed slots.
 
-mod common;
-
-use common::udp4;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tunpipe::{BuiltinStage, Config, Engine, MemoryDevice};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; it only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use tunpipe_testkit::alloc::{allocations, Counting};
+use tunpipe_testkit::packets::udp4;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -85,7 +58,7 @@ fn the_hot_path_allocates_nothing_per_packet() {
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(run_closed_loop(&mut tx, &mut rx, &packets[0], 10), 10);
 
-        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        let before = allocations();
         let mut moved = 0;
         for round in 0..20 {
             moved += run_closed_loop(&mut tx, &mut rx, &packets[round % 4], 5_000);
@@ -94,7 +67,7 @@ fn the_hot_path_allocates_nothing_per_packet() {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        let after = ALLOCATIONS.load(Ordering::SeqCst);
+        let after = allocations();
         assert_eq!(moved, 100_000);
         assert_eq!(
             after - before,

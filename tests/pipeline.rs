@@ -1,33 +1,21 @@
 //! The whole pipeline on the in-memory device: ordering, back-pressure, conservation,
 //! stopping, restarting, and fault handling.
 
-mod common;
-
-use common::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tunpipe::device::{FaultPlan, FaultyDevice};
 use tunpipe::{
-    BuiltinStage, Config, Engine, EngineError, MemoryDevice, PacketBuf, StageFactory, Stats,
-    Verdict,
+    BuiltinStage, Config, Engine, EngineError, MemoryDevice, PacketBuf, StageFactory, Verdict,
 };
-
-fn config(workers: usize) -> Config {
-    configured(|c| c.workers = workers)
-}
+use tunpipe_testkit::check::{assert_conserved, eventually};
+use tunpipe_testkit::config;
+use tunpipe_testkit::memory::{recv_n, send};
+use tunpipe_testkit::packets::{udp4, udp4_seq};
 
 fn configured(set: impl FnOnce(&mut Config)) -> Config {
     let mut config = Config::default();
     set(&mut config);
     config
-}
-
-fn assert_conserved(stats: &Stats) {
-    assert_eq!(
-        stats.rx_packets,
-        stats.tx_packets + stats.dropped(),
-        "every packet read is written or dropped with a reason: {stats:?}"
-    );
 }
 
 #[test]

@@ -1,167 +1,66 @@
-// Real-TUN tests: the kernel's own `ping`, `ping -6` and UDP sockets as clients of the engine.
-//
-// Each test runs in a fresh network namespace (`unshare(CLONE_NEWNET)` on its own thread;
-// the engine's threads and the `ping` children inherit it), so nothing collides or leaks.
-// When the process cannot create a namespace and a TUN device (not root), every test is
-// reported as ignored, never as passed. Tests run one at a time, so that the idle test sees
-// only its own engine's threads.
+//! The kernel's own `ping`, `ping -6` and UDP sockets as clients of the engine; adopted and
+//! rejected fds; a deleted interface; a bridge of two TUNs between two namespaces.
+//!
+//! Each test runs in a fresh network namespace with IPv6 on (duplicate address detection
+//! off, so that addresses are usable at once): see main.rs.
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use std::io;
 use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
-use tunpipe::{BuiltinStage, Config, Engine, EngineError, TunDevice};
+use tunpipe::{BuiltinStage, Engine, EngineError, TunDevice};
+use tunpipe_testkit::check::{check, conserved};
+use tunpipe_testkit::netns::{iperf3_across, iperf3_installed, tun_in_other_netns};
+use tunpipe_testkit::ping::ping;
+use tunpipe_testkit::proc::{fd_flags, tasks_named};
+use tunpipe_testkit::trials::Test;
+use tunpipe_testkit::{bridge, config};
 
 const V4_LOCAL: &str = "10.50.0.1";
 const V4_PEER: &str = "10.50.0.2";
 const V6_LOCAL: &str = "fd00:50::1";
 const V6_PEER: &str = "fd00:50::2";
 
-/// A real-TUN test: runs inside its own network namespace.
-type Test = fn() -> Result<(), Failed>;
-
-pub fn main() {
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
-    let reason = privilege_problem();
-    let tests: Vec<(&str, Test)> = vec![
-        (
-            "kernel_ping_v4_and_v6_answered_through_reflect",
-            ping_v4_and_v6,
-        ),
-        ("udp_reflected_with_correct_checksums", udp_reflected),
-        (
-            "every_worker_count_answers_ping",
-            every_worker_count_answers_ping,
-        ),
-        (
-            "stop_while_blocked_in_recv_returns",
-            stop_while_blocked_in_recv,
-        ),
-        (
-            "idle_engine_threads_sleep_and_use_no_cpu",
-            idle_engine_uses_no_cpu,
-        ),
-        (
-            "adopted_fd_left_open_and_reusable_after_stop",
-            adopted_fd_reusable,
-        ),
-        ("non_tun_fds_are_rejected", non_tun_fds_rejected),
-        (
-            "deleting_the_interface_stops_the_engine_with_an_error",
-            interface_deleted,
-        ),
-        (
-            "bridge_of_two_tuns_carries_ping_between_namespaces",
-            bridge_between_namespaces,
-        ),
-    ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let trial = Trial::test(name, move || in_fresh_netns(test));
-            match &reason {
-                Some(why) => trial.with_ignored_flag(true).with_kind(why.clone()),
-                None => trial,
-            }
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
-}
-
-/// Why real-TUN tests cannot run here, or None when they can: tried in a throwaway thread.
-fn privilege_problem() -> Option<String> {
-    std::thread::spawn(|| {
-        if let Err(e) = unshare_net() {
-            return Some(format!("needs root (unshare: {e})"));
-        }
-        match tun_rs::DeviceBuilder::new().name("tpprobe").build_sync() {
-            Ok(_) => None,
-            Err(e) => Some(format!("cannot create a TUN ({e})")),
-        }
-    })
-    .join()
-    .unwrap_or_else(|_| Some("probe panicked".into()))
-}
-
-fn unshare_net() -> io::Result<()> {
-    // SAFETY: unshare takes flags only; it moves the calling thread into a new namespace.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Runs `test` on a thread of its own inside a new network namespace with DAD off, so that
-/// IPv6 addresses are usable at once.
-fn in_fresh_netns(test: Test) -> Result<(), Failed> {
-    std::thread::spawn(move || {
-        unshare_net().map_err(|e| format!("unshare: {e}"))?;
-        for conf in ["default", "all"] {
-            let path = format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad");
-            std::fs::write(&path, "0").map_err(|e| format!("{path}: {e}"))?;
-        }
-        test()
-    })
-    .join()
-    .unwrap_or_else(|panic| {
-        let msg = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        Err(format!("test panicked: {msg}").into())
-    })
-}
+pub const TESTS: [(&str, Test); 9] = [
+    (
+        "kernel_ping_v4_and_v6_answered_through_reflect",
+        ping_v4_and_v6,
+    ),
+    ("udp_reflected_with_correct_checksums", udp_reflected),
+    (
+        "every_worker_count_answers_ping",
+        every_worker_count_answers_ping,
+    ),
+    (
+        "stop_while_blocked_in_recv_returns",
+        stop_while_blocked_in_recv,
+    ),
+    (
+        "idle_engine_threads_sleep_and_use_no_cpu",
+        idle_engine_uses_no_cpu,
+    ),
+    (
+        "adopted_fd_left_open_and_reusable_after_stop",
+        adopted_fd_reusable,
+    ),
+    ("non_tun_fds_are_rejected", non_tun_fds_rejected),
+    (
+        "deleting_the_interface_stops_the_engine_with_an_error",
+        interface_deleted,
+    ),
+    (
+        "bridge_of_two_tuns_carries_ping_between_namespaces",
+        bridge_between_namespaces,
+    ),
+];
 
 fn tun(name: &str) -> Result<tun_rs::SyncDevice, Failed> {
-    tun_rs::DeviceBuilder::new()
-        .name(name)
-        .ipv4(V4_LOCAL, 24, None)
-        .ipv6(V6_LOCAL, 64)
-        .mtu(1500)
-        .build_sync()
-        .map_err(|e| format!("create TUN {name}: {e}").into())
-}
-
-fn config(workers: usize) -> Config {
-    let mut c = Config::default();
-    c.workers = workers;
-    c
-}
-
-/// Runs the kernel's ping and returns (transmitted, received).
-fn ping(args: &[&str]) -> Result<(u32, u32), Failed> {
-    let out = Command::new("ping")
-        .args(args)
-        .output()
-        .map_err(|e| format!("run ping: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .ok_or_else(|| format!("no ping summary in: {text}"))?;
-    let numbers: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    Ok((numbers[0], numbers[1]))
-}
-
-fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(msg().into())
-    }
+    Ok(tunpipe_testkit::tun::tun_v6(name, V4_LOCAL, V6_LOCAL)?)
 }
 
 fn assert_conserved(engine: &Engine) -> Result<(), Failed> {
-    let s = engine.stats();
-    check(s.rx_packets == s.tx_packets + s.dropped(), || {
-        format!("conservation broken: {s:?}")
-    })
+    conserved(&engine.stats())
 }
 
 fn ping_v4_and_v6() -> Result<(), Failed> {
@@ -244,31 +143,6 @@ fn stop_while_blocked_in_recv() -> Result<(), Failed> {
     Ok(())
 }
 
-/// (state, utime + stime in clock ticks) of every thread of this process named tunpipe-*.
-fn engine_threads() -> Vec<(String, char, u64)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = &stat[open + 1..close];
-        if !name.starts_with("tunpipe-") {
-            continue;
-        }
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let state = fields[0].chars().next().unwrap_or('?');
-        let cpu = fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
-        out.push((name.to_string(), state, cpu));
-    }
-    out.sort();
-    out
-}
-
 fn idle_engine_uses_no_cpu() -> Result<(), Failed> {
     let device = TunDevice::new(tun("tpt4")?);
     let engine = Engine::builder().config(config(2)).start(&device)?;
@@ -276,14 +150,16 @@ fn idle_engine_uses_no_cpu() -> Result<(), Failed> {
     check(got == 5, || "ping failed".into())?;
     // Past the spin window every actor parks (the reader waits in poll()).
     std::thread::sleep(Duration::from_millis(200));
-    let before = engine_threads();
+    let before = tasks_named("tunpipe-");
     std::thread::sleep(Duration::from_millis(500));
-    let after = engine_threads();
+    let after = tasks_named("tunpipe-");
     check(before.len() == 4, || {
         format!("expected 4 engine threads: {before:?}")
     })?;
-    for ((name, state, cpu0), (_, _, cpu1)) in before.iter().zip(&after) {
-        check(*state == 'S', || format!("{name} is not sleeping: {state}"))?;
+    for (t0, t1) in before.iter().zip(&after) {
+        let (name, state) = (&t0.name, t0.state);
+        let (cpu0, cpu1) = (t0.cpu_ticks, t1.cpu_ticks);
+        check(state == 'S', || format!("{name} is not sleeping: {state}"))?;
         check(cpu1 == cpu0, || {
             format!("{name} used CPU while idle: {cpu0} -> {cpu1} ticks")
         })?;
@@ -295,11 +171,6 @@ fn idle_engine_uses_no_cpu() -> Result<(), Failed> {
     })?;
     engine.stop()?;
     Ok(())
-}
-
-fn fd_flags(fd: i32) -> i32 {
-    // SAFETY: F_GETFL takes no pointer; a closed fd gives -1.
-    unsafe { libc::fcntl(fd, libc::F_GETFL) }
 }
 
 fn adopted_fd_reusable() -> Result<(), Failed> {
@@ -373,102 +244,19 @@ fn interface_deleted() -> Result<(), Failed> {
     }
 }
 
-/// Creates a TUN in a second, fresh namespace (on a thread of its own) and returns it with a
-/// handle that runs commands in that namespace. The fd works from any namespace: that is
-/// what lets a bridge of two engines join the two.
-fn tun_in_other_netns(
-    name: &'static str,
-    addr: &'static str,
-) -> Result<(tun_rs::SyncDevice, NetnsRunner), Failed> {
-    let (dev_tx, dev_rx) = std::sync::mpsc::channel();
-    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<(
-        Vec<String>,
-        std::sync::mpsc::Sender<io::Result<std::process::Child>>,
-    )>();
-    std::thread::spawn(move || {
-        let made = unshare_net()
-            .map_err(|e| format!("unshare: {e}"))
-            .and_then(|()| {
-                tun_rs::DeviceBuilder::new()
-                    .name(name)
-                    .ipv4(addr, 24, None)
-                    .build_sync()
-                    .map_err(|e| format!("{name}: {e}"))
-            });
-        let _ = dev_tx.send(made);
-        // Serve command spawns until the runner is dropped.
-        for (argv, reply) in cmd_rx {
-            let child = Command::new(&argv[0])
-                .args(&argv[1..])
-                .stdout(std::process::Stdio::null())
-                .spawn();
-            let _ = reply.send(child);
-        }
-    });
-    let dev = dev_rx.recv().map_err(|e| format!("netns thread: {e}"))??;
-    Ok((dev, NetnsRunner(cmd_tx)))
-}
-
-/// Spawns processes inside the other namespace.
-struct NetnsRunner(
-    std::sync::mpsc::Sender<(
-        Vec<String>,
-        std::sync::mpsc::Sender<io::Result<std::process::Child>>,
-    )>,
-);
-
-impl NetnsRunner {
-    fn spawn(&self, argv: &[&str]) -> Result<std::process::Child, Failed> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.0
-            .send((argv.iter().map(|s| s.to_string()).collect(), tx))
-            .map_err(|e| format!("netns runner: {e}"))?;
-        Ok(rx.recv().map_err(|e| format!("netns runner: {e}"))??)
-    }
-}
-
 /// Two engines join two network namespaces: one reads TUN A and writes TUN B, the other the
 /// reverse. The kernel's ping and real TCP (iperf3, when installed) cross the bridge.
 fn bridge_between_namespaces() -> Result<(), Failed> {
-    use tunpipe::Device;
-    let a = tun_rs::DeviceBuilder::new()
-        .name("tpa")
-        .ipv4("10.60.0.1", 24, None)
-        .build_sync()
-        .map_err(|e| format!("tpa: {e}"))?;
+    let a = tunpipe_testkit::tun::tun("tpa", "10.60.0.1")?;
     let (b, other_ns) = tun_in_other_netns("tpb", "10.60.0.2")?;
-    let (a, b) = (TunDevice::new(a), TunDevice::new(b));
-    let (a_rx, a_tx) = a.open()?;
-    let (b_rx, b_tx) = b.open()?;
-    let a_to_b = Engine::builder()
-        .config(config(1))
-        .stage(BuiltinStage::Passthrough)
-        .start_halves(a_rx, b_tx)?;
-    let b_to_a = Engine::builder()
-        .config(config(1))
-        .stage(BuiltinStage::Passthrough)
-        .start_halves(b_rx, a_tx)?;
+    let (a_to_b, b_to_a) = bridge(&TunDevice::new(a), &TunDevice::new(b), &config(1))?;
     let (sent, got) = ping(&["-c", "20", "-i", "0.005", "-W", "2", "10.60.0.2"])?;
     check(sent == 20 && got == 20, || {
         format!("ping across the bridge: {got}/{sent}")
     })?;
 
-    if Command::new("iperf3").arg("--version").output().is_ok() {
-        let mut server = other_ns.spawn(&["iperf3", "-s", "-1", "-B", "10.60.0.2"])?;
-        let mut client = None;
-        for _ in 0..50 {
-            std::thread::sleep(Duration::from_millis(100));
-            let out = Command::new("iperf3")
-                .args(["-c", "10.60.0.2", "-t", "2", "-J"])
-                .output()?;
-            if out.status.success() {
-                client = Some(String::from_utf8_lossy(&out.stdout).into_owned());
-                break;
-            }
-        }
-        let _ = server.kill();
-        let _ = server.wait();
-        let report = client.ok_or("iperf3 never connected across the bridge")?;
+    if iperf3_installed() {
+        let report = iperf3_across(&other_ns, "10.60.0.2", 2)?;
         let sent_bytes = report
             .split("\"sum_sent\"")
             .nth(1)

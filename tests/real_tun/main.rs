@@ -1,11 +1,33 @@
-//! Real-TUN tests: the kernel's own `ping`, `ping -6` and UDP sockets as clients of the
-//! engine, each in a fresh network namespace (Linux; see linux.rs). Elsewhere this binary
-//! runs nothing.
+//! Real-TUN tests, as root (Linux): each runs in a fresh network namespace of its own, so
+//! nothing collides or leaks. When the process cannot make a namespace and a TUN in it (not
+//! root), every test is reported as ignored, with the reason, never as passed. Tests run one
+//! at a time, so that the idle test and the resource counts see only their own engines.
+//!
+//! - kernel.rs: the kernel's own `ping`, `ping -6` and UDP sockets as clients of the engine,
+//!   adopted and rejected fds, a deleted interface, a bridge between two namespaces;
+//! - soak.rs: the real-TUN soak (start/stop cycles, sustained UDP, the host closing its fd).
+//!
+//! Elsewhere than on Linux this binary runs nothing.
 
 #[cfg(target_os = "linux")]
-mod linux;
+mod kernel;
+#[cfg(target_os = "linux")]
+mod soak;
 
 fn main() {
     #[cfg(target_os = "linux")]
-    linux::main();
+    {
+        use tunpipe_testkit::netns::{in_fresh_netns, Ipv6};
+        use tunpipe_testkit::trials::{root_trials, run_one_at_a_time};
+        let problem = tunpipe_testkit::tun::privilege_problem();
+        // The kernel's clients want IPv6 (addresses usable at once); the soak compares
+        // counts exactly, so its namespaces have IPv6 off.
+        let mut trials = root_trials(&kernel::TESTS, &problem, |test| {
+            in_fresh_netns(Ipv6::NoDad, test)
+        });
+        trials.extend(root_trials(&soak::TESTS, &problem, |test| {
+            in_fresh_netns(Ipv6::Off, test)
+        }));
+        run_one_at_a_time(trials)
+    }
 }
