@@ -2,6 +2,10 @@
 //! codes, the last-error text and the log callback. Nothing here needs root: real-TUN runs
 //! of the ABI are in the C host test (`ffi/tests/host_test.c`, run by `.ci/ffi.sh`).
 
+#[path = "misuse/c_api.rs"]
+mod c_api;
+
+use c_api::default_config;
 use std::ffi::{c_char, c_void, CStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::{null, null_mut};
@@ -22,17 +26,6 @@ fn last_error() -> String {
         .into_owned()
 }
 
-fn default_config() -> TunpipeConfig {
-    let mut c = std::mem::MaybeUninit::<TunpipeConfig>::uninit();
-    // SAFETY: the pointer is valid for a write of one TunpipeConfig.
-    assert_eq!(
-        unsafe { tunpipe_config_default(c.as_mut_ptr()) },
-        TUNPIPE_OK
-    );
-    // SAFETY: tunpipe_config_default initialized all of it.
-    unsafe { c.assume_init() }
-}
-
 #[test]
 fn abi_version_matches_the_header_constant() {
     assert_eq!(tunpipe_abi_version(), TUNPIPE_ABI_VERSION);
@@ -47,8 +40,8 @@ fn defaults_are_valid_and_sized() {
     // SAFETY: `c` is a valid config.
     assert_eq!(unsafe { tunpipe_config_validate(&c) }, TUNPIPE_OK);
     let mut bytes = 0u64;
-    // SAFETY: both pointers are valid.
     assert_eq!(
+        // SAFETY: both pointers are valid.
         unsafe { tunpipe_config_reserved_bytes(&c, &mut bytes) },
         TUNPIPE_OK
     );
@@ -232,8 +225,8 @@ fn a_fd_that_is_not_a_tun_is_refused_and_left_open() {
         assert!(message.contains("not a TUN"), "{message}");
         let c = default_config();
         let mut out: *mut TunpipeEngine = null_mut();
-        // SAFETY: valid pointers.
         assert_eq!(
+            // SAFETY: valid pointers.
             unsafe { tunpipe_engine_start(&c, fd, &mut out) },
             TUNPIPE_ERR_BAD_FD
         );
@@ -259,8 +252,8 @@ fn finding_the_utun_fd_is_apple_only() {
     assert!(last_error().contains("Apple"));
     let mut out: *mut TunpipeEngine = null_mut();
     let c = default_config();
-    // SAFETY: valid pointers.
     assert_eq!(
+        // SAFETY: valid pointers.
         unsafe { tunpipe_engine_start(&c, -1, &mut out) },
         TUNPIPE_ERR_UNSUPPORTED
     );
@@ -270,8 +263,8 @@ fn finding_the_utun_fd_is_apple_only() {
 #[test]
 fn available_memory_is_ios_only() {
     let mut bytes = 42u64;
-    // SAFETY: valid pointer.
     assert_eq!(
+        // SAFETY: valid pointer.
         unsafe { tunpipe_available_memory(&mut bytes) },
         TUNPIPE_ERR_UNSUPPORTED
     );
@@ -285,8 +278,8 @@ fn global_queries_before_any_start_tun_say_not_running() {
         size: std::mem::size_of::<TunpipeStats>() as u32,
         ..Default::default()
     };
-    // SAFETY: valid pointer.
     assert_eq!(
+        // SAFETY: valid pointer.
         unsafe { tunpipe_stats(&mut stats) },
         TUNPIPE_ERR_NOT_RUNNING
     );
@@ -299,16 +292,16 @@ fn global_queries_before_any_start_tun_say_not_running() {
 
 #[test]
 fn last_error_truncates_like_snprintf() {
-    // SAFETY: NULL is what is tested; it is refused.
     assert_eq!(
+        // SAFETY: NULL is what is tested; it is refused.
         unsafe { tunpipe_engine_stop(null()) },
         TUNPIPE_ERR_NULL_POINTER
     );
     let full = last_error();
     assert!(!full.is_empty());
     // A length query: no buffer, the full length back.
-    // SAFETY: `len == 0` never touches `buf`.
     assert_eq!(
+        // SAFETY: `len == 0` never touches `buf`.
         unsafe { tunpipe_last_error(null_mut(), 0) },
         full.len() as i32
     );
@@ -363,8 +356,8 @@ fn logs_and_panic_messages_reach_the_callback() {
     assert_eq!(code, TUNPIPE_OK);
 
     // A rejected call is a warning line naming the function.
-    // SAFETY: NULL is what is tested; it is refused.
     assert_eq!(
+        // SAFETY: NULL is what is tested; it is refused.
         unsafe { tunpipe_engine_wait(null()) },
         TUNPIPE_ERR_NULL_POINTER
     );
@@ -374,8 +367,8 @@ fn logs_and_panic_messages_reach_the_callback() {
     // Below the maximum level: not delivered.
     log::info!("ffi-test-info-marker");
 
-    // SAFETY: NULL turns logging off; after it returns the callback runs nowhere.
     assert_eq!(
+        // SAFETY: NULL turns logging off; after it returns the callback runs nowhere.
         unsafe { tunpipe_set_log_callback(None, TUNPIPE_LOG_TRACE, null_mut()) },
         TUNPIPE_OK
     );

@@ -6,10 +6,11 @@
 //!
 //! The TUN tests run each in a fresh network namespace and are reported as ignored, never as
 //! passed, when the process cannot make one (not root). Null pointers, invalid configs and
-//! bad fds are covered without root in `tests/ffi_abi.rs`; the C host test covers start
+//! bad fds are covered without root in `tests/abi.rs`; the C host test covers start
 //! twice, stop twice, free while idle and restart.
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use crate::c_api::default_config;
+use libtest_mimic::Failed;
 use std::ffi::c_void;
 use std::io;
 use std::net::UdpSocket;
@@ -19,24 +20,27 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 use tunpipe_ffi::*;
+use tunpipe_testkit::check::check;
+use tunpipe_testkit::load::flood;
+use tunpipe_testkit::netns::{enter_fresh_netns, Ipv6};
+use tunpipe_testkit::proc::{fd_flags, resources, threads_and_fds_back};
+use tunpipe_testkit::thread::on_thread;
+use tunpipe_testkit::trials::{plain_trials, root_trials, run_one_at_a_time, Test};
+use tunpipe_testkit::tun::tun;
 
 const V4_LOCAL: &str = "10.52.0.1";
 const V4_PEER: &str = "10.52.0.2";
-
-type Test = fn() -> Result<(), Failed>;
 
 pub fn main() {
     if std::env::var("TUNPIPE_MISUSE_CHILD").as_deref() == Ok("alloc") {
         alloc_child();
     }
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
-    let root_problem = privilege_problem();
-    let plain: Vec<(&str, Test)> = vec![(
+    let problem = tunpipe_testkit::tun::privilege_problem();
+    let plain: [(&str, Test); 1] = [(
         "a_valid_config_too_large_to_allocate_is_an_error_not_an_abort",
         too_large_to_allocate,
     )];
-    let root: Vec<(&str, Test)> = vec![
+    let root: [(&str, Test); 7] = [
         (
             "engine_stop_from_many_threads_at_once",
             handle_stop_many_threads,
@@ -51,122 +55,25 @@ pub fn main() {
             two_engines_one_fd,
         ),
     ];
-    let mut trials: Vec<Trial> = plain
-        .into_iter()
-        .map(|(name, test)| Trial::test(name, test))
-        .collect();
-    trials.extend(root.into_iter().map(|(name, test)| {
-        let trial = Trial::test(name, move || in_fresh_netns(test));
-        match &root_problem {
-            Some(why) => trial.with_ignored_flag(true).with_kind(why.clone()),
-            None => trial,
-        }
-    }));
-    libtest_mimic::run(&args, trials).exit();
+    let mut trials = plain_trials(&plain);
+    trials.extend(root_trials(&root, &problem, in_fresh_netns));
+    run_one_at_a_time(trials)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(msg().into())
-    }
-}
-
-fn privilege_problem() -> Option<String> {
-    std::thread::spawn(|| {
-        if let Err(e) = unshare_net() {
-            return Some(format!("needs root (unshare: {e})"));
-        }
-        match tun_rs::DeviceBuilder::new().name("tpmprobe").build_sync() {
-            Ok(_) => None,
-            Err(e) => Some(format!("cannot create a TUN ({e})")),
-        }
-    })
-    .join()
-    .unwrap_or_else(|_| Some("probe panicked".into()))
-}
-
-fn unshare_net() -> io::Result<()> {
-    // SAFETY: unshare takes flags only; it moves the calling thread into a new namespace.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Runs `test` in a fresh network namespace (IPv6 off, so only the test's own packets cross
 /// the TUN), under a watchdog: a deadlock fails the test instead of hanging the run.
 fn in_fresh_netns(test: Test) -> Result<(), Failed> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let result = (|| {
-            unshare_net().map_err(|e| format!("unshare: {e}"))?;
-            for conf in ["default", "all"] {
-                let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
-                std::fs::write(&path, "1").map_err(|e| format!("{path}: {e}"))?;
-            }
-            test()
-        })();
-        let _ = tx.send(result);
-    });
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(result) => result,
-        Err(mpsc::RecvTimeoutError::Timeout) => Err("hung for 120 s (deadlock?)".into()),
-        Err(mpsc::RecvTimeoutError::Disconnected) => Err("test panicked".into()),
-    }
+    on_thread("misuse", Some(Duration::from_secs(120)), move || {
+        enter_fresh_netns(Ipv6::Off)?;
+        test()
+    })
 }
 
 /// The host's TUN: created with tun-rs (addressed and up); the test hands its fd over.
-fn tun(name: &str) -> Result<tun_rs::SyncDevice, Failed> {
-    tun_rs::DeviceBuilder::new()
-        .name(name)
-        .ipv4(V4_LOCAL, 24, None)
-        .mtu(1500)
-        .build_sync()
-        .map_err(|e| format!("create TUN {name}: {e}").into())
-}
-
-fn fd_flags(fd: RawFd) -> i32 {
-    // SAFETY: F_GETFL takes no pointer; a closed fd gives -1.
-    unsafe { libc::fcntl(fd, libc::F_GETFL) }
-}
-
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
-}
-
-/// Waits (generously) for the process's thread count to fall back to `n`.
-fn threads_settle_to(n: usize) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if threads() <= n {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    false
-}
-
-fn default_config() -> TunpipeConfig {
-    let mut c = std::mem::MaybeUninit::<TunpipeConfig>::uninit();
-    // SAFETY: the pointer is valid for a write of one TunpipeConfig.
-    assert_eq!(
-        unsafe { tunpipe_config_default(c.as_mut_ptr()) },
-        TUNPIPE_OK
-    );
-    // SAFETY: tunpipe_config_default initialized all of it.
-    unsafe { c.assume_init() }
-}
-
 fn empty_stats() -> TunpipeStats {
     // SAFETY: TunpipeStats is plain integers; all zeroes is valid.
     let mut s: TunpipeStats = unsafe { std::mem::zeroed() };
@@ -241,19 +148,9 @@ fn handle_stats(h: Handle) -> TunpipeStats {
 fn udp_load(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let socket = UdpSocket::bind((V4_LOCAL, 0)).expect("bind");
+        socket.connect((V4_PEER, 9)).expect("connect");
         socket.set_nonblocking(true).expect("nonblocking");
-        let mut sent = 0u64;
-        let mut buf = [0u8; 2048];
-        while !stop.load(Ordering::Relaxed) {
-            for _ in 0..16 {
-                if socket.send_to(&[7u8; 200], (V4_PEER, 9)).is_ok() {
-                    sent += 1;
-                }
-            }
-            while socket.recv_from(&mut buf).is_ok() {}
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        sent
+        flood(&socket, &stop, 16, &[7u8; 200], Duration::from_micros(200))
     })
 }
 
@@ -275,10 +172,10 @@ fn udp_round_trip() -> bool {
 /// Documented: every concurrent `tunpipe_engine_stop` returns `TUNPIPE_OK` once the engine
 /// is joined (one joins, the others wait for it); a stop after that is `TUNPIPE_OK` too.
 fn handle_stop_many_threads() -> Result<(), Failed> {
-    let host = tun("tpm0")?;
+    let host = tun("tpm0", V4_LOCAL)?;
     let fd = host.as_raw_fd();
     let flags = fd_flags(fd);
-    let (base_threads, base_fds) = (threads(), open_fds());
+    let base = resources();
     for round in 0..20u32 {
         let mut c = default_config();
         c.workers = round % 3;
@@ -306,14 +203,14 @@ fn handle_stop_many_threads() -> Result<(), Failed> {
         check(codes.iter().all(|&c| c == TUNPIPE_OK), || {
             format!("round {round}: stop codes {codes:?}")
         })?;
-        // SAFETY: a live handle.
         check(
+            // SAFETY: a live handle.
             unsafe { tunpipe_engine_stop(h.raw()) } == TUNPIPE_OK,
             || "a later stop".into(),
         )?;
         conserved(&handle_stats(h))?;
-        // SAFETY: a live handle no other thread uses any more.
         check(
+            // SAFETY: a live handle no other thread uses any more.
             unsafe { tunpipe_engine_free(h.raw()) } == TUNPIPE_OK,
             || "free".into(),
         )?;
@@ -321,12 +218,7 @@ fn handle_stop_many_threads() -> Result<(), Failed> {
             format!("round {round}: fd flags not restored")
         })?;
     }
-    check(threads_settle_to(base_threads), || {
-        format!("threads {base_threads} -> {}", threads())
-    })?;
-    check(open_fds() == base_fds, || {
-        format!("fds {base_fds} -> {}", open_fds())
-    })
+    threads_and_fds_back(base)
 }
 
 /// Runs `start_tun(fd)` on a thread of its own and returns its result through the handle.
@@ -348,7 +240,7 @@ fn wait_running(start: &std::thread::JoinHandle<i32>) -> Result<(), Failed> {
 /// joined, or `TUNPIPE_ERR_NOT_RUNNING` when they arrive after the slot is free again;
 /// `start_tun` returns `TUNPIPE_OK`.
 fn stop_tun_many_threads() -> Result<(), Failed> {
-    let host = tun("tpm1")?;
+    let host = tun("tpm1", V4_LOCAL)?;
     let fd = host.as_raw_fd();
     let flags = fd_flags(fd);
     let (mut ok, mut not_running) = (0, 0);
@@ -390,10 +282,10 @@ fn stop_tun_many_threads() -> Result<(), Failed> {
 /// it came before `start_tun` claimed the slot, returns `TUNPIPE_ERR_NOT_RUNNING` and the
 /// engine runs until the next `stop_tun`. Nothing hangs, nothing leaks.
 fn stop_racing_start() -> Result<(), Failed> {
-    let host = tun("tpm2")?;
+    let host = tun("tpm2", V4_LOCAL)?;
     let fd = host.as_raw_fd();
     let flags = fd_flags(fd);
-    let (base_threads, base_fds) = (threads(), open_fds());
+    let base = resources();
     let (mut first_ok, mut first_not_running, mut retries) = (0u32, 0u32, 0u32);
     for round in 0..300u64 {
         let start = spawn_start_tun(fd);
@@ -429,12 +321,7 @@ fn stop_racing_start() -> Result<(), Failed> {
         "300 stop/start races: first stop_tun OK {first_ok}, NOT_RUNNING {first_not_running}, \
          {retries} retried stops"
     );
-    check(threads_settle_to(base_threads), || {
-        format!("threads {base_threads} -> {}", threads())
-    })?;
-    check(open_fds() == base_fds, || {
-        format!("fds {base_fds} -> {}", open_fds())
-    })?;
+    threads_and_fds_back(base)?;
     check(udp_round_trip_refused(), || {
         "an engine still answers after every start_tun returned".into()
     })
@@ -455,7 +342,7 @@ fn udp_round_trip_refused() -> bool {
 /// answers `TUNPIPE_OK`, or `TUNPIPE_ERR_STOPPING` between the stop request and the end of
 /// the join, and `TUNPIPE_OK` with the final histograms after. Same for the global calls.
 fn stats_during_stop() -> Result<(), Failed> {
-    let host = tun("tpm3")?;
+    let host = tun("tpm3", V4_LOCAL)?;
     let fd = host.as_raw_fd();
     let mut total_stopping = 0u64;
     let mut slowest_stop = Duration::ZERO;
@@ -583,7 +470,7 @@ unsafe extern "C" fn stopping_callback(ctx: *mut c_void, _: u32, _: *mut Tunpipe
 /// `TUNPIPE_ERR_ENGINE_THREAD`; the stop is requested, so `tunpipe_engine_wait` (or the
 /// blocking `start_tun`) then returns `TUNPIPE_OK`.
 fn stop_from_callback() -> Result<(), Failed> {
-    let host = tun("tpm4")?;
+    let host = tun("tpm4", V4_LOCAL)?;
     let fd = host.as_raw_fd();
     for workers in [0u32, 2] {
         let ctx = Box::new(StopContext {
@@ -657,10 +544,10 @@ fn stop_from_callback() -> Result<(), Failed> {
 /// Documented: `tunpipe_engine_free` on a running engine stops it (joined, dup closed,
 /// flags restored) and frees the handle, also with traffic flowing.
 fn free_under_load() -> Result<(), Failed> {
-    let host = tun("tpm5")?;
+    let host = tun("tpm5", V4_LOCAL)?;
     let fd = host.as_raw_fd();
     let flags = fd_flags(fd);
-    let (base_threads, base_fds) = (threads(), open_fds());
+    let base = resources();
     let stop_load = Arc::new(AtomicBool::new(false));
     let load = udp_load(stop_load.clone());
     for round in 0..50u32 {
@@ -678,12 +565,7 @@ fn free_under_load() -> Result<(), Failed> {
     stop_load.store(true, Ordering::Relaxed);
     let sent = load.join().map_err(|_| "load panicked")?;
     check(sent > 0, || "no load was sent".into())?;
-    check(threads_settle_to(base_threads), || {
-        format!("threads {base_threads} -> {}", threads())
-    })?;
-    check(open_fds() == base_fds, || {
-        format!("fds {base_fds} -> {}", open_fds())
-    })
+    threads_and_fds_back(base)
 }
 
 /// Two handle engines on the same fd at once. Either outcome is acceptable, as long as it
@@ -692,7 +574,7 @@ fn free_under_load() -> Result<(), Failed> {
 /// order, with traffic flowing, and the host's original flags come back. (Each engine works
 /// on its own dup, but `O_NONBLOCK` lives on the open file description the dups share.)
 fn two_engines_one_fd() -> Result<(), Failed> {
-    let host = tun("tpm6")?;
+    let host = tun("tpm6", V4_LOCAL)?;
     let fd = host.as_raw_fd();
     let flags = fd_flags(fd);
     for (round, first_stopped) in [0usize, 1, 0, 1].into_iter().enumerate() {
@@ -703,8 +585,8 @@ fn two_engines_one_fd() -> Result<(), Failed> {
         let code = unsafe { tunpipe_engine_start(&c, fd, &mut out) };
         if matches!(code, TUNPIPE_ERR_ALREADY_RUNNING | TUNPIPE_ERR_DEVICE) {
             check(out.is_null(), || "a refused start leaves *out alone".into())?;
-            // SAFETY: a live handle no other thread uses.
             check(
+                // SAFETY: a live handle no other thread uses.
                 unsafe { tunpipe_engine_free(one.raw()) } == TUNPIPE_OK,
                 || "free".into(),
             )?;
@@ -721,8 +603,8 @@ fn two_engines_one_fd() -> Result<(), Failed> {
         let load = udp_load(stop_load.clone());
         std::thread::sleep(Duration::from_millis(20));
         let (first, second) = (engines[first_stopped], engines[1 - first_stopped]);
-        // SAFETY: live handles.
         check(
+            // SAFETY: live handles.
             unsafe { tunpipe_engine_stop(first.raw()) } == TUNPIPE_OK,
             || "stop the first".into(),
         )?;

@@ -2,6 +2,8 @@
 //! binary runs nothing.
 
 #[cfg(target_os = "linux")]
+mod c_api;
+#[cfg(target_os = "linux")]
 mod linux;
 
 fn main() {
