@@ -10,12 +10,20 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use tunpipe_testkit::check::check;
+use tunpipe_testkit::ping::ping_summary_of;
+use tunpipe_testkit::trials::root_only;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tunpipe");
 
 fn main() {
     let args = Arguments::from_args();
-    let root = can_make_tun_in_netns();
+    // The root tests run the binary under `unshare -n` and ping through `nsenter`: Linux.
+    let problem = if cfg!(target_os = "linux") {
+        tunpipe_testkit::tun::privilege_problem()
+    } else {
+        Some("needs Linux network namespaces".into())
+    };
     let trials = vec![
         Trial::test("bad_flag_is_a_one_line_error", bad_flag_is_a_one_line_error),
         Trial::test("unknown_command_is_a_one_line_error", unknown_command),
@@ -25,35 +33,19 @@ fn main() {
         Trial::test("ipv6_with_small_mtu_is_rejected", ipv6_small_mtu),
         Trial::test("help_exits_zero", help_exits_zero),
         Trial::test("demo_in_memory_prints_a_summary", demo_in_memory),
-        Trial::test("root_demo_on_tun_gets_every_ping_reply", demo_on_tun).with_ignored_flag(!root),
-        Trial::test(
-            "root_run_answers_ping_and_exits_0_on_sigint",
-            run_and_sigint,
-        )
-        .with_ignored_flag(!root),
+        root_only(
+            Trial::test("root_demo_on_tun_gets_every_ping_reply", demo_on_tun),
+            &problem,
+        ),
+        root_only(
+            Trial::test(
+                "root_run_answers_ping_and_exits_0_on_sigint",
+                run_and_sigint,
+            ),
+            &problem,
+        ),
     ];
     libtest_mimic::run(&args, trials).exit();
-}
-
-/// Root, `unshare -n` works, and a TUN can be opened: what the real-TUN tests need.
-fn can_make_tun_in_netns() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    euid == 0
-        && std::path::Path::new("/dev/net/tun").exists()
-        && Command::new("unshare")
-            .args(["-n", "true"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-}
-
-fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
-    if ok {
-        Ok(())
-    } else {
-        Err(what().into())
-    }
 }
 
 fn tunpipe(args: &[&str]) -> Output {
@@ -262,28 +254,14 @@ impl Drop for Reap {
     }
 }
 
+/// Runs the kernel's ping in the network namespace of process `pid`: (transmitted, received).
 fn ping_in(pid: u32, args: &[&str]) -> Result<(u64, u64), Failed> {
     let pid = pid.to_string();
-    let out = Command::new("nsenter")
+    let mut command = Command::new("nsenter");
+    command
         .args(["-t", &pid, "-n", "ping", "-q", "-w", "30"])
-        .args(args)
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .ok_or_else(|| {
-            format!(
-                "ping {args:?} printed no summary: {text} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
-    let mut numbers = line
-        .split(',')
-        .filter_map(|part| part.split_whitespace().next()?.parse::<u64>().ok());
-    let sent = numbers.next().ok_or("no sent count")?;
-    let received = numbers.next().ok_or("no received count")?;
-    Ok((sent, received))
+        .args(args);
+    Ok(ping_summary_of(&mut command).map_err(|e| format!("ping {args:?}: {e}"))?)
 }
 
 fn run_and_sigint() -> Result<(), Failed> {
