@@ -177,20 +177,19 @@ fn throughput(t: &Timing) -> Value {
             let (received, stop, packets) = (received.clone(), stop.clone(), packets(size));
             std::thread::spawn(move || drive(tx, rx, packets, received, stop))
         };
+        // Packets back, allocations, engine CPU and the time, at both ends of the window.
+        let snapshot = || {
+            (
+                received.load(Ordering::Relaxed),
+                allocations(),
+                per_actor(),
+                Instant::now(),
+            )
+        };
         std::thread::sleep(t.warmup);
-        let (r0, a0, c0, i0) = (
-            received.load(Ordering::Relaxed),
-            allocations(),
-            per_actor(),
-            Instant::now(),
-        );
+        let (r0, a0, c0, i0) = snapshot();
         std::thread::sleep(t.measure);
-        let (r1, a1, c1, i1) = (
-            received.load(Ordering::Relaxed),
-            allocations(),
-            per_actor(),
-            Instant::now(),
-        );
+        let (r1, a1, c1, i1) = snapshot();
         stop.store(true, Ordering::Relaxed);
         let _peer = driver.join().expect("driver");
         let lat = engine.latency().ok();

@@ -3,6 +3,7 @@
 
 use crate::contenders::{start, Contender, Work};
 use crate::Timing;
+use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,28 +22,17 @@ pub fn stop_section(t: &Timing) -> Value {
     let mut cells = Vec::new();
     let device = TunDevice::new(tun("tpstop", LOCAL).expect("tun"));
     for workers in [0usize, 1, 2] {
-        let mut h = histogram();
-        let config = config(workers);
-        for _ in 0..t.stop_cycles {
-            let engine = Engine::builder()
-                .config(config.clone())
-                .start(&device)
-                .expect("engine");
-            // Idle: every actor past its spin window and asleep.
-            std::thread::sleep(Duration::from_millis(1));
-            let t0 = Instant::now();
-            engine.stop().expect("stop");
-            h.record(t0.elapsed().as_nanos() as u64).ok();
-        }
+        // Idle: every actor past its spin window and asleep.
+        let (h, _) = timed_stops(&device, workers, t.stop_cycles, |_| {
+            std::thread::sleep(Duration::from_millis(1))
+        });
         let p = percentiles_us(&h);
-        rows.push(vec![
+        rows.push(row(
             format!("tunpipe-w{workers}"),
-            h.len().to_string(),
-            p["p50_us"].to_string(),
-            p["p99_us"].to_string(),
-            p["max_us"].to_string(),
+            &h,
+            &p,
             "returns at once, threads joined".into(),
-        ]);
+        ));
         cells.push(
             json!({"contender": format!("tunpipe-w{workers}"), "cycles": h.len(), "stop": p}),
         );
@@ -60,35 +50,24 @@ pub fn stop_section(t: &Timing) -> Value {
             .expect("spawn")
     };
     for workers in [0usize, 1, 2] {
-        let mut h = histogram();
-        let config = config(workers);
-        let mut in_flight = 0;
-        for _ in 0..(t.stop_cycles / 5).max(10) {
-            let engine = Engine::builder()
-                .config(config.clone())
-                .start(&device)
-                .expect("engine");
+        let cycles = (t.stop_cycles / 5).max(10);
+        let (h, in_flight) = timed_stops(&device, workers, cycles, |engine| {
             let deadline = Instant::now() + Duration::from_millis(100);
             while engine.stats().tx_packets < 200 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_micros(200));
             }
-            let t0 = Instant::now();
-            engine.stop().expect("stop");
-            h.record(t0.elapsed().as_nanos() as u64).ok();
-            in_flight += engine.stats().drop_stopped;
-        }
+        });
         let p = percentiles_us(&h);
-        rows.push(vec![
+        let behaviour = format!(
+            "{:.1} packets in flight dropped as \"stopped\" per stop",
+            in_flight as f64 / h.len().max(1) as f64
+        );
+        rows.push(row(
             format!("tunpipe-w{workers}, under load"),
-            h.len().to_string(),
-            p["p50_us"].to_string(),
-            p["p99_us"].to_string(),
-            p["max_us"].to_string(),
-            format!(
-                "{:.1} packets in flight dropped as \"stopped\" per stop",
-                in_flight as f64 / h.len().max(1) as f64
-            ),
-        ]);
+            &h,
+            &p,
+            behaviour,
+        ));
         cells.push(json!({
             "contender": format!("tunpipe-w{workers}"),
             "under_load": true,
@@ -154,4 +133,40 @@ pub fn stop_section(t: &Timing) -> Value {
         &rows,
     );
     Value::Array(cells)
+}
+
+/// Starts an engine with `workers` on `device` `cycles` times, lets `settle` run, and times
+/// each `stop()`. Returns the stop times (ns) and the packets dropped as still in flight.
+fn timed_stops(
+    device: &TunDevice,
+    workers: usize,
+    cycles: usize,
+    settle: impl Fn(&Engine),
+) -> (Histogram<u64>, u64) {
+    let mut h = histogram();
+    let mut in_flight = 0;
+    for _ in 0..cycles {
+        let engine = Engine::builder()
+            .config(config(workers))
+            .start(device)
+            .expect("engine");
+        settle(&engine);
+        let t0 = Instant::now();
+        engine.stop().expect("stop");
+        h.record(t0.elapsed().as_nanos() as u64).ok();
+        in_flight += engine.stats().drop_stopped;
+    }
+    (h, in_flight)
+}
+
+/// A row of the table: who stopped, how often, the stop times (µs), and what happened.
+fn row(who: String, h: &Histogram<u64>, p: &Value, behaviour: String) -> Vec<String> {
+    vec![
+        who,
+        h.len().to_string(),
+        p["p50_us"].to_string(),
+        p["p99_us"].to_string(),
+        p["max_us"].to_string(),
+        behaviour,
+    ]
 }
