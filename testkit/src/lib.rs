@@ -13,7 +13,9 @@
 //! - [`packets`] and [`memory`]: packets to feed the engine and the in-memory device's peer;
 //! - [`load`]: UDP load through a TUN (closed loop with round-trip times, or open loop);
 //! - [`report`]: the benches' tables, numbers, histograms and result files;
-//! - [`alloc`]: a counting global allocator; [`spin`]: the reader-spin experiment device.
+//! - [`alloc`]: a counting global allocator; [`spin`]: the reader-spin experiment device;
+//! - [`config`] and [`bridge`]: an engine config with N workers, and two engines that join
+//!   two devices.
 
 pub mod alloc;
 pub mod check;
