@@ -100,36 +100,41 @@ impl Config {
             }
         }
         check((MIN_MTU..=MAX_MTU).contains(&self.mtu), "mtu", || {
-            format!("{} is outside {MIN_MTU}..={MAX_MTU}", self.mtu)
+            format!("mtu {} is outside {MIN_MTU}..={MAX_MTU}", self.mtu)
         })?;
         check(self.workers <= MAX_WORKERS, "workers", || {
-            format!("{} exceeds {MAX_WORKERS}", self.workers)
+            format!("workers {} exceeds {MAX_WORKERS}", self.workers)
         })?;
         check(
             (1..=MAX_RING_CAPACITY).contains(&self.ring_capacity),
             "ring_capacity",
-            || format!("{} is outside 1..={MAX_RING_CAPACITY}", self.ring_capacity),
+            || {
+                format!(
+                    "ring_capacity {} is outside 1..={MAX_RING_CAPACITY}",
+                    self.ring_capacity
+                )
+            },
         )?;
         check(self.headroom <= MAX_ROOM, "headroom", || {
-            format!("{} exceeds {MAX_ROOM}", self.headroom)
+            format!("headroom {} exceeds {MAX_ROOM}", self.headroom)
         })?;
         check(self.tailroom <= MAX_ROOM, "tailroom", || {
-            format!("{} exceeds {MAX_ROOM}", self.tailroom)
+            format!("tailroom {} exceeds {MAX_ROOM}", self.tailroom)
         })?;
         check((1..=MAX_BATCH).contains(&self.batch), "batch", || {
-            format!("{} is outside 1..={MAX_BATCH}", self.batch)
+            format!("batch {} is outside 1..={MAX_BATCH}", self.batch)
         })?;
         let pool = self.pool_size();
         check(pool <= MAX_POOL_BUFFERS, "pool_buffers", || {
-            format!("{pool} exceeds {MAX_POOL_BUFFERS}")
+            format!("pool_buffers {pool} exceeds {MAX_POOL_BUFFERS}")
         })?;
         let in_rings = self.ring_capacity.saturating_mul(self.ring_count());
         check(pool >= in_rings, "pool_buffers", || {
-            format!("{pool} is smaller than the {in_rings} packets the rings can hold")
+            format!("pool_buffers {pool} is smaller than the {in_rings} packets the rings can hold")
         })?;
         let pool_bytes = pool.saturating_mul(self.buffer_size());
         check(pool_bytes <= MAX_POOL_BYTES, "pool_buffers", || {
-            format!("the pool would reserve {pool_bytes} bytes, over {MAX_POOL_BYTES}")
+            format!("pool_buffers {pool}: the pool would reserve {pool_bytes} bytes, over {MAX_POOL_BYTES}")
         })
     }
 
@@ -260,10 +265,8 @@ mod tests {
                 err.to_string().contains(needle),
                 "{err} should mention {needle}"
             );
-            // The field is named on its own, and the message leads with it.
-            assert!(err
-                .to_string()
-                .starts_with(&format!("invalid config: {}: ", err.field)));
+            // The field is named on its own too, and the message names it.
+            assert!(err.reason.starts_with(err.field), "{err:?}");
         }
     }
 

@@ -87,7 +87,7 @@ pub struct ConfigError {
     /// The setting to fix, named as the [`crate::Config`] field is (`mtu`, `pool_buffers`, ...),
     /// so that the CLI, the C ABI and Swift can point at it.
     pub field: &'static str,
-    /// What is wrong with its value.
+    /// What is wrong with its value, as a sentence that starts with the field's name.
     pub reason: String,
 }
 
@@ -102,7 +102,7 @@ impl ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid config: {}: {}", self.field, self.reason)
+        write!(f, "invalid config: {}", self.reason)
     }
 }
 

@@ -6,6 +6,7 @@ mod load;
 mod netns;
 mod report;
 mod run;
+mod tun;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -129,7 +129,7 @@ impl Device for TunDevice {
         let claim = Claim::new(sys::tun_identity(fd)?)?;
         let run = Arc::new(Run {
             device: self.device.clone(),
-            io: TunIo::default(),
+            io: TunIo::new(),
             interrupt: Arc::new(InterruptEvent::new()?),
             _claim: claim,
         });

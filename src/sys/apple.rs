@@ -186,13 +186,17 @@ pub(crate) fn tun_identity(fd: RawFd) -> io::Result<TunIdentity> {
 /// `O_NONBLOCK` says: `MSG_DONTWAIT` asks for that per call, and a socket needs no flag shared
 /// with the host's fd. Each packet travels behind a 4-byte protocol family (`AF_INET` or
 /// `AF_INET6`, big-endian), which is stripped on read and added on write.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct TunIo;
 
 /// Bytes of the utun packet-information header.
 const FAMILY_HEADER: usize = 4;
 
 impl TunIo {
+    pub(crate) fn new() -> Self {
+        TunIo
+    }
+
     pub(crate) fn read(&self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
         let mut family = [0u8; FAMILY_HEADER];
         let mut iov = [

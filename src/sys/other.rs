@@ -26,10 +26,14 @@ pub(crate) fn tune_tun(_fd: RawFd) {}
 
 /// Plain reads and writes: this platform offers no per-call non-blocking mode that tunpipe
 /// knows, so the descriptor's own blocking mode applies.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct TunIo;
 
 impl TunIo {
+    pub(crate) fn new() -> Self {
+        TunIo
+    }
+
     pub(crate) fn read(&self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: read writes at most `buf.len()` bytes into `buf`.
         byte_count(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })

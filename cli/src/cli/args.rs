@@ -21,7 +21,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Create a TUN device and run the engine on it until SIGINT or SIGTERM.
+    /// Create a TUN device and run the engine on it until SIGINT or SIGTERM. It works in the
+    /// current network namespace: its addresses are the host's while it runs (try it in
+    /// `unshare -n` or `ip netns exec NS`).
     Run(RunArgs),
     /// Show the engine at work: on a TUN in a private network namespace when allowed
     /// (root on Linux), otherwise on the in-memory device.
@@ -30,18 +32,23 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Name of the TUN interface to create.
+    /// Name of the TUN interface to create (a pattern such as t%d lets the kernel number it).
     #[arg(long, value_name = "IFNAME")]
     pub name: String,
+    /// Run on an existing persistent TUN (`ip tuntap add mode tun`) instead of creating one.
+    /// Its MTU and addresses stay as they are; --ipv4/--ipv6 are added for the run and
+    /// removed at exit.
+    #[arg(long, conflicts_with = "mtu")]
+    pub attach: bool,
     /// IPv4 address and prefix of the interface, e.g. 10.9.0.1/24.
-    #[arg(long, value_name = "ADDR/PREFIX")]
-    pub ipv4: Net<Ipv4Addr>,
+    #[arg(long, value_name = "ADDR/PREFIX", required_unless_present = "attach")]
+    pub ipv4: Option<Net<Ipv4Addr>>,
     /// IPv6 address and prefix of the interface, e.g. fd00:9::1/64.
     #[arg(long, value_name = "ADDR/PREFIX")]
     pub ipv6: Option<Net<Ipv6Addr>>,
-    /// MTU of the interface and of the engine's buffers.
-    #[arg(long, default_value_t = 1500, value_name = "N")]
-    pub mtu: usize,
+    /// MTU of the interface and of the engine's buffers [default: 1500].
+    #[arg(long, value_name = "N")]
+    pub mtu: Option<usize>,
     /// What the engine does with each packet.
     #[arg(long, value_enum, default_value_t = StageArg::Reflect)]
     pub stage: StageArg,

@@ -70,7 +70,7 @@ struct Outcome {
     loaded_stop: Option<(Duration, Stats)>,
     reserved: usize,
     pings: Vec<(&'static str, Result<Ping, String>)>,
-    kernel: Option<Option<report::KernelCounters>>,
+    kernel: Option<Result<report::KernelCounters, String>>,
     /// How long closing the TUN took: the kernel unregistering the interface.
     device_close: Option<Duration>,
 }
@@ -305,7 +305,7 @@ fn print_summary(o: &Outcome) {
         }
     }
     report::engine_counters(&o.stats);
-    if let Some(kernel) = o.kernel {
+    if let Some(kernel) = o.kernel.clone() {
         report::kernel_rows(TUN, kernel);
         if o.stats.drop_stage > 0 {
             row(

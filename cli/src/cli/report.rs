@@ -165,14 +165,16 @@ pub struct KernelCounters {
 /// Reads an interface's counters from `/proc/net/dev`, which, unlike `/sys/class/net`, shows
 /// the reading process's own network namespace. Read it while the device still exists.
 #[cfg(target_os = "linux")]
-pub fn kernel_counters(ifname: &str) -> Option<KernelCounters> {
-    let text = std::fs::read_to_string("/proc/net/dev").ok()?;
+pub fn kernel_counters(ifname: &str) -> Result<KernelCounters, String> {
+    let text = std::fs::read_to_string("/proc/net/dev")
+        .map_err(|e| format!("counters unavailable: /proc/net/dev: {e}"))?;
     parse_proc_net_dev(&text, ifname)
+        .ok_or_else(|| format!("counters unavailable: {ifname} is not in /proc/net/dev (gone?)"))
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn kernel_counters(_ifname: &str) -> Option<KernelCounters> {
-    None
+pub fn kernel_counters(_ifname: &str) -> Result<KernelCounters, String> {
+    Err("counters unavailable on this platform".to_string())
 }
 
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
@@ -198,9 +200,9 @@ fn parse_proc_net_dev(text: &str, ifname: &str) -> Option<KernelCounters> {
     })
 }
 
-pub fn kernel_rows(ifname: &str, k: Option<KernelCounters>) {
+pub fn kernel_rows(ifname: &str, k: Result<KernelCounters, String>) {
     match k {
-        Some(k) => {
+        Ok(k) => {
             row(
                 &format!("kernel {ifname} → engine"),
                 format!(
@@ -221,10 +223,7 @@ pub fn kernel_rows(ifname: &str, k: Option<KernelCounters>) {
                 ),
             );
         }
-        None => row(
-            &format!("kernel {ifname}"),
-            "counters unavailable on this platform",
-        ),
+        Err(why) => row(&format!("kernel {ifname}"), why),
     }
 }
 

@@ -2,66 +2,71 @@
 
 use super::args::RunArgs;
 use super::report::{self, group, row};
+use super::tun::{Tun, TunSpec};
 use super::{CliResult, Failure};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tunpipe::{BuiltinStage, Config, Engine, Stats, TunDevice};
+use tunpipe::{BuiltinStage, Config, Engine, Stats};
 
 pub fn run(a: RunArgs) -> CliResult {
     let mut config = Config::default();
-    config.mtu = a.mtu;
     config.pin = a.pin;
     if let Some(workers) = a.workers {
         config.workers = workers;
     }
-    config.validate().map_err(|e| e.to_string())?;
-    if a.ipv6.is_some() && a.mtu < 1280 {
-        return Err(format!(
-            "--ipv6 needs --mtu 1280 or more (the IPv6 minimum), not {}",
-            a.mtu
-        )
-        .into());
+    let asked_mtu = match (a.mtu, a.attach) {
+        (Some(mtu), _) => Some(mtu),
+        (None, false) => Some(1500),
+        // An attached TUN keeps its own MTU, and the engine follows it.
+        (None, true) => None,
+    };
+    if let Some(mtu) = asked_mtu {
+        config.mtu = mtu;
+        config.validate().map_err(|e| e.to_string())?;
+        if a.ipv6.is_some() && mtu < 1280 {
+            return Err(
+                format!("--ipv6 needs --mtu 1280 or more (the IPv6 minimum), not {mtu}").into(),
+            );
+        }
     }
-    let mtu = u16::try_from(a.mtu).map_err(|_| format!("mtu {} does not fit a TUN", a.mtu))?;
+    let tun_mtu = asked_mtu
+        .map(|mtu| u16::try_from(mtu).map_err(|_| format!("mtu {mtu} does not fit a TUN")))
+        .transpose()?;
 
     // Registered before the device exists, so a signal during set-up is queued, not fatal.
     let mut signals = Signals::new([SIGINT, SIGTERM])
         .map_err(|e| format!("cannot install the signal handlers: {e}"))?;
 
-    let mut builder = tun_rs::DeviceBuilder::new()
-        .name(&a.name)
-        .ipv4(a.ipv4.addr, a.ipv4.prefix, None::<Ipv4Addr>)
-        .mtu(mtu);
-    if let Some(v6) = a.ipv6 {
-        builder = builder.ipv6(v6.addr, v6.prefix);
-    }
-    let tun = builder.build_sync().map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-            " (needs root or CAP_NET_ADMIN)"
-        } else {
-            ""
-        };
-        format!("cannot create TUN device {}: {e}{hint}", a.name)
+    let tun = Tun::set_up(&TunSpec {
+        name: &a.name,
+        attach: a.attach,
+        ipv4: a.ipv4.as_slice(),
+        ipv6: a.ipv6.as_slice(),
+        mtu: tun_mtu,
     })?;
-    let device = TunDevice::new(tun);
+    config.mtu = tun.mtu;
+    config.validate().map_err(|e| e.to_string())?;
+    let name = tun.name.clone();
     let stage = BuiltinStage::from(a.stage);
     let engine = Engine::builder()
         .config(config.clone())
         .stage(stage)
-        .start(&device)
-        .map_err(|e| format!("cannot start the engine on {}: {e}", a.name))?;
+        .start(&tun.device)
+        .map_err(|e| format!("cannot start the engine on {name}: {e}"))?;
     let engine = Arc::new(engine);
-    let addrs = match a.ipv6 {
-        Some(v6) => format!("{}, {v6}", a.ipv4),
-        None => a.ipv4.to_string(),
+    let addrs: Vec<String> = (a.ipv4.iter().map(ToString::to_string))
+        .chain(a.ipv6.iter().map(ToString::to_string))
+        .collect();
+    let addrs = if addrs.is_empty() {
+        "its own addresses".to_string()
+    } else {
+        addrs.join(", ")
     };
     println!(
-        "tunpipe: {} on {} ({addrs}, mtu {}), {} worker(s){}; stop with Ctrl-C or SIGTERM",
+        "tunpipe: {} on {name} ({addrs}, mtu {}), {} worker(s){}; stop with Ctrl-C or SIGTERM",
         stage.name(),
-        a.name,
         config.mtu,
         engine.workers(),
         if config.pin { ", pinned" } else { "" }
@@ -99,14 +104,14 @@ pub fn run(a: RunArgs) -> CliResult {
         let _ = thread.join();
     }
     // The device still exists here: the engine dropped only its halves.
-    let kernel = report::kernel_counters(&a.name);
+    let kernel = report::kernel_counters(&name);
     let stats = engine.stats();
     let latency = engine.latency().ok();
 
-    println!("tunpipe: stopped; final counters for {}:", a.name);
+    println!("tunpipe: stopped; final counters for {name}:");
     report::engine_counters(&stats);
     report::engine_latency(latency.as_ref());
-    report::kernel_rows(&a.name, kernel);
+    report::kernel_rows(&name, kernel);
     match stopped_rx.recv_timeout(Duration::from_secs(1)) {
         Ok((signal, took)) => row(
             "stop",
@@ -118,18 +123,7 @@ pub fn run(a: RunArgs) -> CliResult {
         ),
         Err(_) => row("stop", "not by a signal"),
     }
-    // Closing the TUN makes the kernel unregister the interface, which waits for RCU grace
-    // periods: typically tens of milliseconds, all of it after the engine has stopped.
-    let at = Instant::now();
-    drop(device);
-    row(
-        "device closed",
-        format!(
-            "{} (the kernel removing {}; the engine had already stopped)",
-            report::duration(at.elapsed()),
-            a.name
-        ),
-    );
+    row("device closed", tun.tear_down());
     result.map_err(|e| Failure(format!("the engine stopped on an error: {e}")))
 }
 

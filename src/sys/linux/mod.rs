@@ -198,6 +198,10 @@ pub(crate) struct TunIo {
 }
 
 impl TunIo {
+    pub(crate) fn new() -> Self {
+        TunIo::default()
+    }
+
     pub(crate) fn read(&self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
         if !self.poll_first.load(Ordering::Relaxed) {
             let iov = libc::iovec {
