@@ -10,7 +10,7 @@ use crate::device::{Device, RxHalf, TxHalf};
 use crate::error::EngineError;
 use crate::link::Backoff;
 use crate::pool::{self, PacketBuf};
-use crate::stage::{BuiltinStage, StageFactory};
+use crate::stage::{BuiltinStage, Stage, StageFactory};
 use crate::stats::{LatencyRecorder, LatencySnapshot, Stats};
 use crate::sys;
 use crossbeam_channel::{RecvTimeoutError, Sender};
@@ -42,10 +42,35 @@ impl Builder {
         self
     }
 
-    /// Uses a built-in stage, or any [`StageFactory`] (a closure building one stage per
-    /// worker index).
+    /// Runs `stage`: a [`BuiltinStage`], or any [`Stage`] that can be cloned, a per-packet
+    /// closure included. Each worker gets its own clone (and a clone replaces one that
+    /// panicked):
+    ///
+    /// ```
+    /// use tunpipe::{Engine, MemoryDevice, PacketBuf, Verdict};
+    /// let (device, _to_engine, _from_engine) = MemoryDevice::new(64, 2048);
+    /// let engine = Engine::builder()
+    ///     .stage(|packet: &mut PacketBuf| {
+    ///         packet.data_mut()[8] = 64; // rewrite the TTL, say
+    ///         Verdict::Forward
+    ///     })
+    ///     .start(&device)?;
+    /// # engine.stop()?;
+    /// # Ok::<(), tunpipe::EngineError>(())
+    /// ```
     pub fn stage(mut self, stage: impl IntoStageFactory) -> Self {
         self.stage = stage.into_factory();
+        self
+    }
+
+    /// Runs the stage that `factory` builds for each worker, given the worker's index (0 when
+    /// the stage runs inline on the reader): for stages with per-worker state. The factory is
+    /// called again to replace an instance that panicked.
+    pub fn stage_factory<S: Stage + 'static>(
+        mut self,
+        factory: impl Fn(usize) -> S + Send + Sync + 'static,
+    ) -> Self {
+        self.stage = Arc::new(move |worker| Box::new(factory(worker)) as Box<dyn Stage>);
         self
     }
 
@@ -177,9 +202,11 @@ impl Builder {
     }
 }
 
-/// Things that can be turned into a [`StageFactory`]: a [`BuiltinStage`], or a factory.
+/// What [`Builder::stage`] takes: a [`BuiltinStage`], or any [`Stage`] that is `Clone` (a
+/// closure over `&mut PacketBuf` included), one clone per worker.
 pub trait IntoStageFactory {
-    /// The factory.
+    /// How to build the stage for each worker.
+    #[doc(hidden)]
     fn into_factory(self) -> StageFactory;
 }
 
@@ -189,9 +216,9 @@ impl IntoStageFactory for BuiltinStage {
     }
 }
 
-impl IntoStageFactory for StageFactory {
+impl<S: Stage + Clone + Sync + 'static> IntoStageFactory for S {
     fn into_factory(self) -> StageFactory {
-        self
+        Arc::new(move |_| Box::new(self.clone()))
     }
 }
 

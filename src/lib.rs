@@ -58,5 +58,5 @@ pub use device::{Device, FaultPlan, FaultyDevice, MemoryDevice, RxHalf, TunDevic
 pub use engine::{reserved_bytes, Builder, Engine, IntoStageFactory};
 pub use error::{ConfigError, EngineError};
 pub use pool::{NoRoom, PacketBuf};
-pub use stage::{BuiltinStage, Stage, StageFactory, Verdict};
+pub use stage::{BuiltinStage, Stage, Verdict};
 pub use stats::{Latency, LatencySnapshot, Percentiles, Stats};

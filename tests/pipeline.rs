@@ -4,9 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tunpipe::device::{FaultPlan, FaultyDevice};
-use tunpipe::{
-    BuiltinStage, Config, Engine, EngineError, MemoryDevice, PacketBuf, StageFactory, Verdict,
-};
+use tunpipe::{BuiltinStage, Config, Engine, EngineError, MemoryDevice, PacketBuf, Stage, Verdict};
 use tunpipe_testkit::check::{assert_conserved, eventually};
 use tunpipe_testkit::config;
 use tunpipe_testkit::memory::{recv_n, send};
@@ -87,14 +85,11 @@ impl Drop for Gate {
 }
 
 /// A stage that blocks until released, so a test can fill the rings behind it.
-fn gated_stage(gate: Arc<AtomicUsize>) -> StageFactory {
-    Arc::new(move |_| {
-        let gate = gate.clone();
-        Box::new(move |_: &mut PacketBuf| {
-            Gate::wait(&gate);
-            Verdict::Forward
-        })
-    })
+fn gated_stage(gate: Arc<AtomicUsize>) -> impl Stage + Clone + Sync {
+    move |_: &mut PacketBuf| {
+        Gate::wait(&gate);
+        Verdict::Forward
+    }
 }
 
 #[test]
@@ -188,19 +183,17 @@ fn stage_drops_are_counted_and_conserved() {
 
 #[test]
 fn a_panicking_stage_drops_the_packet_and_goes_on() {
-    let factory: StageFactory = Arc::new(|_| {
-        Box::new(|p: &mut PacketBuf| {
-            if p.data().len() == 100 {
-                panic!("stage bug on purpose");
-            }
-            Verdict::Forward
-        })
-    });
+    let stage = |p: &mut PacketBuf| {
+        if p.data().len() == 100 {
+            panic!("stage bug on purpose");
+        }
+        Verdict::Forward
+    };
     for workers in [0, 1] {
         let (dev, mut tx, mut rx) = MemoryDevice::new(256, 2048);
         let engine = Engine::builder()
             .config(config(workers))
-            .stage(factory.clone())
+            .stage(stage)
             .start(&dev)
             .unwrap();
         send(&mut tx, &udp4(1, 2, 0, 100 - 28));
@@ -216,15 +209,14 @@ fn a_panicking_stage_drops_the_packet_and_goes_on() {
 
 #[test]
 fn too_many_stage_panics_stop_the_engine_with_an_error() {
-    let factory: StageFactory =
-        Arc::new(|_| Box::new(|_: &mut PacketBuf| -> Verdict { panic!("always") }));
+    let stage = |_: &mut PacketBuf| -> Verdict { panic!("always") };
     let (dev, mut tx, _rx) = MemoryDevice::new(256, 2048);
     let cfg = configured(|c| {
         c.max_stage_panics = 5;
     });
     let engine = Engine::builder()
         .config(cfg)
-        .stage(factory)
+        .stage(stage)
         .start(&dev)
         .unwrap();
     for seq in 0..10 {
@@ -318,24 +310,21 @@ fn concurrent_stoppers_all_return_and_one_joins() {
 fn stop_from_inside_a_stage_requests_the_stop_and_returns_an_error() {
     let slot: Arc<parking_lot::Mutex<Option<Arc<Engine>>>> = Arc::default();
     let seen: Arc<parking_lot::Mutex<Option<Result<(), EngineError>>>> = Arc::default();
-    let factory: StageFactory = {
+    let stage = {
         let (slot, seen) = (slot.clone(), seen.clone());
-        Arc::new(move |_| {
-            let (slot, seen) = (slot.clone(), seen.clone());
-            Box::new(move |_: &mut PacketBuf| {
-                if let Some(engine) = slot.lock().as_ref() {
-                    *seen.lock() = Some(engine.stop());
-                }
-                Verdict::Forward
-            })
-        })
+        move |_: &mut PacketBuf| {
+            if let Some(engine) = slot.lock().as_ref() {
+                *seen.lock() = Some(engine.stop());
+            }
+            Verdict::Forward
+        }
     };
     for workers in [0, 1] {
         let (dev, mut tx, _rx) = MemoryDevice::new(16, 2048);
         let engine = Arc::new(
             Engine::builder()
                 .config(config(workers))
-                .stage(factory.clone())
+                .stage(stage.clone())
                 .start(&dev)
                 .unwrap(),
         );

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tunpipe::{BuiltinStage, Config, Engine, PacketBuf, Stage, StageFactory, TunDevice, Verdict};
+use tunpipe::stage::Reflect;
+use tunpipe::{Config, Engine, PacketBuf, Stage, TunDevice, Verdict};
 use tunpipe_testkit::load::{LOCAL, PEER, PORT};
 use tunpipe_testkit::spin::SpinRx;
 use tunpipe_testkit::tun::{tun, tun_builder};
@@ -31,13 +32,27 @@ pub enum Work {
     Seal,
 }
 
-pub fn stage_factory(work: Work) -> StageFactory {
-    match work {
-        Work::Reflect => BuiltinStage::Reflect.factory(),
-        Work::Seal => Arc::new(|index: usize| {
-            let key = [index as u8 ^ 0x5a; 32];
-            Box::new(Sealer::new(key)) as Box<dyn Stage>
-        }),
+/// The stage `work` names, as worker `index` (or a guide loop, index 0) runs it.
+pub enum WorkStage {
+    Reflect(Reflect),
+    Seal(Box<Sealer>),
+}
+
+impl WorkStage {
+    pub fn new(work: Work, index: usize) -> Self {
+        match work {
+            Work::Reflect => WorkStage::Reflect(Reflect),
+            Work::Seal => WorkStage::Seal(Box::new(Sealer::new([index as u8 ^ 0x5a; 32]))),
+        }
+    }
+}
+
+impl Stage for WorkStage {
+    fn process(&mut self, packet: &mut PacketBuf) -> Verdict {
+        match self {
+            WorkStage::Reflect(stage) => stage.process(packet),
+            WorkStage::Seal(stage) => stage.process(packet),
+        }
     }
 }
 
@@ -134,7 +149,6 @@ fn guide_sync_loop(
 }
 
 pub fn start(contender: Contender, work: Work, ifname: &str) -> io::Result<Running> {
-    let factory = stage_factory(work);
     let mut running = Running {
         contender,
         ifname: ifname.to_string(),
@@ -149,8 +163,8 @@ pub fn start(contender: Contender, work: Work, ifname: &str) -> io::Result<Runni
             let handle = std::thread::Builder::new()
                 .name("guide-sync".into())
                 .spawn(move || {
-                    let mut stage = factory(0);
-                    guide_sync_loop(&tun, &flag, &mut *stage)
+                    let mut stage = WorkStage::new(work, 0);
+                    guide_sync_loop(&tun, &flag, &mut stage)
                 })?;
             running.guide = Some((stop, handle));
         }
@@ -178,7 +192,7 @@ pub fn start(contender: Contender, work: Work, ifname: &str) -> io::Result<Runni
                             }
                         };
                         let _ = ready_tx.send(Ok(()));
-                        let mut stage = factory(0);
+                        let mut stage = WorkStage::new(work, 0);
                         let mut stats = LoopStats::default();
                         let mut buf = PacketBuf::new(HEADROOM, MTU + 1, TAILROOM);
                         loop {
@@ -225,7 +239,9 @@ pub fn start(contender: Contender, work: Work, ifname: &str) -> io::Result<Runni
                 }
                 _ => {}
             }
-            let builder = Engine::builder().config(config).stage(factory);
+            let builder = Engine::builder()
+                .config(config)
+                .stage_factory(move |index| WorkStage::new(work, index));
             let engine = if let Contender::TunpipeReaderSpin(_) = contender {
                 use tunpipe::Device;
                 let (rx, tx) = device.open()?;

@@ -5,7 +5,7 @@ use super::stage::{CallbackShared, StageFn, TunpipeStageCallback};
 use super::util::{check_ptr, HostContext};
 use std::ffi::c_void;
 use std::sync::Arc;
-use tunpipe::{BuiltinStage, Config, StageFactory};
+use tunpipe::{Builder, BuiltinStage, Config, Engine};
 
 /// Stage: answer ICMP/ICMPv6 echo requests and reflect UDP (the default).
 pub const TUNPIPE_STAGE_REFLECT: u32 = 0;
@@ -175,13 +175,17 @@ impl Plan {
             .map_err(|e| tunpipe::EngineError::Config(e).into())
     }
 
-    /// The stage factory, and for a C stage the counters its adapters share.
-    pub(crate) fn factory(&self) -> (StageFactory, Option<Arc<CallbackShared>>) {
+    /// An engine builder with this config and stage, and for a C stage the counters its
+    /// adapters share.
+    pub(crate) fn builder(&self) -> (Builder, Option<Arc<CallbackShared>>) {
+        let builder = Engine::builder().config(self.config.clone());
         match self.stage {
-            StagePlan::Builtin(b) => (b.factory(), None),
+            StagePlan::Builtin(b) => (builder.stage(b), None),
             StagePlan::Callback(cb, ctx) => {
                 let shared = CallbackShared::new(cb, ctx.0);
-                (shared.factory(), Some(shared))
+                let adapters = shared.clone();
+                let builder = builder.stage_factory(move |worker| adapters.stage_for(worker));
+                (builder, Some(shared))
             }
         }
     }

@@ -44,11 +44,8 @@ impl Session {
         let fd = resolve_fd(fd)?;
         let device = TunDevice::adopt(fd)
             .map_err(|e| FfiError::new(TUNPIPE_ERR_BAD_FD, format!("cannot adopt fd {fd}: {e}")))?;
-        let (factory, callback) = plan.factory();
-        let engine = Engine::builder()
-            .config(plan.config.clone())
-            .stage(factory)
-            .start(&device)?;
+        let (builder, callback) = plan.builder();
+        let engine = builder.start(&device)?;
         Ok(Session {
             engine,
             device: Mutex::new(Some(device)),

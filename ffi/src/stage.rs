@@ -8,7 +8,7 @@ use crate::util::HostContext;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tunpipe::{PacketBuf, Stage, StageFactory, Verdict};
+use tunpipe::{PacketBuf, Stage, Verdict};
 
 /// Verdict: send the packet on, as the window (`offset`, `length`) now describes it.
 pub const TUNPIPE_VERDICT_FORWARD: i32 = 0;
@@ -75,15 +75,12 @@ impl CallbackShared {
         })
     }
 
-    /// A factory building one adapter per worker.
-    pub(crate) fn factory(self: &Arc<Self>) -> StageFactory {
-        let shared = self.clone();
-        Arc::new(move |index| {
-            Box::new(CallbackStage {
-                shared: shared.clone(),
-                worker: u32::try_from(index).unwrap_or(u32::MAX),
-            })
-        })
+    /// The adapter for one worker.
+    pub(crate) fn stage_for(self: &Arc<Self>, worker: usize) -> CallbackStage {
+        CallbackStage {
+            shared: self.clone(),
+            worker: u32::try_from(worker).unwrap_or(u32::MAX),
+        }
     }
 
     #[cold]
@@ -192,7 +189,7 @@ mod tests {
     fn a_callback_grows_the_packet_at_both_ends() {
         let calls = AtomicU64::new(0);
         let shared = CallbackShared::new(grow, &calls as *const AtomicU64 as *mut c_void);
-        let mut stage = (shared.factory())(2);
+        let mut stage = shared.stage_for(2);
         let mut p = packet(b"abc");
         assert_eq!(stage.process(&mut p), Verdict::Forward);
         assert_eq!(p.data(), b"HDR:abc!");
@@ -206,7 +203,7 @@ mod tests {
     fn a_window_outside_the_buffer_drops_the_packet_and_is_counted() {
         for callback in [overrun as StageFn, overflow, garbage_verdict] {
             let shared = CallbackShared::new(callback, std::ptr::null_mut());
-            let mut stage = (shared.factory())(0);
+            let mut stage = shared.stage_for(0);
             let mut p = packet(b"abcd");
             assert_eq!(stage.process(&mut p), Verdict::Drop);
             // The packet is left as it was: nothing half-applied.

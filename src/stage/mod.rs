@@ -1,8 +1,9 @@
 //! Stages: the per-packet work between the reader and the writer.
 //!
 //! A [`Stage`] is plain code: a packet in, a [`Verdict`] out. It has no fds, threads or clocks,
-//! so it can be tested with byte arrays and fuzzed. Each worker owns its own instance, built by a
-//! [`StageFactory`] with the worker's index, so a stage keeps per-worker state without locks.
+//! so it can be tested with byte arrays and fuzzed. Each worker owns its own instance (a clone,
+//! or one built for its index by [`crate::Builder::stage_factory`]), so a stage keeps
+//! per-worker state without locks.
 //!
 //! Packets come from other apps on the device: they are untrusted bytes. Every built-in stage
 //! parses them with the checked views in [`crate::wire`] and never panics on any input. A stage
@@ -45,7 +46,7 @@ impl<F: FnMut(&mut PacketBuf) -> Verdict + Send> Stage for F {
 
 /// Builds one stage per worker, given the worker's index (0 when the stage runs inline on the
 /// reader). It is also called again to replace a stage instance that panicked.
-pub type StageFactory = Arc<dyn Fn(usize) -> Box<dyn Stage> + Send + Sync>;
+pub(crate) type StageFactory = Arc<dyn Fn(usize) -> Box<dyn Stage> + Send + Sync>;
 
 /// The stages tunpipe ships, by name (for the CLI and the C ABI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,7 +61,7 @@ pub enum BuiltinStage {
 
 impl BuiltinStage {
     /// A factory for this stage.
-    pub fn factory(self) -> StageFactory {
+    pub(crate) fn factory(self) -> StageFactory {
         match self {
             BuiltinStage::Reflect => Arc::new(|_| Box::new(Reflect)),
             BuiltinStage::Passthrough => Arc::new(|_| Box::new(Passthrough)),
