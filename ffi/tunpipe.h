@@ -93,6 +93,11 @@
 // there).
 #define TUNPIPE_ERR_NO_MEMORY -17
 
+// The system refused a resource the engine needs to start: a file descriptor (`EMFILE`,
+// `ENFILE`: the process or the system has too many open files) or kernel memory (`ENOMEM`,
+// `ENOBUFS`). Nothing is wrong with the fd or the config; the call may succeed later.
+#define TUNPIPE_ERR_RESOURCES -18
+
 // Log level: nothing.
 #define TUNPIPE_LOG_OFF 0
 

@@ -44,6 +44,34 @@ fn main() {
             ),
             &problem,
         ),
+        root_only(
+            Trial::test(
+                "root_run_names_the_interface_the_kernel_made",
+                run_names_the_kernels_interface,
+            ),
+            &problem,
+        ),
+        root_only(
+            Trial::test(
+                "root_run_refuses_an_existing_tun_unless_attach",
+                run_refuses_an_existing_tun,
+            ),
+            &problem,
+        ),
+        root_only(
+            Trial::test(
+                "root_run_on_an_existing_non_tun_is_a_one_line_error",
+                run_on_a_non_tun,
+            ),
+            &problem,
+        ),
+        root_only(
+            Trial::test(
+                "root_run_with_an_unassignable_address_says_so",
+                run_with_an_unassignable_address,
+            ),
+            &problem,
+        ),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
@@ -353,4 +381,105 @@ fn run_and_sigint() -> Result<(), Failed> {
         })?;
     }
     check(stderr.trim().is_empty(), || format!("stderr: {stderr}"))
+}
+
+/// Runs `script` with `sh` in a network namespace of its own (loopback up), where `$BIN` is
+/// the tunpipe binary, and returns stdout and stderr together. Commands that stop `tunpipe
+/// run` send it SIGINT with `timeout -s INT`: a bound on the run, not a timing assertion.
+fn in_own_netns(script: &str) -> Result<String, Failed> {
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", &format!("ip link set lo up; {script}")])
+        .env("BIN", BIN)
+        .stdin(Stdio::null())
+        .output()?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// The `tunpipe:` error lines in `output`.
+fn error_lines(output: &str) -> Vec<&str> {
+    output
+        .lines()
+        .filter(|l| l.starts_with("tunpipe: error:"))
+        .collect()
+}
+
+fn run_names_the_kernels_interface() -> Result<(), Failed> {
+    let out = in_own_netns(
+        r#"timeout --preserve-status -s INT 2 "$BIN" run --name 'tpx%d' --ipv4 10.9.0.1/24; echo "rc=$?""#,
+    )?;
+    check(out.contains("rc=0"), || format!("run failed:\n{out}"))?;
+    check(!out.contains("tpx%d"), || {
+        format!("the pattern was reported, not the interface:\n{out}")
+    })?;
+    check(
+        out.contains("on tpx0") && out.contains("counters for tpx0"),
+        || format!("the report should name tpx0:\n{out}"),
+    )?;
+    // The kernel's own counters are there on Linux, under the real name.
+    check(
+        out.contains("kernel tpx0 → engine") && !out.contains("unavailable"),
+        || format!("no kernel counters:\n{out}"),
+    )
+}
+
+fn run_refuses_an_existing_tun() -> Result<(), Failed> {
+    let out = in_own_netns(
+        r#"ip tuntap add dev ptun mode tun
+        "$BIN" run --name ptun --ipv4 10.9.0.1/24; echo "rc=$?"
+        echo "addresses after refusal: $(ip -br -4 addr show ptun)"
+        timeout --preserve-status -s INT 2 "$BIN" run --name ptun --attach --ipv4 10.9.1.1/24; echo "rc=$?"
+        echo "addresses after attach: $(ip -br -4 addr show ptun)""#,
+    )?;
+    let errors = error_lines(&out);
+    check(
+        errors.len() == 1 && errors[0].contains("already exists") && errors[0].contains("--attach"),
+        || format!("one error that says so and names --attach:\n{out}"),
+    )?;
+    check(out.contains("rc=1") && out.contains("rc=0"), || {
+        format!("refused (rc 1), then attached (rc 0):\n{out}")
+    })?;
+    check(!out.contains("10.9.0.1"), || {
+        format!("a refused run touched the interface:\n{out}")
+    })?;
+    check(out.contains("ptun stays"), || {
+        format!("the attached run should say the TUN stays:\n{out}")
+    })?;
+    let after = out.split("addresses after attach:").nth(1).unwrap_or("");
+    check(!after.contains("10.9.1.1"), || {
+        format!("the attached run left its address behind:\n{out}")
+    })
+}
+
+fn run_on_a_non_tun() -> Result<(), Failed> {
+    let out = in_own_netns(
+        r#"ip link add vx0 type veth peer name vx1
+        "$BIN" run --name vx0 --ipv4 10.9.0.1/24; echo "rc=$?"
+        "$BIN" run --name vx0 --attach; echo "rc=$?""#,
+    )?;
+    let errors = error_lines(&out);
+    check(errors.len() == 2, || format!("two one-line errors:\n{out}"))?;
+    check(errors[0].contains("vx0 already exists"), || out.clone())?;
+    check(errors[1].contains("cannot attach to vx0"), || out.clone())?;
+    check(
+        !out.contains("os error 22)\n") || errors[1].contains("TUN"),
+        || out.clone(),
+    )
+}
+
+fn run_with_an_unassignable_address() -> Result<(), Failed> {
+    let out = in_own_netns(
+        r#""$BIN" run --name tpa0 --ipv4 10.9.0.1/24 --ipv6 ff02::1/64; echo "rc=$?""#,
+    )?;
+    let errors = error_lines(&out);
+    check(
+        errors.len() == 1 && errors[0].contains("cannot assign ff02::1/64 to tpa0"),
+        || format!("the error should name the address:\n{out}"),
+    )?;
+    check(!out.contains("cannot create"), || {
+        format!("the device was made; the address failed:\n{out}")
+    })
 }

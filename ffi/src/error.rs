@@ -44,6 +44,10 @@ pub const TUNPIPE_ERR_PANIC: i32 = -16;
 /// The engine's buffer pool could not be allocated (the config is valid, the memory is not
 /// there).
 pub const TUNPIPE_ERR_NO_MEMORY: i32 = -17;
+/// The system refused a resource the engine needs to start: a file descriptor (`EMFILE`,
+/// `ENFILE`: the process or the system has too many open files) or kernel memory (`ENOMEM`,
+/// `ENOBUFS`). Nothing is wrong with the fd or the config; the call may succeed later.
+pub const TUNPIPE_ERR_RESOURCES: i32 = -18;
 
 /// A failed call: its code and what to tell the host.
 #[derive(Debug)]
@@ -70,10 +74,20 @@ impl FfiError {
     }
 }
 
+/// Whether `e` is the system running out of something (descriptors, kernel memory) rather
+/// than anything being wrong with the host's fd or config.
+pub(crate) fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+    )
+}
+
 impl From<EngineError> for FfiError {
     fn from(e: EngineError) -> Self {
         let code = match &e {
             EngineError::Config(_) => TUNPIPE_ERR_CONFIG,
+            EngineError::Device(io) if is_resource_exhaustion(io) => TUNPIPE_ERR_RESOURCES,
             EngineError::Device(_) => TUNPIPE_ERR_DEVICE,
             EngineError::Spawn(_) => TUNPIPE_ERR_SPAWN,
             EngineError::StagePanics { .. } | EngineError::StageRebuild => TUNPIPE_ERR_STAGE_PANICS,
@@ -131,6 +145,7 @@ pub(crate) fn describe(code: i32) -> &'static std::ffi::CStr {
         TUNPIPE_ERR_BUFFER_TOO_SMALL => c"buffer too small",
         TUNPIPE_ERR_PANIC => c"tunpipe panicked (bug)",
         TUNPIPE_ERR_NO_MEMORY => c"out of memory for the buffer pool",
+        TUNPIPE_ERR_RESOURCES => c"the system refused a resource (too many open files?)",
         _ => c"unknown error code",
     }
 }

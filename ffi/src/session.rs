@@ -2,7 +2,8 @@
 
 use super::config::Plan;
 use super::error::{
-    FfiError, FfiResult, TUNPIPE_ERR_BAD_FD, TUNPIPE_ERR_NO_UTUN_FD, TUNPIPE_ERR_UNSUPPORTED,
+    is_resource_exhaustion, FfiError, FfiResult, TUNPIPE_ERR_BAD_FD, TUNPIPE_ERR_NO_UTUN_FD,
+    TUNPIPE_ERR_RESOURCES, TUNPIPE_ERR_UNSUPPORTED,
 };
 use super::report::TunpipeStats;
 use super::stage::CallbackShared;
@@ -42,8 +43,14 @@ impl Session {
     pub(crate) fn start(plan: &Plan, fd: i32) -> FfiResult<Session> {
         plan.validate()?;
         let fd = resolve_fd(fd)?;
-        let device = TunDevice::adopt(fd)
-            .map_err(|e| FfiError::new(TUNPIPE_ERR_BAD_FD, format!("cannot adopt fd {fd}: {e}")))?;
+        let device = TunDevice::adopt(fd).map_err(|e| {
+            let code = if is_resource_exhaustion(&e) {
+                TUNPIPE_ERR_RESOURCES
+            } else {
+                TUNPIPE_ERR_BAD_FD
+            };
+            FfiError::new(code, format!("cannot adopt fd {fd}: {e}"))
+        })?;
         let (builder, callback) = plan.builder();
         let engine = builder.start(&device)?;
         Ok(Session {

@@ -441,7 +441,131 @@ static void test_handles(int fd) {
     CHECK(fd_is_open(fd), "fd open at the end");
 }
 
+/* ---- what an adversarial host does: a slow callback at stop, a cleared O_NONBLOCK, a crowd
+ * of latency readers (each once broke: a stop held for a whole batch, a hang, false
+ * "stopping" answers) ---- */
+
+struct held {
+    atomic_int calls, entered, released;
+};
+
+/* Holds its first call until the test releases it; counts every call. */
+static int32_t held_cb(void *context, uint32_t worker, struct TunpipePacket *p) {
+    struct held *h = context;
+    (void)worker;
+    (void)p;
+    atomic_fetch_add(&h->calls, 1);
+    atomic_store(&h->entered, 1);
+    while (!atomic_load(&h->released)) sched_yield();
+    return TUNPIPE_VERDICT_DROP;
+}
+
+/* Sends `n` UDP datagrams into tp0 (to 10.77.0.2:9). */
+static void send_udp(int n) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(9)};
+    inet_pton(AF_INET, "10.77.0.2", &to.sin_addr);
+    for (int i = 0; i < n; i++) sendto(s, "held", 4, 0, (struct sockaddr *)&to, sizeof to);
+    close(s);
+}
+
+static void test_slow_callback_at_stop(int fd) {
+    struct held h;
+    memset(&h, 0, sizeof h);
+    struct TunpipeConfig c;
+    tunpipe_config_default(&c);
+    c.stage = TUNPIPE_STAGE_CALLBACK;
+    c.callback = held_cb;
+    c.callback_context = &h;
+    /* Queued in the TUN before the engine starts: its first read takes them all, so the
+     * first is held in the callback with the others in the same batch behind it. */
+    send_udp(40);
+    struct TunpipeEngine *e = NULL;
+    CHECK(tunpipe_engine_start(&c, fd, &e) == TUNPIPE_OK, "held-callback engine");
+    if (!e) return;
+    for (int i = 0; i < 5000 && !atomic_load(&h.entered); i++) sleep_ms(1);
+    CHECK(atomic_load(&h.entered), "the callback was called");
+    pthread_t stopper;
+    pthread_create(&stopper, NULL, stop_engine, e);
+    /* Latency says STOPPING exactly between a stop request and the end of its join. */
+    struct TunpipeLatency l;
+    memset(&l, 0, sizeof l);
+    l.size = sizeof l;
+    int requested = 0;
+    for (int i = 0; i < 5000 && !requested; i++) {
+        requested = tunpipe_engine_latency(e, &l) == TUNPIPE_ERR_STOPPING;
+        if (!requested) sleep_ms(1);
+    }
+    CHECK(requested, "the stop was requested");
+    atomic_store(&h.released, 1);
+    pthread_join(stopper, NULL);
+    struct TunpipeStats s;
+    memset(&s, 0, sizeof s);
+    s.size = sizeof s;
+    tunpipe_engine_stats(e, &s);
+    CHECK(atomic_load(&h.calls) == 1, "no callback after the stop request: %d calls",
+          atomic_load(&h.calls));
+    CHECK(s.drop_stopped >= 39, "the rest of the batch counted as stopped: %llu",
+          (unsigned long long)s.drop_stopped);
+    CHECK(s.rx_packets == s.tx_packets + s.dropped, "held-callback conservation");
+    tunpipe_engine_free(e);
+}
+
+static void test_nonblock_cleared(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    struct runner r;
+    start_runner(&r, fd);
+    /* The host clears O_NONBLOCK while the engine runs on its dup (they share the flag). */
+    fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    CHECK(ping(3, 10), "pings answered with O_NONBLOCK cleared");
+    sleep_ms(50);
+    /* A reader blocked in read() would hang here: main's alarm turns that into a failure. */
+    CHECK(stop_runner(&r) == TUNPIPE_OK && r.result == TUNPIPE_OK, "idle stop, flag cleared");
+    CHECK((fcntl(fd, F_GETFL) & O_NONBLOCK) == 0, "the engine left the host's flag alone");
+    fcntl(fd, F_SETFL, flags);
+}
+
+struct asker {
+    pthread_t thread;
+    struct TunpipeEngine *engine;
+    int refused;
+};
+
+static void *ask_latency(void *arg) {
+    struct asker *a = arg;
+    struct TunpipeLatency l;
+    for (int i = 0; i < 300; i++) {
+        memset(&l, 0, sizeof l);
+        l.size = sizeof l;
+        if (tunpipe_engine_latency(a->engine, &l) != TUNPIPE_OK) a->refused++;
+    }
+    return NULL;
+}
+
+static void test_latency_crowd(int fd) {
+    struct TunpipeConfig c;
+    tunpipe_config_default(&c);
+    struct TunpipeEngine *e = NULL;
+    CHECK(tunpipe_engine_start(&c, fd, &e) == TUNPIPE_OK, "latency-crowd engine");
+    if (!e) return;
+    struct asker askers[24];
+    for (int i = 0; i < 24; i++) {
+        askers[i].engine = e;
+        askers[i].refused = 0;
+        pthread_create(&askers[i].thread, NULL, ask_latency, &askers[i]);
+    }
+    int refused = 0;
+    for (int i = 0; i < 24; i++) {
+        pthread_join(askers[i].thread, NULL);
+        refused += askers[i].refused;
+    }
+    CHECK(refused == 0, "a running engine answered every latency call (%d refused)", refused);
+    tunpipe_engine_free(e);
+}
+
 int main(void) {
+    /* A hang (a stop that never returns) fails the run instead of stalling CI. */
+    alarm(300);
     CHECK(tunpipe_set_log_callback(on_log, TUNPIPE_LOG_WARN, NULL) == TUNPIPE_OK, "log callback");
     int have_netns = geteuid() == 0 && unshare(CLONE_NEWNET) == 0;
 
@@ -460,6 +584,9 @@ int main(void) {
         if (fd >= 0 && up == 0) {
             test_start_tun(fd);
             test_handles(fd);
+            test_slow_callback_at_stop(fd);
+            test_nonblock_cleared(fd);
+            test_latency_crowd(fd);
             close(fd);
         }
     }

@@ -85,3 +85,33 @@ pub fn in_private_netns<T: Send + 'static>(
         Ok(f())
     })
 }
+
+/// A TUN or TAP opened by hand (`TUNSETIFF` on `/dev/net/tun`) with exactly `flags`
+/// (`IFF_TUN`/`IFF_TAP`, `IFF_NO_PI`, `IFF_VNET_HDR`, ...) and `access` (`O_RDWR`,
+/// `O_RDONLY`): the odd kinds of fd a host might hand the engine.
+#[cfg(target_os = "linux")]
+pub fn open_raw(
+    name: &str,
+    flags: libc::c_int,
+    access: libc::c_int,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: opens a path given as a NUL-terminated literal; the result is checked.
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), access | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(15)) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: TUNSETIFF reads (and may update) the one ifreq it is given.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}

@@ -5,10 +5,14 @@
 //!
 //! - kernel.rs: the kernel's own `ping`, `ping -6` and UDP sockets as clients of the engine,
 //!   adopted and rejected fds, a deleted interface, a bridge between two namespaces;
-//! - soak.rs: the real-TUN soak (start/stop cycles, sustained UDP, the host closing its fd).
+//! - soak.rs: the real-TUN soak (start/stop cycles, sustained UDP, the host closing its fd);
+//! - fd_contract.rs: what a host may do with its fd while an engine runs (clear O_NONBLOCK,
+//!   rename the interface), and the kinds of fd the engine refuses.
 //!
 //! Elsewhere than on Linux this binary runs nothing.
 
+#[cfg(target_os = "linux")]
+mod fd_contract;
 #[cfg(target_os = "linux")]
 mod kernel;
 #[cfg(target_os = "linux")]
@@ -26,6 +30,9 @@ fn main() {
             in_fresh_netns(Ipv6::NoDad, test)
         });
         trials.extend(root_trials(&soak::TESTS, &problem, |test| {
+            in_fresh_netns(Ipv6::Off, test)
+        }));
+        trials.extend(root_trials(&fd_contract::TESTS, &problem, |test| {
             in_fresh_netns(Ipv6::Off, test)
         }));
         run_one_at_a_time(trials)

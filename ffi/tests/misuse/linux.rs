@@ -40,7 +40,7 @@ pub fn main() {
         "a_valid_config_too_large_to_allocate_is_an_error_not_an_abort",
         too_large_to_allocate,
     )];
-    let root: [(&str, Test); 7] = [
+    let root: [(&str, Test); 8] = [
         (
             "engine_stop_from_many_threads_at_once",
             handle_stop_many_threads,
@@ -53,6 +53,10 @@ pub fn main() {
         (
             "two_engines_on_one_fd_both_stop_and_flags_come_back",
             two_engines_one_fd,
+        ),
+        (
+            "running_out_of_fds_at_start_is_a_resource_error_not_a_bad_fd",
+            out_of_fds_at_start,
         ),
     ];
     let mut trials = plain_trials(&plain);
@@ -702,4 +706,53 @@ fn alloc_child() -> ! {
             std::process::exit(0)
         }
     }
+}
+
+/// A start that cannot get a descriptor (the process is at its `RLIMIT_NOFILE`) reports the
+/// resource it lacks, not "not an open TUN": the fd is fine, and a later start may work.
+fn out_of_fds_at_start() -> Result<(), Failed> {
+    let host = tun("tpm6", V4_LOCAL)?;
+    let c = default_config();
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `limit`.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    check(got == 0, || "getrlimit".into())?;
+    // The lowest free descriptor number becomes the limit: no new fd can be made.
+    // SAFETY: F_DUPFD_CLOEXEC on stdin's number finds a free slot; closed at once.
+    let lowest_free = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 0) };
+    check(lowest_free > 0, || {
+        "no free descriptor to measure with".into()
+    })?;
+    // SAFETY: closing the descriptor just made.
+    unsafe { libc::close(lowest_free) };
+    let capped = libc::rlimit {
+        rlim_cur: lowest_free as libc::rlim_t,
+        rlim_max: limit.rlim_max,
+    };
+    let mut out: *mut TunpipeEngine = null_mut();
+    // SAFETY: valid rlimit structs; the config and out pointers are valid for the call.
+    let code = unsafe {
+        libc::setrlimit(libc::RLIMIT_NOFILE, &capped);
+        let code = tunpipe_engine_start(&c, host.as_raw_fd(), &mut out);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        code
+    };
+    if !out.is_null() {
+        // SAFETY: a handle the start just made.
+        unsafe { tunpipe_engine_free(out) };
+    }
+    let mut text = [0 as std::ffi::c_char; 512];
+    // SAFETY: the buffer holds 512 bytes.
+    unsafe { tunpipe_last_error(text.as_mut_ptr(), text.len()) };
+    // SAFETY: tunpipe_last_error NUL-terminates within the buffer.
+    let text = unsafe { std::ffi::CStr::from_ptr(text.as_ptr()) }.to_string_lossy();
+    check(code == TUNPIPE_ERR_RESOURCES, || {
+        format!("start at the fd limit returned {code} ({text}), not TUNPIPE_ERR_RESOURCES")
+    })?;
+    check(text.contains("open files"), || {
+        format!("the message: {text}")
+    })
 }

@@ -1,0 +1,148 @@
+//! What an adversarial host does to the engine (issue 9), on the in-memory device: a stage
+//! that is slow when the stop comes, a stage factory that panics, and a crowd of threads
+//! asking for latency. None of these tests times anything: each counts what happened.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use tunpipe::{Engine, EngineError, MemoryDevice, PacketBuf, Verdict};
+use tunpipe_testkit::check::{assert_conserved, eventually};
+use tunpipe_testkit::config;
+use tunpipe_testkit::memory::send;
+use tunpipe_testkit::packets::udp4;
+
+/// A stage held inside its first call until the test lets it go, that counts its calls.
+#[derive(Clone, Default)]
+struct HeldStage {
+    calls: Arc<AtomicUsize>,
+    entered: Arc<AtomicBool>,
+    released: Arc<AtomicBool>,
+}
+
+impl HeldStage {
+    fn process(&self) -> Verdict {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.entered.store(true, Ordering::SeqCst);
+        while !self.released.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        Verdict::Forward
+    }
+}
+
+#[test]
+fn a_stop_during_a_slow_stage_call_runs_no_further_stage_calls() {
+    for workers in [0, 1] {
+        let (dev, mut tx, _rx) = MemoryDevice::new(256, 2048);
+        // Forty packets wait before the engine starts, so its first read takes them all: the
+        // first is held in the stage, and (with the stage inline) the other 39 are in the same
+        // batch behind it.
+        for seq in 0..40 {
+            send(&mut tx, &udp4(1, 2, seq, 16));
+        }
+        let stage = HeldStage::default();
+        let engine = {
+            let stage = stage.clone();
+            Arc::new(
+                Engine::builder()
+                    .config(config(workers))
+                    .stage(move |_: &mut PacketBuf| stage.process())
+                    .start(&dev)
+                    .unwrap(),
+            )
+        };
+        assert!(eventually(|| stage.entered.load(Ordering::SeqCst)));
+        assert!(eventually(|| engine.stats().rx_packets == 40));
+        let stopper = {
+            let engine = engine.clone();
+            std::thread::spawn(move || engine.stop())
+        };
+        assert!(eventually(|| engine.is_stopping()));
+        // The call in progress finishes; the stop must not run the other 39 through the
+        // stage (with their side effects), but count them as stopped.
+        stage.released.store(true, Ordering::SeqCst);
+        stopper.join().unwrap().unwrap();
+        let s = engine.stats();
+        assert_eq!(
+            stage.calls.load(Ordering::SeqCst),
+            1,
+            "workers {workers}: {s:?}"
+        );
+        // The held packet itself may still be written, or be in flight at the stop.
+        assert_eq!(
+            s.drop_stopped + s.tx_packets,
+            40,
+            "workers {workers}: {s:?}"
+        );
+        assert_conserved(&s);
+    }
+}
+
+#[test]
+fn a_stage_whose_factory_panics_is_not_called_again_and_the_error_says_so() {
+    for workers in [0, 1] {
+        let (dev, mut tx, _rx) = MemoryDevice::new(256, 2048);
+        let built = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let engine = {
+            let (built, calls) = (built.clone(), calls.clone());
+            Engine::builder()
+                .config(config(workers))
+                .stage_factory(move |_| {
+                    // The first instance is built at start; building a second one (after the
+                    // first panics) panics too.
+                    if built.fetch_add(1, Ordering::SeqCst) > 0 {
+                        panic!("factory bug on purpose");
+                    }
+                    let calls = calls.clone();
+                    move |_: &mut PacketBuf| -> Verdict {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        panic!("stage bug on purpose")
+                    }
+                })
+                .start(&dev)
+                .unwrap()
+        };
+        for seq in 0..10 {
+            send(&mut tx, &udp4(1, 2, seq, 16));
+        }
+        let err = engine.wait().unwrap_err();
+        assert!(matches!(err, EngineError::StageRebuild), "{err}");
+        assert!(!err.to_string().contains(&u64::MAX.to_string()), "{err}");
+        // The torn instance panicked once and was never called again.
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let s = engine.stats();
+        assert_eq!(s.drop_stage_panic, 1, "{s:?}");
+        assert_conserved(&s);
+    }
+}
+
+#[test]
+fn any_number_of_threads_asking_for_latency_of_a_running_engine_get_answers() {
+    const THREADS: usize = 32;
+    const ASKS: usize = 200;
+    for workers in [0, 2] {
+        let (dev, _tx, _rx) = MemoryDevice::new(64, 2048);
+        let engine = Arc::new(
+            Engine::builder()
+                .config(config(workers))
+                .start(&dev)
+                .unwrap(),
+        );
+        let start = Arc::new(Barrier::new(THREADS));
+        let askers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (engine, start) = (engine.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    (0..ASKS).filter(|_| engine.latency().is_err()).count()
+                })
+            })
+            .collect();
+        let refused: usize = askers.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(
+            refused, 0,
+            "workers {workers}: a running engine refused to answer"
+        );
+        engine.stop().unwrap();
+    }
+}
