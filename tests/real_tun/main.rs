@@ -18,6 +18,10 @@ mod kernel;
 #[cfg(target_os = "linux")]
 mod soak;
 
+/// Far longer than any of these tests takes: the bound on a hang, not a timing assertion.
+#[cfg(target_os = "linux")]
+const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn main() {
     #[cfg(target_os = "linux")]
     {
@@ -32,8 +36,11 @@ fn main() {
         trials.extend(root_trials(&soak::TESTS, &problem, |test| {
             in_fresh_netns(Ipv6::Off, test)
         }));
+        // These tests hung before their fixes: a watchdog turns a hang into a failure.
         trials.extend(root_trials(&fd_contract::TESTS, &problem, |test| {
-            in_fresh_netns(Ipv6::Off, test)
+            tunpipe_testkit::thread::on_thread("fd-contract", Some(WATCHDOG), move || {
+                in_fresh_netns(Ipv6::Off, test)
+            })
         }));
         run_one_at_a_time(trials)
     }
