@@ -19,6 +19,8 @@
 //! - `stop`: 1000 start/stop cycles of an idle engine on a TUN per worker count, and what the
 //!   guide's loops do when asked to stop while idle;
 //! - `idle`: CPU time and wake-ups per second of each contender with no traffic;
+//! - `hostile`: stop time against the stage's time per packet, stop with the host's
+//!   `O_NONBLOCK` cleared, and the cost of each way to read a TUN without blocking (Linux);
 //! - `tcp`: iperf3 between two network namespaces joined by a bridge (two engines, or two
 //!   guide loops), Linux only.
 //!
@@ -34,6 +36,8 @@
 
 mod contenders;
 mod floor;
+#[cfg(target_os = "linux")]
+mod hostile;
 mod idle;
 mod matrix;
 mod plot;
@@ -71,6 +75,8 @@ const SECTIONS: &[(&str, Section)] = &[
     ("spin", spin::spin_section),
     ("stop", stop::stop_section),
     ("idle", idle::idle_section),
+    #[cfg(target_os = "linux")]
+    ("hostile", hostile::hostile_section),
     #[cfg(target_os = "linux")]
     ("tcp", tcp::tcp_section),
 ];
