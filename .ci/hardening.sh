@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Hardening gate (called from .ci/run): a short cargo-fuzz smoke over every fuzz target, and,
 # on request, ThreadSanitizer and the long soak. The soak, stress and ABI-misuse tests'
-# default (short) versions already run in `cargo test --release` (tests/soak/linux.rs,
-# tests/misuse/linux.rs), so they are not repeated here.
+# default (short) versions already run in `cargo test --release` (tests/soak,
+# tests/real_tun/soak.rs, ffi/tests/misuse), so they are not repeated here.
 #
 #   TUNPIPE_FUZZ_SECONDS=30   seconds per fuzz target (0 skips fuzzing)
-#   TUNPIPE_HARDENING_TSAN=1  also run tests/pipeline.rs and tests/soak/linux.rs under TSan
+#   TUNPIPE_HARDENING_TSAN=1  also run the pipeline, reliability and memory-soak tests under TSan
 #                             (a -Zbuild-std build: about 4-8 min cold on 2 cores)
 #   TUNPIPE_HARDENING_SOAK=1  also run the full soak: 10,000 memory cycles, 1,000 TUN
 #                             cycles, 60 s of UDP (about 75 s; TUN parts need root)
@@ -61,13 +61,14 @@ if [ "${TUNPIPE_HARDENING_TSAN:-0}" = 1 ]; then
     CARGO_TARGET_DIR="$target_dir/tsan" \
     TUNPIPE_SOAK_CYCLES=500 TUNPIPE_SOAK_TUN_CYCLES=100 TUNPIPE_SOAK_SECONDS=3 \
     TUNPIPE_STRESS_RUNS=100 \
-    cargo test -Zbuild-std --target x86_64-unknown-linux-gnu --test pipeline --test soak
+    cargo test -Zbuild-std --target x86_64-unknown-linux-gnu -p tunpipe --test pipeline \
+    --test reliability --test soak
 fi
 
 if [ "${TUNPIPE_HARDENING_SOAK:-0}" = 1 ]; then
   step "full soak"
   TUNPIPE_SOAK_CYCLES=10000 TUNPIPE_SOAK_TUN_CYCLES=1000 TUNPIPE_SOAK_SECONDS=60 \
-    cargo test --release --test soak -- --nocapture
+    cargo test --release -p tunpipe --test soak --test real_tun -- --nocapture
 fi
 
 step "done in $((SECONDS - started)) s"

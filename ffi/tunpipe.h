@@ -370,17 +370,26 @@ int32_t tunpipe_set_config(const struct TunpipeConfig *config);
 // Runs the packet engine on the host's TUN/utun `fd` and blocks until `stop_tun()` or a
 // fatal error. Call it on a thread of its own.
 //
-// It adopts `fd` by duplicating it: the host's fd is never closed, and its flags are
-// restored at stop, so the same fd can be started again. `fd < 0` finds the utun fd
-// (Apple only). The configuration is the one `tunpipe_set_config` set, or the defaults:
-// the reflect stage, MTU 1500.
+// It adopts `fd` by duplicating it: the host's fd is never closed and its flags are never
+// changed, so the same fd can be started again. `fd < 0` finds the utun fd (Apple only).
+// The configuration is the one `tunpipe_set_config` set, or the defaults: the reflect
+// stage, MTU 1500.
+//
+// The fd contract, while an engine runs on `fd`. The host may: keep `fd` and use it for
+// ioctls; set or clear `O_NONBLOCK` (the engine reads and writes non-blocking per call
+// and never depends on the flag); close `fd` early (the engine goes on with its dup);
+// rename the interface or change its addresses, routes or MTU. The host must not: read or
+// write packets on `fd` (they would be split between host and engine); run a second
+// engine on the same TUN (`TUNPIPE_ERR_DEVICE`). A TAP, a TUN with packet information or
+// a virtio-net header, or a fd not open for reading and writing is refused
+// (`TUNPIPE_ERR_BAD_FD`).
 //
 // Returns `TUNPIPE_OK` after a clean stop (also when `stop_tun` came while it was still
 // starting), `TUNPIPE_ERR_ALREADY_RUNNING` when a `start_tun` engine is starting or
 // running, or the error that kept it from starting or stopped it (`TUNPIPE_ERR_BAD_FD`,
 // `TUNPIPE_ERR_NO_UTUN_FD`, `TUNPIPE_ERR_UNSUPPORTED`, `TUNPIPE_ERR_DEVICE`,
-// `TUNPIPE_ERR_SPAWN`, `TUNPIPE_ERR_STAGE_PANICS`, ...). The message is then the calling
-// thread's last error.
+// `TUNPIPE_ERR_RESOURCES`, `TUNPIPE_ERR_SPAWN`, `TUNPIPE_ERR_STAGE_PANICS`, ...). The
+// message is then the calling thread's last error.
 int32_t start_tun(int32_t fd);
 
 // Stops the engine `start_tun` runs and returns once every thread is joined and its dup of
@@ -419,14 +428,15 @@ int32_t tunpipe_latency_base64(uint32_t which,
 // Starts an engine on `fd` without blocking and stores its handle in `*out`.
 //
 // `fd` is the host's TUN/utun descriptor: tunpipe works on its own dup and never closes
-// `fd`; its flags are restored at stop. `fd < 0` finds the utun fd (Apple only; elsewhere
-// `TUNPIPE_ERR_UNSUPPORTED`). The config is copied; its callback context must stay valid
-// until the engine is stopped.
+// `fd` or changes its flags (the fd contract is at `start_tun`). `fd < 0` finds the utun
+// fd (Apple only; elsewhere `TUNPIPE_ERR_UNSUPPORTED`). The config is copied; its
+// callback context must stay valid until the engine is stopped.
 //
 // Returns `TUNPIPE_OK`, or `TUNPIPE_ERR_NULL_POINTER`, `TUNPIPE_ERR_STRUCT_SIZE`,
 // `TUNPIPE_ERR_INVALID_ARGUMENT`, `TUNPIPE_ERR_CONFIG`, `TUNPIPE_ERR_BAD_FD`,
-// `TUNPIPE_ERR_NO_UTUN_FD`, `TUNPIPE_ERR_UNSUPPORTED`, `TUNPIPE_ERR_DEVICE` or
-// `TUNPIPE_ERR_SPAWN` (`*out` is then left untouched).
+// `TUNPIPE_ERR_NO_UTUN_FD`, `TUNPIPE_ERR_UNSUPPORTED`, `TUNPIPE_ERR_DEVICE`,
+// `TUNPIPE_ERR_RESOURCES`, `TUNPIPE_ERR_NO_MEMORY` or `TUNPIPE_ERR_SPAWN` (`*out` is then
+// left untouched).
 //
 // # Safety
 // `config` must be NULL or point to a readable `TunpipeConfig` (filled by

@@ -69,17 +69,26 @@ ffi_fn! {
     /// Runs the packet engine on the host's TUN/utun `fd` and blocks until `stop_tun()` or a
     /// fatal error. Call it on a thread of its own.
     ///
-    /// It adopts `fd` by duplicating it: the host's fd is never closed, and its flags are
-    /// restored at stop, so the same fd can be started again. `fd < 0` finds the utun fd
-    /// (Apple only). The configuration is the one `tunpipe_set_config` set, or the defaults:
-    /// the reflect stage, MTU 1500.
+    /// It adopts `fd` by duplicating it: the host's fd is never closed and its flags are never
+    /// changed, so the same fd can be started again. `fd < 0` finds the utun fd (Apple only).
+    /// The configuration is the one `tunpipe_set_config` set, or the defaults: the reflect
+    /// stage, MTU 1500.
+    ///
+    /// The fd contract, while an engine runs on `fd`. The host may: keep `fd` and use it for
+    /// ioctls; set or clear `O_NONBLOCK` (the engine reads and writes non-blocking per call
+    /// and never depends on the flag); close `fd` early (the engine goes on with its dup);
+    /// rename the interface or change its addresses, routes or MTU. The host must not: read or
+    /// write packets on `fd` (they would be split between host and engine); run a second
+    /// engine on the same TUN (`TUNPIPE_ERR_DEVICE`). A TAP, a TUN with packet information or
+    /// a virtio-net header, or a fd not open for reading and writing is refused
+    /// (`TUNPIPE_ERR_BAD_FD`).
     ///
     /// Returns `TUNPIPE_OK` after a clean stop (also when `stop_tun` came while it was still
     /// starting), `TUNPIPE_ERR_ALREADY_RUNNING` when a `start_tun` engine is starting or
     /// running, or the error that kept it from starting or stopped it (`TUNPIPE_ERR_BAD_FD`,
     /// `TUNPIPE_ERR_NO_UTUN_FD`, `TUNPIPE_ERR_UNSUPPORTED`, `TUNPIPE_ERR_DEVICE`,
-    /// `TUNPIPE_ERR_SPAWN`, `TUNPIPE_ERR_STAGE_PANICS`, ...). The message is then the calling
-    /// thread's last error.
+    /// `TUNPIPE_ERR_RESOURCES`, `TUNPIPE_ERR_SPAWN`, `TUNPIPE_ERR_STAGE_PANICS`, ...). The
+    /// message is then the calling thread's last error.
     fn start_tun(fd: i32) -> i32 {
         run(fd).map(|()| TUNPIPE_OK)
     }

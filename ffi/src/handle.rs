@@ -26,14 +26,15 @@ ffi_fn! {
     /// Starts an engine on `fd` without blocking and stores its handle in `*out`.
     ///
     /// `fd` is the host's TUN/utun descriptor: tunpipe works on its own dup and never closes
-    /// `fd`; its flags are restored at stop. `fd < 0` finds the utun fd (Apple only; elsewhere
-    /// `TUNPIPE_ERR_UNSUPPORTED`). The config is copied; its callback context must stay valid
-    /// until the engine is stopped.
+    /// `fd` or changes its flags (the fd contract is at `start_tun`). `fd < 0` finds the utun
+    /// fd (Apple only; elsewhere `TUNPIPE_ERR_UNSUPPORTED`). The config is copied; its
+    /// callback context must stay valid until the engine is stopped.
     ///
     /// Returns `TUNPIPE_OK`, or `TUNPIPE_ERR_NULL_POINTER`, `TUNPIPE_ERR_STRUCT_SIZE`,
     /// `TUNPIPE_ERR_INVALID_ARGUMENT`, `TUNPIPE_ERR_CONFIG`, `TUNPIPE_ERR_BAD_FD`,
-    /// `TUNPIPE_ERR_NO_UTUN_FD`, `TUNPIPE_ERR_UNSUPPORTED`, `TUNPIPE_ERR_DEVICE` or
-    /// `TUNPIPE_ERR_SPAWN` (`*out` is then left untouched).
+    /// `TUNPIPE_ERR_NO_UTUN_FD`, `TUNPIPE_ERR_UNSUPPORTED`, `TUNPIPE_ERR_DEVICE`,
+    /// `TUNPIPE_ERR_RESOURCES`, `TUNPIPE_ERR_NO_MEMORY` or `TUNPIPE_ERR_SPAWN` (`*out` is then
+    /// left untouched).
     ///
     /// # Safety
     /// `config` must be NULL or point to a readable `TunpipeConfig` (filled by
