@@ -53,6 +53,11 @@ mod sync;
 pub mod sys;
 pub mod wire;
 
+/// The README's code examples, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
+
 pub use config::Config;
 pub use device::{Device, FaultPlan, FaultyDevice, MemoryDevice, RxHalf, TunDevice, TxHalf};
 pub use engine::{reserved_bytes, Builder, Engine, IntoStageFactory};
