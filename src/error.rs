@@ -26,8 +26,11 @@ pub enum EngineError {
     /// `stop()` was called from one of the engine's own threads (say, a stage). The stop was
     /// requested; the engine's owner must still call `stop()` or `wait()` to join it.
     StopFromEngineThread,
-    /// A latency snapshot could not be taken because the engine is stopping.
+    /// A latency snapshot could not be taken, or a rebind done, because the engine is
+    /// stopping.
     Stopping,
+    /// The engine cannot do what was asked (for example, rebind a device that is no socket).
+    Unsupported(&'static str),
     /// The buffer pool could not be allocated.
     OutOfMemory {
         /// Bytes the pool needed.
@@ -57,6 +60,7 @@ impl std::fmt::Display for EngineError {
                 f.write_str("stop called from an engine thread; stop requested, not joined")
             }
             EngineError::Stopping => f.write_str("the engine is stopping"),
+            EngineError::Unsupported(what) => f.write_str(what),
             EngineError::OutOfMemory { bytes } => {
                 write!(f, "could not allocate the {bytes}-byte buffer pool")
             }

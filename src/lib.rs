@@ -59,9 +59,11 @@ pub mod wire;
 struct ReadmeExamples;
 
 pub use config::Config;
-pub use device::{Device, FaultPlan, FaultyDevice, MemoryDevice, RxHalf, TunDevice, TxHalf};
-pub use engine::{reserved_bytes, Builder, Engine, IntoStageFactory};
+pub use device::{
+    Device, FaultPlan, FaultyDevice, MemoryDevice, RxHalf, TunDevice, TxHalf, UdpDevice,
+};
+pub use engine::{reserved_bytes, tunnel_reserved_bytes, Builder, Engine, IntoStageFactory};
 pub use error::{ConfigError, EngineError};
 pub use pool::{NoRoom, PacketBuf};
-pub use stage::{BuiltinStage, Stage, Verdict};
+pub use stage::{Action, BuiltinStage, Direction, DuplexStage, Emitter, Side, Stage, Verdict};
 pub use stats::{Latency, LatencySnapshot, Percentiles, Stats};

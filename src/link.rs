@@ -20,7 +20,7 @@
 //! pipeline makes no wake-up syscalls: the producer's swap costs one atomic instruction per
 //! batch, on a line only it writes while the consumer is busy.
 
-use crate::sync::{current, park, AtomicBool, Mutex, Ordering, Thread};
+use crate::sync::{current, park, park_timeout, AtomicBool, Mutex, Ordering, Thread};
 use std::time::{Duration, Instant};
 
 /// The consumer side's "I am asleep" flag and its thread handle.
@@ -61,12 +61,25 @@ impl Doorbell {
     /// Parks the calling (consumer) thread unless `has_work` says otherwise once the flag is
     /// up. Returns true if it actually parked.
     pub(crate) fn sleep_unless(&self, has_work: impl Fn() -> bool) -> bool {
+        self.sleep_unless_for(has_work, None)
+    }
+
+    /// As [`Doorbell::sleep_unless`], waking by itself after `timeout` (the timer's
+    /// deadline) if nobody rings first.
+    pub(crate) fn sleep_unless_for(
+        &self,
+        has_work: impl Fn() -> bool,
+        timeout: Option<Duration>,
+    ) -> bool {
         self.sleeping.swap(true, Ordering::AcqRel);
         if has_work() {
             self.sleeping.swap(false, Ordering::AcqRel);
             return false;
         }
-        park();
+        match timeout {
+            Some(timeout) => park_timeout(timeout),
+            None => park(),
+        }
         self.sleeping.swap(false, Ordering::AcqRel);
         true
     }

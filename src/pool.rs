@@ -6,6 +6,7 @@
 //! larger than the MTU so that an oversize packet shows up as `len > mtu` instead of being
 //! silently truncated.
 
+use rtrb::Consumer;
 use std::net::SocketAddr;
 use std::ops::Range;
 
@@ -34,11 +35,25 @@ pub struct PacketBuf {
     pub(crate) received_at: u64,
     /// Nanoseconds the stage spent on this packet (its batch's time divided evenly).
     pub(crate) stage_ns: u64,
-    /// Set by a worker that dropped the packet: it still travels to the writer, which only
-    /// recycles it, so that every buffer has one way home.
-    pub(crate) dropped: bool,
+    /// Where the packet goes once its stage has run. A recycled packet still travels to a
+    /// writer, which only sends the buffer home, so that every buffer has one way home.
+    pub(crate) route: Route,
+    /// The pool the buffer belongs to (see [`Pool`]): writers send it back there.
+    pub(crate) home: u8,
     /// The peer a datagram came from or goes to (datagram devices); `None` for IP packets.
     endpoint: Option<SocketAddr>,
+}
+
+/// Where a packet goes once its stage has run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Route {
+    /// On toward the other side: the writer of its direction's destination.
+    #[default]
+    Forward,
+    /// Back toward the side it came from (a duplex stage's reply).
+    Back,
+    /// Nowhere: dropped or consumed (and counted as such); only the buffer goes home.
+    Recycle,
 }
 
 impl PacketBuf {
@@ -71,7 +86,8 @@ impl PacketBuf {
             len: 0,
             received_at: 0,
             stage_ns: 0,
-            dropped: false,
+            route: Route::Forward,
+            home: 0,
             endpoint: None,
         })
     }
@@ -211,8 +227,14 @@ impl PacketBuf {
         debug_assert!(headroom + capacity <= self.storage.len());
         self.start = headroom;
         self.len = capacity;
-        self.dropped = false;
+        self.route = Route::Forward;
         self.endpoint = None;
+    }
+
+    /// True once the stage dropped or consumed the packet: only its buffer travels on.
+    #[inline]
+    pub(crate) fn recycled(&self) -> bool {
+        self.route == Route::Recycle
     }
 
     fn range(&self) -> Range<usize> {
@@ -226,30 +248,75 @@ impl std::fmt::Debug for PacketBuf {
             .field("headroom", &self.headroom())
             .field("len", &self.len)
             .field("tailroom", &self.tailroom())
-            .field("dropped", &self.dropped)
+            .field("route", &self.route)
             .field("endpoint", &self.endpoint)
             .finish()
     }
 }
 
-/// Allocates the engine's fixed pool: `count` buffers, each `headroom + mtu + 1 + tailroom`
-/// bytes. The extra byte is what lets the reader see an oversize packet. The returned `Vec`
-/// has room for exactly `count` buffers, so the reader's free list never reallocates.
+/// Allocates a fixed pool: `count` buffers, each `headroom + area + tailroom` bytes, where
+/// the area a device receives into is one byte longer than the largest packet, so the reader
+/// sees an oversize packet. The returned `Vec` has room for exactly `count` buffers, so a free
+/// list made from it never reallocates.
 ///
 /// Fallible, so that a valid config the system cannot back (an address-space limit, a
 /// 32-bit host) is an error for the host instead of an abort.
 pub(crate) fn allocate(
     count: usize,
+    home: u8,
     headroom: usize,
-    mtu: usize,
+    area: usize,
     tailroom: usize,
 ) -> Result<Vec<PacketBuf>, std::collections::TryReserveError> {
     let mut pool = Vec::new();
     pool.try_reserve_exact(count)?;
     for _ in 0..count {
-        pool.push(PacketBuf::try_new(headroom, mtu + 1, tailroom)?);
+        let mut buf = PacketBuf::try_new(headroom, area, tailroom)?;
+        buf.home = home;
+        pool.push(buf);
     }
     Ok(pool)
+}
+
+/// One owner's buffers: the ones free now, and the rings (one per writer) that bring the
+/// others home. The readers, the timer and, in a tunnel, each worker own one; every buffer
+/// knows its home, and only ever goes back there.
+pub(crate) struct Pool {
+    pub free: Vec<PacketBuf>,
+    returns: Vec<Consumer<PacketBuf>>,
+}
+
+impl Pool {
+    pub(crate) fn new(free: Vec<PacketBuf>, returns: Vec<Consumer<PacketBuf>>) -> Self {
+        Pool { free, returns }
+    }
+
+    /// A pool with no buffers (a one-way engine's workers emit nothing).
+    pub(crate) fn empty() -> Self {
+        Pool::new(Vec::new(), Vec::new())
+    }
+
+    /// Takes home every buffer the writers have recycled; returns how many came.
+    pub(crate) fn refill(&mut self) -> usize {
+        let mut came = 0;
+        for ring in &mut self.returns {
+            let n = ring.slots();
+            if n == 0 {
+                continue;
+            }
+            if let Ok(chunk) = ring.read_chunk(n) {
+                // `free` was allocated with room for the whole pool: no reallocation.
+                self.free.extend(chunk);
+                came += n;
+            }
+        }
+        came
+    }
+
+    /// True when a writer has sent buffers home that [`Pool::refill`] has not taken yet.
+    pub(crate) fn has_returns(&self) -> bool {
+        self.returns.iter().any(|r| !r.is_empty())
+    }
 }
 
 #[cfg(test)]
@@ -286,12 +353,13 @@ mod tests {
     #[test]
     fn an_impossible_allocation_is_an_error() {
         assert!(PacketBuf::try_new(usize::MAX / 2, usize::MAX / 2, 0).is_err());
-        assert!(allocate(usize::MAX / 64, 0, 1500, 0).is_err());
+        assert!(allocate(usize::MAX / 64, 0, 0, 1501, 0).is_err());
     }
 
     #[test]
     fn receive_window_is_one_byte_past_the_mtu() {
-        let mut pool = allocate(2, 4, 10, 4).unwrap();
+        let mut pool = allocate(2, 3, 4, 11, 4).unwrap();
+        assert!(pool.iter().all(|b| b.home == 3));
         assert_eq!(pool.len(), 2);
         pool[0].set_endpoint(Some(([10, 0, 0, 1], 53).into()));
         pool[0].prepare_receive(4, 11);

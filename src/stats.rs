@@ -2,12 +2,14 @@
 //!
 //! Each actor writes only its own cache-padded counters (one writer per counter, so plain
 //! `fetch_add` with `Relaxed` is enough and no line bounces between cores); anyone may read
-//! them. Conservation holds once the engine has stopped:
-//! `rx_packets == tx_packets + dropped()`, and tests assert it.
+//! them. Conservation holds once the engine has stopped, in each direction:
+//! `rx_packets + originated == tx_packets + dropped() + consumed` (the middle terms are 0 for
+//! one-way stages), and tests assert it.
 //!
 //! Latency histograms are owned by the worker and writer threads and never locked; a snapshot
 //! asks the owners through their mailboxes (see `engine.rs`).
 
+use crate::stage::Direction;
 use crossbeam_utils::CachePadded;
 use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
@@ -31,7 +33,8 @@ impl Counter {
     }
 }
 
-/// Counters written by the reader.
+/// Counters written by a reader: the inside reader's are the outbound direction's, the
+/// outside reader's the inbound direction's.
 #[derive(Default, Debug)]
 pub(crate) struct ReaderCounters {
     pub rx_packets: Counter,
@@ -46,16 +49,36 @@ pub(crate) struct ReaderCounters {
     pub stage: StageCounters,
 }
 
-/// Counters written by whoever runs a stage.
+/// What whoever runs a stage (a reader inline, a worker, the timer) counts, by the direction
+/// each packet is counted in: a dropped or consumed packet in its own direction; an
+/// originated one (or one that found no buffer) in the direction it was sent.
 #[derive(Default, Debug)]
 pub(crate) struct StageCounters {
-    pub drop_stage: Counter,
-    pub drop_stage_panic: Counter,
-    pub stopped: Counter,
+    pub by: [DirectionCounters; 2],
     pub wakeups: Counter,
 }
 
-/// Counters written by the writer.
+impl StageCounters {
+    #[inline]
+    pub(crate) fn of(&self, direction: Direction) -> &DirectionCounters {
+        &self.by[direction.index()]
+    }
+}
+
+/// One direction's share of [`StageCounters`].
+#[derive(Default, Debug)]
+pub(crate) struct DirectionCounters {
+    /// Emitted packets whose ring to the writer was full.
+    pub drop_ring_full: Counter,
+    pub drop_stage: Counter,
+    pub drop_stage_panic: Counter,
+    pub drop_no_buffer: Counter,
+    pub stopped: Counter,
+    pub originated: Counter,
+    pub consumed: Counter,
+}
+
+/// Counters written by a writer: the outside writer's are the outbound direction's.
 #[derive(Default, Debug)]
 pub(crate) struct WriterCounters {
     pub tx_packets: Counter,
@@ -65,56 +88,103 @@ pub(crate) struct WriterCounters {
     pub wakeups: Counter,
 }
 
-/// Every actor's counters, each group on its own cache lines.
+/// Every actor's counters, each group on its own cache lines. A one-way engine uses the
+/// outbound direction only.
 #[derive(Debug)]
 pub(crate) struct Counters {
-    pub reader: CachePadded<ReaderCounters>,
+    /// By the direction the reader feeds.
+    pub readers: [CachePadded<ReaderCounters>; 2],
     pub workers: Box<[CachePadded<StageCounters>]>,
-    pub writer: CachePadded<WriterCounters>,
+    pub timer: CachePadded<StageCounters>,
+    /// By the direction the writer completes.
+    pub writers: [CachePadded<WriterCounters>; 2],
 }
 
 impl Counters {
     pub(crate) fn new(workers: usize) -> Self {
         Counters {
-            reader: CachePadded::default(),
+            readers: Default::default(),
             workers: (0..workers).map(|_| CachePadded::default()).collect(),
-            writer: CachePadded::default(),
+            timer: CachePadded::default(),
+            writers: Default::default(),
         }
     }
 
-    pub(crate) fn snapshot(&self) -> Stats {
-        let r = &self.reader;
-        let w = &self.writer;
-        let stage_groups = || self.workers.iter().map(|c| &**c).chain([&r.stage]);
-        let sum = |f: fn(&StageCounters) -> &Counter| stage_groups().map(|c| f(c).get()).sum();
+    pub(crate) fn reader(&self, direction: Direction) -> &ReaderCounters {
+        &self.readers[direction.index()]
+    }
+
+    pub(crate) fn writer(&self, direction: Direction) -> &WriterCounters {
+        &self.writers[direction.index()]
+    }
+
+    /// The counters of one direction.
+    pub(crate) fn snapshot(&self, direction: Direction) -> Stats {
+        let r = self.reader(direction);
+        let w = self.writer(direction);
+        let stage_groups = || {
+            self.workers
+                .iter()
+                .map(|c| &**c)
+                .chain([
+                    &r.stage,
+                    &*self.timer,
+                    &self.reader(direction.reverse()).stage,
+                ])
+                .map(move |c| c.of(direction))
+        };
+        let sum = |f: fn(&DirectionCounters) -> &Counter| stage_groups().map(|c| f(c).get()).sum();
         // Read the writer's side first: a packet counted out was counted in earlier, so a
         // snapshot taken while running never shows more out than in.
         let tx_packets = w.tx_packets.get();
         let tx_bytes = w.tx_bytes.get();
         let drop_write_error = w.drop_write_error.get();
-        let drop_stage = sum(|c| &c.drop_stage);
-        let drop_stage_panic = sum(|c| &c.drop_stage_panic);
         let drop_stopped = w.stopped.get() + sum(|c| &c.stopped);
         Stats {
             rx_packets: r.rx_packets.get(),
             rx_bytes: r.rx_bytes.get(),
             tx_packets,
             tx_bytes,
-            drop_ring_full: r.drop_ring_full.get(),
+            originated: sum(|c| &c.originated),
+            consumed: sum(|c| &c.consumed),
+            drop_ring_full: r.drop_ring_full.get() + sum(|c| &c.drop_ring_full),
             drop_malformed: r.drop_malformed.get(),
             drop_oversize: r.drop_oversize.get(),
-            drop_stage,
-            drop_stage_panic,
+            drop_stage: sum(|c| &c.drop_stage),
+            drop_stage_panic: sum(|c| &c.drop_stage_panic),
+            drop_no_buffer: sum(|c| &c.drop_no_buffer),
             drop_write_error,
             drop_stopped,
             pool_stalls: r.pool_stalls.get(),
             read_errors: r.read_errors.get(),
-            wakeups: r.wakeups.get() + w.wakeups.get() + sum(|c| &c.wakeups),
+            wakeups: r.wakeups.get()
+                + w.wakeups.get()
+                + if direction == Direction::Outbound {
+                    // Workers and the timer serve both directions: counted once.
+                    self.workers.iter().map(|c| c.wakeups.get()).sum::<u64>()
+                        + self.timer.wakeups.get()
+                } else {
+                    0
+                },
         }
+    }
+
+    /// Both directions together.
+    pub(crate) fn total(&self) -> Stats {
+        self.snapshot(Direction::Outbound) + self.snapshot(Direction::Inbound)
     }
 }
 
-/// A snapshot of the engine's counters.
+/// A snapshot of the engine's counters: of one direction, or of both together.
+///
+/// For a one-way engine, every packet read is written or dropped: after stop,
+/// `rx_packets == tx_packets + dropped()`. A tunnel's stage also originates packets of its own
+/// (handshakes, keepalives, packets it had queued) and consumes some it reads (handshake
+/// messages, packets it queues), so in each direction, after stop,
+/// `rx_packets + originated == tx_packets + dropped() + consumed`. Directions: outbound is
+/// read from the inside device and written to the outside one; inbound the reverse. A packet
+/// the stage answers (a handshake response) counts as consumed in its direction and
+/// originated in the other.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -126,16 +196,23 @@ pub struct Stats {
     pub tx_packets: u64,
     /// Bytes the writer sent.
     pub tx_bytes: u64,
-    /// Dropped by the reader because the chosen worker's ring was full (back-pressure).
+    /// Packets a duplex stage sent of its own (0 for one-way stages).
+    pub originated: u64,
+    /// Packets a duplex stage took in and did not pass on (0 for one-way stages).
+    pub consumed: u64,
+    /// Dropped because the ring to the next actor was full (back-pressure): by the reader,
+    /// or a duplex stage's own packet on its way to a writer.
     pub drop_ring_full: u64,
-    /// Dropped by the reader: empty, or not an IPv4/IPv6 packet.
+    /// Dropped by the reader: empty, or not an IPv4/IPv6 packet (IP devices only).
     pub drop_malformed: u64,
-    /// Dropped by the reader: longer than the MTU.
+    /// Dropped by the reader: longer than the device's MTU.
     pub drop_oversize: u64,
     /// Dropped because the stage said so.
     pub drop_stage: u64,
     /// Dropped because the stage panicked on them.
     pub drop_stage_panic: u64,
+    /// Packets a duplex stage wanted to send when its reserve of buffers was empty.
+    pub drop_no_buffer: u64,
     /// Dropped because the device refused the write (EINVAL, ENOBUFS, EAGAIN, short write).
     pub drop_write_error: u64,
     /// Still in flight when the engine stopped.
@@ -157,14 +234,42 @@ impl Stats {
             + self.drop_oversize
             + self.drop_stage
             + self.drop_stage_panic
+            + self.drop_no_buffer
             + self.drop_write_error
             + self.drop_stopped
     }
 
-    /// Packets read but neither written nor dropped yet: 0 once the engine has stopped.
+    /// Packets read or originated but neither written, dropped nor consumed yet: 0 once the
+    /// engine has stopped.
     pub fn in_flight(&self) -> u64 {
-        self.rx_packets
-            .saturating_sub(self.tx_packets + self.dropped())
+        (self.rx_packets + self.originated)
+            .saturating_sub(self.tx_packets + self.dropped() + self.consumed)
+    }
+}
+
+impl std::ops::Add for Stats {
+    type Output = Stats;
+
+    fn add(self, o: Stats) -> Stats {
+        Stats {
+            rx_packets: self.rx_packets + o.rx_packets,
+            rx_bytes: self.rx_bytes + o.rx_bytes,
+            tx_packets: self.tx_packets + o.tx_packets,
+            tx_bytes: self.tx_bytes + o.tx_bytes,
+            originated: self.originated + o.originated,
+            consumed: self.consumed + o.consumed,
+            drop_ring_full: self.drop_ring_full + o.drop_ring_full,
+            drop_malformed: self.drop_malformed + o.drop_malformed,
+            drop_oversize: self.drop_oversize + o.drop_oversize,
+            drop_stage: self.drop_stage + o.drop_stage,
+            drop_stage_panic: self.drop_stage_panic + o.drop_stage_panic,
+            drop_no_buffer: self.drop_no_buffer + o.drop_no_buffer,
+            drop_write_error: self.drop_write_error + o.drop_write_error,
+            drop_stopped: self.drop_stopped + o.drop_stopped,
+            pool_stalls: self.pool_stalls + o.pool_stalls,
+            read_errors: self.read_errors + o.read_errors,
+            wakeups: self.wakeups + o.wakeups,
+        }
     }
 }
 
@@ -281,6 +386,13 @@ impl std::fmt::Debug for Latency {
 }
 
 impl LatencySnapshot {
+    /// Adds `other`'s samples to this snapshot's (both directions of a tunnel, say).
+    pub fn add(&mut self, other: &LatencySnapshot) {
+        // Both come from recorders with the same bounds, so adding cannot fail.
+        let _ = self.engine.histogram.add(&other.engine.histogram);
+        let _ = self.stage.histogram.add(&other.stage.histogram);
+    }
+
     pub(crate) fn empty() -> Self {
         LatencySnapshot {
             engine: Latency::empty(),
@@ -352,13 +464,30 @@ mod tests {
     #[test]
     fn conservation_arithmetic() {
         let counters = Counters::new(2);
-        counters.reader.rx_packets.add(10);
-        counters.reader.drop_malformed.add(1);
-        counters.workers[1].drop_stage.add(2);
-        counters.reader.stage.drop_stage_panic.add(1);
-        counters.writer.tx_packets.add(5);
-        let s = counters.snapshot();
+        let out = Direction::Outbound;
+        counters.reader(out).rx_packets.add(10);
+        counters.reader(out).drop_malformed.add(1);
+        counters.workers[1].of(out).drop_stage.add(2);
+        counters.reader(out).stage.of(out).drop_stage_panic.add(1);
+        counters.writer(out).tx_packets.add(5);
+        let s = counters.snapshot(out);
         assert_eq!(s.dropped(), 4);
         assert_eq!(s.in_flight(), 1);
+    }
+
+    #[test]
+    fn a_reply_is_consumed_in_one_direction_and_originated_in_the_other() {
+        let counters = Counters::new(0);
+        let (out, inb) = (Direction::Outbound, Direction::Inbound);
+        // A handshake initiation read from outside, answered toward outside.
+        counters.reader(inb).rx_packets.add(1);
+        counters.reader(inb).stage.of(inb).consumed.add(1);
+        counters.reader(inb).stage.of(out).originated.add(1);
+        counters.writer(out).tx_packets.add(1);
+        assert_eq!(counters.snapshot(inb).in_flight(), 0);
+        assert_eq!(counters.snapshot(out).in_flight(), 0);
+        let total = counters.total();
+        assert_eq!((total.rx_packets, total.tx_packets), (1, 1));
+        assert_eq!((total.originated, total.consumed), (1, 1));
     }
 }

@@ -10,9 +10,16 @@ pub(crate) use loom::sync::{Mutex, MutexGuard};
 #[cfg(tunpipe_loom)]
 pub(crate) use loom::thread::{current, park, Thread};
 
+/// The timer's timed sleep is not modelled: under loom it parks like any consumer (the
+/// wake-up protocol is the same).
+#[cfg(tunpipe_loom)]
+pub(crate) fn park_timeout(_timeout: std::time::Duration) {
+    park()
+}
+
 #[cfg(not(tunpipe_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, Ordering};
 #[cfg(not(tunpipe_loom))]
 pub(crate) use std::sync::{Mutex, MutexGuard};
 #[cfg(not(tunpipe_loom))]
-pub(crate) use std::thread::{current, park, Thread};
+pub(crate) use std::thread::{current, park, park_timeout, Thread};

@@ -1,25 +1,33 @@
-//! The actors: one reader, N workers, one writer. Each owns its state; nothing on the hot path
-//! is locked. They share only the [`Control`] block: the stop phase, counters and doorbells.
+//! The actors: readers, workers, writers and (for a duplex stage) a timer. Each owns its
+//! state; nothing on the hot path is locked but a duplex stage's own lock. They share only the
+//! [`Control`] block: the stop phase, counters, doorbells and the timer's deadline.
+//!
+//! A one-way engine has one reader (outbound) and one writer (its destination, the "outside"
+//! of the device it writes). A tunnel has a reader and a writer on each side.
 
 pub(crate) mod reader;
+pub(crate) mod timer;
 pub(crate) mod worker;
 pub(crate) mod writer;
 
 use crate::device::Interrupter;
 use crate::error::EngineError;
 use crate::link::Doorbell;
-use crate::pool::PacketBuf;
-use crate::stage::{Stage, StageFactory, Verdict};
+use crate::pool::{PacketBuf, Route};
+use crate::stage::{Action, Direction, DuplexStage, Emitter, Side, Stage, StageFactory, Verdict};
 use crate::stats::{Counters, StageCounters};
 use parking_lot::{Condvar, Mutex};
+use rtrb::{Producer, PushError};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The stop protocol's phases. Stopping walks down the pipeline so that nothing is left in a
-/// ring unaccounted: the reader stops first; workers leave once the reader has been joined and
-/// their rings are empty; the writer leaves once the workers have been joined. Packets met
-/// after the stop request are counted as dropped ("stopped") instead of processed.
+/// ring unaccounted: the readers (and the timer) stop first; workers leave once they have
+/// been joined and their rings are empty; the writers leave once the workers have been
+/// joined. Packets met after the stop request are counted as dropped ("stopped") instead of
+/// processed.
 pub(crate) mod phase {
     pub const RUNNING: u8 = 0;
     pub const STOP_REQUESTED: u8 = 1;
@@ -27,39 +35,56 @@ pub(crate) mod phase {
     pub const WORKERS_DONE: u8 = 3;
 }
 
+/// "No deadline": the timer sleeps until someone names one.
+pub(crate) const NO_DEADLINE: u64 = u64::MAX;
+
 /// What every actor and the engine handle share.
 pub(crate) struct Control {
     phase: AtomicU8,
     pub counters: Counters,
-    pub reader_bell: Doorbell,
+    /// By the direction the reader feeds (the inside reader is outbound's).
+    pub reader_bells: [Doorbell; 2],
     pub worker_bells: Box<[Doorbell]>,
-    pub writer_bell: Doorbell,
-    /// Wakes the reader out of its wait in the kernel. Released once the engine is joined, so
-    /// that a stopped engine kept for its figures holds no descriptors (a pipe, an eventfd).
-    interrupter: Mutex<Option<Interrupter>>,
+    /// By the side the writer sends to.
+    pub writer_bells: [Doorbell; 2],
+    pub timer_bell: Doorbell,
+    /// Wake the readers out of their waits in the kernel. Released once the engine is joined,
+    /// so that a stopped engine kept for its figures holds no descriptors (a pipe, an eventfd).
+    interrupters: Mutex<Vec<Interrupter>>,
     fatal: Mutex<Option<EngineError>>,
     stop_requested: Mutex<bool>,
     stop_requested_cv: Condvar,
     epoch: Instant,
     stage_panics: AtomicU64,
     max_stage_panics: u64,
+    /// When the duplex stage's timers next need to run, in ns since `epoch`.
+    deadline_ns: AtomicU64,
+    /// The host said the network path changed (rebind): the timer tells the stage.
+    path_changed: AtomicBool,
 }
 
 impl Control {
-    pub(crate) fn new(workers: usize, interrupter: Interrupter, max_stage_panics: u64) -> Self {
+    pub(crate) fn new(
+        workers: usize,
+        interrupters: Vec<Interrupter>,
+        max_stage_panics: u64,
+    ) -> Self {
         Control {
             phase: AtomicU8::new(phase::RUNNING),
             counters: Counters::new(workers),
-            reader_bell: Doorbell::default(),
+            reader_bells: Default::default(),
             worker_bells: (0..workers).map(|_| Doorbell::default()).collect(),
-            writer_bell: Doorbell::default(),
-            interrupter: Mutex::new(Some(interrupter)),
+            writer_bells: Default::default(),
+            timer_bell: Doorbell::default(),
+            interrupters: Mutex::new(interrupters),
             fatal: Mutex::new(None),
             stop_requested: Mutex::new(false),
             stop_requested_cv: Condvar::new(),
             epoch: Instant::now(),
             stage_panics: AtomicU64::new(0),
             max_stage_panics,
+            deadline_ns: AtomicU64::new(NO_DEADLINE),
+            path_changed: AtomicBool::new(false),
         }
     }
 
@@ -79,7 +104,15 @@ impl Control {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// Asks every actor to stop: sets the phase, interrupts the reader's wait in the kernel,
+    pub(crate) fn writer_bell(&self, side: Side) -> &Doorbell {
+        &self.writer_bells[side.index()]
+    }
+
+    pub(crate) fn reader_bell(&self, direction: Direction) -> &Doorbell {
+        &self.reader_bells[direction.index()]
+    }
+
+    /// Asks every actor to stop: sets the phase, interrupts the readers' waits in the kernel,
     /// and wakes every parked actor. Safe to call from any thread, any number of times.
     pub(crate) fn request_stop(&self) {
         let first = self
@@ -94,12 +127,13 @@ impl Control {
         if !first {
             return;
         }
-        if let Some(interrupter) = self.interrupter.lock().as_ref() {
+        for interrupter in self.interrupters.lock().iter() {
             interrupter.interrupt();
         }
-        self.reader_bell.force();
+        self.reader_bells.iter().for_each(Doorbell::force);
         self.worker_bells.iter().for_each(Doorbell::force);
-        self.writer_bell.force();
+        self.writer_bells.iter().for_each(Doorbell::force);
+        self.timer_bell.force();
         *self.stop_requested.lock() = true;
         self.stop_requested_cv.notify_all();
     }
@@ -109,13 +143,13 @@ impl Control {
     pub(crate) fn advance(&self, next: u8) {
         self.phase.fetch_max(next, Ordering::AcqRel);
         self.worker_bells.iter().for_each(Doorbell::force);
-        self.writer_bell.force();
+        self.writer_bells.iter().for_each(Doorbell::force);
     }
 
-    /// Lets go of the reader's interrupter: called once every actor is joined, when nothing
+    /// Lets go of the readers' interrupters: called once every actor is joined, when nothing
     /// waits in the kernel any more.
-    pub(crate) fn release_interrupter(&self) {
-        self.interrupter.lock().take();
+    pub(crate) fn release_interrupters(&self) {
+        self.interrupters.lock().clear();
     }
 
     /// Records a fatal error (the first one wins) and stops the engine.
@@ -143,9 +177,81 @@ impl Control {
             self.fail(EngineError::StagePanics { panics });
         }
     }
+
+    /// The duplex stage's next deadline, in ns since the epoch (`u64::MAX`: none).
+    pub(crate) fn deadline_ns(&self) -> u64 {
+        self.deadline_ns.load(Ordering::Acquire)
+    }
+
+    /// Records the stage's next deadline (asked under the stage's lock, so that the stores are
+    /// in the order the stage named them), and wakes the timer when it moved earlier.
+    fn set_deadline(&self, deadline: Option<Instant>) {
+        let ns = deadline.map_or(NO_DEADLINE, |d| {
+            d.saturating_duration_since(self.epoch).as_nanos() as u64
+        });
+        if ns < self.deadline_ns.swap(ns, Ordering::AcqRel) {
+            self.timer_bell.ring();
+        }
+    }
+
+    /// Tells the timer that the host changed the network path.
+    pub(crate) fn note_path_changed(&self) {
+        self.path_changed.store(true, Ordering::Release);
+        self.timer_bell.force();
+    }
+
+    pub(crate) fn take_path_changed(&self) -> bool {
+        self.path_changed.swap(false, Ordering::AcqRel)
+    }
+
+    pub(crate) fn path_change_pending(&self) -> bool {
+        self.path_changed.load(Ordering::Acquire)
+    }
 }
 
-/// Runs a stage on packets, containing its panics.
+/// How packets go to the writers: one ring per side (a one-way engine has only the
+/// outside's).
+pub(crate) struct Outs {
+    pub by_side: [Option<Producer<PacketBuf>>; 2],
+}
+
+impl Outs {
+    /// The ring toward the writer a packet of `direction` is routed to.
+    pub(crate) fn for_route(
+        &mut self,
+        direction: Direction,
+        route: Route,
+    ) -> Option<&mut Producer<PacketBuf>> {
+        let side = match route {
+            Route::Back => direction.source(),
+            Route::Forward | Route::Recycle => direction.destination(),
+        };
+        self.by_side[side.index()].as_mut()
+    }
+}
+
+/// Where a duplex stage's emitted packets come from and go: a reserve of spare buffers (the
+/// thread's own pool), and the packets emitted while running a batch.
+pub(crate) struct EmitPlace<'a> {
+    pub spare: &'a mut Vec<PacketBuf>,
+    pub emitted: &'a mut Vec<(Side, PacketBuf)>,
+    pub headroom: usize,
+    /// The area of an emitted packet: as large as the largest packet either device carries.
+    pub area: usize,
+}
+
+/// The stage a reader (inline) or a worker runs.
+pub(crate) enum StageHost {
+    /// A one-way stage: one instance per worker, rebuilt if it panics.
+    OneWay(StageRunner),
+    /// A duplex stage: one instance for every thread, behind a lock taken per packet.
+    Duplex(SharedDuplex),
+}
+
+/// A duplex stage shared by the threads that run it.
+pub(crate) type SharedDuplex = Arc<Mutex<Box<dyn DuplexStage>>>;
+
+/// Runs a one-way stage on packets, containing its panics.
 pub(crate) struct StageRunner {
     /// `None` once the stage panicked and its factory panicked too: a torn instance is never
     /// called again, and the engine is stopping with [`EngineError::StageRebuild`].
@@ -172,20 +278,21 @@ impl StageRunner {
         counters: &StageCounters,
         ctl: &Control,
     ) -> bool {
+        let counts = counters.of(Direction::Outbound);
         let Some(stage) = self.stage.as_mut() else {
             // No stage left to run (the engine is stopping): the packet goes no further.
-            counters.stopped.add(1);
+            counts.stopped.add(1);
             return false;
         };
         // Unwinding through the stage costs nothing unless it panics.
         match catch_unwind(AssertUnwindSafe(|| stage.process(packet))) {
             Ok(Verdict::Forward) => true,
             Ok(Verdict::Drop) => {
-                counters.drop_stage.add(1);
+                counts.drop_stage.add(1);
                 false
             }
             Err(_) => {
-                counters.drop_stage_panic.add(1);
+                counts.drop_stage_panic.add(1);
                 self.rebuild(ctl);
                 false
             }
@@ -212,38 +319,206 @@ impl StageRunner {
     }
 }
 
-/// Runs the stage over a batch in place (given as the two slices a ring chunk has), marking
-/// dropped packets, and stamps each with its share of the batch's stage time: one clock pair
-/// per batch, not per packet.
+/// Runs the stage over a batch of packets travelling `direction`, in place (given as the two
+/// slices a ring chunk has): sets each packet's route and counts what became of it, and
+/// stamps each with its share of the batch's stage time (one clock pair per batch, not per
+/// packet). A duplex stage's emitted packets are left in `emit.emitted` for the caller to
+/// send on, stamped with the batch's receive time.
 ///
 /// The stop flag is checked before every packet: once a stop is asked for, the stage is not
 /// called again (a slow stage would otherwise hold the stop for a whole batch, and go on with
 /// its side effects), and the rest of the batch is counted as stopped.
 pub(crate) fn run_stage_batch(
-    runner: &mut StageRunner,
+    host: &mut StageHost,
+    direction: Direction,
     batch: [&mut [PacketBuf]; 2],
     counters: &StageCounters,
     ctl: &Control,
     latency: bool,
+    emit: &mut EmitPlace<'_>,
 ) {
     let started = latency.then(Instant::now);
     let [first, second] = batch;
-    for packet in first.iter_mut().chain(second.iter_mut()) {
-        if packet.dropped {
-            continue;
+    let packets = first.iter_mut().chain(second.iter_mut());
+    match host {
+        StageHost::OneWay(runner) => {
+            for packet in packets {
+                if packet.recycled() {
+                    continue;
+                }
+                if ctl.stopping() {
+                    counters.of(direction).stopped.add(1);
+                    packet.route = Route::Recycle;
+                } else if !runner.run(packet, counters, ctl) {
+                    packet.route = Route::Recycle;
+                }
+            }
         }
-        if ctl.stopping() {
-            counters.stopped.add(1);
-            packet.dropped = true;
-        } else if !runner.run(packet, counters, ctl) {
-            packet.dropped = true;
-        }
+        StageHost::Duplex(stage) => run_duplex(stage, direction, packets, counters, ctl, emit),
     }
     if let Some(started) = started {
         let count = (first.len() + second.len()).max(1) as u64;
         let each = started.elapsed().as_nanos() as u64 / count;
         for packet in first.iter_mut().chain(second.iter_mut()) {
             packet.stage_ns = each;
+        }
+    }
+}
+
+fn run_duplex<'p>(
+    stage: &SharedDuplex,
+    direction: Direction,
+    packets: impl Iterator<Item = &'p mut PacketBuf>,
+    counters: &StageCounters,
+    ctl: &Control,
+    emit: &mut EmitPlace<'_>,
+) {
+    let (this, other) = (counters.of(direction), counters.of(direction.reverse()));
+    let mut no_buffer = [0u64; 2];
+    let now = Instant::now();
+    let emitted_before = emit.emitted.len();
+    let mut stamp = 0;
+    for packet in packets {
+        stamp = packet.received_at;
+        if packet.recycled() {
+            continue;
+        }
+        if ctl.stopping() {
+            this.stopped.add(1);
+            packet.route = Route::Recycle;
+            continue;
+        }
+        let mut out = Emitter {
+            spare: emit.spare,
+            emitted: emit.emitted,
+            now,
+            headroom: emit.headroom,
+            capacity: emit.area,
+            no_buffer: &mut no_buffer,
+        };
+        let action = {
+            let mut stage = stage.lock();
+            catch_unwind(AssertUnwindSafe(|| {
+                stage.process(direction, packet, &mut out)
+            }))
+        };
+        packet.route = match action {
+            Ok(Action::Forward) => Route::Forward,
+            Ok(Action::Replace) => {
+                this.consumed.add(1);
+                this.originated.add(1);
+                Route::Forward
+            }
+            Ok(Action::Reply) => {
+                this.consumed.add(1);
+                other.originated.add(1);
+                Route::Back
+            }
+            Ok(Action::Consume) => {
+                this.consumed.add(1);
+                Route::Recycle
+            }
+            Ok(Action::Drop) => {
+                this.drop_stage.add(1);
+                Route::Recycle
+            }
+            Err(_) => {
+                // A duplex stage has no factory to rebuild it from: the instance goes on, and
+                // past `max_stage_panics` the engine stops.
+                log::error!("duplex stage panicked on a {direction:?} packet; packet dropped");
+                this.drop_stage_panic.add(1);
+                ctl.note_stage_panic();
+                Route::Recycle
+            }
+        };
+    }
+    count_emitted(emit, emitted_before, no_buffer, counters, stamp);
+    ctl.set_deadline(stage.lock().next_deadline());
+}
+
+/// Counts what a duplex stage emitted since `before` (originated, in the direction of the
+/// side it goes to) and what found no buffer (originated and dropped), and stamps the emitted
+/// packets with `received_at`.
+fn count_emitted(
+    emit: &mut EmitPlace<'_>,
+    before: usize,
+    no_buffer: [u64; 2],
+    counters: &StageCounters,
+    received_at: u64,
+) {
+    for (side, packet) in &mut emit.emitted[before..] {
+        counters.of(side.direction()).originated.add(1);
+        packet.received_at = received_at;
+        packet.stage_ns = 0;
+    }
+    for side in [Side::Inside, Side::Outside] {
+        let lost = no_buffer[side.index()];
+        if lost > 0 {
+            let counts = counters.of(side.direction());
+            counts.originated.add(lost);
+            counts.drop_no_buffer.add(lost);
+        }
+    }
+}
+
+/// Runs a duplex stage's timers or path change (the timer thread's work): `work` gets the
+/// stage and an emitter, and the stage's next deadline is recorded afterwards.
+pub(crate) fn run_duplex_timers(
+    stage: &SharedDuplex,
+    counters: &StageCounters,
+    ctl: &Control,
+    emit: &mut EmitPlace<'_>,
+    received_at: u64,
+    work: impl FnOnce(&mut dyn DuplexStage, &mut Emitter<'_>),
+) {
+    let mut no_buffer = [0u64; 2];
+    let before = emit.emitted.len();
+    {
+        let mut guard = stage.lock();
+        let mut out = Emitter {
+            spare: emit.spare,
+            emitted: emit.emitted,
+            now: Instant::now(),
+            headroom: emit.headroom,
+            capacity: emit.area,
+            no_buffer: &mut no_buffer,
+        };
+        if catch_unwind(AssertUnwindSafe(|| work(&mut **guard, &mut out))).is_err() {
+            log::error!("duplex stage panicked in its timers");
+            ctl.note_stage_panic();
+        }
+        ctl.set_deadline(guard.next_deadline());
+    }
+    count_emitted(emit, before, no_buffer, counters, received_at);
+}
+
+/// Sends a duplex stage's emitted packets to the writers of their sides, and rings the
+/// writers it used. A packet whose ring is full is dropped and counted (ring full, in its
+/// direction), and its buffer goes back to `spare`.
+pub(crate) fn send_emitted(
+    emitted: &mut Vec<(Side, PacketBuf)>,
+    outs: &mut Outs,
+    spare: &mut Vec<PacketBuf>,
+    counters: &StageCounters,
+    ctl: &Control,
+) {
+    let mut rung = [false; 2];
+    for (side, packet) in emitted.drain(..) {
+        let pushed = match outs.by_side[side.index()].as_mut() {
+            Some(ring) => ring.push(packet),
+            None => Err(PushError::Full(packet)),
+        };
+        match pushed {
+            Ok(()) => rung[side.index()] = true,
+            Err(PushError::Full(packet)) => {
+                counters.of(side.direction()).drop_ring_full.add(1);
+                spare.push(packet);
+            }
+        }
+    }
+    for side in [Side::Inside, Side::Outside] {
+        if rung[side.index()] {
+            ctl.writer_bell(side).ring();
         }
     }
 }

@@ -1,13 +1,15 @@
-//! The reader: waits once in the kernel, then drains ready packets into pooled buffers and
-//! hands them on in batches.
+//! A reader: waits once in the kernel, then drains ready packets into pooled buffers and
+//! hands them on in batches. A one-way engine has one (outbound); a tunnel has one per
+//! device, each feeding its direction.
 
-use super::{run_stage_batch, Control, StageRunner};
+use super::{run_stage_batch, send_emitted, Control, EmitPlace, Outs, StageHost};
 use crate::device::{ErrorClass, Medium, RxHalf};
 use crate::error::EngineError;
 use crate::link::{Backoff, Idle, Waited};
-use crate::pool::PacketBuf;
+use crate::pool::{PacketBuf, Pool};
+use crate::stage::{Direction, Side};
 use crate::wire;
-use rtrb::{Consumer, Producer};
+use rtrb::Producer;
 use std::io;
 use std::sync::Arc;
 
@@ -15,23 +17,30 @@ use std::sync::Arc;
 pub(crate) enum Downstream {
     /// One ring per worker; a packet's flow picks the worker.
     Workers(Vec<Producer<PacketBuf>>),
-    /// The stage runs here, and the one ring goes straight to the writer.
-    Inline(StageRunner, Producer<PacketBuf>),
+    /// The stage runs here, and rings go straight to the writers.
+    Inline { host: StageHost, outs: Outs },
 }
 
 pub(crate) struct Reader<R: RxHalf> {
     pub rx: R,
     pub ctl: Arc<Control>,
-    /// Buffers ready to receive into; starts with the whole pool.
-    pub free: Vec<PacketBuf>,
-    /// Buffers coming home from the writer.
-    pub free_in: Consumer<PacketBuf>,
+    /// The direction this reader's packets travel.
+    pub direction: Direction,
+    /// Buffers to receive into (the whole pool at start), and the rings they come home on.
+    pub pool: Pool,
     pub downstream: Downstream,
     /// The packets of the current drain, reused every time (allocated once).
     pub batch: Vec<PacketBuf>,
+    /// A duplex stage's packets emitted during a batch (allocated once, with room for what
+    /// it may emit per batch).
+    pub emitted: Vec<(Side, PacketBuf)>,
     pub batch_size: usize,
+    /// The largest packet this device carries: the reader receives `mtu + 1` bytes, so it
+    /// sees an oversize packet.
     pub mtu: usize,
     pub headroom: usize,
+    /// The area of a packet a duplex stage emits (the larger of both devices' packets).
+    pub emit_area: usize,
     pub latency: bool,
     pub backoff: Backoff,
     /// From the device: what it carries, and the most packets one receive call moves.
@@ -49,22 +58,25 @@ enum Drained {
 
 impl<R: RxHalf> Reader<R> {
     pub(crate) fn run(mut self) {
-        self.ctl.reader_bell.register_current();
+        let ctl = self.ctl.clone();
+        let bell = ctl.reader_bell(self.direction);
+        let counters = ctl.counters.reader(self.direction);
+        bell.register_current();
         let mut idle = Idle::new(self.backoff);
         let mut stalled = false;
-        while !self.ctl.stopping() {
-            self.refill();
-            if self.free.is_empty() {
+        while !ctl.stopping() {
+            self.pool.refill();
+            if self.pool.free.is_empty() {
                 // The pool is empty: stop reading until buffers come home, so the kernel's
                 // queue takes the pressure. A stall, not a drop.
                 if !stalled {
-                    self.ctl.counters.reader.pool_stalls.add(1);
+                    counters.pool_stalls.add(1);
                     stalled = true;
                 }
-                let (free_in, ctl) = (&self.free_in, &self.ctl);
-                let waited = idle.wait(&ctl.reader_bell, || !free_in.is_empty() || ctl.stopping());
+                let pool = &self.pool;
+                let waited = idle.wait(bell, || pool.has_returns() || ctl.stopping());
                 if waited == (Waited::Slept { parked: true }) {
-                    ctl.counters.reader.wakeups.add(1);
+                    counters.wakeups.add(1);
                 }
                 continue;
             }
@@ -79,24 +91,12 @@ impl<R: RxHalf> Reader<R> {
                         // Interrupted means a stop trigger or EINTR: the loop condition
                         // decides, never the error kind.
                         if self.rx.classify(&e) == ErrorClass::Fatal {
-                            self.ctl.fail(EngineError::device(e));
+                            ctl.fail(EngineError::device(e));
                         }
                     }
                 }
-                Drained::Fatal(e) => self.ctl.fail(EngineError::device(e)),
+                Drained::Fatal(e) => ctl.fail(EngineError::device(e)),
             }
-        }
-    }
-
-    /// Takes home every buffer the writer has recycled.
-    fn refill(&mut self) {
-        let n = self.free_in.slots();
-        if n == 0 {
-            return;
-        }
-        if let Ok(chunk) = self.free_in.read_chunk(n) {
-            // `free` was allocated with room for the whole pool, so this never reallocates.
-            self.free.extend(chunk);
         }
     }
 
@@ -104,15 +104,16 @@ impl<R: RxHalf> Reader<R> {
     /// in calls of up to the device's batch size. One clock read stamps the whole batch.
     fn drain(&mut self) -> Drained {
         let stamp = if self.latency { self.ctl.now_ns() } else { 0 };
+        let free = &mut self.pool.free;
         while self.batch.len() < self.batch_size {
             let want = (self.batch_size - self.batch.len())
                 .min(self.max_batch)
-                .min(self.free.len());
+                .min(free.len());
             if want == 0 {
                 return Drained::More;
             }
             let start = self.batch.len();
-            for buf in self.free.drain(self.free.len() - want..) {
+            for buf in free.drain(free.len() - want..) {
                 let mut buf = buf;
                 buf.prepare_receive(self.headroom, self.mtu + 1);
                 self.batch.push(buf);
@@ -120,7 +121,7 @@ impl<R: RxHalf> Reader<R> {
             let result = self.rx.recv_batch(&mut self.batch[start..]);
             let received = result.as_ref().map_or(0, |&n| n.min(want));
             // Buffers the device did not fill go back to the free list.
-            self.free.extend(self.batch.drain(start + received..));
+            free.extend(self.batch.drain(start + received..));
             match result {
                 Ok(_) => {
                     for buf in &mut self.batch[start..] {
@@ -135,7 +136,7 @@ impl<R: RxHalf> Reader<R> {
                     ErrorClass::Retry => {}
                     ErrorClass::PerPacket => {
                         if e.kind() != io::ErrorKind::WouldBlock {
-                            self.ctl.counters.reader.read_errors.add(1);
+                            self.ctl.counters.reader(self.direction).read_errors.add(1);
                         }
                         return Drained::Empty;
                     }
@@ -151,17 +152,18 @@ impl<R: RxHalf> Reader<R> {
         if self.batch.is_empty() {
             return;
         }
-        let counters = &self.ctl.counters.reader;
+        let ctl = &*self.ctl;
+        let counters = ctl.counters.reader(self.direction);
         let (mut bytes, mut malformed, mut oversize) = (0, 0, 0);
         let check_ip = self.medium == Medium::Ip;
         for buf in &mut self.batch {
             bytes += buf.len() as u64;
             if buf.len() > self.mtu {
                 oversize += 1;
-                buf.dropped = true;
+                buf.route = crate::pool::Route::Recycle;
             } else if check_ip && wire::check_ip(buf.data()).is_err() {
                 malformed += 1;
-                buf.dropped = true;
+                buf.route = crate::pool::Route::Recycle;
             }
         }
         counters.rx_packets.add(self.batch.len() as u64);
@@ -170,31 +172,58 @@ impl<R: RxHalf> Reader<R> {
         counters.drop_oversize.add(oversize);
 
         let mut ring_full = 0;
+        let direction = self.direction;
+        let free = &mut self.pool.free;
         match &mut self.downstream {
-            Downstream::Inline(runner, out) => {
+            Downstream::Inline { host, outs } => {
+                let mut place = EmitPlace {
+                    spare: free,
+                    emitted: &mut self.emitted,
+                    headroom: self.headroom,
+                    area: self.emit_area,
+                };
                 run_stage_batch(
-                    runner,
+                    host,
+                    direction,
                     [&mut self.batch[..], &mut []],
                     &counters.stage,
-                    &self.ctl,
+                    ctl,
                     self.latency,
+                    &mut place,
                 );
+                let mut rung = [false; 2];
                 for buf in self.batch.drain(..) {
-                    if buf.dropped {
-                        self.free.push(buf);
-                    } else if let Err(rtrb::PushError::Full(buf)) = out.push(buf) {
-                        ring_full += 1;
-                        self.free.push(buf);
+                    if buf.recycled() {
+                        free.push(buf);
+                        continue;
+                    }
+                    let side = match buf.route {
+                        crate::pool::Route::Back => direction.source(),
+                        _ => direction.destination(),
+                    };
+                    match outs.for_route(direction, buf.route).map(|r| r.push(buf)) {
+                        Some(Ok(())) => rung[side.index()] = true,
+                        Some(Err(rtrb::PushError::Full(buf))) => {
+                            ring_full += 1;
+                            free.push(buf);
+                        }
+                        // A route with no writer (a reply in a one-way engine): dropped.
+                        None => ring_full += 1,
                     }
                 }
-                self.ctl.writer_bell.ring();
+                for side in [Side::Inside, Side::Outside] {
+                    if rung[side.index()] {
+                        ctl.writer_bell(side).ring();
+                    }
+                }
+                send_emitted(&mut self.emitted, outs, free, &counters.stage, ctl);
             }
             Downstream::Workers(outs) => {
                 let mut touched = 0u64;
                 let n = outs.len();
                 for buf in self.batch.drain(..) {
-                    if buf.dropped {
-                        self.free.push(buf);
+                    if buf.recycled() {
+                        free.push(buf);
                         continue;
                     }
                     let i = if n == 1 {
@@ -207,11 +236,11 @@ impl<R: RxHalf> Reader<R> {
                         Ok(()) => touched |= 1 << i,
                         Err(rtrb::PushError::Full(buf)) => {
                             ring_full += 1;
-                            self.free.push(buf);
+                            free.push(buf);
                         }
                     }
                 }
-                for (i, bell) in self.ctl.worker_bells.iter().enumerate() {
+                for (i, bell) in ctl.worker_bells.iter().enumerate() {
                     if touched & (1 << i) != 0 {
                         bell.ring();
                     }
@@ -234,6 +263,7 @@ fn flow_hash(buf: &PacketBuf, medium: Medium) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actor::StageRunner;
     use crate::device::{Device, MemoryDevice};
     use crate::stage::BuiltinStage;
     use rtrb::RingBuffer;
@@ -258,22 +288,26 @@ mod tests {
     fn an_empty_pool_stalls_until_a_buffer_comes_home() {
         let (dev, mut peer, _peer_rx) = MemoryDevice::new(8, 2048);
         let (rx, _tx) = dev.open().unwrap();
-        let ctl = Arc::new(Control::new(0, rx.interrupter(), 10));
+        let ctl = Arc::new(Control::new(0, vec![rx.interrupter()], 10));
         let (mut home, free_in) = RingBuffer::new(4);
         let (out, mut writer_side) = RingBuffer::new(4);
         let reader = Reader {
             rx,
             ctl: ctl.clone(),
-            free: Vec::with_capacity(4),
-            free_in,
-            downstream: Downstream::Inline(
-                StageRunner::new(BuiltinStage::Passthrough.factory(), 0),
-                out,
-            ),
+            direction: Direction::Outbound,
+            pool: Pool::new(Vec::with_capacity(4), vec![free_in]),
+            downstream: Downstream::Inline {
+                host: StageHost::OneWay(StageRunner::new(BuiltinStage::Passthrough.factory(), 0)),
+                outs: Outs {
+                    by_side: [None, Some(out)],
+                },
+            },
             batch: Vec::with_capacity(4),
+            emitted: Vec::new(),
             batch_size: 4,
             mtu: 1500,
             headroom: 0,
+            emit_area: 1501,
             latency: false,
             backoff: Backoff {
                 spin: Duration::ZERO,
@@ -287,11 +321,11 @@ mod tests {
             0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
         ];
         peer.send(&packet).unwrap();
-        let counters = &ctl.counters.reader;
+        let counters = ctl.counters.reader(Direction::Outbound);
         assert!(eventually(|| counters.pool_stalls.get() == 1));
         assert_eq!(counters.rx_packets.get(), 0);
         home.push(PacketBuf::new(0, 1501, 0)).unwrap();
-        ctl.reader_bell.ring();
+        ctl.reader_bell(Direction::Outbound).ring();
         assert!(eventually(|| writer_side.pop().is_ok()));
         assert_eq!(counters.rx_packets.get(), 1);
         assert_eq!(counters.drop_ring_full.get(), 0);

@@ -1,17 +1,26 @@
-//! A worker: runs its own stage instance on the packets of the flows hashed to it.
+//! A worker: runs a stage on the packets of the flows hashed to it. With a one-way stage it
+//! owns its own instance and has one input (from the reader); with a duplex stage it shares
+//! the one instance and has an input from each reader.
 
-use super::{phase, run_stage_batch, Control, StageRunner};
+use super::{phase, run_stage_batch, send_emitted, Control, EmitPlace, Outs, StageHost};
 use crate::link::{Backoff, Idle, Waited};
-use crate::pool::PacketBuf;
-use rtrb::{Consumer, Producer, PushError};
+use crate::pool::{PacketBuf, Pool};
+use crate::stage::{Direction, Side};
+use rtrb::{Consumer, PushError};
 use std::sync::Arc;
 
 pub(crate) struct Worker {
     pub index: usize,
     pub ctl: Arc<Control>,
-    pub input: Consumer<PacketBuf>,
-    pub output: Producer<PacketBuf>,
-    pub runner: StageRunner,
+    /// The rings from the readers, each with the direction its packets travel.
+    pub inputs: Vec<(Direction, Consumer<PacketBuf>)>,
+    pub outs: Outs,
+    pub host: StageHost,
+    /// Spare buffers for what a duplex stage emits (empty for a one-way stage).
+    pub pool: Pool,
+    pub emitted: Vec<(Side, PacketBuf)>,
+    pub headroom: usize,
+    pub emit_area: usize,
     pub batch_size: usize,
     pub latency: bool,
     pub backoff: Backoff,
@@ -26,70 +35,120 @@ impl Worker {
         let mut idle = Idle::new(self.backoff);
         loop {
             let current_phase = ctl.phase();
-            let ready = self.input.slots();
             if current_phase >= phase::STOP_REQUESTED {
-                // Stopping: whatever is still in the ring is dropped and counted, not processed.
-                if let Ok(chunk) = self.input.read_chunk(ready) {
-                    counters.stopped.add(chunk.len() as u64);
-                    chunk.into_iter().for_each(drop);
+                // Stopping: whatever is still in the rings is dropped and counted, not
+                // processed.
+                for (direction, input) in &mut self.inputs {
+                    if let Ok(chunk) = input.read_chunk(input.slots()) {
+                        let in_flight = chunk.into_iter().filter(|b| !b.recycled()).count();
+                        counters.of(*direction).stopped.add(in_flight as u64);
+                    }
                 }
-                if current_phase >= phase::READER_DONE && self.input.is_empty() {
+                if current_phase >= phase::READER_DONE
+                    && self.inputs.iter().all(|(_, i)| i.is_empty())
+                {
                     return;
                 }
-            } else if ready > 0 {
-                idle.reset();
-                self.process(ready.min(self.batch_size));
-                continue;
+            } else {
+                self.pool.refill();
+                let mut worked = false;
+                for i in 0..self.inputs.len() {
+                    let ready = self.inputs[i].1.slots();
+                    if ready > 0 {
+                        self.process(i, ready.min(self.batch_size));
+                        worked = true;
+                    }
+                }
+                if worked {
+                    idle.reset();
+                    continue;
+                }
             }
             let exit_phase = if current_phase >= phase::STOP_REQUESTED {
                 phase::READER_DONE
             } else {
                 phase::STOP_REQUESTED
             };
-            let input = &self.input;
-            let waited = idle.wait(bell, || !input.is_empty() || ctl.phase() >= exit_phase);
+            let inputs = &self.inputs;
+            let waited = idle.wait(bell, || {
+                inputs.iter().any(|(_, i)| !i.is_empty()) || ctl.phase() >= exit_phase
+            });
             if waited == (Waited::Slept { parked: true }) {
                 counters.wakeups.add(1);
             }
         }
     }
 
-    fn process(&mut self, n: usize) {
+    fn process(&mut self, input: usize, n: usize) {
         let ctl = &*self.ctl;
         let counters = &ctl.counters.workers[self.index];
-        let Ok(mut chunk) = self.input.read_chunk(n) else {
+        let (direction, ring) = &mut self.inputs[input];
+        let direction = *direction;
+        let Ok(mut chunk) = ring.read_chunk(n) else {
             return;
         };
         let (first, second) = chunk.as_mut_slices();
+        let mut place = EmitPlace {
+            spare: &mut self.pool.free,
+            emitted: &mut self.emitted,
+            headroom: self.headroom,
+            area: self.emit_area,
+        };
         run_stage_batch(
-            &mut self.runner,
+            &mut self.host,
+            direction,
             [first, second],
             counters,
             ctl,
             self.latency,
+            &mut place,
         );
-        // Dropped packets travel on too, marked, so that the writer is every buffer's one way
-        // home to the reader's pool.
+        // Recycled packets travel on too, to the writer of their direction, so that the
+        // writers are every buffer's one way home.
+        let mut rung = [false; 2];
         for buf in chunk {
+            let route = buf.route;
+            let side = match route {
+                crate::pool::Route::Back => direction.source(),
+                _ => direction.destination(),
+            };
+            let Some(out) = self.outs.for_route(direction, route) else {
+                // A route with no writer (a reply in a one-way engine): dropped, buffer lost
+                // to this run only (a one-way stage cannot reply).
+                counters.of(direction).drop_ring_full.add(1);
+                continue;
+            };
             let mut buf = buf;
             loop {
-                match self.output.push(buf) {
+                match out.push(buf) {
                     Ok(()) => break,
                     Err(PushError::Full(back)) => {
                         if ctl.stopping() {
-                            // A packet the stage dropped is already counted as such.
-                            if !back.dropped {
-                                counters.stopped.add(1);
+                            // A packet the stage dropped or consumed is already counted.
+                            if !back.recycled() {
+                                counters.of(direction).stopped.add(1);
                             }
                             break;
                         }
                         buf = back;
-                        ctl.writer_bell.ring();
+                        ctl.writer_bell(side).ring();
                         std::thread::yield_now();
                     }
                 }
             }
+            rung[side.index()] = true;
         }
-        ctl.writer_bell.ring();
+        for side in [Side::Inside, Side::Outside] {
+            if rung[side.index()] {
+                ctl.writer_bell(side).ring();
+            }
+        }
+        send_emitted(
+            &mut self.emitted,
+            &mut self.outs,
+            &mut self.pool.free,
+            counters,
+            ctl,
+        );
     }
 }

@@ -1,10 +1,13 @@
-//! The writer: sends packets to the device, records latency, and recycles every buffer.
+//! A writer: sends packets to its device half, records latency, and sends every buffer home.
+//! A one-way engine has one (toward the device it writes, its "outside"); a tunnel has one
+//! per side.
 
 use super::{phase, Control};
 use crate::device::{ErrorClass, TxHalf};
 use crate::error::EngineError;
 use crate::link::{Backoff, Idle, Waited};
 use crate::pool::PacketBuf;
+use crate::stage::Side;
 use crate::stats::{LatencyRecorder, LatencySnapshot};
 use crossbeam_channel::{Receiver, Sender};
 use rtrb::{Consumer, Producer};
@@ -16,12 +19,16 @@ pub(crate) enum Mail {
 }
 
 pub(crate) struct Writer<T: TxHalf> {
+    /// The side this writer sends to.
+    pub side: Side,
     pub tx: T,
     pub ctl: Arc<Control>,
-    /// One ring per worker, or one from the reader when the stage runs inline.
+    /// One ring per worker, or one per reader when the stage runs inline (and one from the
+    /// timer in a tunnel).
     pub inputs: Vec<Consumer<PacketBuf>>,
-    /// Buffers going home to the reader. It can hold the whole pool, so it is never full.
-    pub free_out: Producer<PacketBuf>,
+    /// Buffers going home, one ring per pool (indexed by the buffer's home). Each can hold
+    /// its whole pool, so none is ever full.
+    pub homes: Vec<Producer<PacketBuf>>,
     pub mailbox: Receiver<Mail>,
     pub batch_size: usize,
     pub latency: bool,
@@ -39,7 +46,9 @@ impl<T: TxHalf> Writer<T> {
     /// Runs until the stop protocol lets it leave; returns the final histograms.
     pub(crate) fn run(mut self) -> LatencySnapshot {
         let ctl = self.ctl.clone();
-        ctl.writer_bell.register_current();
+        let bell = ctl.writer_bell(self.side);
+        let counters = ctl.counters.writer(self.side.direction());
+        bell.register_current();
         let mut idle = Idle::new(self.backoff);
         loop {
             if let Ok(Mail::Latency(reply)) = self.mailbox.try_recv() {
@@ -51,8 +60,10 @@ impl<T: TxHalf> Writer<T> {
                 moved += self.write_from(i, current_phase >= phase::STOP_REQUESTED);
             }
             if moved > 0 {
-                // Buffers went home: wake the reader if it stalled on an empty pool.
-                ctl.reader_bell.ring();
+                // Buffers went home: wake a reader that stalled on an empty pool.
+                ctl.reader_bells.iter().for_each(|bell| {
+                    bell.ring();
+                });
                 idle.reset();
                 continue;
             }
@@ -68,13 +79,13 @@ impl<T: TxHalf> Writer<T> {
                 phase::STOP_REQUESTED
             };
             let (inputs, mailbox) = (&self.inputs, &self.mailbox);
-            let waited = idle.wait(&ctl.writer_bell, || {
+            let waited = idle.wait(bell, || {
                 inputs.iter().any(|c| !c.is_empty())
                     || !mailbox.is_empty()
                     || ctl.phase() >= exit_phase
             });
             if waited == (Waited::Slept { parked: true }) {
-                ctl.counters.writer.wakeups.add(1);
+                counters.wakeups.add(1);
             }
         }
     }
@@ -88,22 +99,20 @@ impl<T: TxHalf> Writer<T> {
         let Ok(chunk) = self.inputs[i].read_chunk(n) else {
             return 0;
         };
-        let counters = &self.ctl.counters.writer;
+        let counters = self.ctl.counters.writer(self.side.direction());
         if stopping {
             let (first, second) = chunk.as_slices();
-            let in_flight = first.iter().chain(second).filter(|b| !b.dropped).count();
+            let in_flight = first.iter().chain(second).filter(|b| !b.recycled()).count();
             counters.stopped.add(in_flight as u64);
-            // Still sent home: the reader's pool outlives this run's rings only through them.
             for buf in chunk {
-                let _ = self.free_out.push(buf);
+                send_home(&mut self.homes, buf);
             }
             return n;
         }
         // Taking the packets out commits the read: the ring's slots are free before any send.
         for buf in chunk {
-            if buf.dropped {
-                // The ring home holds the whole pool, so there is always room.
-                let _ = self.free_out.push(buf);
+            if buf.recycled() {
+                send_home(&mut self.homes, buf);
             } else {
                 self.sending.push(buf);
             }
@@ -117,7 +126,7 @@ impl<T: TxHalf> Writer<T> {
     /// every buffer home.
     fn send_all(&mut self) {
         let ctl = &*self.ctl;
-        let counters = &ctl.counters.writer;
+        let counters = ctl.counters.writer(self.side.direction());
         // One clock read per chunk: engine time ends when the writer takes the chunk, so it
         // leaves out the send syscalls of the packets ahead in the same chunk.
         let now = if self.latency { ctl.now_ns() } else { 0 };
@@ -164,7 +173,7 @@ impl<T: TxHalf> Writer<T> {
         counters.tx_bytes.add(bytes);
         counters.drop_write_error.add(errors);
         for buf in self.sending.drain(..) {
-            let _ = self.free_out.push(buf);
+            send_home(&mut self.homes, buf);
         }
     }
 
@@ -174,4 +183,12 @@ impl<T: TxHalf> Writer<T> {
             stage: self.stage_time.snapshot(),
         }
     }
+}
+
+/// Sends a buffer back to its pool. The ring home holds its whole pool, so there is always
+/// room.
+#[inline]
+fn send_home(homes: &mut [Producer<PacketBuf>], buf: PacketBuf) {
+    let home = usize::from(buf.home);
+    let _ = homes[home].push(buf);
 }

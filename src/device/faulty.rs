@@ -7,7 +7,7 @@
 //! device's: a fault in the middle of a batch ends the batch there, as a real `sendmmsg`
 //! would, so the packets before it go and the fault belongs to the packet it hit.
 
-use super::{Capabilities, Device, ErrorClass, Interrupter, RxHalf, TxHalf};
+use super::{Capabilities, Device, ErrorClass, Interrupter, Rebinder, RxHalf, TxHalf};
 use crate::pool::PacketBuf;
 use std::io;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -152,6 +152,10 @@ impl<R: RxHalf> RxHalf for FaultyRx<R> {
 
     fn classify(&self, error: &io::Error) -> ErrorClass {
         self.inner.classify(error)
+    }
+
+    fn rebinder(&self) -> Option<Rebinder> {
+        self.inner.rebinder()
     }
 }
 

@@ -12,8 +12,9 @@
 //! its own errors ([`ErrorClass`]): `ENETDOWN` means "the interface is gone" on a TUN and "the
 //! phone is changing networks" on a UDP socket.
 //!
-//! Implementations: [`TunDevice`] (tun-rs), [`MemoryDevice`] (in-process queues, for tests and
-//! benches without root), and [`FaultyDevice`] (wraps any device and injects errors).
+//! Implementations: [`TunDevice`] (tun-rs), [`UdpDevice`] (a UDP socket, the outside of a
+//! tunnel), [`MemoryDevice`] (in-process queues, for tests and benches without root), and
+//! [`FaultyDevice`] (wraps any device and injects errors).
 
 use crate::pool::PacketBuf;
 use std::io;
@@ -22,10 +23,12 @@ use std::sync::Arc;
 mod faulty;
 mod memory;
 mod tun;
+mod udp;
 
 pub use faulty::{FaultPlan, FaultyDevice, FaultyRx, FaultyTx};
 pub use memory::{MemoryDevice, MemoryRx, MemoryTx, PeerReceiver, PeerSendError, PeerSender};
 pub use tun::{TunDevice, TunRx, TunTx};
+pub use udp::{classify_socket, UdpDevice, UdpRx, UdpTx, DEFAULT_SOCKET_BUFFER};
 
 /// What a device carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -127,6 +130,13 @@ pub trait RxHalf: Send + 'static {
     fn classify(&self, error: &io::Error) -> ErrorClass {
         classify(error)
     }
+
+    /// A handle that gives the device a new socket while the engine runs, when the host says
+    /// the network path changed ([`crate::Engine::rebind`]). The default: none (a TUN cannot
+    /// be rebound).
+    fn rebinder(&self) -> Option<Rebinder> {
+        None
+    }
 }
 
 /// The send half, owned by the writer thread.
@@ -201,6 +211,31 @@ impl Interrupter {
 impl std::fmt::Debug for Interrupter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Interrupter")
+    }
+}
+
+/// Rebinds a device (a UDP socket) while it runs; see [`RxHalf::rebinder`].
+#[derive(Clone)]
+pub struct Rebinder(Arc<dyn Fn() -> io::Result<()> + Send + Sync>);
+
+impl Rebinder {
+    /// Wraps the function that rebinds.
+    pub fn new(rebind: impl Fn() -> io::Result<()> + Send + Sync + 'static) -> Self {
+        Rebinder(Arc::new(rebind))
+    }
+
+    /// Rebinds now.
+    ///
+    /// # Errors
+    /// What making the new socket failed with.
+    pub fn rebind(&self) -> io::Result<()> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Rebinder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rebinder")
     }
 }
 

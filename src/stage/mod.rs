@@ -14,9 +14,11 @@ use std::sync::Arc;
 
 use crate::pool::PacketBuf;
 
+mod duplex;
 mod passthrough;
 mod reflect;
 
+pub use duplex::{Action, Direction, DuplexStage, Emitter, Side};
 pub use passthrough::Passthrough;
 pub use reflect::Reflect;
 

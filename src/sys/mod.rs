@@ -6,6 +6,9 @@
 //! - `tun_identity(fd)`: who the TUN behind `fd` is, the same for all its dups ([`TunIdentity`]);
 //! - `TunIo`: reads and writes of one packet that never block, whatever `O_NONBLOCK` says;
 //! - `tune_tun(fd)`: best-effort throughput settings for a fresh run (logged on failure);
+//! - `DatagramIo`: a UDP socket's datagrams, many per call where the platform can
+//!   (`recvmmsg`/`sendmmsg`), one per call elsewhere (`net::SingleDatagramIo`);
+//! - `set_socket_buffers(socket, bytes)`: the largest receive and send buffers it can get;
 //! - `place_current_thread(actor_index, pin)`: core pinning (Linux, Android) or a QoS class
 //!   (Apple), logged, never fatal.
 //!
@@ -24,7 +27,12 @@ mod imp;
 #[path = "other.rs"]
 mod imp;
 
-pub(crate) use imp::{place_current_thread, tun_identity, tune_tun, validate_tun_fd, TunIo};
+pub(crate) mod net;
+
+pub(crate) use imp::{
+    place_current_thread, set_socket_buffers, tun_identity, tune_tun, validate_tun_fd, DatagramIo,
+    TunIo,
+};
 
 /// Who a TUN is, the same for every fd attached to it, so that one process runs one engine
 /// per TUN.

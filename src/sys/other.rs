@@ -50,3 +50,22 @@ pub(crate) fn place_current_thread(actor_index: usize, pin: bool) {
         log::warn!("pinning is not supported here; actor {actor_index} is not pinned");
     }
 }
+
+pub(crate) use super::net::SingleDatagramIo as DatagramIo;
+
+/// Asks for `bytes` of receive and send buffer, halving the request until the kernel takes
+/// it (XNU refuses, rather than clamps, a size past its limit); returns what it granted.
+pub(crate) fn set_socket_buffers(socket: &socket2::Socket, bytes: usize) -> (usize, usize) {
+    let mut size = bytes;
+    while size >= 64 * 1024 && socket.set_recv_buffer_size(size).is_err() {
+        size /= 2;
+    }
+    let mut size = bytes;
+    while size >= 64 * 1024 && socket.set_send_buffer_size(size).is_err() {
+        size /= 2;
+    }
+    (
+        socket.recv_buffer_size().unwrap_or(0),
+        socket.send_buffer_size().unwrap_or(0),
+    )
+}

@@ -1,6 +1,9 @@
 //! Linux and Android.
 
 mod rtnetlink;
+mod udp;
+
+pub(crate) use udp::MmsgIo as DatagramIo;
 
 use super::{byte_count, check, TunIdentity};
 use std::io;
@@ -297,4 +300,39 @@ pub(crate) fn place_current_thread(actor_index: usize, pin: bool) {
         }
         _ => log::warn!("could not list cores; actor {actor_index} is not pinned"),
     }
+}
+
+/// Asks for `bytes` of receive and send buffer on a UDP socket, past the system's limit
+/// (`net.core.rmem_max`) where the process may (`SO_RCVBUFFORCE`, `CAP_NET_ADMIN`), within it
+/// otherwise; returns what the kernel granted (as it reports it: twice the usable size).
+pub(crate) fn set_socket_buffers(socket: &socket2::Socket, bytes: usize) -> (usize, usize) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if set_int_option(fd, force, size).is_err() {
+            let _ = set_int_option(fd, plain, size);
+        }
+    }
+    (
+        socket.recv_buffer_size().unwrap_or(0),
+        socket.send_buffer_size().unwrap_or(0),
+    )
+}
+
+fn set_int_option(fd: RawFd, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: setsockopt reads one c_int from `value`, which lives on this frame.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    check(ret).map(|_| ())
 }

@@ -1,24 +1,21 @@
 //! The engine handle: builds the pipeline, spawns the actors, stops them, and answers for
 //! their counters and latency.
 
-use crate::actor::reader::{Downstream, Reader};
-use crate::actor::worker::Worker;
-use crate::actor::writer::{Mail, Writer};
-use crate::actor::{phase, Control, StageRunner};
+mod wiring;
+
+use crate::actor::writer::Mail;
+use crate::actor::Control;
 use crate::config::Config;
-use crate::device::{Device, RxHalf, TxHalf};
+use crate::device::{Device, Rebinder, RxHalf, TxHalf};
 use crate::error::EngineError;
-use crate::link::Backoff;
-use crate::pool::{self, PacketBuf};
-use crate::stage::{BuiltinStage, Stage, StageFactory};
-use crate::stats::{LatencyRecorder, LatencySnapshot, Stats};
-use crate::sys;
+use crate::stage::{BuiltinStage, Direction, DuplexStage, Side, Stage, StageFactory};
+use crate::stats::{LatencySnapshot, Stats};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::Mutex;
-use rtrb::RingBuffer;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle, ThreadId};
+use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
+use wiring::{join_in_order, ActorThread, TunnelHalves};
 
 /// Sets up an [`Engine`].
 ///
@@ -92,113 +89,62 @@ impl Builder {
     pub fn start_halves<R: RxHalf, T: TxHalf>(self, rx: R, tx: T) -> Result<Engine, EngineError> {
         let c = &self.config;
         c.validate()?;
-        let (rx_caps, tx_caps) = (rx.capabilities(), tx.capabilities());
-        let ctl = Arc::new(Control::new(
-            c.workers,
-            rx.interrupter(),
-            c.max_stage_panics,
-        ));
-        let backoff = Backoff {
-            spin: c.spin,
-            yields: c.yields,
-        };
-        let pool_size = c.pool_size();
-        let free = pool::allocate(pool_size, c.headroom, c.mtu, c.tailroom).map_err(|_| {
-            EngineError::OutOfMemory {
-                bytes: pool_size.saturating_mul(c.buffer_size()),
-            }
-        })?;
-        let (free_out, free_in) = RingBuffer::<PacketBuf>::new(pool_size);
-        let (mail_tx, mailbox) = crossbeam_channel::bounded(1);
-
-        let mut spawner = Spawner::new(ctl.clone(), c.pin);
-        let mut writer_inputs = Vec::new();
-        let downstream = if c.workers == 0 {
-            let (out, input) = RingBuffer::new(c.ring_capacity);
-            writer_inputs.push(input);
-            Downstream::Inline(StageRunner::new(self.stage.clone(), 0), out)
-        } else {
-            let mut outs = Vec::with_capacity(c.workers);
-            for index in 0..c.workers {
-                let (to_worker, input) = RingBuffer::new(c.ring_capacity);
-                let (output, from_worker) = RingBuffer::new(c.ring_capacity);
-                outs.push(to_worker);
-                writer_inputs.push(from_worker);
-                let worker = Worker {
-                    index,
-                    ctl: ctl.clone(),
-                    input,
-                    output,
-                    runner: StageRunner::new(self.stage.clone(), index),
-                    batch_size: c.batch,
-                    latency: c.latency,
-                    backoff,
-                };
-                spawner.spawn(
-                    &format!("tunpipe-worker-{index}"),
-                    Role::Worker,
-                    move || {
-                        worker.run();
-                        None
-                    },
-                )?;
-            }
-            Downstream::Workers(outs)
-        };
-        let writer = Writer {
-            tx,
-            ctl: ctl.clone(),
-            inputs: writer_inputs,
-            free_out,
-            mailbox,
-            batch_size: c.batch,
-            latency: c.latency,
-            backoff,
-            engine_time: LatencyRecorder::new(),
-            stage_time: LatencyRecorder::new(),
-            sending: Vec::with_capacity(c.batch),
-            max_batch: tx_caps.max_batch,
-        };
-        spawner.spawn("tunpipe-writer", Role::Writer, move || Some(writer.run()))?;
-        let reader = Reader {
-            rx,
-            ctl: ctl.clone(),
-            free,
-            free_in,
-            downstream,
-            batch: Vec::with_capacity(c.batch),
-            batch_size: c.batch,
-            mtu: c.mtu,
-            headroom: c.headroom,
-            latency: c.latency,
-            backoff,
-            medium: rx_caps.medium,
-            max_batch: rx_caps.max_batch,
-        };
-        spawner.spawn("tunpipe-reader", Role::Reader, move || {
-            reader.run();
-            None
-        })?;
+        let wired = wiring::one_way(c, self.stage, rx, tx)?;
         log::info!(
             "tunpipe engine started: {} worker(s), mtu {}, {} buffers",
             c.workers,
             c.mtu,
-            pool_size
+            c.pool_size()
         );
-        Ok(Engine {
-            thread_ids: spawner
-                .threads
-                .iter()
-                .map(|t| t.handle.thread().id())
-                .collect(),
-            threads: Mutex::new(Some(std::mem::take(&mut spawner.threads))),
-            ctl,
-            mail: mail_tx,
-            final_latency: Mutex::new(None),
-            latency_turn: Mutex::new(()),
-            reserved_bytes: reserved_bytes(c),
-            workers: c.workers,
-        })
+        Ok(wired.into_engine(c.workers, false))
+    }
+
+    /// Starts a tunnel: `stage` (a [`DuplexStage`], such as WireGuard) between `inside` (a
+    /// TUN) and `outside` (a UDP socket). Outbound packets are read from the inside and
+    /// written to the outside, inbound ones the other way; both directions start and stop as
+    /// one engine. The stage set with [`Builder::stage`] is not used. `Config::mtu` is the
+    /// inside MTU: the outside's buffers are sized for it plus the stage's overhead.
+    ///
+    /// # Errors
+    /// An invalid config, a device that cannot be opened, or a thread that cannot be spawned.
+    pub fn start_tunnel<I: Device, O: Device>(
+        self,
+        stage: impl DuplexStage + 'static,
+        inside: &I,
+        outside: &O,
+    ) -> Result<Engine, EngineError> {
+        self.config.validate()?;
+        let (inside_rx, inside_tx) = inside.open().map_err(EngineError::device)?;
+        let (outside_rx, outside_tx) = outside.open().map_err(EngineError::device)?;
+        self.start_tunnel_halves(stage, (inside_rx, inside_tx), (outside_rx, outside_tx))
+    }
+
+    /// As [`Builder::start_tunnel`], on device halves already opened.
+    ///
+    /// # Errors
+    /// An invalid config, or a thread that cannot be spawned.
+    pub fn start_tunnel_halves<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
+        self,
+        stage: impl DuplexStage + 'static,
+        inside: (IR, IT),
+        outside: (OR, OT),
+    ) -> Result<Engine, EngineError> {
+        let c = &self.config;
+        c.validate()?;
+        let stage: Box<dyn DuplexStage> = Box::new(stage);
+        let halves = TunnelHalves {
+            inside_rx: inside.0,
+            inside_tx: inside.1,
+            outside_rx: outside.0,
+            outside_tx: outside.1,
+        };
+        let wired = wiring::tunnel(c, Arc::new(Mutex::new(stage)), halves)?;
+        log::info!(
+            "tunpipe tunnel started: {} worker(s), inside mtu {}",
+            c.workers,
+            c.mtu
+        );
+        Ok(wired.into_engine(c.workers, true))
     }
 }
 
@@ -222,103 +168,15 @@ impl<S: Stage + Clone + Sync + 'static> IntoStageFactory for S {
     }
 }
 
-/// Bytes the engine reserves up front for a config: pool, rings and histograms.
+/// Bytes a one-way engine with `c` reserves up front: pool, rings and histograms.
 pub fn reserved_bytes(c: &Config) -> usize {
-    let slot = std::mem::size_of::<PacketBuf>();
-    let pool = c.pool_size() * (c.buffer_size() + slot);
-    let rings = (c.ring_count() * c.ring_capacity + c.pool_size()) * slot;
-    pool + rings + 2 * LatencyRecorder::reserved_bytes()
+    wiring::one_way_reserved(c)
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Reader,
-    Worker,
-    Writer,
-}
-
-struct ActorThread {
-    role: Role,
-    handle: JoinHandle<Option<LatencySnapshot>>,
-}
-
-/// Spawns actor threads; if one fails to spawn, stops and joins the ones already running.
-struct Spawner {
-    ctl: Arc<Control>,
-    pin: bool,
-    threads: Vec<ActorThread>,
-}
-
-impl Spawner {
-    fn new(ctl: Arc<Control>, pin: bool) -> Self {
-        Spawner {
-            ctl,
-            pin,
-            threads: Vec::new(),
-        }
-    }
-
-    fn spawn(
-        &mut self,
-        name: &str,
-        role: Role,
-        body: impl FnOnce() -> Option<LatencySnapshot> + Send + 'static,
-    ) -> Result<(), EngineError> {
-        let (pin, index) = (self.pin, self.threads.len());
-        let spawned = thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                sys::place_current_thread(index, pin);
-                body()
-            });
-        match spawned {
-            Ok(handle) => {
-                self.threads.push(ActorThread { role, handle });
-                Ok(())
-            }
-            Err(e) => {
-                log::error!("could not spawn {name}: {e}");
-                join_in_order(&self.ctl, std::mem::take(&mut self.threads));
-                Err(EngineError::Spawn(Arc::new(e)))
-            }
-        }
-    }
-}
-
-impl Drop for Spawner {
-    fn drop(&mut self) {
-        // Only reached with threads still here if start failed half-way.
-        if !self.threads.is_empty() {
-            join_in_order(&self.ctl, std::mem::take(&mut self.threads));
-        }
-    }
-}
-
-/// The stop protocol's joining side: reader first, then workers, then writer, advancing the
-/// phase between them so each actor can account for everything still in its input ring.
-fn join_in_order(ctl: &Control, threads: Vec<ActorThread>) -> Option<LatencySnapshot> {
-    ctl.request_stop();
-    let mut threads = threads;
-    let mut join = |role: Role| {
-        let (actors, rest): (Vec<_>, Vec<_>) = threads.drain(..).partition(|t| t.role == role);
-        threads = rest;
-        let mut result = None;
-        for actor in actors {
-            match actor.handle.join() {
-                Ok(r) => result = result.or(r),
-                // Actors contain stage panics; one escaping is a bug in tunpipe itself.
-                Err(_) => log::error!("a tunpipe actor thread panicked"),
-            }
-        }
-        result
-    };
-    join(Role::Reader);
-    ctl.advance(phase::READER_DONE);
-    join(Role::Worker);
-    ctl.advance(phase::WORKERS_DONE);
-    let latency = join(Role::Writer);
-    ctl.release_interrupter();
-    latency
+/// Bytes a tunnel with `c` reserves up front, for a duplex stage adding `overhead` bytes to
+/// each packet: both readers' pools, the stage's reserves, rings and histograms.
+pub fn tunnel_reserved_bytes(c: &Config, overhead: usize) -> usize {
+    wiring::tunnel_reserved(c, overhead)
 }
 
 /// A running (or stopped) engine. Dropping it stops it.
@@ -329,12 +187,17 @@ pub struct Engine {
     ctl: Arc<Control>,
     threads: Mutex<Option<Vec<ActorThread>>>,
     thread_ids: Vec<ThreadId>,
-    mail: Sender<Mail>,
-    final_latency: Mutex<Option<LatencySnapshot>>,
+    /// Each writer's mailbox, by the side it writes.
+    mail: Vec<(Side, Sender<Mail>)>,
+    /// The writers' histograms once the engine is joined, by direction.
+    final_latency: Mutex<Option<[Option<LatencySnapshot>; 2]>>,
     /// Serializes latency requests (see [`Engine::latency`]).
     latency_turn: Mutex<()>,
     reserved_bytes: usize,
     workers: usize,
+    tunnel: bool,
+    /// Rebinds a tunnel's outside device, if it can be.
+    rebinder: Option<Rebinder>,
 }
 
 impl Engine {
@@ -388,40 +251,88 @@ impl Engine {
         // Holding the lock while joining makes concurrent stoppers wait for the one that joins.
         let mut threads = self.threads.lock();
         if let Some(threads) = threads.take() {
-            let snapshot = join_in_order(&self.ctl, threads).unwrap_or_else(LatencySnapshot::empty);
-            *self.final_latency.lock() = Some(snapshot);
+            let snapshots = join_in_order(&self.ctl, threads);
+            *self.final_latency.lock() = Some(snapshots);
             log::info!("tunpipe engine stopped: {:?}", self.stats());
         }
     }
 
-    /// The counters now. Cheap, lock-free, callable any time, also after stop.
+    /// The counters now, of both directions together (a one-way engine has only the
+    /// outbound one). Cheap, lock-free, callable any time, also after stop.
     pub fn stats(&self) -> Stats {
-        self.ctl.counters.snapshot()
+        self.ctl.counters.total()
     }
 
-    /// Latency percentiles and histograms: asked of the writer while running (answered at
-    /// once even when it is parked), or the final ones after stop.
+    /// The counters of one direction: for a tunnel, outbound (inside to outside) or inbound.
+    /// Conservation holds in each.
+    pub fn direction_stats(&self, direction: Direction) -> Stats {
+        self.ctl.counters.snapshot(direction)
+    }
+
+    /// True for an engine started with [`Builder::start_tunnel`].
+    pub fn is_tunnel(&self) -> bool {
+        self.tunnel
+    }
+
+    /// Latency percentiles and histograms of both directions together: asked of the writers
+    /// while running (answered at once even when they are parked), or the final ones after
+    /// stop.
     ///
     /// # Errors
     /// [`EngineError::Stopping`] if the engine is between its stop request and the end of
     /// the join; ask again after `stop()` returns.
     pub fn latency(&self) -> Result<LatencySnapshot, EngineError> {
-        // One request at a time: callers queue here, never in the writer's mailbox, so any
+        let [outbound, inbound] = self.latencies()?;
+        Ok(match (outbound, inbound) {
+            (Some(mut a), Some(b)) => {
+                a.add(&b);
+                a
+            }
+            (Some(one), None) | (None, Some(one)) => one,
+            (None, None) => LatencySnapshot::empty(),
+        })
+    }
+
+    /// The latency of one direction (the writer that completes it), as [`Engine::latency`].
+    ///
+    /// # Errors
+    /// As [`Engine::latency`].
+    pub fn direction_latency(&self, direction: Direction) -> Result<LatencySnapshot, EngineError> {
+        let mut all = self.latencies()?;
+        Ok(all[direction.index()]
+            .take()
+            .unwrap_or_else(LatencySnapshot::empty))
+    }
+
+    fn latencies(&self) -> Result<[Option<LatencySnapshot>; 2], EngineError> {
+        // One request at a time: callers queue here, never in a writer's mailbox, so any
         // number of threads may ask at once and each gets an answer (not a false "stopping").
         let _turn = self.latency_turn.lock();
         if let Some(done) = self.final_latency.lock().as_ref() {
             return Ok(done.clone());
         }
+        let mut answers = [None, None];
+        for (side, mailbox) in &self.mail {
+            answers[side.direction().index()] = Some(self.ask_latency(*side, mailbox)?);
+        }
+        Ok(answers)
+    }
+
+    fn ask_latency(
+        &self,
+        side: Side,
+        mailbox: &Sender<Mail>,
+    ) -> Result<LatencySnapshot, EngineError> {
         if self.ctl.stopping() {
             return Err(EngineError::Stopping);
         }
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
         // The mailbox holds one request at most (the turn above), so it is never full; it is
         // disconnected only once the writer has left, which a stop does.
-        if self.mail.try_send(Mail::Latency(reply_tx)).is_err() {
+        if mailbox.try_send(Mail::Latency(reply_tx)).is_err() {
             return Err(EngineError::Stopping);
         }
-        self.ctl.writer_bell.force();
+        self.ctl.writer_bell(side).force();
         // A request that lands after the writer's last look at its mailbox is never
         // answered, so wait in short slices and give up as soon as a stop is under way,
         // instead of blocking a host's UI thread. A running writer answers between two
@@ -435,6 +346,30 @@ impl Engine {
                 Err(_) => return Err(EngineError::Stopping),
             }
         }
+    }
+
+    /// Tells a tunnel that the network path changed (a phone moved between Wi-Fi and
+    /// cellular): the outside device gets a new socket (the same port if it can), and the
+    /// stage a chance to tell its peers (a keepalive). Returns once the new socket is in
+    /// place; the engine keeps running throughout.
+    ///
+    /// # Errors
+    /// [`EngineError::Unsupported`] when the engine has no outside device that can be
+    /// rebound (a one-way engine, say); [`EngineError::Device`] when no new socket could be
+    /// made (the old one is then gone too, and the stage's next packets fail per packet
+    /// until a later rebind works); [`EngineError::Stopping`] once a stop is under way.
+    pub fn rebind(&self) -> Result<(), EngineError> {
+        let Some(rebinder) = &self.rebinder else {
+            return Err(EngineError::Unsupported(
+                "this engine has no outside device that can be rebound",
+            ));
+        };
+        if self.ctl.stopping() {
+            return Err(EngineError::Stopping);
+        }
+        rebinder.rebind().map_err(EngineError::device)?;
+        self.ctl.note_path_changed();
+        Ok(())
     }
 
     /// Bytes the engine reserved at start: pool, rings and histograms.
@@ -467,6 +402,7 @@ impl std::fmt::Debug for Builder {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
+            .field("tunnel", &self.tunnel)
             .field("workers", &self.workers)
             .field("stopping", &self.is_stopping())
             .field("reserved_bytes", &self.reserved_bytes)

@@ -1,0 +1,74 @@
+//! The timer: runs a duplex stage's timers when the deadline it named comes, and tells it
+//! when the host changed the network path. It sleeps until then: an idle tunnel with nothing
+//! pending wakes nobody.
+
+use super::{run_duplex_timers, send_emitted, Control, EmitPlace, Outs, SharedDuplex, NO_DEADLINE};
+use crate::pool::PacketBuf;
+use crate::pool::Pool;
+use crate::stage::Side;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) struct Timer {
+    pub ctl: Arc<Control>,
+    pub stage: SharedDuplex,
+    /// Spare buffers for what the stage's timers send.
+    pub pool: Pool,
+    pub outs: Outs,
+    pub emitted: Vec<(Side, PacketBuf)>,
+    pub headroom: usize,
+    pub emit_area: usize,
+}
+
+impl Timer {
+    pub(crate) fn run(mut self) {
+        let ctl = self.ctl.clone();
+        let counters = &ctl.counters.timer;
+        ctl.timer_bell.register_current();
+        while !ctl.stopping() {
+            self.pool.refill();
+            let now = ctl.now_ns();
+            if ctl.take_path_changed() {
+                self.run_stage(now, |stage, out| stage.path_changed(out));
+            }
+            let deadline = ctl.deadline_ns();
+            if deadline <= now {
+                self.run_stage(now, |stage, out| stage.on_deadline(out));
+                continue;
+            }
+            // Asleep until the deadline, or until it moves earlier, the path changes, or a
+            // stop comes: whoever changes one of these rings the bell.
+            let timeout = (deadline != NO_DEADLINE).then(|| Duration::from_nanos(deadline - now));
+            let parked = ctl.timer_bell.sleep_unless_for(
+                || ctl.stopping() || ctl.path_change_pending() || ctl.deadline_ns() < deadline,
+                timeout,
+            );
+            if parked {
+                counters.wakeups.add(1);
+            }
+        }
+    }
+
+    fn run_stage(
+        &mut self,
+        now: u64,
+        work: impl FnOnce(&mut dyn crate::stage::DuplexStage, &mut crate::stage::Emitter<'_>),
+    ) {
+        let ctl = &*self.ctl;
+        let counters = &ctl.counters.timer;
+        let mut place = EmitPlace {
+            spare: &mut self.pool.free,
+            emitted: &mut self.emitted,
+            headroom: self.headroom,
+            area: self.emit_area,
+        };
+        run_duplex_timers(&self.stage, counters, ctl, &mut place, now, work);
+        send_emitted(
+            &mut self.emitted,
+            &mut self.outs,
+            &mut self.pool.free,
+            counters,
+            ctl,
+        );
+    }
+}

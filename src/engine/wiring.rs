@@ -1,0 +1,635 @@
+//! Wiring: the pools, rings and actor threads of an engine, for a one-way stage or a duplex
+//! one, and the order they are joined in at stop.
+//!
+//! ```text
+//!  one-way:  rx ─► reader ═► [workers] ═► writer ─► tx
+//!
+//!  tunnel:   inside rx ─► reader-in  ═► [workers] ═► writer-out ─► outside tx
+//!            inside tx ◄─ writer-in  ◄═ [workers] ◄═ reader-out ◄─ outside rx
+//!                              ▲ timer (the duplex stage's deadlines) ═► both writers
+//! ```
+//!
+//! Every buffer belongs to one pool (a reader's, the timer's or, in a tunnel, a worker's: the
+//! reserves a duplex stage emits from), and every writer has a ring back to every pool.
+
+use super::Engine;
+use crate::actor::reader::{Downstream, Reader};
+use crate::actor::timer::Timer;
+use crate::actor::worker::Worker;
+use crate::actor::writer::{Mail, Writer};
+use crate::actor::{phase, Control, Outs, SharedDuplex, StageHost, StageRunner};
+use crate::config::Config;
+use crate::device::{Capabilities, Rebinder, RxHalf, TxHalf};
+use crate::error::EngineError;
+use crate::link::Backoff;
+use crate::pool::{self, PacketBuf, Pool};
+use crate::stage::{Direction, Side, StageFactory};
+use crate::stats::{LatencyRecorder, LatencySnapshot};
+use crate::sys;
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use rtrb::{Consumer, Producer, RingBuffer};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+/// What a start produced, for the [`Engine`] handle.
+pub(super) struct Wired {
+    pub ctl: Arc<Control>,
+    pub threads: Vec<ActorThread>,
+    /// One mailbox per writer, by side.
+    pub mail: Vec<(Side, Sender<Mail>)>,
+    pub reserved_bytes: usize,
+    pub rebinder: Option<Rebinder>,
+}
+
+impl Wired {
+    pub(super) fn into_engine(self, workers: usize, tunnel: bool) -> Engine {
+        Engine {
+            thread_ids: self
+                .threads
+                .iter()
+                .map(|t| t.handle.thread().id())
+                .collect(),
+            threads: Mutex::new(Some(self.threads)),
+            ctl: self.ctl,
+            mail: self.mail,
+            final_latency: Mutex::new(None),
+            latency_turn: Mutex::new(()),
+            reserved_bytes: self.reserved_bytes,
+            workers,
+            tunnel,
+            rebinder: self.rebinder,
+        }
+    }
+}
+
+/// Which kind of actor a thread runs, for the join order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    Reader,
+    Timer,
+    Worker,
+    Writer,
+}
+
+pub(super) struct ActorThread {
+    role: Role,
+    /// A writer returns its side and its final histograms.
+    pub handle: JoinHandle<Option<(Side, LatencySnapshot)>>,
+}
+
+/// Spawns actor threads; if one fails to spawn, stops and joins the ones already running.
+struct Spawner {
+    ctl: Arc<Control>,
+    pin: bool,
+    threads: Vec<ActorThread>,
+}
+
+impl Spawner {
+    fn new(ctl: Arc<Control>, pin: bool) -> Self {
+        Spawner {
+            ctl,
+            pin,
+            threads: Vec::new(),
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        name: &str,
+        role: Role,
+        body: impl FnOnce() -> Option<(Side, LatencySnapshot)> + Send + 'static,
+    ) -> Result<(), EngineError> {
+        let (pin, index) = (self.pin, self.threads.len());
+        let spawned = thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                sys::place_current_thread(index, pin);
+                body()
+            });
+        match spawned {
+            Ok(handle) => {
+                self.threads.push(ActorThread { role, handle });
+                Ok(())
+            }
+            Err(e) => {
+                log::error!("could not spawn {name}: {e}");
+                join_in_order(&self.ctl, std::mem::take(&mut self.threads));
+                Err(EngineError::Spawn(Arc::new(e)))
+            }
+        }
+    }
+
+    fn finish(mut self) -> Vec<ActorThread> {
+        std::mem::take(&mut self.threads)
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        // Only reached with threads still here if start failed half-way.
+        if !self.threads.is_empty() {
+            join_in_order(&self.ctl, std::mem::take(&mut self.threads));
+        }
+    }
+}
+
+/// The stop protocol's joining side: readers and the timer first, then workers, then
+/// writers, advancing the phase between them so each actor can account for everything still
+/// in its input rings. Returns the writers' final histograms, by the direction each writer
+/// completes.
+pub(super) fn join_in_order(
+    ctl: &Control,
+    threads: Vec<ActorThread>,
+) -> [Option<LatencySnapshot>; 2] {
+    ctl.request_stop();
+    let mut threads = threads;
+    let mut latency = [None, None];
+    let mut join = |roles: &[Role]| {
+        let (actors, rest): (Vec<_>, Vec<_>) =
+            threads.drain(..).partition(|t| roles.contains(&t.role));
+        threads = rest;
+        for actor in actors {
+            match actor.handle.join() {
+                Ok(Some((side, snapshot))) => {
+                    latency[side.direction().index()] = Some(snapshot);
+                }
+                Ok(None) => {}
+                // Actors contain stage panics; one escaping is a bug in tunpipe itself.
+                Err(_) => log::error!("a tunpipe actor thread panicked"),
+            }
+        }
+    };
+    join(&[Role::Reader, Role::Timer]);
+    ctl.advance(phase::READER_DONE);
+    join(&[Role::Worker]);
+    ctl.advance(phase::WORKERS_DONE);
+    join(&[Role::Writer]);
+    ctl.release_interrupters();
+    latency
+}
+
+fn backoff(c: &Config) -> Backoff {
+    Backoff {
+        spin: c.spin,
+        yields: c.yields,
+    }
+}
+
+/// Allocates a pool of `count` buffers for `home`, each receiving up to `area` bytes.
+fn allocate(
+    c: &Config,
+    count: usize,
+    home: u8,
+    area: usize,
+) -> Result<Vec<PacketBuf>, EngineError> {
+    pool::allocate(count, home, c.headroom, area, c.tailroom).map_err(|_| {
+        EngineError::OutOfMemory {
+            bytes: count.saturating_mul(c.headroom + area + c.tailroom),
+        }
+    })
+}
+
+/// The rings that bring buffers home: for each pool, one ring from each writer, each large
+/// enough for the whole pool. Returns the writers' ends (`[writer][home]`) and the pools'
+/// ends (`[home][writer]`).
+#[allow(clippy::type_complexity)]
+fn home_rings(
+    pool_sizes: &[usize],
+    writers: usize,
+) -> (Vec<Vec<Producer<PacketBuf>>>, Vec<Vec<Consumer<PacketBuf>>>) {
+    let mut to = (0..writers).map(|_| Vec::new()).collect::<Vec<_>>();
+    let mut from = pool_sizes.iter().map(|_| Vec::new()).collect::<Vec<_>>();
+    for (home, &size) in pool_sizes.iter().enumerate() {
+        for writer in to.iter_mut() {
+            let (producer, consumer) = RingBuffer::new(size.max(1));
+            writer.push(producer);
+            from[home].push(consumer);
+        }
+    }
+    (to, from)
+}
+
+/// Bytes one slot of a ring takes.
+const SLOT: usize = std::mem::size_of::<PacketBuf>();
+
+/// Bytes a one-way engine with `c` reserves: pool, rings and histograms.
+pub(super) fn one_way_reserved(c: &Config) -> usize {
+    let pool = c.pool_size() * (c.buffer_size() + SLOT);
+    let rings = (c.ring_count() * c.ring_capacity + c.pool_size()) * SLOT;
+    pool + rings + 2 * LatencyRecorder::reserved_bytes()
+}
+
+/// Starts a one-way engine: one reader (outbound), N workers running their own instance of
+/// the stage (or the stage inline on the reader), one writer.
+pub(super) fn one_way<R: RxHalf, T: TxHalf>(
+    c: &Config,
+    stage: StageFactory,
+    rx: R,
+    tx: T,
+) -> Result<Wired, EngineError> {
+    let (rx_caps, tx_caps) = (rx.capabilities(), tx.capabilities());
+    let ctl = Arc::new(Control::new(
+        c.workers,
+        vec![rx.interrupter()],
+        c.max_stage_panics,
+    ));
+    let pool_size = c.pool_size();
+    let area = c.mtu + 1;
+    let free = allocate(c, pool_size, 0, area)?;
+    let (mut to_homes, mut from_writers) = home_rings(&[pool_size], 1);
+    let (mail_tx, mailbox) = crossbeam_channel::bounded(1);
+    let mut spawner = Spawner::new(ctl.clone(), c.pin);
+    let mut writer_inputs = Vec::new();
+    let downstream = if c.workers == 0 {
+        let (out, input) = RingBuffer::new(c.ring_capacity);
+        writer_inputs.push(input);
+        Downstream::Inline {
+            host: StageHost::OneWay(StageRunner::new(stage, 0)),
+            outs: toward(Side::Outside, out),
+        }
+    } else {
+        let mut outs = Vec::with_capacity(c.workers);
+        for index in 0..c.workers {
+            let (to_worker, input) = RingBuffer::new(c.ring_capacity);
+            let (output, from_worker) = RingBuffer::new(c.ring_capacity);
+            outs.push(to_worker);
+            writer_inputs.push(from_worker);
+            let worker = Worker {
+                index,
+                ctl: ctl.clone(),
+                inputs: vec![(Direction::Outbound, input)],
+                outs: toward(Side::Outside, output),
+                host: StageHost::OneWay(StageRunner::new(stage.clone(), index)),
+                pool: Pool::empty(),
+                emitted: Vec::new(),
+                headroom: c.headroom,
+                emit_area: area,
+                batch_size: c.batch,
+                latency: c.latency,
+                backoff: backoff(c),
+            };
+            spawner.spawn(
+                &format!("tunpipe-worker-{index}"),
+                Role::Worker,
+                move || {
+                    worker.run();
+                    None
+                },
+            )?;
+        }
+        Downstream::Workers(outs)
+    };
+    let writer = writer(
+        c,
+        Side::Outside,
+        tx,
+        tx_caps,
+        &ctl,
+        writer_inputs,
+        to_homes.remove(0),
+        mailbox,
+    );
+    spawner.spawn("tunpipe-writer", Role::Writer, move || {
+        Some((Side::Outside, writer.run()))
+    })?;
+    let reader = reader(
+        c,
+        rx,
+        rx_caps,
+        &ctl,
+        Direction::Outbound,
+        Pool::new(free, from_writers.remove(0)),
+        downstream,
+        c.mtu,
+        area,
+    );
+    spawner.spawn("tunpipe-reader", Role::Reader, move || {
+        reader.run();
+        None
+    })?;
+    Ok(Wired {
+        threads: spawner.finish(),
+        ctl,
+        mail: vec![(Side::Outside, mail_tx)],
+        reserved_bytes: one_way_reserved(c),
+        rebinder: None,
+    })
+}
+
+/// The halves of a tunnel's two devices.
+pub(super) struct TunnelHalves<IR, IT, OR, OT> {
+    pub inside_rx: IR,
+    pub inside_tx: IT,
+    pub outside_rx: OR,
+    pub outside_tx: OT,
+}
+
+/// The sizes of a tunnel's pools and rings.
+struct TunnelSizes {
+    /// Buffers of each reader.
+    reader_pool: usize,
+    /// Spare buffers of the timer and of each worker, for what the stage emits.
+    reserve: usize,
+    /// Slots of a ring that carries replies and emitted packets.
+    side_ring: usize,
+    /// The area a buffer receives into: the largest packet either device carries, plus one.
+    area: usize,
+}
+
+impl TunnelSizes {
+    fn new(c: &Config, overhead: usize) -> Self {
+        // What each reader's packets can fill: its rings forward (to the writer inline, or to
+        // each worker), the small ring back, and a batch in each actor's hands.
+        let forward = c.ring_capacity * c.workers.max(1);
+        let actors = c.workers + 5;
+        TunnelSizes {
+            reader_pool: forward + c.batch + c.batch * actors,
+            reserve: c.batch,
+            side_ring: c.batch,
+            area: c.mtu + overhead + 1,
+        }
+    }
+
+    fn reserved_bytes(&self, c: &Config) -> usize {
+        let buffer = c.headroom + self.area + c.tailroom + SLOT;
+        let pools = 2 * self.reader_pool + (1 + c.workers) * self.reserve;
+        let rings = if c.workers == 0 {
+            2 * (c.ring_capacity + self.side_ring)
+        } else {
+            2 * c.workers * c.ring_capacity + 2 * c.workers * c.ring_capacity
+        } + 2 * self.side_ring;
+        // Home rings: each writer has one back to every pool, as large as that pool.
+        pools * buffer + (rings + 2 * pools) * SLOT + 4 * LatencyRecorder::reserved_bytes()
+    }
+}
+
+/// Bytes a tunnel with `c` and a stage adding `overhead` bytes reserves.
+pub(super) fn tunnel_reserved(c: &Config, overhead: usize) -> usize {
+    TunnelSizes::new(c, overhead).reserved_bytes(c)
+}
+
+/// Starts a tunnel: a reader and a writer on each device, the duplex stage shared by both
+/// readers (inline) or by N workers fed by both, and the timer that runs its deadlines.
+pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
+    c: &Config,
+    stage: SharedDuplex,
+    halves: TunnelHalves<IR, IT, OR, OT>,
+) -> Result<Wired, EngineError> {
+    let overhead = stage.lock().overhead();
+    let sizes = TunnelSizes::new(c, overhead);
+    let TunnelHalves {
+        inside_rx,
+        inside_tx,
+        outside_rx,
+        outside_tx,
+    } = halves;
+    let caps = [
+        (inside_rx.capabilities(), inside_tx.capabilities()),
+        (outside_rx.capabilities(), outside_tx.capabilities()),
+    ];
+    let rebinder = outside_rx.rebinder();
+    let ctl = Arc::new(Control::new(
+        c.workers,
+        vec![inside_rx.interrupter(), outside_rx.interrupter()],
+        c.max_stage_panics,
+    ));
+    // Pools: 0 the inside reader's (outbound), 1 the outside reader's (inbound), 2 the
+    // timer's, then one per worker.
+    let mut pool_sizes = vec![sizes.reader_pool, sizes.reader_pool, sizes.reserve];
+    pool_sizes.extend((0..c.workers).map(|_| sizes.reserve));
+    let mut pools = Vec::new();
+    for (home, &size) in pool_sizes.iter().enumerate() {
+        pools.push(allocate(c, size, home as u8, sizes.area)?);
+    }
+    let (to_homes, mut from_writers) = home_rings(&pool_sizes, 2);
+    let mut pools: Vec<Pool> = pools
+        .into_iter()
+        .zip(from_writers.drain(..))
+        .map(|(free, returns)| Pool::new(free, returns))
+        .collect();
+    // Inputs of each writer, by side.
+    let mut writer_inputs: [Vec<Consumer<PacketBuf>>; 2] = Default::default();
+    let mut ring_to = |side: Side, slots: usize| {
+        let (producer, consumer) = RingBuffer::new(slots);
+        writer_inputs[side.index()].push(consumer);
+        producer
+    };
+    let timer_outs = Outs {
+        by_side: [
+            Some(ring_to(Side::Inside, sizes.side_ring)),
+            Some(ring_to(Side::Outside, sizes.side_ring)),
+        ],
+    };
+    let mut spawner = Spawner::new(ctl.clone(), c.pin);
+    let mut downstreams: Vec<Downstream> = Vec::new();
+    if c.workers == 0 {
+        for direction in Direction::BOTH {
+            let mut by_side = [None, None];
+            by_side[direction.destination().index()] =
+                Some(ring_to(direction.destination(), c.ring_capacity));
+            by_side[direction.source().index()] =
+                Some(ring_to(direction.source(), sizes.side_ring));
+            downstreams.push(Downstream::Inline {
+                host: StageHost::Duplex(stage.clone()),
+                outs: Outs { by_side },
+            });
+        }
+    } else {
+        let mut to_workers: [Vec<Producer<PacketBuf>>; 2] = Default::default();
+        let worker_pools: Vec<Pool> = pools.drain(3..).collect();
+        for (index, pool) in worker_pools.into_iter().enumerate() {
+            let mut inputs = Vec::new();
+            for direction in Direction::BOTH {
+                let (to_worker, input) = RingBuffer::new(c.ring_capacity);
+                to_workers[direction.index()].push(to_worker);
+                inputs.push((direction, input));
+            }
+            let outs = Outs {
+                by_side: [
+                    Some(ring_to(Side::Inside, c.ring_capacity)),
+                    Some(ring_to(Side::Outside, c.ring_capacity)),
+                ],
+            };
+            let worker = Worker {
+                index,
+                ctl: ctl.clone(),
+                inputs,
+                outs,
+                host: StageHost::Duplex(stage.clone()),
+                pool,
+                emitted: Vec::with_capacity(2 * c.batch),
+                headroom: c.headroom,
+                emit_area: sizes.area,
+                batch_size: c.batch,
+                latency: c.latency,
+                backoff: backoff(c),
+            };
+            spawner.spawn(
+                &format!("tunpipe-worker-{index}"),
+                Role::Worker,
+                move || {
+                    worker.run();
+                    None
+                },
+            )?;
+        }
+        let [outbound, inbound] = to_workers;
+        downstreams.push(Downstream::Workers(outbound));
+        downstreams.push(Downstream::Workers(inbound));
+    }
+    let timer_pool = pools.remove(2);
+    let inbound_pool = pools.remove(1);
+    let outbound_pool = pools.remove(0);
+    let [inside_inputs, outside_inputs] = writer_inputs;
+    let mut homes = to_homes.into_iter();
+    let mut mail = Vec::new();
+    let mut mailbox = |side: Side| {
+        let (mail_tx, mailbox) = crossbeam_channel::bounded(1);
+        mail.push((side, mail_tx));
+        mailbox
+    };
+    let writer_in = writer(
+        c,
+        Side::Inside,
+        inside_tx,
+        caps[0].1,
+        &ctl,
+        inside_inputs,
+        homes.next().expect("home rings of the inside writer"),
+        mailbox(Side::Inside),
+    );
+    let writer_out = writer(
+        c,
+        Side::Outside,
+        outside_tx,
+        caps[1].1,
+        &ctl,
+        outside_inputs,
+        homes.next().expect("home rings of the outside writer"),
+        mailbox(Side::Outside),
+    );
+    spawner.spawn("tunpipe-writer-in", Role::Writer, move || {
+        Some((Side::Inside, writer_in.run()))
+    })?;
+    spawner.spawn("tunpipe-writer-out", Role::Writer, move || {
+        Some((Side::Outside, writer_out.run()))
+    })?;
+    let timer = Timer {
+        ctl: ctl.clone(),
+        stage,
+        pool: timer_pool,
+        outs: timer_outs,
+        emitted: Vec::with_capacity(2 * c.batch),
+        headroom: c.headroom,
+        emit_area: sizes.area,
+    };
+    spawner.spawn("tunpipe-timer", Role::Timer, move || {
+        timer.run();
+        None
+    })?;
+    let mut downstreams = downstreams.into_iter();
+    let reader_in = reader(
+        c,
+        inside_rx,
+        caps[0].0,
+        &ctl,
+        Direction::Outbound,
+        outbound_pool,
+        downstreams.next().expect("the outbound downstream"),
+        c.mtu,
+        sizes.area,
+    );
+    let reader_out = reader(
+        c,
+        outside_rx,
+        caps[1].0,
+        &ctl,
+        Direction::Inbound,
+        inbound_pool,
+        downstreams.next().expect("the inbound downstream"),
+        c.mtu + overhead,
+        sizes.area,
+    );
+    spawner.spawn("tunpipe-reader-in", Role::Reader, move || {
+        reader_in.run();
+        None
+    })?;
+    spawner.spawn("tunpipe-reader-out", Role::Reader, move || {
+        reader_out.run();
+        None
+    })?;
+    Ok(Wired {
+        threads: spawner.finish(),
+        ctl,
+        mail,
+        reserved_bytes: sizes.reserved_bytes(c),
+        rebinder,
+    })
+}
+
+/// Outs with one ring, toward `side`.
+fn toward(side: Side, ring: Producer<PacketBuf>) -> Outs {
+    let mut by_side = [None, None];
+    by_side[side.index()] = Some(ring);
+    Outs { by_side }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn writer<T: TxHalf>(
+    c: &Config,
+    side: Side,
+    tx: T,
+    caps: Capabilities,
+    ctl: &Arc<Control>,
+    inputs: Vec<Consumer<PacketBuf>>,
+    homes: Vec<Producer<PacketBuf>>,
+    mailbox: Receiver<Mail>,
+) -> Writer<T> {
+    Writer {
+        side,
+        tx,
+        ctl: ctl.clone(),
+        inputs,
+        homes,
+        mailbox,
+        batch_size: c.batch,
+        latency: c.latency,
+        backoff: backoff(c),
+        engine_time: LatencyRecorder::new(),
+        stage_time: LatencyRecorder::new(),
+        sending: Vec::with_capacity(c.batch),
+        max_batch: caps.max_batch,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn reader<R: RxHalf>(
+    c: &Config,
+    rx: R,
+    caps: Capabilities,
+    ctl: &Arc<Control>,
+    direction: Direction,
+    pool: Pool,
+    downstream: Downstream,
+    mtu: usize,
+    emit_area: usize,
+) -> Reader<R> {
+    Reader {
+        rx,
+        ctl: ctl.clone(),
+        direction,
+        pool,
+        downstream,
+        batch: Vec::with_capacity(c.batch),
+        emitted: Vec::with_capacity(2 * c.batch),
+        batch_size: c.batch,
+        mtu,
+        headroom: c.headroom,
+        emit_area,
+        latency: c.latency,
+        backoff: backoff(c),
+        medium: caps.medium,
+        max_batch: caps.max_batch,
+    }
+}

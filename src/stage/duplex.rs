@@ -1,0 +1,203 @@
+//! Two-way stages: protocol state between an inside device (a TUN) and an outside one (a UDP
+//! socket), such as a VPN.
+//!
+//! ```text
+//!  inside rx ──► Reader ══► [ DuplexStage: outbound ] ══► Writer ──► outside tx   (seal)
+//!  inside tx ◄── Writer ◄══ [ DuplexStage: inbound  ] ◄══ Reader ◄── outside rx   (open)
+//!                                  │ emits toward either side (handshakes, queued packets)
+//!                                  └ names its next deadline (keepalive, rekey): a timer
+//! ```
+//!
+//! Like a one-way [`Stage`](super::Stage), a duplex stage is plain code: no fds, threads or
+//! clocks. It sees each packet with its [`Direction`], says what becomes of it ([`Action`]),
+//! may emit packets of its own through the [`Emitter`] (buffers from a reserve the engine gave
+//! it: it never allocates or blocks), and names its next deadline. The engine runs one
+//! instance for both directions (behind a lock, taken per packet) and calls
+//! [`DuplexStage::on_deadline`] from a timer thread that sleeps until the deadline: nothing
+//! wakes up periodically when nothing is pending.
+
+use crate::pool::PacketBuf;
+use std::time::Instant;
+
+/// Which way a packet travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Read from the inside device (the TUN), bound for the outside (the network).
+    Outbound,
+    /// Read from the outside device, bound for the inside.
+    Inbound,
+}
+
+/// A device of the tunnel, as a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The TUN: packets to the apps.
+    Inside,
+    /// The UDP socket: datagrams to the peers.
+    Outside,
+}
+
+impl Direction {
+    /// Both directions, outbound first.
+    pub const BOTH: [Direction; 2] = [Direction::Outbound, Direction::Inbound];
+
+    /// Where a packet of this direction is written when it is forwarded.
+    pub fn destination(self) -> Side {
+        match self {
+            Direction::Outbound => Side::Outside,
+            Direction::Inbound => Side::Inside,
+        }
+    }
+
+    /// Where a packet of this direction was read.
+    pub fn source(self) -> Side {
+        match self {
+            Direction::Outbound => Side::Inside,
+            Direction::Inbound => Side::Outside,
+        }
+    }
+
+    /// The other direction.
+    pub fn reverse(self) -> Direction {
+        match self {
+            Direction::Outbound => Direction::Inbound,
+            Direction::Inbound => Direction::Outbound,
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl Side {
+    /// The direction of a packet written to this side.
+    pub fn direction(self) -> Direction {
+        match self {
+            Side::Outside => Direction::Outbound,
+            Side::Inside => Direction::Inbound,
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What becomes of a packet a duplex stage has seen. The engine counts each outcome, so that
+/// in each direction `read + originated = written + dropped + consumed` (see
+/// [`crate::Stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// The packet, as it now stands in its buffer, goes on toward the other side (an
+    /// outbound packet to the network, sealed; an inbound one to the TUN, opened).
+    Forward,
+    /// The stage has taken in the packet (it ends here, *consumed*), and its buffer now holds
+    /// a packet of the stage's own (*originated*) going the same way: a handshake initiation
+    /// sent in place of a data packet that waits for the handshake.
+    Replace,
+    /// The stage has taken in the packet (*consumed*), and its buffer now holds an answer
+    /// (*originated*) going back toward where the packet came from: a handshake response.
+    Reply,
+    /// The stage keeps the packet's content, or it was a message for the stage alone (a
+    /// keepalive, a cookie): the packet ends here, *consumed*.
+    Consume,
+    /// The stage drops the packet: counted as a stage drop (the stage may count why).
+    Drop,
+}
+
+/// A two-way protocol: see the module documentation.
+///
+/// Every method runs under the engine's lock on this instance, from the reader, worker or
+/// timer thread that has a packet or a deadline for it. It must not block.
+pub trait DuplexStage: Send {
+    /// Processes one packet travelling `direction`, in place. A packet may grow into its
+    /// head- and tailroom; a datagram's peer is its [`PacketBuf::endpoint`] (the sender, as
+    /// received; set it on a packet going out).
+    fn process(
+        &mut self,
+        direction: Direction,
+        packet: &mut PacketBuf,
+        out: &mut Emitter<'_>,
+    ) -> Action;
+
+    /// Called when the deadline the stage named has come (or later): runs its timers, and
+    /// emits what they send.
+    fn on_deadline(&mut self, out: &mut Emitter<'_>);
+
+    /// The next time [`DuplexStage::on_deadline`] should run, or `None` while nothing is
+    /// pending. Asked after every batch and every deadline; an earlier one wakes the timer.
+    fn next_deadline(&self) -> Option<Instant>;
+
+    /// The host says the network path changed and the outside device was rebound: a chance
+    /// to tell the peers where this end now is (a keepalive, say). The default does nothing.
+    fn path_changed(&mut self, out: &mut Emitter<'_>) {
+        let _ = out;
+    }
+
+    /// Bytes the stage adds to an outbound packet (and so to the largest datagram inbound):
+    /// the engine sizes the outside device's buffers for `mtu + overhead`.
+    fn overhead(&self) -> usize {
+        0
+    }
+}
+
+/// What a duplex stage uses to send packets of its own: buffers from a reserve the engine
+/// gave the thread that runs it, and the time of the current batch (the engine's clock, read
+/// once per batch).
+pub struct Emitter<'a> {
+    pub(crate) spare: &'a mut Vec<PacketBuf>,
+    pub(crate) emitted: &'a mut Vec<(Side, PacketBuf)>,
+    pub(crate) now: Instant,
+    pub(crate) headroom: usize,
+    pub(crate) capacity: usize,
+    /// Packets that found no spare buffer, by the side they were for: the engine counts each
+    /// as originated and dropped ("no buffer").
+    pub(crate) no_buffer: &'a mut [u64; 2],
+}
+
+impl Emitter<'_> {
+    /// When the batch (or deadline) being handled began.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// How many packets can still be emitted now (spare buffers, and room to hand them on).
+    pub fn spare(&self) -> usize {
+        let room = self.emitted.capacity() - self.emitted.len();
+        self.spare.len().min(room)
+    }
+
+    /// Emits a packet toward `side`. `fill` gets an empty buffer whose window is the whole
+    /// area a packet may take (as a device receives into it): it writes the packet there,
+    /// truncates the window to its length, sets the endpoint for the outside, and returns
+    /// true; false sends nothing and gives the buffer back.
+    ///
+    /// Returns false when nothing was sent: `fill` declined, or no spare buffer was left (the
+    /// packet is then counted as dropped, "no buffer").
+    pub fn emit(&mut self, side: Side, fill: impl FnOnce(&mut PacketBuf) -> bool) -> bool {
+        let room = self.emitted.len() < self.emitted.capacity();
+        let Some(mut buf) = self.spare.pop().filter(|_| room) else {
+            self.no_buffer[side.index()] += 1;
+            return false;
+        };
+        buf.prepare_receive(self.headroom, self.capacity);
+        if fill(&mut buf) {
+            self.emitted.push((side, buf));
+            true
+        } else {
+            self.spare.push(buf);
+            false
+        }
+    }
+}
+
+impl std::fmt::Debug for Emitter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter")
+            .field("spare", &self.spare.len())
+            .field("emitted", &self.emitted.len())
+            .finish_non_exhaustive()
+    }
+}
