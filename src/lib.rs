@@ -52,6 +52,8 @@ pub mod stats;
 mod sync;
 pub mod sys;
 pub mod wire;
+#[cfg(feature = "wireguard")]
+pub mod wireguard;
 
 /// The README's code examples, compiled as doc tests so that they stay true.
 #[cfg(doctest)]

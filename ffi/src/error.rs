@@ -94,6 +94,7 @@ impl From<EngineError> for FfiError {
             EngineError::StopFromEngineThread => TUNPIPE_ERR_ENGINE_THREAD,
             EngineError::Stopping => TUNPIPE_ERR_STOPPING,
             EngineError::OutOfMemory { .. } => TUNPIPE_ERR_NO_MEMORY,
+            EngineError::Unsupported(_) => TUNPIPE_ERR_UNSUPPORTED,
             // EngineError is #[non_exhaustive]: a variant that gains no code of its own here
             // reports as a device failure, with its own message.
             _ => TUNPIPE_ERR_DEVICE,

@@ -127,23 +127,40 @@ impl Shared {
         // The old socket must go first, or the new one cannot have its port.
         let placeholder = Socket::new(Domain::for_address(*bound), Type::DGRAM, None)?;
         drop(std::mem::replace(&mut *socket, placeholder));
-        let (new, granted) = match new_socket(*bound, self.buffer_bytes) {
-            Ok(made) => made,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                let mut any_port = *bound;
-                any_port.set_port(0);
-                log::warn!("rebind: port {} is taken; binding another", bound.port());
-                new_socket(any_port, self.buffer_bytes)?
-            }
-            Err(e) => return Err(e),
-        };
+        // A reader waiting in `poll` on the old socket still holds it open (and its port)
+        // until it wakes: wake it. It then waits for this lock and never polls the old
+        // socket again.
+        self.rebound.wake();
+        let (new, granted) = bind_again(*bound, self.buffer_bytes)?;
         *bound = local_addr(&new)?;
         *socket = new;
         *self.granted.lock() = granted;
         drop(socket);
-        self.rebound.wake();
         log::info!("rebound the UDP socket to {bound}");
         Ok(())
+    }
+}
+
+/// How long a rebind waits for the old socket's port to be released (by a reader leaving its
+/// `poll`: microseconds) before it takes any port.
+const REBIND_PORT_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A new socket at `addr`, or, if its port stays taken, at any port.
+fn bind_again(addr: SocketAddr, buffer_bytes: usize) -> io::Result<(Socket, (usize, usize))> {
+    let deadline = std::time::Instant::now() + REBIND_PORT_WAIT;
+    loop {
+        match new_socket(addr, buffer_bytes) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                if std::time::Instant::now() >= deadline {
+                    let mut any_port = addr;
+                    any_port.set_port(0);
+                    log::warn!("rebind: port {} is taken; binding another", addr.port());
+                    return new_socket(any_port, buffer_bytes);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            made => return made,
+        }
     }
 }
 
@@ -419,6 +436,8 @@ mod tests {
             rx.wait_readable().unwrap();
             rx
         });
+        // Let the reader reach its poll (it then holds the old socket, and its port, open).
+        std::thread::sleep(std::time::Duration::from_millis(50));
         dev.rebind().unwrap();
         let mut rx = waiter.join().unwrap();
         assert_eq!(dev.local_addr().unwrap().port(), port);

@@ -15,7 +15,8 @@
 //! - [`report`]: the benches' tables, numbers, histograms and result files;
 //! - [`alloc`]: a counting global allocator; [`spin`]: the reader-spin experiment device;
 //! - [`config`] and [`bridge`]: an engine config with N workers, and two engines that join
-//!   two devices.
+//!   two devices;
+//! - [`wg`]: WireGuard keys and wg-quick texts, and two tunpipe tunnels joined over loopback.
 
 pub mod alloc;
 pub mod check;
@@ -31,6 +32,7 @@ pub mod spin;
 pub mod thread;
 pub mod trials;
 pub mod tun;
+pub mod wg;
 
 /// The default config with `workers` workers.
 pub fn config(workers: usize) -> tunpipe::Config {

@@ -1,0 +1,591 @@
+//! The wg-quick configuration file, as VPN providers hand it out.
+//!
+//! ```text
+//! [Interface]
+//! PrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=
+//! Address = 10.0.0.2/32, fd00::2/128
+//! DNS = 10.0.0.1
+//! MTU = 1420                     # optional: 1420 by default
+//!
+//! [Peer]
+//! PublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=
+//! Endpoint = 192.0.2.1:51820
+//! AllowedIPs = 0.0.0.0/0, ::/0
+//! PersistentKeepalive = 25
+//! ```
+//!
+//! The parser takes what these files really contain: `#` comments (to the end of the line),
+//! keys in any case, comma-separated lists, repeated `Address`, `DNS` and `AllowedIPs` lines,
+//! an optional `ListenPort`. wg-quick's own keys (`PostUp`, `PreDown`, `Table`, `SaveConfig`,
+//! `FwMark`, ...) are ignored and named in [`WgConfig::ignored`] (the caller may log them). Any
+//! other key is an error. An error names its line and field; it never quotes a key.
+
+use ipnet::IpNet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
+/// wg-quick's default MTU for the tunnel interface.
+pub const DEFAULT_MTU: u16 = 1420;
+
+/// A Curve25519 key (private, public or preshared). Its `Debug` shows nothing of it, and it
+/// has no `Display`: keys never reach a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key(pub(crate) [u8; 32]);
+
+impl Key {
+    /// A fresh private key, from the system's random source.
+    pub fn generate() -> Key {
+        let secret = boringtun::x25519::StaticSecret::random_from_rng(rand_core::OsRng);
+        Key(secret.to_bytes())
+    }
+
+    /// A key from its 32 bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Key {
+        Key(bytes)
+    }
+
+    /// The public key of this private key.
+    pub fn public_key(&self) -> Key {
+        let secret = boringtun::x25519::StaticSecret::from(self.0);
+        Key(boringtun::x25519::PublicKey::from(&secret).to_bytes())
+    }
+
+    /// The key's 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The key in the base64 form wg and wg-quick use.
+    pub fn to_base64(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(self.0)
+    }
+
+    fn from_base64(text: &str) -> Option<Key> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()?;
+        bytes.try_into().ok().map(Key)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(hidden)")
+    }
+}
+
+/// A peer's endpoint: an address, or a host name still to be resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// An IPv4 or IPv6 literal with its port.
+    Addr(SocketAddr),
+    /// A host name and port, as written: [`WgConfig::resolve`] turns it into an address.
+    Host(String, u16),
+}
+
+impl Endpoint {
+    /// The host part, as a host would show it (`tunnelRemoteAddress` on iOS).
+    pub fn host(&self) -> String {
+        match self {
+            Endpoint::Addr(addr) => addr.ip().to_string(),
+            Endpoint::Host(host, _) => host.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Addr(addr) => addr.fmt(f),
+            Endpoint::Host(host, port) => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// The `[Interface]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Interface {
+    /// This end's private key.
+    pub private_key: Key,
+    /// The tunnel interface's addresses (`Address`).
+    pub addresses: Vec<IpNet>,
+    /// The UDP port to listen on; `None`: any.
+    pub listen_port: Option<u16>,
+    /// The tunnel interface's MTU ([`DEFAULT_MTU`] when absent).
+    pub mtu: u16,
+    /// DNS servers (`DNS`): accepted for the host to apply (the OS sets DNS, not tunpipe).
+    pub dns: Vec<IpAddr>,
+    /// DNS search domains (the non-address entries of `DNS`).
+    pub dns_search: Vec<String>,
+}
+
+/// A `[Peer]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerConfig {
+    /// The peer's public key.
+    pub public_key: Key,
+    /// The preshared key, if any.
+    pub preshared_key: Option<Key>,
+    /// Where the peer is; `None`: it has to reach us first.
+    pub endpoint: Option<Endpoint>,
+    /// The addresses routed to the peer, and accepted from it (`AllowedIPs`).
+    pub allowed_ips: Vec<IpNet>,
+    /// Seconds between keepalives sent whatever the traffic (`PersistentKeepalive`).
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// A parsed wg-quick file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WgConfig {
+    /// The `[Interface]` section.
+    pub interface: Interface,
+    /// The `[Peer]` sections (one at least).
+    pub peers: Vec<PeerConfig>,
+    /// wg-quick's own keys that were ignored, as `Key (line N)`.
+    pub ignored: Vec<String>,
+}
+
+/// Why a wg-quick text is not a usable config: the line (1-based; 0 for the whole file), the
+/// field, and what is wrong. It never quotes a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WgConfigError {
+    /// The line, counting from 1 (0: the file as a whole).
+    pub line: usize,
+    /// The field (`PublicKey`, `[Peer]`, ...).
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for WgConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "wg-quick config: {}: {}", self.field, self.reason)
+        } else {
+            write!(
+                f,
+                "wg-quick config, line {} ({}): {}",
+                self.line, self.field, self.reason
+            )
+        }
+    }
+}
+
+impl std::error::Error for WgConfigError {}
+
+/// wg-quick's own keys: they configure the host (routes, scripts, saving), not the tunnel.
+const WG_QUICK_KEYS: &[&str] = &[
+    "table",
+    "preup",
+    "postup",
+    "predown",
+    "postdown",
+    "saveconfig",
+    "fwmark",
+];
+
+#[derive(Default)]
+struct InterfaceDraft {
+    line: usize,
+    private_key: Option<Key>,
+    addresses: Vec<IpNet>,
+    listen_port: Option<u16>,
+    mtu: Option<u16>,
+    dns: Vec<IpAddr>,
+    dns_search: Vec<String>,
+}
+
+#[derive(Default)]
+struct PeerDraft {
+    line: usize,
+    public_key: Option<Key>,
+    preshared_key: Option<Key>,
+    endpoint: Option<Endpoint>,
+    allowed_ips: Vec<IpNet>,
+    persistent_keepalive: Option<u16>,
+}
+
+enum Section {
+    None,
+    Interface,
+    Peer,
+}
+
+impl WgConfig {
+    /// Parses a wg-quick file.
+    ///
+    /// # Errors
+    /// The first problem, with its line and field.
+    pub fn parse(text: &str) -> Result<WgConfig, WgConfigError> {
+        let mut section = Section::None;
+        let mut interface: Option<InterfaceDraft> = None;
+        let mut peers: Vec<PeerDraft> = Vec::new();
+        let mut ignored = Vec::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let content = raw.split('#').next().unwrap_or("").trim();
+            if content.is_empty() {
+                continue;
+            }
+            if content.starts_with('[') {
+                section = match content.to_ascii_lowercase().as_str() {
+                    "[interface]" => {
+                        if interface.is_some() {
+                            return Err(error(line, "[Interface]", "a second [Interface] section"));
+                        }
+                        interface = Some(InterfaceDraft {
+                            line,
+                            ..Default::default()
+                        });
+                        Section::Interface
+                    }
+                    "[peer]" => {
+                        peers.push(PeerDraft {
+                            line,
+                            ..Default::default()
+                        });
+                        Section::Peer
+                    }
+                    _ => {
+                        return Err(error(
+                            line,
+                            content,
+                            "unknown section (expected [Interface] or [Peer])",
+                        ))
+                    }
+                };
+                continue;
+            }
+            let Some((key, value)) = content.split_once('=') else {
+                return Err(error(line, content, "expected Key = Value"));
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let lower = key.to_ascii_lowercase();
+            if WG_QUICK_KEYS.contains(&lower.as_str()) {
+                ignored.push(format!("{key} (line {line})"));
+                continue;
+            }
+            match (&section, interface.as_mut(), peers.last_mut()) {
+                (Section::Interface, Some(draft), _) => {
+                    interface_key(draft, line, key, &lower, value)?;
+                }
+                (Section::Peer, _, Some(draft)) => peer_key(draft, line, key, &lower, value)?,
+                _ => return Err(error(line, key, "outside any section")),
+            }
+        }
+        let interface = interface.ok_or_else(|| error(0, "[Interface]", "missing"))?;
+        let interface = Interface {
+            private_key: interface
+                .private_key
+                .ok_or_else(|| error(interface.line, "PrivateKey", "missing"))?,
+            addresses: interface.addresses,
+            listen_port: interface.listen_port,
+            mtu: interface.mtu.unwrap_or(DEFAULT_MTU),
+            dns: interface.dns,
+            dns_search: interface.dns_search,
+        };
+        if peers.is_empty() {
+            return Err(error(0, "[Peer]", "missing: a tunnel needs a peer"));
+        }
+        let peers = peers
+            .into_iter()
+            .map(|p| {
+                Ok(PeerConfig {
+                    public_key: p
+                        .public_key
+                        .ok_or_else(|| error(p.line, "PublicKey", "missing in this [Peer]"))?,
+                    preshared_key: p.preshared_key,
+                    endpoint: p.endpoint,
+                    allowed_ips: p.allowed_ips,
+                    persistent_keepalive: p.persistent_keepalive,
+                })
+            })
+            .collect::<Result<Vec<_>, WgConfigError>>()?;
+        Ok(WgConfig {
+            interface,
+            peers,
+            ignored,
+        })
+    }
+
+    /// Resolves every peer endpoint given as a host name (a blocking DNS lookup), keeping the
+    /// first address the resolver gives.
+    ///
+    /// # Errors
+    /// A name that does not resolve, naming the peer's line-free position and the name.
+    pub fn resolve(&mut self) -> Result<(), WgConfigError> {
+        for (i, peer) in self.peers.iter_mut().enumerate() {
+            if let Some(Endpoint::Host(host, port)) = &peer.endpoint {
+                let addr = (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut addrs| addrs.next())
+                    .ok_or_else(|| {
+                        error(
+                            0,
+                            "Endpoint",
+                            &format!("peer {}: {host} does not resolve", i + 1),
+                        )
+                    })?;
+                peer.endpoint = Some(Endpoint::Addr(addr));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn error(line: usize, field: &str, reason: &str) -> WgConfigError {
+    WgConfigError {
+        line,
+        field: field.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn once<T>(slot: &mut Option<T>, line: usize, key: &str, value: T) -> Result<(), WgConfigError> {
+    if slot.is_some() {
+        return Err(error(line, key, "given twice"));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn key_value(line: usize, key: &str, value: &str) -> Result<Key, WgConfigError> {
+    Key::from_base64(value)
+        .ok_or_else(|| error(line, key, "not a key (44 characters of base64, 32 bytes)"))
+}
+
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn prefix(line: usize, key: &str, text: &str) -> Result<IpNet, WgConfigError> {
+    // A bare address is a host route, as wg-quick reads it.
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| error(line, key, &format!("{text:?} is not an address or prefix")))
+}
+
+fn number<T: std::str::FromStr>(
+    line: usize,
+    key: &str,
+    value: &str,
+    what: &str,
+) -> Result<T, WgConfigError> {
+    value
+        .parse()
+        .map_err(|_| error(line, key, &format!("{value:?} is not {what}")))
+}
+
+fn interface_key(
+    draft: &mut InterfaceDraft,
+    line: usize,
+    key: &str,
+    lower: &str,
+    value: &str,
+) -> Result<(), WgConfigError> {
+    match lower {
+        "privatekey" => once(
+            &mut draft.private_key,
+            line,
+            key,
+            key_value(line, key, value)?,
+        ),
+        "address" => {
+            for item in list(value) {
+                draft.addresses.push(prefix(line, key, item)?);
+            }
+            Ok(())
+        }
+        "listenport" => once(
+            &mut draft.listen_port,
+            line,
+            key,
+            number(line, key, value, "a port (0-65535)")?,
+        ),
+        "mtu" => {
+            let mtu: u16 = number(line, key, value, "an MTU")?;
+            if mtu < 576 {
+                return Err(error(line, key, &format!("{mtu} is below 576")));
+            }
+            once(&mut draft.mtu, line, key, mtu)
+        }
+        "dns" => {
+            for item in list(value) {
+                match item.parse::<IpAddr>() {
+                    Ok(addr) => draft.dns.push(addr),
+                    Err(_) => draft.dns_search.push(item.to_string()),
+                }
+            }
+            Ok(())
+        }
+        _ => Err(error(line, key, "unknown key in [Interface]")),
+    }
+}
+
+fn peer_key(
+    draft: &mut PeerDraft,
+    line: usize,
+    key: &str,
+    lower: &str,
+    value: &str,
+) -> Result<(), WgConfigError> {
+    match lower {
+        "publickey" => once(
+            &mut draft.public_key,
+            line,
+            key,
+            key_value(line, key, value)?,
+        ),
+        "presharedkey" => once(
+            &mut draft.preshared_key,
+            line,
+            key,
+            key_value(line, key, value)?,
+        ),
+        "endpoint" => once(&mut draft.endpoint, line, key, endpoint(line, key, value)?),
+        "allowedips" => {
+            for item in list(value) {
+                draft.allowed_ips.push(prefix(line, key, item)?);
+            }
+            Ok(())
+        }
+        "persistentkeepalive" => {
+            let seconds: u16 = if value.eq_ignore_ascii_case("off") {
+                0
+            } else {
+                number(line, key, value, "a number of seconds or off")?
+            };
+            once(&mut draft.persistent_keepalive, line, key, seconds)?;
+            if seconds == 0 {
+                draft.persistent_keepalive = None;
+            }
+            Ok(())
+        }
+        _ => Err(error(line, key, "unknown key in [Peer]")),
+    }
+}
+
+/// `1.2.3.4:51820`, `[2001:db8::1]:51820`, or `vpn.example.com:51820`.
+fn endpoint(line: usize, key: &str, value: &str) -> Result<Endpoint, WgConfigError> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(Endpoint::Addr(addr));
+    }
+    let bad = || error(line, key, &format!("{value:?} is not HOST:PORT"));
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let valid_name = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    if !valid_name {
+        return Err(bad());
+    }
+    Ok(Endpoint::Host(host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRIVATE: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+    const PUBLIC: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+    #[test]
+    fn parses_what_wg_quick_files_contain() {
+        let text = format!(
+            "# a provider's file\n\
+             [Interface]\n\
+             privatekey = {PRIVATE}   # the key\n\
+             Address = 10.0.0.2/32, fd00::2/128\n\
+             Address = 10.1.0.2\n\
+             DNS = 10.0.0.1, 2001:db8::53, corp.example\n\
+             PostUp = iptables -A FORWARD -i %i -j ACCEPT\n\
+             \n\
+             [Peer]\n\
+             PublicKey = {PUBLIC}\n\
+             PresharedKey = {PUBLIC}\n\
+             Endpoint = [2001:db8::1]:51820\n\
+             AllowedIPs = 0.0.0.0/0\n\
+             AllowedIPs = ::/0\n\
+             PersistentKeepalive = 25\n\
+             [peer]\n\
+             publickey = {PUBLIC}\n\
+             endpoint = vpn.example.com:443\n"
+        );
+        let c = WgConfig::parse(&text).unwrap();
+        assert_eq!(c.interface.addresses.len(), 3);
+        assert_eq!(c.interface.addresses[2].to_string(), "10.1.0.2/32");
+        assert_eq!(c.interface.mtu, DEFAULT_MTU);
+        assert_eq!(c.interface.listen_port, None);
+        assert_eq!(c.interface.dns.len(), 2);
+        assert_eq!(c.interface.dns_search, ["corp.example"]);
+        assert_eq!(c.ignored, ["PostUp (line 7)"]);
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.peers[0].allowed_ips.len(), 2);
+        assert_eq!(c.peers[0].persistent_keepalive, Some(25));
+        assert_eq!(
+            c.peers[0].endpoint,
+            Some(Endpoint::Addr("[2001:db8::1]:51820".parse().unwrap()))
+        );
+        assert_eq!(
+            c.peers[1].endpoint,
+            Some(Endpoint::Host("vpn.example.com".into(), 443))
+        );
+        assert_eq!(c.interface.private_key.to_base64(), PRIVATE);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_field_and_never_a_key() {
+        let cases = [
+            (format!("[Interface]\nPrivateKey = {PRIVATE}\nFoo = 1\n[Peer]\nPublicKey = {PUBLIC}\n"), 3, "Foo"),
+            (format!("[Interface]\nPrivateKey = {PRIVATE}x\n[Peer]\nPublicKey = {PUBLIC}\n"), 2, "PrivateKey"),
+            (format!("[Interface]\nPrivateKey = {PRIVATE}\n[Peer]\nPublicKey = {PUBLIC}\nEndpoint = nowhere\n"), 5, "Endpoint"),
+            (format!("[Interface]\nPrivateKey = {PRIVATE}\n[Peer]\nAllowedIPs = 10.0.0.0/33\nPublicKey = {PUBLIC}\n"), 4, "AllowedIPs"),
+            (format!("PrivateKey = {PRIVATE}\n"), 1, "PrivateKey"),
+            (format!("[Interface]\nPrivateKey = {PRIVATE}\n[Peer]\nEndpoint = 1.2.3.4:5\n"), 3, "PublicKey"),
+            (format!("[Interface]\nPrivateKey = {PRIVATE}\nMTU = 9\n[Peer]\nPublicKey = {PUBLIC}\n"), 3, "MTU"),
+            (format!("[Interface]\nPrivateKey = {PRIVATE}\n"), 0, "[Peer]"),
+            (format!("[Interface]\nPrivateKey = {PRIVATE}\nPrivateKey = {PRIVATE}\n[Peer]\nPublicKey = {PUBLIC}\n"), 3, "PrivateKey"),
+            (format!("[Tunnel]\nPrivateKey = {PRIVATE}\n"), 1, "[Tunnel]"),
+        ];
+        for (text, line, field) in cases {
+            let err = WgConfig::parse(&text).unwrap_err();
+            assert_eq!((err.line, err.field.as_str()), (line, field), "{err}");
+            let shown = err.to_string();
+            assert!(
+                !shown.contains(PRIVATE) && !shown.contains(PUBLIC),
+                "{shown}"
+            );
+            assert!(!shown.contains(&PRIVATE[..20]), "{shown}");
+        }
+    }
+
+    #[test]
+    fn keys_never_show_in_debug_output() {
+        let text = format!("[Interface]\nPrivateKey = {PRIVATE}\n[Peer]\nPublicKey = {PUBLIC}\nPresharedKey = {PRIVATE}\n");
+        let shown = format!("{:?}", WgConfig::parse(&text).unwrap());
+        assert!(
+            !shown.contains(&PRIVATE[..10]) && !shown.contains(&PUBLIC[..10]),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn literal_endpoints_need_no_resolving_and_names_are_resolved() {
+        let text = format!("[Interface]\nPrivateKey = {PRIVATE}\n[Peer]\nPublicKey = {PUBLIC}\nEndpoint = localhost:51820\n");
+        let mut c = WgConfig::parse(&text).unwrap();
+        c.resolve().unwrap();
+        match &c.peers[0].endpoint {
+            Some(Endpoint::Addr(addr)) => assert!(addr.ip().is_loopback() && addr.port() == 51820),
+            other => panic!("{other:?}"),
+        }
+    }
+}

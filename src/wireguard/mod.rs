@@ -1,0 +1,568 @@
+//! WireGuard as a duplex stage, on boringtun's I/O-free Noise core (`boringtun::noise::Tunn`).
+//!
+//! ```text
+//!  TUN ─► [outbound: route by AllowedIPs, encapsulate] ─► UDP   (data, or a handshake
+//!  TUN ◄─ [inbound: find the peer, decapsulate, check] ◄─ UDP    initiation in its place)
+//!              └ timers: retries, keepalives, rekeys, key erasure, at derived deadlines
+//! ```
+//!
+//! tunpipe owns every socket, thread and clock; `Tunn` only turns bytes into bytes and
+//! returns instructions. The stage keeps one `Tunn` per peer, routes outbound packets by
+//! AllowedIPs (longest prefix), finds an inbound datagram's peer by its receiver index (or,
+//! for a handshake initiation with several peers, by the initiator's static key), drops a
+//! decrypted packet whose source the peer is not allowed, follows a peer's endpoint to where
+//! its latest authenticated datagram came from (roaming), and flushes the packets `Tunn`
+//! queued during a handshake once it completes.
+//!
+//! Its config is the standard wg-quick file ([`WgConfig`]). Its counters
+//! ([`WireGuard::counters`]) say how many handshakes completed or failed and why packets
+//! were dropped. Keys never reach a log.
+
+mod config;
+mod stats;
+mod timers;
+
+pub use config::{Endpoint, Interface, Key, PeerConfig, WgConfig, WgConfigError, DEFAULT_MTU};
+pub use stats::{DropReason, WireGuardCounters, WireGuardStats};
+
+use crate::pool::PacketBuf;
+use crate::stage::{Action, Direction, DuplexStage, Emitter, Side};
+use crate::wire::{check_ip, IpVersion, Ipv4Packet, Ipv6Packet};
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+use timers::PeerTimers;
+
+/// Bytes WireGuard adds to a packet: a 16-byte header and a 16-byte authentication tag.
+pub const OVERHEAD: usize = 32;
+
+/// WireGuard message types (the first byte of every message, little-endian u32).
+const HANDSHAKE_INIT: u8 = 1;
+const HANDSHAKE_RESPONSE: u8 = 2;
+const COOKIE_REPLY: u8 = 3;
+const DATA: u8 = 4;
+
+/// The WireGuard stage: one tunnel end and its peers. Build it from a wg-quick config and
+/// run it with [`crate::Builder::start_tunnel`] between a TUN and a [`crate::UdpDevice`].
+pub struct WireGuard {
+    peers: Vec<Peer>,
+    /// Every peer's AllowedIPs, longest prefix first: the first that contains a destination
+    /// routes it.
+    routes: Vec<(IpNet, usize)>,
+    /// Where `Tunn` writes what it makes (it cannot work in place): as large as any packet.
+    scratch: Box<[u8]>,
+    counters: Arc<WireGuardCounters>,
+    private: StaticSecret,
+    public: PublicKey,
+}
+
+struct Peer {
+    tunn: Tunn,
+    endpoint: Option<SocketAddr>,
+    allowed: Vec<IpNet>,
+    timers: PeerTimers,
+    public_key: [u8; 32],
+    /// `Tunn` still holds packets queued during a handshake that found no spare buffer.
+    flush_pending: bool,
+}
+
+impl WireGuard {
+    /// Builds the stage for `config`. Peer endpoints must be addresses by now (see
+    /// [`WgConfig::resolve`]).
+    ///
+    /// # Errors
+    /// An endpoint still given as a host name, two peers with the same key, or more peers
+    /// than WireGuard's session indices can tell apart.
+    pub fn new(config: &WgConfig) -> Result<WireGuard, WgConfigError> {
+        let invalid = |field: &str, reason: String| WgConfigError {
+            line: 0,
+            field: field.to_string(),
+            reason,
+        };
+        if config.peers.len() >= 1 << 24 {
+            return Err(invalid("[Peer]", "too many peers".into()));
+        }
+        let private = StaticSecret::from(*config.interface.private_key.as_bytes());
+        let public = PublicKey::from(&private);
+        let now = Instant::now();
+        let mut peers = Vec::with_capacity(config.peers.len());
+        let mut routes = Vec::new();
+        for (index, p) in config.peers.iter().enumerate() {
+            let endpoint = match &p.endpoint {
+                None => None,
+                Some(Endpoint::Addr(addr)) => Some(*addr),
+                Some(Endpoint::Host(host, _)) => {
+                    return Err(invalid(
+                        "Endpoint",
+                        format!(
+                            "peer {}: {host} is not resolved yet (WgConfig::resolve)",
+                            index + 1
+                        ),
+                    ))
+                }
+            };
+            let key = *p.public_key.as_bytes();
+            if peers.iter().any(|peer: &Peer| peer.public_key == key) {
+                return Err(invalid(
+                    "PublicKey",
+                    format!("peer {} repeats an earlier peer", index + 1),
+                ));
+            }
+            let tunn = Tunn::new(
+                private.clone(),
+                PublicKey::from(key),
+                p.preshared_key.as_ref().map(|k| *k.as_bytes()),
+                p.persistent_keepalive,
+                index as u32,
+                None,
+            );
+            routes.extend(p.allowed_ips.iter().map(|net| (*net, index)));
+            peers.push(Peer {
+                tunn,
+                endpoint,
+                allowed: p.allowed_ips.clone(),
+                timers: PeerTimers::new(now, p.persistent_keepalive),
+                public_key: key,
+                flush_pending: false,
+            });
+        }
+        routes.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        let counters = Arc::new(WireGuardCounters::new(
+            peers.iter().map(|p| p.endpoint).collect(),
+        ));
+        Ok(WireGuard {
+            peers,
+            routes,
+            scratch: vec![0; u16::MAX as usize + 2 * OVERHEAD].into_boxed_slice(),
+            counters,
+            private,
+            public,
+        })
+    }
+
+    /// The stage's counters, readable from any thread while the tunnel runs and after.
+    pub fn counters(&self) -> Arc<WireGuardCounters> {
+        self.counters.clone()
+    }
+
+    fn route(&self, destination: IpAddr) -> Option<usize> {
+        self.routes
+            .iter()
+            .find(|(net, _)| net.contains(&destination))
+            .map(|(_, peer)| *peer)
+    }
+
+    /// The peer an inbound datagram is for.
+    fn peer_of(&self, datagram: &[u8]) -> Result<usize, DropReason> {
+        let by_index = |receiver: u32| {
+            let index = (receiver >> 8) as usize;
+            if index < self.peers.len() {
+                Ok(index)
+            } else {
+                Err(DropReason::NoSession)
+            }
+        };
+        match Tunn::parse_incoming_packet(datagram) {
+            Err(_) => Err(DropReason::Garbage),
+            Ok(Packet::HandshakeInit(init)) => {
+                if self.peers.len() == 1 {
+                    return Ok(0);
+                }
+                // Which peer initiates is known only from its static key, encrypted in the
+                // message: open that much of it (a Diffie-Hellman, once per handshake).
+                let half = parse_handshake_anon(&self.private, &self.public, &init)
+                    .map_err(|_| DropReason::AuthFailure)?;
+                self.peers
+                    .iter()
+                    .position(|p| p.public_key == half.peer_static_public)
+                    .ok_or(DropReason::AuthFailure)
+            }
+            Ok(Packet::HandshakeResponse(r)) => by_index(r.receiver_idx),
+            Ok(Packet::PacketCookieReply(c)) => by_index(c.receiver_idx),
+            Ok(Packet::PacketData(d)) => by_index(d.receiver_idx),
+        }
+    }
+
+    /// Runs peer `index`'s timers now if its clock is stale, before it stamps a packet.
+    fn tick_if_stale(&mut self, index: usize, out: &mut Emitter<'_>) {
+        if self.peers[index].timers.stale(out.now()) {
+            self.tick(index, out);
+        }
+    }
+
+    /// Runs peer `index`'s timers (`update_timers`), sends what they make, and flushes what
+    /// a handshake left queued.
+    fn tick(&mut self, index: usize, out: &mut Emitter<'_>) {
+        let now = out.now();
+        let WireGuard {
+            peers,
+            scratch,
+            counters,
+            ..
+        } = self;
+        let peer = &mut peers[index];
+        let awaiting = peer.timers.awaiting_response();
+        match peer.tunn.update_timers(scratch) {
+            TunnResult::WriteToNetwork(message) => {
+                if message.first() == Some(&HANDSHAKE_INIT) && awaiting {
+                    // The last initiation got no answer in time: this is its retry.
+                    counters.handshake_failed();
+                }
+                send_own(peer, index, message, counters, out);
+            }
+            TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                log::debug!(
+                    "wireguard peer {}: no session (expired or given up)",
+                    index + 1
+                );
+            }
+            _ => {}
+        }
+        peer.timers.ticked(now);
+        if peer.flush_pending {
+            flush(peer, index, scratch, counters, out);
+        }
+    }
+
+    fn outbound(&mut self, packet: &mut PacketBuf, out: &mut Emitter<'_>) -> Action {
+        let Some(peer) = destination(packet.data()).and_then(|dst| self.route(dst)) else {
+            self.counters.dropped(DropReason::NoPeer);
+            return Action::Drop;
+        };
+        self.tick_if_stale(peer, out);
+        let now = out.now();
+        let WireGuard {
+            peers,
+            scratch,
+            counters,
+            ..
+        } = self;
+        let p = &mut peers[peer];
+        let Some(endpoint) = p.endpoint else {
+            counters.dropped(DropReason::NoEndpoint);
+            return Action::Drop;
+        };
+        let inner = packet.len();
+        match p.tunn.encapsulate(packet.data(), scratch) {
+            TunnResult::WriteToNetwork(message) => {
+                let is_data = message.first() == Some(&DATA);
+                note_sent(p, message, now, counters);
+                if place(packet, message, Some(endpoint)).is_err() {
+                    counters.dropped(DropReason::Garbage);
+                    return Action::Drop;
+                }
+                if is_data {
+                    debug_assert_eq!(packet.len(), inner + OVERHEAD);
+                    Action::Forward
+                } else {
+                    // No session: `Tunn` queued the packet and made a handshake initiation,
+                    // which goes out in its buffer.
+                    Action::Replace
+                }
+            }
+            // Queued behind a handshake already under way.
+            TunnResult::Done => Action::Consume,
+            TunnResult::Err(e) => {
+                counters.dropped(reason_of(&e));
+                Action::Drop
+            }
+            _ => Action::Drop,
+        }
+    }
+
+    fn inbound(&mut self, packet: &mut PacketBuf, out: &mut Emitter<'_>) -> Action {
+        let Some(from) = packet.endpoint() else {
+            self.counters.dropped(DropReason::Garbage);
+            return Action::Drop;
+        };
+        let kind = packet.data().first().copied().unwrap_or(0);
+        let handshake = kind == HANDSHAKE_INIT || kind == HANDSHAKE_RESPONSE;
+        let peer = match self.peer_of(packet.data()) {
+            Ok(peer) => peer,
+            Err(reason) => {
+                self.counters.dropped(reason);
+                if handshake && reason == DropReason::AuthFailure {
+                    self.counters.handshake_failed();
+                }
+                return Action::Drop;
+            }
+        };
+        self.tick_if_stale(peer, out);
+        let now = out.now();
+        let WireGuard {
+            peers,
+            scratch,
+            counters,
+            ..
+        } = self;
+        let p = &mut peers[peer];
+        match p.tunn.decapsulate(Some(from.ip()), packet.data(), scratch) {
+            TunnResult::WriteToNetwork(reply) => {
+                if reply.first() != Some(&COOKIE_REPLY) {
+                    // An authenticated handshake message: a session now exists.
+                    roam(p, peer, from, counters);
+                    p.timers
+                        .session_established(now, kind == HANDSHAKE_RESPONSE);
+                    counters.handshake_completed();
+                }
+                note_sent(p, reply, now, counters);
+                let placed = place(packet, reply, Some(from));
+                flush(p, peer, scratch, counters, out);
+                match placed {
+                    Ok(()) => Action::Reply,
+                    Err(()) => Action::Consume,
+                }
+            }
+            TunnResult::WriteToTunnelV4(inner, source) => deliver(
+                p,
+                peer,
+                packet,
+                inner,
+                IpAddr::V4(source),
+                from,
+                now,
+                counters,
+            ),
+            TunnResult::WriteToTunnelV6(inner, source) => deliver(
+                p,
+                peer,
+                packet,
+                inner,
+                IpAddr::V6(source),
+                from,
+                now,
+                counters,
+            ),
+            TunnResult::Done => {
+                if kind == DATA {
+                    // A keepalive: authenticated, carrying nothing.
+                    roam(p, peer, from, counters);
+                    p.timers.received(now);
+                }
+                Action::Consume
+            }
+            TunnResult::Err(e) => {
+                counters.dropped(reason_of(&e));
+                if handshake {
+                    counters.handshake_failed();
+                }
+                Action::Drop
+            }
+        }
+    }
+}
+
+impl DuplexStage for WireGuard {
+    fn process(
+        &mut self,
+        direction: Direction,
+        packet: &mut PacketBuf,
+        out: &mut Emitter<'_>,
+    ) -> Action {
+        match direction {
+            Direction::Outbound => self.outbound(packet, out),
+            Direction::Inbound => self.inbound(packet, out),
+        }
+    }
+
+    fn on_deadline(&mut self, out: &mut Emitter<'_>) {
+        let now = out.now();
+        for index in 0..self.peers.len() {
+            let due = self.peers[index]
+                .next_deadline()
+                .is_some_and(|at| at <= now);
+            if due {
+                self.tick(index, out);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.peers.iter().filter_map(Peer::next_deadline).min()
+    }
+
+    fn path_changed(&mut self, out: &mut Emitter<'_>) {
+        // Tell every peer where this end now is: a keepalive (or, without a session, a
+        // handshake initiation) from the new socket.
+        let now = out.now();
+        let WireGuard {
+            peers,
+            scratch,
+            counters,
+            ..
+        } = self;
+        for (index, peer) in peers.iter_mut().enumerate() {
+            if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
+                send_own(peer, index, message, counters, out);
+                peer.timers.ticked(now);
+            }
+        }
+    }
+
+    fn overhead(&self) -> usize {
+        OVERHEAD
+    }
+}
+
+impl Peer {
+    fn next_deadline(&self) -> Option<Instant> {
+        if self.flush_pending {
+            // Packets wait for buffers: as soon as the timer can.
+            return Some(self.timers.last_tick);
+        }
+        self.timers.next_deadline()
+    }
+}
+
+/// The destination address of an IP packet.
+fn destination(packet: &[u8]) -> Option<IpAddr> {
+    match check_ip(packet).ok()? {
+        IpVersion::V4 => Ipv4Packet::new_checked(packet)
+            .ok()
+            .map(|ip| IpAddr::from(ip.dst_addr())),
+        IpVersion::V6 => Ipv6Packet::new_checked(packet)
+            .ok()
+            .map(|ip| IpAddr::from(ip.dst_addr())),
+    }
+}
+
+/// Puts `bytes` in `packet`'s buffer as the whole packet, where the packet starts now.
+fn place(packet: &mut PacketBuf, bytes: &[u8], endpoint: Option<SocketAddr>) -> Result<(), ()> {
+    let start = packet.headroom();
+    packet.fill(start, bytes).map_err(|_| ())?;
+    packet.set_endpoint(endpoint);
+    Ok(())
+}
+
+/// Delivers a decrypted packet inside, if its source is one the peer may use.
+#[allow(clippy::too_many_arguments)]
+fn deliver(
+    p: &mut Peer,
+    index: usize,
+    packet: &mut PacketBuf,
+    inner: &[u8],
+    source: IpAddr,
+    from: SocketAddr,
+    now: Instant,
+    counters: &WireGuardCounters,
+) -> Action {
+    // Authenticated by now: the datagram is the peer's, wherever it came from.
+    roam(p, index, from, counters);
+    p.timers.data_received(now);
+    if !p.allowed.iter().any(|net| net.contains(&source)) {
+        counters.dropped(DropReason::NotAllowed);
+        return Action::Drop;
+    }
+    counters.data_received(inner.len());
+    match place(packet, inner, None) {
+        Ok(()) => Action::Forward,
+        Err(()) => {
+            counters.dropped(DropReason::Garbage);
+            Action::Drop
+        }
+    }
+}
+
+/// The peer's endpoint follows its latest authenticated datagram.
+fn roam(p: &mut Peer, index: usize, from: SocketAddr, counters: &WireGuardCounters) {
+    if p.endpoint != Some(from) {
+        p.endpoint = Some(from);
+        counters.roamed(index, from);
+    }
+}
+
+/// Sends a message of the stage's own (a timer's, a flushed packet, a keepalive) to the peer.
+fn send_own(
+    p: &mut Peer,
+    index: usize,
+    message: &[u8],
+    counters: &WireGuardCounters,
+    out: &mut Emitter<'_>,
+) {
+    let Some(endpoint) = p.endpoint else {
+        log::debug!("wireguard peer {}: nowhere to send to yet", index + 1);
+        counters.dropped(DropReason::NoEndpoint);
+        return;
+    };
+    let sent = out.emit(Side::Outside, |buf| {
+        let area = buf.data_mut();
+        if message.len() > area.len() {
+            return false;
+        }
+        area[..message.len()].copy_from_slice(message);
+        let _ = buf.truncate(message.len());
+        buf.set_endpoint(Some(endpoint));
+        true
+    });
+    if sent {
+        note_sent(p, message, out.now(), counters);
+    }
+}
+
+/// Records what a message going to the peer means for its timers and counters.
+fn note_sent(p: &mut Peer, message: &[u8], now: Instant, counters: &WireGuardCounters) {
+    match message.first() {
+        Some(&HANDSHAKE_INIT) => {
+            p.timers.initiation_sent(now);
+            counters.initiation_sent();
+        }
+        Some(&DATA) if message.len() > OVERHEAD => {
+            p.timers.data_sent(now);
+            counters.data_sent(message.len() - OVERHEAD);
+        }
+        _ => p.timers.sent(now),
+    }
+}
+
+/// Sends the packets `Tunn` queued during a handshake, as far as spare buffers allow (the
+/// rest wait for the next deadline, which is then at once).
+fn flush(
+    p: &mut Peer,
+    index: usize,
+    scratch: &mut [u8],
+    counters: &WireGuardCounters,
+    out: &mut Emitter<'_>,
+) {
+    p.flush_pending = false;
+    while p.endpoint.is_some() {
+        if out.spare() == 0 {
+            p.flush_pending = true;
+            return;
+        }
+        match p.tunn.decapsulate(None, &[], scratch) {
+            TunnResult::WriteToNetwork(message) => send_own(p, index, message, counters, out),
+            _ => return,
+        }
+    }
+}
+
+/// Why `Tunn` refused a message.
+fn reason_of(error: &WireGuardError) -> DropReason {
+    match error {
+        WireGuardError::InvalidMac
+        | WireGuardError::InvalidAeadTag
+        | WireGuardError::WrongKey
+        | WireGuardError::InvalidTai64nTimestamp
+        | WireGuardError::UnderLoad => DropReason::AuthFailure,
+        WireGuardError::DuplicateCounter
+        | WireGuardError::InvalidCounter
+        | WireGuardError::WrongTai64nTimestamp => DropReason::Replay,
+        WireGuardError::NoCurrentSession
+        | WireGuardError::WrongIndex
+        | WireGuardError::ConnectionExpired => DropReason::NoSession,
+        _ => DropReason::Garbage,
+    }
+}
+
+impl std::fmt::Debug for WireGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireGuard")
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,175 @@
+//! What the WireGuard stage counts: handshakes, data per direction, and why it dropped what
+//! it dropped. Written by whichever engine thread holds the stage, read by anyone.
+
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Why the stage dropped a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// A datagram failed authentication (a bad MAC or AEAD tag, a wrong key).
+    AuthFailure,
+    /// A datagram replayed an old counter or handshake timestamp.
+    Replay,
+    /// A decrypted packet's source is outside the peer's AllowedIPs.
+    NotAllowed,
+    /// A datagram for a session that does not exist (expired, or never made).
+    NoSession,
+    /// An outbound packet to a destination outside every peer's AllowedIPs.
+    NoPeer,
+    /// An outbound packet for a peer whose endpoint is not known yet.
+    NoEndpoint,
+    /// A datagram that is no WireGuard message.
+    Garbage,
+}
+
+const REASONS: usize = 7;
+
+/// The WireGuard stage's counters, shared with whoever asked for them
+/// ([`crate::wireguard::WireGuard::counters`]).
+#[derive(Debug)]
+pub struct WireGuardCounters {
+    handshakes_completed: AtomicU64,
+    handshake_failures: AtomicU64,
+    handshake_initiations: AtomicU64,
+    /// Seconds since the Unix epoch of the last completed handshake (0: none).
+    last_handshake: AtomicU64,
+    /// Data packets and their bytes (inner, decrypted sizes): sent, received.
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    drops: [AtomicU64; REASONS],
+    /// Each peer's endpoint as it now stands (it follows the peer's authenticated datagrams).
+    endpoints: Mutex<Vec<Option<SocketAddr>>>,
+}
+
+/// A snapshot of [`WireGuardCounters`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WireGuardStats {
+    /// Handshakes completed, as initiator or responder.
+    pub handshakes_completed: u64,
+    /// Handshakes that failed: received handshake messages that did not authenticate, and
+    /// initiations of ours that got no answer in time (each retry counts).
+    pub handshake_failures: u64,
+    /// Handshake initiations sent.
+    pub handshake_initiations: u64,
+    /// How long ago the last handshake completed; `None` if none has.
+    pub since_last_handshake: Option<Duration>,
+    /// Data packets sent to the peers (keepalives not counted), and their inner bytes.
+    pub tx_packets: u64,
+    /// Inner bytes of the data packets sent.
+    pub tx_bytes: u64,
+    /// Data packets received from the peers and delivered inside, and their inner bytes.
+    pub rx_packets: u64,
+    /// Inner bytes of the data packets received.
+    pub rx_bytes: u64,
+    /// Dropped: authentication failures.
+    pub drop_auth_failure: u64,
+    /// Dropped: replays.
+    pub drop_replay: u64,
+    /// Dropped: a decrypted source outside the peer's AllowedIPs.
+    pub drop_not_allowed: u64,
+    /// Dropped: no such session.
+    pub drop_no_session: u64,
+    /// Dropped: a destination outside every peer's AllowedIPs.
+    pub drop_no_peer: u64,
+    /// Dropped: the peer's endpoint is not known yet.
+    pub drop_no_endpoint: u64,
+    /// Dropped: not a WireGuard message.
+    pub drop_garbage: u64,
+    /// Each peer's current endpoint, in the config's order.
+    pub endpoints: Vec<Option<SocketAddr>>,
+}
+
+impl WireGuardCounters {
+    pub(crate) fn new(endpoints: Vec<Option<SocketAddr>>) -> Self {
+        WireGuardCounters {
+            handshakes_completed: AtomicU64::new(0),
+            handshake_failures: AtomicU64::new(0),
+            handshake_initiations: AtomicU64::new(0),
+            last_handshake: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            rx_packets: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            drops: Default::default(),
+            endpoints: Mutex::new(endpoints),
+        }
+    }
+
+    pub(crate) fn dropped(&self, reason: DropReason) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn handshake_completed(&self) {
+        self.handshakes_completed.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.last_handshake.store(now.max(1), Ordering::Relaxed);
+    }
+
+    pub(crate) fn handshake_failed(&self) {
+        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn initiation_sent(&self) {
+        self.handshake_initiations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn data_sent(&self, bytes: usize) {
+        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn data_received(&self, bytes: usize) {
+        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Records that peer `index` is now reached at `endpoint` (a lock, taken only when it
+    /// changes).
+    pub(crate) fn roamed(&self, index: usize, endpoint: SocketAddr) {
+        if let Some(slot) = self.endpoints.lock().get_mut(index) {
+            *slot = Some(endpoint);
+        }
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> WireGuardStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let drop = |r: DropReason| get(&self.drops[r as usize]);
+        let last = get(&self.last_handshake);
+        let since_last_handshake = (last != 0).then(|| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            Duration::from_secs(now.saturating_sub(last))
+        });
+        WireGuardStats {
+            handshakes_completed: get(&self.handshakes_completed),
+            handshake_failures: get(&self.handshake_failures),
+            handshake_initiations: get(&self.handshake_initiations),
+            since_last_handshake,
+            tx_packets: get(&self.tx_packets),
+            tx_bytes: get(&self.tx_bytes),
+            rx_packets: get(&self.rx_packets),
+            rx_bytes: get(&self.rx_bytes),
+            drop_auth_failure: drop(DropReason::AuthFailure),
+            drop_replay: drop(DropReason::Replay),
+            drop_not_allowed: drop(DropReason::NotAllowed),
+            drop_no_session: drop(DropReason::NoSession),
+            drop_no_peer: drop(DropReason::NoPeer),
+            drop_no_endpoint: drop(DropReason::NoEndpoint),
+            drop_garbage: drop(DropReason::Garbage),
+            endpoints: self.endpoints.lock().clone(),
+        }
+    }
+}

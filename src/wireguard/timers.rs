@@ -1,0 +1,244 @@
+//! When a peer's WireGuard timers next need to run.
+//!
+//! boringtun's `Tunn` has no "next deadline": its own device calls `update_timers` every
+//! 250 ms, which would wake an idle phone four times a second. Instead, each peer keeps the
+//! events the timers depend on (what it sent and received, and when), and derives from
+//! WireGuard's constants the next moment `update_timers` can have something to do. Each timer
+//! is one-shot: armed by an event, disarmed once its moment has passed (whether or not boringtun
+//! then acted), so a deadline never repeats without a new event.
+//!
+//! The derived moments are never earlier than boringtun's own (it stamps events with the time
+//! of its last tick, which is never later than ours), so a tick at a derived moment finds the
+//! timer due; at worst it runs up to one tick late.
+
+use std::time::{Duration, Instant};
+
+/// Retry a handshake initiation that got no response.
+pub(crate) const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Answer received data with a keepalive when nothing was sent back.
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The initiator starts a new handshake when its session is this old.
+pub(crate) const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
+/// A session's keys are no longer used past this age.
+pub(crate) const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
+/// How stale `Tunn`'s clock may be before a packet is processed: its clock moves only in
+/// `update_timers`, which stamps the events it records (and resets its rate limiter). This is
+/// boringtun's own device's tick.
+pub(crate) const TICK: Duration = Duration::from_millis(250);
+/// boringtun's timers compare whole durations: a deadline is taken this much after the
+/// moment, so that the comparison has surely turned.
+const SLACK: Duration = Duration::from_millis(1);
+
+/// One peer's timer events and the one-shot timers they arm.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerTimers {
+    /// When `update_timers` last ran for this peer.
+    pub last_tick: Instant,
+    last_sent: Instant,
+    last_received: Instant,
+    persistent_keepalive: Option<Duration>,
+    retry: Option<Instant>,
+    keepalive: Option<Instant>,
+    handshake_on_silence: Option<Instant>,
+    persistent: Option<Instant>,
+    session: [Option<Instant>; 3],
+}
+
+impl PeerTimers {
+    pub(crate) fn new(now: Instant, persistent_keepalive: Option<u16>) -> Self {
+        let persistent_keepalive = persistent_keepalive.map(|s| Duration::from_secs(u64::from(s)));
+        PeerTimers {
+            last_tick: now,
+            last_sent: now,
+            last_received: now,
+            persistent_keepalive,
+            retry: None,
+            keepalive: None,
+            handshake_on_silence: None,
+            // A persistent keepalive goes out at once: the tunnel is then up before the
+            // first packet needs it (as wg does).
+            persistent: persistent_keepalive.map(|_| now),
+            session: [None; 3],
+        }
+    }
+
+    /// A handshake initiation went out: it is retried after `REKEY_TIMEOUT` unless answered.
+    pub(crate) fn initiation_sent(&mut self, now: Instant) {
+        self.sent(now);
+        self.retry = Some(now + REKEY_TIMEOUT + SLACK);
+    }
+
+    /// Anything went out to the peer.
+    pub(crate) fn sent(&mut self, now: Instant) {
+        self.last_sent = now;
+        // Something was sent back: no keepalive owed.
+        self.keepalive = None;
+    }
+
+    /// Data went out (not a keepalive): if the peer stays silent, a new handshake follows.
+    pub(crate) fn data_sent(&mut self, now: Instant) {
+        self.sent(now);
+        if self.handshake_on_silence.is_none() {
+            self.handshake_on_silence =
+                Some(self.last_received + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + SLACK);
+        }
+    }
+
+    /// An authenticated packet came from the peer.
+    pub(crate) fn received(&mut self, now: Instant) {
+        self.last_received = now;
+        self.handshake_on_silence = None;
+    }
+
+    /// Data came from the peer (not a keepalive): a keepalive is owed if nothing goes back.
+    pub(crate) fn data_received(&mut self, now: Instant) {
+        self.received(now);
+        self.keepalive = Some(self.last_sent + KEEPALIVE_TIMEOUT + SLACK);
+    }
+
+    /// A handshake completed; `initiator` if this end started it.
+    pub(crate) fn session_established(&mut self, now: Instant, initiator: bool) {
+        self.received(now);
+        self.retry = None;
+        self.session = [
+            initiator.then_some(now + REKEY_AFTER_TIME + SLACK),
+            Some(now + REJECT_AFTER_TIME + SLACK),
+            // Keys are erased after three times REJECT_AFTER_TIME without a new session.
+            Some(now + REJECT_AFTER_TIME * 3 + SLACK),
+        ];
+    }
+
+    /// The timers ran (`update_timers`) at `now`: every timer due has fired, and the
+    /// persistent keepalive (if any) starts its next interval.
+    pub(crate) fn ticked(&mut self, now: Instant) {
+        self.last_tick = now;
+        let due = |t: &mut Option<Instant>| {
+            if t.is_some_and(|t| t <= now) {
+                *t = None;
+            }
+        };
+        due(&mut self.retry);
+        due(&mut self.keepalive);
+        due(&mut self.handshake_on_silence);
+        self.session.iter_mut().for_each(due);
+        if let (Some(every), Some(at)) = (self.persistent_keepalive, self.persistent) {
+            if at <= now {
+                self.persistent = Some(now + every + SLACK);
+            }
+        }
+    }
+
+    /// True while an initiation of ours waits for its response.
+    pub(crate) fn awaiting_response(&self) -> bool {
+        self.retry.is_some()
+    }
+
+    /// True when `Tunn`'s clock is too stale to stamp a packet's events.
+    pub(crate) fn stale(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_tick) >= TICK
+    }
+
+    /// The earliest armed timer.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.retry,
+            self.keepalive,
+            self.handshake_on_silence,
+            self.persistent,
+        ]
+        .into_iter()
+        .chain(self.session)
+        .flatten()
+        .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn an_idle_peer_with_nothing_pending_has_no_deadline() {
+        let t0 = Instant::now();
+        let t = PeerTimers::new(t0, None);
+        assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_initiation_is_retried_until_a_session_is_established() {
+        let t0 = Instant::now();
+        let mut t = PeerTimers::new(t0, None);
+        t.initiation_sent(t0);
+        let retry = t.next_deadline().unwrap();
+        assert!(retry >= t0 + REKEY_TIMEOUT);
+        t.ticked(retry);
+        // No new initiation was seen: the timer is spent, nothing repeats by itself.
+        assert_eq!(t.next_deadline(), None);
+        t.initiation_sent(retry);
+        t.session_established(retry + secs(1), true);
+        // Only the session's own timers are left: rekey, reject, erase.
+        let next = t.next_deadline().unwrap();
+        assert!(next >= retry + secs(1) + REKEY_AFTER_TIME);
+    }
+
+    #[test]
+    fn received_data_owes_a_keepalive_unless_something_goes_back() {
+        let t0 = Instant::now();
+        let mut t = PeerTimers::new(t0, None);
+        t.data_received(t0 + secs(3));
+        assert_eq!(
+            t.next_deadline().map(|d| d.duration_since(t0).as_secs()),
+            Some(10)
+        );
+        t.sent(t0 + secs(4));
+        assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn sent_data_without_an_answer_leads_to_a_handshake_after_15_seconds() {
+        let t0 = Instant::now();
+        let mut t = PeerTimers::new(t0, None);
+        t.data_sent(t0 + secs(1));
+        let due = t.next_deadline().unwrap();
+        assert!(due >= t0 + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT);
+        t.received(t0 + secs(2));
+        assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_persistent_keepalive_repeats_at_its_interval() {
+        let t0 = Instant::now();
+        let mut t = PeerTimers::new(t0, Some(25));
+        assert_eq!(
+            t.next_deadline(),
+            Some(t0),
+            "the first one goes out at once"
+        );
+        t.ticked(t0);
+        let next = t.next_deadline().unwrap();
+        assert!(next >= t0 + secs(25) && next < t0 + secs(26));
+    }
+
+    #[test]
+    fn a_quiet_minute_after_traffic_costs_a_handful_of_deadlines() {
+        // Data both ways, then silence: at most a keepalive and a handshake-on-silence before
+        // the session's own timers, none of which falls within the minute.
+        let t0 = Instant::now();
+        let mut t = PeerTimers::new(t0, None);
+        t.session_established(t0, true);
+        t.data_sent(t0 + secs(1));
+        t.data_received(t0 + secs(1));
+        let mut wakes = 0;
+        let mut now = t0 + secs(1);
+        while let Some(d) = t.next_deadline().filter(|d| *d < t0 + secs(61)) {
+            now = d.max(now);
+            t.ticked(now);
+            wakes += 1;
+        }
+        assert!(wakes <= 3, "{wakes} wake-ups in the quiet minute");
+    }
+}

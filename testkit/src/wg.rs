@@ -1,0 +1,204 @@
+//! WireGuard for tests: keys, wg-quick texts, and a pair of tunpipe tunnels whose outsides
+//! talk over loopback UDP and whose insides are in-memory devices (no root needed).
+
+use parking_lot::Mutex;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tunpipe::device::{PeerReceiver, PeerSender};
+use tunpipe::wireguard::{Key, WgConfig, WireGuard, WireGuardCounters};
+use tunpipe::{Config, Engine, MemoryDevice, UdpDevice};
+
+/// A private key and its public key.
+#[derive(Clone, Debug)]
+pub struct KeyPair {
+    /// The private key.
+    pub private: Key,
+    /// Its public key.
+    pub public: Key,
+}
+
+impl KeyPair {
+    /// A fresh pair.
+    pub fn generate() -> Self {
+        let private = Key::generate();
+        KeyPair {
+            public: private.public_key(),
+            private,
+        }
+    }
+}
+
+/// A `[Peer]` of a wg-quick text.
+#[derive(Clone, Debug)]
+pub struct PeerText<'a> {
+    /// The peer's public key.
+    pub public: &'a Key,
+    /// `Endpoint`, if any.
+    pub endpoint: Option<SocketAddr>,
+    /// `AllowedIPs`.
+    pub allowed_ips: &'a str,
+}
+
+/// A wg-quick text: this end's private key and addresses, and its peers.
+pub fn config_text(private: &Key, addresses: &str, peers: &[PeerText<'_>]) -> String {
+    let mut text = format!(
+        "[Interface]\nPrivateKey = {}\nAddress = {addresses}\n",
+        private.to_base64()
+    );
+    for peer in peers {
+        text.push_str(&format!(
+            "\n[Peer]\nPublicKey = {}\nAllowedIPs = {}\n",
+            peer.public.to_base64(),
+            peer.allowed_ips
+        ));
+        if let Some(endpoint) = peer.endpoint {
+            text.push_str(&format!("Endpoint = {endpoint}\n"));
+        }
+    }
+    text
+}
+
+/// One tunpipe tunnel end on loopback: its engine, its inside's other end, its UDP device and
+/// its WireGuard counters.
+#[allow(missing_debug_implementations)]
+pub struct End {
+    /// The engine (a tunnel).
+    pub engine: Engine,
+    /// Sends IP packets into the inside (as an app writing to the TUN would).
+    pub app_tx: PeerSender,
+    /// Receives what the tunnel delivers inside.
+    pub app_rx: PeerReceiver,
+    /// The outside.
+    pub udp: UdpDevice,
+    /// The inside (kept for restarts).
+    pub inside: MemoryDevice,
+    /// The stage's counters.
+    pub counters: Arc<WireGuardCounters>,
+}
+
+impl End {
+    /// Starts a tunnel end with `text`'s config on `udp`, with `workers` workers.
+    ///
+    /// # Panics
+    /// If the config does not parse or the engine does not start: a test bug.
+    pub fn start(text: &str, udp: UdpDevice, workers: usize) -> End {
+        let (inside, app_tx, app_rx) = MemoryDevice::new(512, 2048);
+        let (engine, counters) = start_engine(text, &inside, &udp, workers);
+        End {
+            engine,
+            app_tx,
+            app_rx,
+            udp,
+            inside,
+            counters,
+        }
+    }
+
+    /// Stops the engine and starts a new one with `text` on the same devices.
+    pub fn restart(&mut self, text: &str, workers: usize) {
+        self.engine.stop().expect("stop");
+        let (engine, counters) = start_engine(text, &self.inside, &self.udp, workers);
+        self.engine = engine;
+        self.counters = counters;
+    }
+}
+
+fn start_engine(
+    text: &str,
+    inside: &MemoryDevice,
+    udp: &UdpDevice,
+    workers: usize,
+) -> (Engine, Arc<WireGuardCounters>) {
+    let config = WgConfig::parse(text).expect("a valid wg-quick text");
+    let stage = WireGuard::new(&config).expect("a WireGuard stage");
+    let counters = stage.counters();
+    let mut c = Config::default();
+    c.workers = workers;
+    c.mtu = usize::from(config.interface.mtu);
+    let engine = Engine::builder()
+        .config(c)
+        .start_tunnel(stage, inside, udp)
+        .expect("the tunnel starts");
+    (engine, counters)
+}
+
+/// A UDP device on loopback, any port.
+pub fn loopback_udp() -> UdpDevice {
+    UdpDevice::bind("127.0.0.1:0".parse().expect("an address")).expect("bind on loopback")
+}
+
+/// A datagram a [`Relay`] passed, and where it came from.
+type Captured = (SocketAddr, Vec<u8>);
+
+/// A UDP relay on loopback between two ends that keeps a copy of every datagram it passes:
+/// what an attacker on the path sees, to replay later.
+#[derive(Debug)]
+pub struct Relay {
+    socket: UdpSocket,
+    /// Every datagram relayed, in order, with where it came from.
+    captured: Arc<Mutex<Vec<Captured>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Relays between `a` and `b`: what comes from `a` goes to `b`, anything else goes to `a`.
+    pub fn start(a: SocketAddr, b: SocketAddr) -> Relay {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind the relay");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("a read timeout");
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (socket, captured, stop) = (
+                socket.try_clone().expect("clone the relay socket"),
+                captured.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let to = if from == a { b } else { a };
+                    let _ = socket.send_to(&buf[..n], to);
+                    captured.lock().push((from, buf[..n].to_vec()));
+                }
+            })
+        };
+        Relay {
+            socket,
+            captured,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Where the ends send to.
+    pub fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("the relay's address")
+    }
+
+    /// The datagrams relayed so far from `from`.
+    pub fn captured_from(&self, from: SocketAddr) -> Vec<Vec<u8>> {
+        let captured = self.captured.lock();
+        captured
+            .iter()
+            .filter(|(f, _)| *f == from)
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

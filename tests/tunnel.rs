@@ -1,0 +1,305 @@
+//! The tunnel on loopback, as any user: two tunpipe WireGuard tunnels, each with an in-memory
+//! inside and a real UDP socket outside, talk to each other. Handshakes, data both ways,
+//! conservation in each direction, restart, rebind, a stop with a handshake pending, and the
+//! datagrams an attacker sends (garbage, replays, a wrong key, a forged source).
+//!
+//! The same stage against wireguard-go, on a real TUN, is in tests/wireguard/ (root).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+use tunpipe::stage::Direction;
+use tunpipe::Stats;
+use tunpipe_testkit::check::{eventually, eventually_within};
+use tunpipe_testkit::memory::send;
+use tunpipe_testkit::packets::udp4_packet;
+use tunpipe_testkit::wg::{config_text, loopback_udp, End, KeyPair, PeerText, Relay};
+
+const A: [u8; 4] = [10, 0, 0, 1];
+const B: [u8; 4] = [10, 0, 0, 2];
+
+/// Two tunnel ends that know each other's endpoints. A routes 10.0.0.2 to B; B routes
+/// 10.0.0.1 to A.
+struct Pair {
+    a: End,
+    b: End,
+    texts: (String, String),
+}
+
+fn texts(keys: &(KeyPair, KeyPair), a: SocketAddr, b: SocketAddr) -> (String, String) {
+    let to_b = PeerText {
+        public: &keys.1.public,
+        endpoint: Some(b),
+        allowed_ips: "10.0.0.2/32",
+    };
+    let to_a = PeerText {
+        public: &keys.0.public,
+        endpoint: Some(a),
+        allowed_ips: "10.0.0.1/32",
+    };
+    (
+        config_text(&keys.0.private, "10.0.0.1/24", &[to_b]),
+        config_text(&keys.1.private, "10.0.0.2/24", &[to_a]),
+    )
+}
+
+fn pair(workers: usize) -> Pair {
+    let (udp_a, udp_b) = (loopback_udp(), loopback_udp());
+    let keys = (KeyPair::generate(), KeyPair::generate());
+    let texts = texts(
+        &keys,
+        udp_a.local_addr().unwrap(),
+        udp_b.local_addr().unwrap(),
+    );
+    Pair {
+        a: End::start(&texts.0, udp_a, workers),
+        b: End::start(&texts.1, udp_b, workers),
+        texts,
+    }
+}
+
+/// An IPv4/UDP packet from `src` to `dst` carrying `seq`.
+fn packet(src: [u8; 4], dst: [u8; 4], seq: u64) -> Vec<u8> {
+    udp4_packet(src, dst, 4000, 5000, &seq.to_be_bytes())
+}
+
+/// Sends `n` packets from `from`'s app toward `to_addr`, and waits until `to`'s app got them
+/// all (in order, byte for byte).
+fn carry(from: &mut End, to: &mut End, src: [u8; 4], dst: [u8; 4], n: u64) {
+    for seq in 0..n {
+        send(&mut from.app_tx, &packet(src, dst, seq));
+    }
+    let mut got = Vec::new();
+    assert!(
+        eventually(|| {
+            while let Some(p) = to.app_rx.recv_with(|p| p.to_vec()) {
+                got.push(p);
+            }
+            got.len() as u64 >= n
+        }),
+        "{} of {n} packets arrived",
+        got.len()
+    );
+    for (seq, p) in got.iter().enumerate() {
+        assert_eq!(p, &packet(src, dst, seq as u64), "packet {seq}");
+    }
+}
+
+fn conserved(s: &Stats) {
+    assert_eq!(
+        s.rx_packets + s.originated,
+        s.tx_packets + s.dropped() + s.consumed,
+        "conservation broken: {s:?}"
+    );
+}
+
+fn stop_and_check(end: &End) {
+    end.engine.stop().unwrap();
+    for direction in Direction::BOTH {
+        conserved(&end.engine.direction_stats(direction));
+    }
+}
+
+#[test]
+fn two_tunnels_handshake_and_carry_packets_both_ways() {
+    for workers in [0, 1, 2] {
+        let Pair { mut a, mut b, .. } = pair(workers);
+        // The first packet waits in A's stage for the handshake it starts.
+        carry(&mut a, &mut b, A, B, 50);
+        carry(&mut b, &mut a, B, A, 50);
+        let (sa, sb) = (a.counters.snapshot(), b.counters.snapshot());
+        assert_eq!(sa.handshakes_completed, 1, "{sa:?}");
+        assert_eq!(sb.handshakes_completed, 1, "{sb:?}");
+        assert_eq!((sa.tx_packets, sa.rx_packets), (50, 50), "{sa:?}");
+        assert_eq!((sb.tx_packets, sb.rx_packets), (50, 50), "{sb:?}");
+        assert!(sa.since_last_handshake.is_some());
+        stop_and_check(&a);
+        stop_and_check(&b);
+        // A's stage consumed its first packet (queued) and originated the initiation and the
+        // flushed packet; B answered the initiation (consumed inbound, originated outbound).
+        let out = a.engine.direction_stats(Direction::Outbound);
+        assert!(out.consumed >= 1 && out.originated >= 2, "{out:?}");
+        let b_in = b.engine.direction_stats(Direction::Inbound);
+        assert!(b_in.consumed >= 1, "{b_in:?}");
+    }
+}
+
+#[test]
+fn a_restarted_tunnel_handshakes_again_and_traffic_resumes() {
+    let Pair {
+        mut a,
+        mut b,
+        texts,
+        ..
+    } = pair(0);
+    carry(&mut a, &mut b, A, B, 10);
+    a.restart(&texts.0, 0);
+    // A fresh stage: no session, so the next packet starts a new handshake.
+    carry(&mut a, &mut b, A, B, 10);
+    carry(&mut b, &mut a, B, A, 10);
+    assert_eq!(a.counters.snapshot().handshakes_completed, 1);
+    assert!(b.counters.snapshot().handshakes_completed >= 2);
+    stop_and_check(&a);
+    stop_and_check(&b);
+}
+
+#[test]
+fn a_rebind_keeps_the_port_and_the_traffic() {
+    let Pair { mut a, mut b, .. } = pair(0);
+    carry(&mut a, &mut b, A, B, 10);
+    let port = a.udp.local_addr().unwrap().port();
+    a.engine.rebind().unwrap();
+    assert_eq!(a.udp.local_addr().unwrap().port(), port);
+    carry(&mut a, &mut b, A, B, 10);
+    carry(&mut b, &mut a, B, A, 10);
+    stop_and_check(&a);
+    stop_and_check(&b);
+}
+
+#[test]
+fn a_stop_with_a_handshake_pending_returns() {
+    // B's endpoint points at a socket that never answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let keys = (KeyPair::generate(), KeyPair::generate());
+    let udp = loopback_udp();
+    let (text, _) = texts(
+        &keys,
+        udp.local_addr().unwrap(),
+        silent.local_addr().unwrap(),
+    );
+    let mut a = End::start(&text, udp, 0);
+    send(&mut a.app_tx, &packet(A, B, 0));
+    assert!(eventually(
+        || a.counters.snapshot().handshake_initiations >= 1
+    ));
+    // The stop must not wait for the handshake (it would never complete).
+    stop_and_check(&a);
+    let out = a.engine.direction_stats(Direction::Outbound);
+    assert_eq!(
+        out.consumed, 1,
+        "the packet waited for the handshake: {out:?}"
+    );
+}
+
+#[test]
+fn a_wrong_peer_key_gives_no_traffic_and_counts_handshake_failures() {
+    let (udp_a, udp_b) = (loopback_udp(), loopback_udp());
+    let keys = (KeyPair::generate(), KeyPair::generate());
+    let (text_a, _) = texts(
+        &keys,
+        udp_a.local_addr().unwrap(),
+        udp_b.local_addr().unwrap(),
+    );
+    // B expects someone else at A's address.
+    let stranger = KeyPair::generate();
+    let wrong = (stranger, keys.1.clone());
+    let (_, text_b) = texts(
+        &wrong,
+        udp_a.local_addr().unwrap(),
+        udp_b.local_addr().unwrap(),
+    );
+    let mut a = End::start(&text_a, udp_a, 0);
+    let b = End::start(&text_b, udp_b, 0);
+    send(&mut a.app_tx, &packet(A, B, 0));
+    assert!(eventually(|| b.counters.snapshot().handshake_failures >= 1));
+    let sb = b.counters.snapshot();
+    assert_eq!(sb.handshakes_completed, 0, "{sb:?}");
+    assert!(sb.drop_auth_failure >= 1, "{sb:?}");
+    assert_eq!(b.app_rx.pending(), 0);
+    assert_eq!(a.counters.snapshot().handshakes_completed, 0);
+    stop_and_check(&a);
+    stop_and_check(&b);
+}
+
+#[test]
+fn garbage_and_replayed_datagrams_are_counted_and_change_nothing() {
+    // A talks to B through a relay that keeps a copy of every datagram: an attacker on the
+    // path. B follows A to the relay's address (roaming).
+    let (udp_a, udp_b) = (loopback_udp(), loopback_udp());
+    let (addr_a, addr_b) = (udp_a.local_addr().unwrap(), udp_b.local_addr().unwrap());
+    let relay = Relay::start(addr_a, addr_b);
+    let keys = (KeyPair::generate(), KeyPair::generate());
+    let (text_a, text_b) = texts(&keys, addr_a, relay.addr());
+    let mut a = End::start(&text_a, udp_a, 0);
+    let mut b = End::start(&text_b, udp_b, 0);
+    carry(&mut a, &mut b, A, B, 5);
+    assert_eq!(b.counters.snapshot().endpoints, vec![Some(relay.addr())]);
+
+    let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let before = b.counters.snapshot();
+    // Garbage: too short for any message, an unknown type, a data message for no session, a
+    // handshake initiation of random bytes.
+    let garbage: [&[u8]; 5] = [b"", b"x", &[9u8; 40], &[4u8; 40], &[1u8; 148]];
+    for junk in garbage {
+        attacker.send_to(junk, addr_b).unwrap();
+    }
+    // Replays: every datagram A sent, handshake initiation included, sent again.
+    let sent_by_a = relay.captured_from(addr_a);
+    assert!(sent_by_a.len() >= 6, "{} datagrams from A", sent_by_a.len());
+    for datagram in &sent_by_a {
+        attacker.send_to(datagram, addr_b).unwrap();
+    }
+    let expected = garbage.len() as u64 - 1 + sent_by_a.len() as u64;
+    assert!(
+        eventually(|| {
+            let s = b.counters.snapshot();
+            let drops = |s: &tunpipe::wireguard::WireGuardStats| {
+                s.drop_garbage + s.drop_no_session + s.drop_auth_failure + s.drop_replay
+            };
+            drops(&s) - drops(&before) >= expected
+        }),
+        "{:?}",
+        b.counters.snapshot()
+    );
+    let after = b.counters.snapshot();
+    // The 5 data datagrams and the initiation come back as replays.
+    assert!(after.drop_replay - before.drop_replay >= 6, "{after:?}");
+    assert_eq!(
+        after.rx_packets, before.rx_packets,
+        "a replay was delivered"
+    );
+    assert_eq!(after.handshakes_completed, before.handshakes_completed);
+    // Nothing an attacker sent moved B's idea of where A is.
+    assert_eq!(after.endpoints, vec![Some(relay.addr())]);
+    // And B still carries A's traffic, both ways.
+    carry(&mut a, &mut b, A, B, 5);
+    carry(&mut b, &mut a, B, A, 5);
+    stop_and_check(&a);
+    stop_and_check(&b);
+}
+
+#[test]
+fn a_packet_from_outside_the_peers_allowed_ips_is_dropped_and_counted() {
+    let Pair { mut a, mut b, .. } = pair(0);
+    carry(&mut a, &mut b, A, B, 3);
+    // A (whose own config allows sending anywhere B's AllowedIPs cover) forges its source.
+    send(&mut a.app_tx, &packet([10, 0, 0, 99], B, 0));
+    assert!(eventually(|| b.counters.snapshot().drop_not_allowed == 1));
+    // And a packet for a destination no peer covers never leaves A.
+    send(&mut a.app_tx, &packet(A, [10, 9, 9, 9], 0));
+    assert!(eventually(|| a.counters.snapshot().drop_no_peer == 1));
+    assert_eq!(b.app_rx.pending(), 0);
+    stop_and_check(&a);
+    stop_and_check(&b);
+}
+
+#[test]
+fn an_idle_tunnel_sleeps_until_its_next_deadline() {
+    let Pair { mut a, mut b, .. } = pair(0);
+    carry(&mut a, &mut b, A, B, 3);
+    carry(&mut b, &mut a, B, A, 3);
+    // After traffic each way, the next timers are keepalives and session timers: seconds
+    // away, so within a short quiet spell the engines' threads do not wake.
+    let wakeups = |e: &End| e.engine.stats().wakeups;
+    std::thread::sleep(Duration::from_millis(300));
+    let (wa, wb) = (wakeups(&a), wakeups(&b));
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        eventually_within(Duration::from_millis(1), || wakeups(&a) == wa
+            && wakeups(&b) == wb),
+        "idle tunnels woke: {wa} -> {}, {wb} -> {}",
+        wakeups(&a),
+        wakeups(&b)
+    );
+    stop_and_check(&a);
+    stop_and_check(&b);
+}
