@@ -8,8 +8,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 use tunpipe::stage::Direction;
-use tunpipe::Stats;
-use tunpipe_testkit::check::{eventually, eventually_within};
+use tunpipe_testkit::check::{assert_conserved, eventually, eventually_within};
 use tunpipe_testkit::memory::send;
 use tunpipe_testkit::packets::udp4_packet;
 use tunpipe_testkit::wg::{config_text, loopback_udp, End, KeyPair, PeerText, Relay};
@@ -84,18 +83,10 @@ fn carry(from: &mut End, to: &mut End, src: [u8; 4], dst: [u8; 4], n: u64) {
     }
 }
 
-fn conserved(s: &Stats) {
-    assert_eq!(
-        s.rx_packets + s.originated,
-        s.tx_packets + s.dropped() + s.consumed,
-        "conservation broken: {s:?}"
-    );
-}
-
 fn stop_and_check(end: &End) {
     end.engine.stop().unwrap();
     for direction in Direction::BOTH {
-        conserved(&end.engine.direction_stats(direction));
+        assert_conserved(&end.engine.direction_stats(direction));
     }
 }
 

@@ -16,7 +16,8 @@
 //! - [`alloc`]: a counting global allocator; [`spin`]: the reader-spin experiment device;
 //! - [`config`] and [`bridge`]: an engine config with N workers, and two engines that join
 //!   two devices;
-//! - [`wg`]: WireGuard keys and wg-quick texts, and two tunpipe tunnels joined over loopback.
+//! - [`wg`]: WireGuard keys and wg-quick texts, and two tunpipe tunnels joined over loopback;
+//!   [`wgpeer`] (Linux, root): a real peer, wireguard-go in a second namespace behind a veth.
 
 pub mod alloc;
 pub mod check;
@@ -33,6 +34,8 @@ pub mod thread;
 pub mod trials;
 pub mod tun;
 pub mod wg;
+#[cfg(target_os = "linux")]
+pub mod wgpeer;
 
 /// The default config with `workers` workers.
 pub fn config(workers: usize) -> tunpipe::Config {

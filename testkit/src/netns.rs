@@ -66,23 +66,125 @@ pub fn interface_exists(name: &str) -> bool {
     unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
-/// A command to spawn, and where to send the spawned child.
-type SpawnRequest = (Vec<String>, mpsc::Sender<io::Result<Child>>);
+/// Work for the namespace's thread.
+type Job = Box<dyn FnOnce() + Send>;
 
-/// Spawns processes inside a second network namespace: a thread that lives there serves
-/// the requests, until this handle is dropped.
+/// A second network namespace, alive as long as this handle: a thread that lives there runs
+/// the work it is given (processes it spawns, sockets it makes, are in that namespace).
 #[derive(Debug)]
-pub struct NetnsRunner(mpsc::Sender<SpawnRequest>);
+pub struct NetnsRunner {
+    jobs: mpsc::Sender<Job>,
+    /// A path that names the namespace (for `ip link ... netns PATH`).
+    path: String,
+}
 
 impl NetnsRunner {
-    /// Spawns `argv` in the other namespace, its stdout and stderr discarded.
-    pub fn spawn(&self, argv: &[&str]) -> io::Result<Child> {
-        let (tx, rx) = mpsc::channel();
-        self.0
-            .send((argv.iter().map(|s| s.to_string()).collect(), tx))
-            .map_err(|_| gone())?;
-        rx.recv().map_err(|_| gone())?
+    /// A fresh, empty namespace, made by a thread of its own.
+    pub fn fresh() -> Result<NetnsRunner, String> {
+        Self::fresh_with(|| Ok(())).map(|(runner, ())| runner)
     }
+
+    /// A fresh namespace in which `setup` runs first; its result comes back with the runner.
+    pub fn fresh_with<T: Send + 'static>(
+        setup: impl FnOnce() -> Result<T, String> + Send + 'static,
+    ) -> Result<(NetnsRunner, T), String> {
+        let (made_tx, made_rx) = mpsc::channel();
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            let made = unshare_net()
+                .map_err(|e| format!("unshare: {e}"))
+                .and_then(|()| {
+                    // SAFETY: gettid takes no arguments and cannot fail.
+                    let tid = unsafe { libc::gettid() };
+                    let path = format!("/proc/{}/task/{tid}/ns/net", std::process::id());
+                    setup().map(|value| (path, value))
+                });
+            let _ = made_tx.send(made);
+            // Serve jobs until the runner is dropped.
+            for job in job_rx {
+                job();
+            }
+        });
+        let (path, value) = made_rx.recv().map_err(|e| format!("netns thread: {e}"))??;
+        Ok((NetnsRunner { jobs, path }, value))
+    }
+
+    /// Runs `job` in the namespace and returns what it returns.
+    pub fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<T> {
+        let (tx, rx) = mpsc::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(job());
+            }))
+            .map_err(|_| gone())?;
+        rx.recv().map_err(|_| gone())
+    }
+
+    /// Spawns `argv` in the namespace, its stdout and stderr discarded.
+    pub fn spawn(&self, argv: &[&str]) -> io::Result<Child> {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        self.run(move || {
+            Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+        })?
+    }
+
+    /// Runs `argv` in the namespace to its end, with `stdin` as its input; its stdout, or an
+    /// error with its stderr.
+    pub fn output(&self, argv: &[&str], stdin: &str) -> Result<String, String> {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let stdin = stdin.to_string();
+        self.run(move || crate::netns::output_of(&argv, &stdin))
+            .map_err(|e| e.to_string())?
+    }
+
+    /// The path that names the namespace.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+/// Runs `argv` to its end in this thread's namespace, with `stdin` as its input; its stdout,
+/// or an error that names the command and carries its stderr.
+pub fn output_of(argv: &[String], stdin: &str) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", argv[0]))?;
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.as_bytes())
+            .map_err(|e| format!("{}: stdin: {e}", argv[0]))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{}: {e}", argv[0]))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`{}` failed ({}): {}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// [`output_of`] for a command given as words, with no input.
+pub fn run_here(argv: &[&str]) -> Result<String, String> {
+    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    output_of(&argv, "")
 }
 
 fn gone() -> io::Error {
@@ -96,25 +198,8 @@ pub fn tun_in_other_netns(
     name: &'static str,
     ipv4: &'static str,
 ) -> Result<(tun_rs::SyncDevice, NetnsRunner), String> {
-    let (dev_tx, dev_rx) = mpsc::channel();
-    let (cmd_tx, cmd_rx) = mpsc::channel::<SpawnRequest>();
-    std::thread::spawn(move || {
-        let made = unshare_net()
-            .map_err(|e| format!("unshare: {e}"))
-            .and_then(|()| crate::tun::tun(name, ipv4));
-        let _ = dev_tx.send(made);
-        // Serve spawns until the runner is dropped.
-        for (argv, reply) in cmd_rx {
-            let child = Command::new(&argv[0])
-                .args(&argv[1..])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let _ = reply.send(child);
-        }
-    });
-    let dev = dev_rx.recv().map_err(|e| format!("netns thread: {e}"))??;
-    Ok((dev, NetnsRunner(cmd_tx)))
+    let (runner, dev) = NetnsRunner::fresh_with(move || crate::tun::tun(name, ipv4))?;
+    Ok((dev, runner))
 }
 
 /// Whether `iperf3` is installed.
@@ -126,6 +211,17 @@ pub fn iperf3_installed() -> bool {
 /// and a client here for `secs` seconds (retried while the server comes up, up to 5 s).
 /// Returns the client's JSON report.
 pub fn iperf3_across(other: &NetnsRunner, server: &str, secs: u32) -> Result<String, String> {
+    iperf3(other, server, secs, false)
+}
+
+/// As [`iperf3_across`]; with `reverse`, the server sends and the client here receives
+/// (`iperf3 -R`).
+pub fn iperf3(
+    other: &NetnsRunner,
+    server: &str,
+    secs: u32,
+    reverse: bool,
+) -> Result<String, String> {
     let mut daemon = other
         .spawn(&["iperf3", "-s", "-1", "-B", server])
         .map_err(|e| format!("iperf3 server: {e}"))?;
@@ -134,6 +230,7 @@ pub fn iperf3_across(other: &NetnsRunner, server: &str, secs: u32) -> Result<Str
         std::thread::sleep(std::time::Duration::from_millis(100));
         let out = Command::new("iperf3")
             .args(["-c", server, "-t", &secs.to_string(), "-J"])
+            .args(reverse.then_some("-R"))
             .output();
         match out {
             Ok(out) if out.status.success() => {
@@ -150,4 +247,32 @@ pub fn iperf3_across(other: &NetnsRunner, server: &str, secs: u32) -> Result<Str
     let _ = daemon.kill();
     let _ = daemon.wait();
     report
+}
+
+/// What an iperf3 TCP run moved, from its JSON report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Iperf3Result {
+    /// Bytes the receiver got.
+    pub bytes: u64,
+    /// The receiver's rate, bits per second.
+    pub bits_per_second: f64,
+    /// TCP retransmits at the sender.
+    pub retransmits: u64,
+}
+
+/// Reads an iperf3 `-J` report.
+pub fn iperf3_result(report: &str) -> Result<Iperf3Result, String> {
+    let json: serde_json::Value =
+        serde_json::from_str(report).map_err(|e| format!("iperf3 report: {e}"))?;
+    let end = &json["end"];
+    let received = &end["sum_received"];
+    Ok(Iperf3Result {
+        bytes: received["bytes"]
+            .as_u64()
+            .ok_or("no sum_received.bytes in the iperf3 report")?,
+        bits_per_second: received["bits_per_second"]
+            .as_f64()
+            .ok_or("no sum_received.bits_per_second in the iperf3 report")?,
+        retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+    })
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tunpipe::device::{PeerReceiver, PeerSender};
 use tunpipe::wireguard::{Key, WgConfig, WireGuard, WireGuardCounters};
-use tunpipe::{Config, Engine, MemoryDevice, UdpDevice};
+use tunpipe::{Engine, MemoryDevice, UdpDevice};
 
 /// A private key and its public key.
 #[derive(Clone, Debug)]
@@ -85,7 +85,8 @@ impl End {
     /// If the config does not parse or the engine does not start: a test bug.
     pub fn start(text: &str, udp: UdpDevice, workers: usize) -> End {
         let (inside, app_tx, app_rx) = MemoryDevice::new(512, 2048);
-        let (engine, counters) = start_engine(text, &inside, &udp, workers);
+        let (engine, counters) =
+            start_engine(text, &inside, &udp, workers).expect("the tunnel starts");
         End {
             engine,
             app_tx,
@@ -99,29 +100,31 @@ impl End {
     /// Stops the engine and starts a new one with `text` on the same devices.
     pub fn restart(&mut self, text: &str, workers: usize) {
         self.engine.stop().expect("stop");
-        let (engine, counters) = start_engine(text, &self.inside, &self.udp, workers);
+        let (engine, counters) =
+            start_engine(text, &self.inside, &self.udp, workers).expect("the tunnel starts");
         self.engine = engine;
         self.counters = counters;
     }
 }
 
-fn start_engine(
+/// Starts a tunnel with the wg-quick `text` between `inside` and `outside`, with `workers`
+/// workers; returns it with the stage's counters.
+pub fn start_engine(
     text: &str,
-    inside: &MemoryDevice,
-    udp: &UdpDevice,
+    inside: &impl tunpipe::Device,
+    outside: &UdpDevice,
     workers: usize,
-) -> (Engine, Arc<WireGuardCounters>) {
-    let config = WgConfig::parse(text).expect("a valid wg-quick text");
-    let stage = WireGuard::new(&config).expect("a WireGuard stage");
+) -> Result<(Engine, Arc<WireGuardCounters>), String> {
+    let config = WgConfig::parse(text).map_err(|e| e.to_string())?;
+    let stage = WireGuard::new(&config).map_err(|e| e.to_string())?;
     let counters = stage.counters();
-    let mut c = Config::default();
-    c.workers = workers;
+    let mut c = crate::config(workers);
     c.mtu = usize::from(config.interface.mtu);
     let engine = Engine::builder()
         .config(c)
-        .start_tunnel(stage, inside, udp)
-        .expect("the tunnel starts");
-    (engine, counters)
+        .start_tunnel(stage, inside, outside)
+        .map_err(|e| format!("start the tunnel: {e}"))?;
+    Ok((engine, counters))
 }
 
 /// A UDP device on loopback, any port.
@@ -144,9 +147,15 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Relays between `a` and `b`: what comes from `a` goes to `b`, anything else goes to `a`.
+    /// Relays between `a` and `b` on loopback: what comes from `a` goes to `b`, anything
+    /// else goes to `a`.
     pub fn start(a: SocketAddr, b: SocketAddr) -> Relay {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind the relay");
+        Self::start_on("127.0.0.1:0".parse().expect("an address"), a, b)
+    }
+
+    /// As [`Relay::start`], with the relay's socket bound to `bind`.
+    pub fn start_on(bind: SocketAddr, a: SocketAddr, b: SocketAddr) -> Relay {
+        let socket = UdpSocket::bind(bind).expect("bind the relay");
         socket
             .set_read_timeout(Some(Duration::from_millis(20)))
             .expect("a read timeout");

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 use tunpipe::{BuiltinStage, Engine, EngineError, TunDevice};
 use tunpipe_testkit::check::{check, conserved};
-use tunpipe_testkit::netns::{iperf3_across, iperf3_installed, tun_in_other_netns};
+use tunpipe_testkit::netns::{iperf3_across, iperf3_installed, iperf3_result, tun_in_other_netns};
 use tunpipe_testkit::ping::ping;
 use tunpipe_testkit::proc::{fd_flags, tasks_named};
 use tunpipe_testkit::trials::Test;
@@ -256,20 +256,13 @@ fn bridge_between_namespaces() -> Result<(), Failed> {
     })?;
 
     if iperf3_installed() {
-        let report = iperf3_across(&other_ns, "10.60.0.2", 2)?;
-        let sent_bytes = report
-            .split("\"sum_sent\"")
-            .nth(1)
-            .and_then(|s| s.split("\"bytes\":").nth(1))
-            .and_then(|s| s.split([',', '}']).next())
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .ok_or("no sum_sent bytes in the iperf3 report")?;
-        check(sent_bytes > 1e6, || {
-            format!("iperf3 moved only {sent_bytes} bytes")
+        let moved = iperf3_result(&iperf3_across(&other_ns, "10.60.0.2", 2)?)?;
+        check(moved.bytes > 1_000_000, || {
+            format!("iperf3 moved only {} bytes", moved.bytes)
         })?;
         eprintln!(
             "iperf3 across the bridge: {:.0} MB in 2 s",
-            sent_bytes / 1e6
+            moved.bytes as f64 / 1e6
         );
     } else {
         eprintln!("iperf3 not installed: TCP part skipped");

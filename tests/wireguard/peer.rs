@@ -1,0 +1,351 @@
+//! The tests: each builds the rig in its fresh namespace (the peer in a second one), starts
+//! tunpipe's tunnel on a TUN named `tpw0`, and stops it checking conservation.
+
+use libtest_mimic::Failed;
+use std::net::UdpSocket;
+use std::time::Duration;
+use tunpipe_testkit::check::{check, eventually};
+use tunpipe_testkit::netns::{iperf3, iperf3_installed, iperf3_result};
+use tunpipe_testkit::ping::ping;
+use tunpipe_testkit::trials::Test;
+use tunpipe_testkit::wg::{KeyPair, Relay};
+use tunpipe_testkit::wgpeer::{
+    PeerOptions, TunnelEnd, WgRig, END_PORT, END_V4, END_V6, PEER_PORT, PEER_UNDERLAY, PEER_V4,
+    PEER_V6,
+};
+
+/// Far longer than any test here takes: the bound on a hang, not a timing assertion.
+pub const WATCHDOG: Duration = Duration::from_secs(120);
+
+/// The tunnel's TUN (namespaces keep tests apart).
+const TUN: &str = "tpw0";
+
+pub const TESTS: [(&str, Test); 10] = [
+    (
+        "tunpipe_starts_the_handshake_and_ping_crosses_both_ways_v4_and_v6",
+        ping_both_ways,
+    ),
+    ("the_peer_starts_the_handshake", peer_starts_the_handshake),
+    ("tcp_crosses_both_ways_iperf3", tcp_both_ways),
+    (
+        "a_restart_in_the_same_process_handshakes_again",
+        restart_handshakes_again,
+    ),
+    (
+        "a_rebind_during_traffic_keeps_ping_working",
+        rebind_under_traffic,
+    ),
+    (
+        "a_stop_with_a_handshake_pending_returns",
+        stop_with_handshake_pending,
+    ),
+    ("a_wrong_key_carries_nothing_and_counts_failures", wrong_key),
+    (
+        "garbage_and_replayed_datagrams_are_counted_and_harmless",
+        garbage_and_replays,
+    ),
+    (
+        "a_source_outside_allowed_ips_is_dropped_and_counted",
+        source_outside_allowed_ips,
+    ),
+    (
+        "a_destination_outside_every_allowed_ips_has_no_peer",
+        destination_without_peer,
+    ),
+];
+
+/// `count` pings from this namespace to `to` at 20 ms intervals; fails unless all answered.
+fn ping_all(to: &str, count: u32) -> Result<(), Failed> {
+    let n = count.to_string();
+    let (sent, got) = ping(&["-n", "-c", &n, "-i", "0.02", "-W", "2", to])?;
+    check(sent == u64::from(count) && got == sent, || {
+        format!("ping {to}: {got} of {sent} answered")
+    })
+}
+
+/// `count` pings from the peer's namespace to `to`; fails unless all answered.
+fn peer_pings_all(rig: &WgRig, to: &str, count: u32) -> Result<(), Failed> {
+    let (sent, got) = rig.ping_from_peer(to, count)?;
+    check(sent == u64::from(count) && got == sent, || {
+        format!("ping from the peer to {to}: {got} of {sent} answered")
+    })
+}
+
+fn ping_both_ways() -> Result<(), Failed> {
+    let rig = WgRig::up(&PeerOptions::default())?;
+    for workers in [0, 1, 2] {
+        let end = TunnelEnd::start(TUN, &rig.config_text(), workers)?;
+        // The peer knows no endpoint: tunpipe's first packet starts the handshake.
+        ping_all(PEER_V4, 10)?;
+        peer_pings_all(&rig, END_V4, 10)?;
+        ping_all(PEER_V6, 10)?;
+        peer_pings_all(&rig, END_V6, 10)?;
+        let s = end.counters.snapshot();
+        check(
+            s.handshake_initiations >= 1 && s.handshakes_completed >= 1,
+            || format!("workers {workers}: {s:?}"),
+        )?;
+        // 40 echoes and 40 replies each way, at least (the kernel may add its own).
+        check(s.tx_packets >= 40 && s.rx_packets >= 40, || {
+            format!("{s:?}")
+        })?;
+        end.stop_conserved()?;
+        drop(end);
+        // The next engine's TUN has the same name: wait until this one is gone.
+        check(
+            eventually(|| !tunpipe_testkit::netns::interface_exists(TUN)),
+            || format!("{TUN} outlived its engine"),
+        )?;
+    }
+    Ok(())
+}
+
+fn peer_starts_the_handshake() -> Result<(), Failed> {
+    let rig = WgRig::up(&PeerOptions {
+        knows_endpoint: true,
+        ..PeerOptions::default()
+    })?;
+    let end = TunnelEnd::start(TUN, &rig.config_text(), 0)?;
+    peer_pings_all(&rig, END_V4, 5)?;
+    let s = end.counters.snapshot();
+    check(
+        s.handshakes_completed == 1 && s.handshake_initiations == 0,
+        || format!("tunpipe answered the peer's handshake, and started none: {s:?}"),
+    )?;
+    ping_all(PEER_V4, 5)?;
+    end.stop_conserved()
+}
+
+fn tcp_both_ways() -> Result<(), Failed> {
+    if !iperf3_installed() {
+        return Err("iperf3 is not installed (.ci/run installs it)".into());
+    }
+    let rig = WgRig::up(&PeerOptions::default())?;
+    let end = TunnelEnd::start(TUN, &rig.config_text(), 0)?;
+    ping_all(PEER_V4, 1)?;
+    for reverse in [false, true] {
+        let moved = iperf3_result(&iperf3(&rig.peer, PEER_V4, 2, reverse)?)?;
+        check(moved.bytes > 1_000_000, || {
+            format!(
+                "iperf3 (reverse {reverse}) moved only {} bytes",
+                moved.bytes
+            )
+        })?;
+        eprintln!(
+            "iperf3 {}: {:.0} Mb/s",
+            if reverse {
+                "peer to tunpipe"
+            } else {
+                "tunpipe to peer"
+            },
+            moved.bits_per_second / 1e6
+        );
+    }
+    end.stop_conserved()
+}
+
+fn restart_handshakes_again() -> Result<(), Failed> {
+    let rig = WgRig::up(&PeerOptions::default())?;
+    let text = rig.config_text();
+    let mut end = TunnelEnd::start(TUN, &text, 0)?;
+    ping_all(PEER_V4, 3)?;
+    let first = rig.peer_view()?;
+    end.restart(&text, 1)?;
+    // The new stage has no session: its first packet starts a new handshake, which the peer
+    // accepts (a newer timestamp).
+    ping_all(PEER_V4, 3)?;
+    peer_pings_all(&rig, END_V4, 3)?;
+    let s = end.counters.snapshot();
+    check(
+        s.handshakes_completed == 1 && s.handshake_initiations >= 1,
+        || format!("{s:?}"),
+    )?;
+    let second = rig.peer_view()?;
+    check(second.rx_bytes > first.rx_bytes, || {
+        format!("{first:?} then {second:?}")
+    })?;
+    end.stop_conserved()
+}
+
+fn rebind_under_traffic() -> Result<(), Failed> {
+    let rig = WgRig::up(&PeerOptions::default())?;
+    let end = TunnelEnd::start(TUN, &rig.config_text(), 0)?;
+    ping_all(PEER_V4, 2)?;
+    let port = end.udp.local_addr()?.port();
+    // The peer pings throughout (60 echoes, 50 ms apart); tunpipe rebinds three times meanwhile.
+    let (sent, got) = std::thread::scope(|s| {
+        let pinger = s.spawn(|| rig.ping_from_peer(END_V4, 60));
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(600));
+            end.engine.rebind().map_err(|e| e.to_string())?;
+        }
+        pinger
+            .join()
+            .map_err(|_| "the pinger panicked".to_string())?
+    })?;
+    check(end.udp.local_addr()?.port() == port, || {
+        "the port changed".into()
+    })?;
+    // An echo in flight at the moment of a rebind may be lost with the old socket's queue.
+    check(sent == 60 && got >= 57, || {
+        format!("{got} of {sent} answered")
+    })?;
+    // And afterwards every echo gets through.
+    peer_pings_all(&rig, END_V4, 5)?;
+    end.stop_conserved()
+}
+
+fn stop_with_handshake_pending() -> Result<(), Failed> {
+    let rig = WgRig::up(&PeerOptions::default())?;
+    // A peer at an address nobody has: the handshake never completes.
+    let text = rig.config_text().replace(
+        &format!("{PEER_UNDERLAY}:{PEER_PORT}"),
+        "192.168.77.99:51820",
+    );
+    let end = TunnelEnd::start(TUN, &text, 0)?;
+    let _ = ping(&["-n", "-c", "1", "-W", "1", PEER_V4]);
+    check(
+        eventually(|| end.counters.snapshot().handshake_initiations >= 1),
+        || "no handshake initiation".into(),
+    )?;
+    // The watchdog bounds this: the stop must not wait for the handshake.
+    end.stop_conserved()?;
+    check(end.counters.snapshot().handshakes_completed == 0, || {
+        "a handshake completed with nobody".into()
+    })
+}
+
+fn wrong_key() -> Result<(), Failed> {
+    // The peer expects some other key of tunpipe's end, and knows its endpoint.
+    let rig = WgRig::up(&PeerOptions {
+        knows_endpoint: true,
+        expects_key: Some(KeyPair::generate().public),
+        ..PeerOptions::default()
+    })?;
+    let end = TunnelEnd::start(TUN, &rig.config_text(), 0)?;
+    // The peer's initiations are sealed for a key tunpipe does not hold: they fail here.
+    let (_, got) = rig.ping_from_peer(END_V4, 3)?;
+    check(got == 0, || {
+        format!("{got} echoes crossed with a wrong key")
+    })?;
+    let s = end.counters.snapshot();
+    check(
+        s.handshake_failures >= 1 && s.drop_auth_failure >= 1,
+        || format!("{s:?}"),
+    )?;
+    // tunpipe's own initiations reach a peer that does not know its key: no answer.
+    let (_, got) = ping(&["-n", "-c", "2", "-W", "1", PEER_V4])?;
+    let s = end.counters.snapshot();
+    check(
+        got == 0 && s.handshakes_completed == 0 && s.rx_packets == 0,
+        || format!("{got} answered; {s:?}"),
+    )?;
+    end.stop_conserved()
+}
+
+fn garbage_and_replays() -> Result<(), Failed> {
+    let rig = WgRig::up(&PeerOptions::default())?;
+    // tunpipe reaches the peer through a relay in this namespace that keeps a copy of every
+    // datagram: the peer's replies come to the relay, which passes them on.
+    let end_addr = format!("127.0.0.1:{END_PORT}").parse()?;
+    let peer_addr = format!("{PEER_UNDERLAY}:{PEER_PORT}").parse()?;
+    let relay = Relay::start_on("0.0.0.0:0".parse()?, end_addr, peer_addr);
+    let via_relay = format!("127.0.0.1:{}", relay.addr().port());
+    let text = rig
+        .config_text()
+        .replace(&format!("{PEER_UNDERLAY}:{PEER_PORT}"), &via_relay);
+    let end = TunnelEnd::start(TUN, &text, 0)?;
+    ping_all(PEER_V4, 5)?;
+    let before = end.counters.snapshot();
+
+    // From the peer's namespace, an attacker's socket sends garbage, then every datagram the
+    // peer sent so far (its handshake response and its echo replies) again.
+    let from_peer = relay.captured_from(peer_addr);
+    check(from_peer.len() >= 6, || {
+        format!("{} datagrams from the peer", from_peer.len())
+    })?;
+    let garbage: Vec<Vec<u8>> = vec![
+        b"x".to_vec(),
+        vec![9; 40],
+        vec![4; 40],
+        vec![1; 148],
+        vec![2; 92],
+        vec![0xff; 1400],
+    ];
+    let datagrams: Vec<Vec<u8>> = garbage.iter().chain(&from_peer).cloned().collect();
+    let count = datagrams.len() as u64;
+    let target = format!("{}:{END_PORT}", tunpipe_testkit::wgpeer::END_UNDERLAY);
+    rig.peer.run(move || -> Result<(), String> {
+        let attacker = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        for datagram in &datagrams {
+            attacker
+                .send_to(datagram, &target)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })??;
+    let drops = |s: &tunpipe::wireguard::WireGuardStats| {
+        s.drop_garbage + s.drop_no_session + s.drop_auth_failure + s.drop_replay
+    };
+    check(
+        eventually(|| drops(&end.counters.snapshot()) - drops(&before) >= count),
+        || format!("{count} sent, {:?}", end.counters.snapshot()),
+    )?;
+    let after = end.counters.snapshot();
+    check(after.drop_replay - before.drop_replay >= 5, || {
+        format!("{after:?}")
+    })?;
+    check(after.rx_packets == before.rx_packets, || {
+        "a replay was delivered".into()
+    })?;
+    // Nothing the attacker sent moved tunpipe's idea of where the peer is.
+    check(after.endpoints == before.endpoints, || format!("{after:?}"))?;
+    ping_all(PEER_V4, 5)?;
+    end.stop_conserved()
+}
+
+fn source_outside_allowed_ips() -> Result<(), Failed> {
+    let rig = WgRig::up(&PeerOptions::default())?;
+    let end = TunnelEnd::start(TUN, &rig.config_text(), 0)?;
+    ping_all(PEER_V4, 2)?;
+    // The peer gets a second address that tunpipe's config does not allow it, and pings from
+    // it: wireguard-go sends it (it routes by destination), tunpipe must not deliver it.
+    rig.peer.output(
+        &["ip", "addr", "add", "10.77.0.99/32", "dev", &rig.ifname],
+        "",
+    )?;
+    let (_, got) = rig.peer.run(|| {
+        ping(&[
+            "-n",
+            "-c",
+            "3",
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            "-I",
+            "10.77.0.99",
+            END_V4,
+        ])
+    })??;
+    check(got == 0, || {
+        format!("{got} echoes from a forged source answered")
+    })?;
+    let s = end.counters.snapshot();
+    check(s.drop_not_allowed == 3, || format!("{s:?}"))?;
+    end.stop_conserved()
+}
+
+fn destination_without_peer() -> Result<(), Failed> {
+    let rig = WgRig::up(&PeerOptions::default())?;
+    let end = TunnelEnd::start(TUN, &rig.config_text(), 0)?;
+    // 10.77.0.50 is on the TUN's subnet, but no peer's AllowedIPs covers it. (The kernel's
+    // own IPv6 multicast, router solicitations and the like, has no peer either.)
+    let (_, got) = ping(&["-n", "-c", "2", "-i", "0.05", "-W", "1", "10.77.0.50"])?;
+    let s = end.counters.snapshot();
+    check(
+        got == 0 && s.drop_no_peer >= 2 && s.handshake_initiations == 0,
+        || format!("{got} answered; {s:?}"),
+    )?;
+    end.stop_conserved()
+}
