@@ -12,6 +12,9 @@ use tunpipe_testkit::packets::udp4;
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The count is process-wide: the tests take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Pushes `count` packets through in a closed loop with a window, without allocating.
 fn run_closed_loop(
     tx: &mut tunpipe::device::PeerSender,
@@ -35,6 +38,7 @@ fn run_closed_loop(
 
 #[test]
 fn the_hot_path_allocates_nothing_per_packet() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for (workers, stage) in [
         (0, BuiltinStage::Reflect),
         (1, BuiltinStage::Reflect),
@@ -78,5 +82,80 @@ fn the_hot_path_allocates_nothing_per_packet() {
         engine.stop().unwrap();
         let stats = engine.stats();
         assert_eq!(stats.rx_packets, stats.tx_packets + stats.dropped());
+    }
+}
+
+#[test]
+fn the_tunnel_allocates_nothing_per_packet() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    use tunpipe_testkit::packets::udp4_packet;
+    use tunpipe_testkit::wg::{config_text, loopback_udp, End, KeyPair, PeerText};
+    for workers in [0, 1, 2] {
+        // Two WireGuard ends over loopback UDP: every packet is sealed by one and opened by
+        // the other, each with its own timers running.
+        let (udp_a, udp_b) = (loopback_udp(), loopback_udp());
+        let (a_addr, b_addr) = (udp_a.local_addr().unwrap(), udp_b.local_addr().unwrap());
+        let (ka, kb) = (KeyPair::generate(), KeyPair::generate());
+        let peer = |public, endpoint, allowed_ips| PeerText {
+            public,
+            endpoint: Some(endpoint),
+            allowed_ips,
+        };
+        let text_a = config_text(
+            &ka.private,
+            "10.0.0.1/24",
+            &[peer(&kb.public, b_addr, "10.0.0.2/32")],
+        );
+        let text_b = config_text(
+            &kb.private,
+            "10.0.0.2/24",
+            &[peer(&ka.public, a_addr, "10.0.0.1/32")],
+        );
+        let mut a = End::start(&text_a, udp_a, workers);
+        let mut b = End::start(&text_b, udp_b, workers);
+        let to_b: Vec<Vec<u8>> = (0..4)
+            .map(|i| udp4_packet([10, 0, 0, 1], [10, 0, 0, 2], 1000 + i, 7, &[i as u8; 64]))
+            .collect();
+        let to_a: Vec<Vec<u8>> = (0..4)
+            .map(|i| udp4_packet([10, 0, 0, 2], [10, 0, 0, 1], 1000 + i, 7, &[i as u8; 64]))
+            .collect();
+        // Warm up: the handshake, and first-use allocations, happen here.
+        for (p, q) in to_b.iter().zip(&to_a) {
+            assert_eq!(
+                run_closed_loop(&mut a.app_tx, &mut b.app_rx, p, 2_000),
+                2_000
+            );
+            assert_eq!(
+                run_closed_loop(&mut b.app_tx, &mut a.app_rx, q, 2_000),
+                2_000
+            );
+        }
+        // Past the stage's timer tick (250 ms), so that the steady state includes ticks.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            run_closed_loop(&mut a.app_tx, &mut b.app_rx, &to_b[0], 10),
+            10
+        );
+
+        let before = allocations();
+        let mut moved = 0;
+        for round in 0..20 {
+            moved += run_closed_loop(&mut a.app_tx, &mut b.app_rx, &to_b[round % 4], 2_500);
+            moved += run_closed_loop(&mut b.app_tx, &mut a.app_rx, &to_a[round % 4], 2_500);
+            if round % 5 == 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let after = allocations();
+        assert_eq!(moved, 100_000);
+        assert_eq!(
+            after - before,
+            0,
+            "{} allocations for {moved} packets through the tunnel with {workers} workers",
+            after - before
+        );
+        for end in [&a, &b] {
+            end.engine.stop().unwrap();
+        }
     }
 }

@@ -216,6 +216,14 @@ pub(crate) struct Outs {
 }
 
 impl Outs {
+    /// Slots, by side, left for emitted packets once a batch of `batch` packets (each of
+    /// which may go either way) is pushed.
+    pub(crate) fn room_after(&self, batch: usize) -> [usize; 2] {
+        self.by_side
+            .each_ref()
+            .map(|ring| ring.as_ref().map_or(0, |r| r.slots().saturating_sub(batch)))
+    }
+
     /// The ring toward the writer a packet of `direction` is routed to.
     pub(crate) fn for_route(
         &mut self,
@@ -238,6 +246,8 @@ pub(crate) struct EmitPlace<'a> {
     pub headroom: usize,
     /// The area of an emitted packet: as large as the largest packet either device carries.
     pub area: usize,
+    /// Slots, by side, that the rings toward the writers keep for emitted packets.
+    pub room: [usize; 2],
 }
 
 /// The stage a reader (inline) or a worker runs.
@@ -394,6 +404,7 @@ fn run_duplex<'p>(
             now,
             headroom: emit.headroom,
             capacity: emit.area,
+            room: emit.room,
             no_buffer: &mut no_buffer,
         };
         let action = {
@@ -402,6 +413,7 @@ fn run_duplex<'p>(
                 stage.process(direction, packet, &mut out)
             }))
         };
+        emit.room = out.room;
         packet.route = match action {
             Ok(Action::Forward) => Route::Forward,
             Ok(Action::Replace) => {
@@ -481,6 +493,7 @@ pub(crate) fn run_duplex_timers(
             now: Instant::now(),
             headroom: emit.headroom,
             capacity: emit.area,
+            room: emit.room,
             no_buffer: &mut no_buffer,
         };
         if catch_unwind(AssertUnwindSafe(|| work(&mut **guard, &mut out))).is_err() {

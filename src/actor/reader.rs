@@ -181,6 +181,7 @@ impl<R: RxHalf> Reader<R> {
                     emitted: &mut self.emitted,
                     headroom: self.headroom,
                     area: self.emit_area,
+                    room: outs.room_after(self.batch.len()),
                 };
                 run_stage_batch(
                     host,
@@ -191,6 +192,9 @@ impl<R: RxHalf> Reader<R> {
                     self.latency,
                     &mut place,
                 );
+                // What the stage emitted goes first: packets a handshake held go out before
+                // those that came after them.
+                send_emitted(&mut self.emitted, outs, free, &counters.stage, ctl);
                 let mut rung = [false; 2];
                 for buf in self.batch.drain(..) {
                     if buf.recycled() {
@@ -216,7 +220,6 @@ impl<R: RxHalf> Reader<R> {
                         ctl.writer_bell(side).ring();
                     }
                 }
-                send_emitted(&mut self.emitted, outs, free, &counters.stage, ctl);
             }
             Downstream::Workers(outs) => {
                 let mut touched = 0u64;

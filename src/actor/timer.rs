@@ -61,6 +61,7 @@ impl Timer {
             emitted: &mut self.emitted,
             headroom: self.headroom,
             area: self.emit_area,
+            room: self.outs.room_after(0),
         };
         run_duplex_timers(&self.stage, counters, ctl, &mut place, now, work);
         send_emitted(

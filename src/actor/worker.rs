@@ -93,6 +93,7 @@ impl Worker {
             emitted: &mut self.emitted,
             headroom: self.headroom,
             area: self.emit_area,
+            room: self.outs.room_after(n),
         };
         run_stage_batch(
             &mut self.host,
@@ -102,6 +103,15 @@ impl Worker {
             ctl,
             self.latency,
             &mut place,
+        );
+        // What the stage emitted goes first: packets a handshake held go out before those
+        // that came after them.
+        send_emitted(
+            &mut self.emitted,
+            &mut self.outs,
+            &mut self.pool.free,
+            counters,
+            ctl,
         );
         // Recycled packets travel on too, to the writer of their direction, so that the
         // writers are every buffer's one way home.
@@ -143,12 +153,5 @@ impl Worker {
                 ctl.writer_bell(side).ring();
             }
         }
-        send_emitted(
-            &mut self.emitted,
-            &mut self.outs,
-            &mut self.pool.free,
-            counters,
-            ctl,
-        );
     }
 }

@@ -173,10 +173,9 @@ pub fn reserved_bytes(c: &Config) -> usize {
     wiring::one_way_reserved(c)
 }
 
-/// Bytes a tunnel with `c` reserves up front, for a duplex stage adding `overhead` bytes to
-/// each packet: both readers' pools, the stage's reserves, rings and histograms.
-pub fn tunnel_reserved_bytes(c: &Config, overhead: usize) -> usize {
-    wiring::tunnel_reserved(c, overhead)
+/// Bytes a tunnel with `c` and `stage` reserves up front (its pools, rings and histograms).
+pub fn tunnel_reserved_bytes(c: &Config, stage: &dyn DuplexStage) -> usize {
+    wiring::tunnel_reserved(c, stage.overhead(), stage.burst())
 }
 
 /// A running (or stopped) engine. Dropping it stops it.

@@ -329,24 +329,31 @@ pub(super) struct TunnelHalves<IR, IT, OR, OT> {
 struct TunnelSizes {
     /// Buffers of each reader.
     reader_pool: usize,
-    /// Spare buffers of the timer and of each worker, for what the stage emits.
+    /// Spare buffers of the timer and of each worker, for what the stage emits: a batch, or
+    /// the stage's burst if larger.
     reserve: usize,
-    /// Slots of a ring that carries replies and emitted packets.
+    /// Slots of a ring that carries replies and emitted packets: a batch of replies and a
+    /// whole reserve of emitted packets (a handshake's flush) fit at once.
     side_ring: usize,
+    /// Slots of a worker's ring toward a writer: forwarded packets and a reserve emitted.
+    worker_out_ring: usize,
     /// The area a buffer receives into: the largest packet either device carries, plus one.
     area: usize,
 }
 
 impl TunnelSizes {
-    fn new(c: &Config, overhead: usize) -> Self {
+    fn new(c: &Config, overhead: usize, burst: usize) -> Self {
         // What each reader's packets can fill: its rings forward (to the writer inline, or to
-        // each worker), the small ring back, and a batch in each actor's hands.
+        // each worker), the ring back, and a batch in each actor's hands.
+        let reserve = c.batch.max(burst);
         let forward = c.ring_capacity * c.workers.max(1);
         let actors = c.workers + 5;
         TunnelSizes {
-            reader_pool: forward + c.batch + c.batch * actors,
-            reserve: c.batch,
-            side_ring: c.batch,
+            // Inline, a reader's own pool is also the stage's reserve.
+            reader_pool: forward + c.batch + c.batch * actors + reserve,
+            reserve,
+            side_ring: c.batch + reserve,
+            worker_out_ring: c.ring_capacity + reserve,
             area: c.mtu + overhead + 1,
         }
     }
@@ -357,16 +364,17 @@ impl TunnelSizes {
         let rings = if c.workers == 0 {
             2 * (c.ring_capacity + self.side_ring)
         } else {
-            2 * c.workers * c.ring_capacity + 2 * c.workers * c.ring_capacity
+            2 * c.workers * c.ring_capacity + 2 * c.workers * self.worker_out_ring
         } + 2 * self.side_ring;
         // Home rings: each writer has one back to every pool, as large as that pool.
         pools * buffer + (rings + 2 * pools) * SLOT + 4 * LatencyRecorder::reserved_bytes()
     }
 }
 
-/// Bytes a tunnel with `c` and a stage adding `overhead` bytes reserves.
-pub(super) fn tunnel_reserved(c: &Config, overhead: usize) -> usize {
-    TunnelSizes::new(c, overhead).reserved_bytes(c)
+/// Bytes a tunnel with `c` and a stage adding `overhead` bytes, emitting `burst` packets at
+/// once, reserves.
+pub(super) fn tunnel_reserved(c: &Config, overhead: usize, burst: usize) -> usize {
+    TunnelSizes::new(c, overhead, burst).reserved_bytes(c)
 }
 
 /// Starts a tunnel: a reader and a writer on each device, the duplex stage shared by both
@@ -376,8 +384,11 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
     stage: SharedDuplex,
     halves: TunnelHalves<IR, IT, OR, OT>,
 ) -> Result<Wired, EngineError> {
-    let overhead = stage.lock().overhead();
-    let sizes = TunnelSizes::new(c, overhead);
+    let (overhead, burst) = {
+        let stage = stage.lock();
+        (stage.overhead(), stage.burst())
+    };
+    let sizes = TunnelSizes::new(c, overhead, burst);
     let TunnelHalves {
         inside_rx,
         inside_tx,
@@ -447,8 +458,8 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
             }
             let outs = Outs {
                 by_side: [
-                    Some(ring_to(Side::Inside, c.ring_capacity)),
-                    Some(ring_to(Side::Outside, c.ring_capacity)),
+                    Some(ring_to(Side::Inside, sizes.worker_out_ring)),
+                    Some(ring_to(Side::Outside, sizes.worker_out_ring)),
                 ],
             };
             let worker = Worker {

@@ -141,6 +141,14 @@ pub trait DuplexStage: Send {
     fn overhead(&self) -> usize {
         0
     }
+
+    /// The most packets the stage may emit at once toward one side (a handshake's queue of
+    /// waiting packets, flushed when it completes): the engine gives each thread that runs
+    /// the stage that many spare buffers, and room for them in its rings, so that the burst
+    /// goes out whole and in order. The default, 0, asks for one batch.
+    fn burst(&self) -> usize {
+        0
+    }
 }
 
 /// What a duplex stage uses to send packets of its own: buffers from a reserve the engine
@@ -152,8 +160,11 @@ pub struct Emitter<'a> {
     pub(crate) now: Instant,
     pub(crate) headroom: usize,
     pub(crate) capacity: usize,
-    /// Packets that found no spare buffer, by the side they were for: the engine counts each
-    /// as originated and dropped ("no buffer").
+    /// Slots left, by side, in the rings toward the writers (after the batch's own packets):
+    /// an emitted packet never finds its ring full.
+    pub(crate) room: [usize; 2],
+    /// Packets that found no spare buffer or no room, by the side they were for: the engine
+    /// counts each as originated and dropped ("no buffer").
     pub(crate) no_buffer: &'a mut [u64; 2],
 }
 
@@ -163,10 +174,11 @@ impl Emitter<'_> {
         self.now
     }
 
-    /// How many packets can still be emitted now (spare buffers, and room to hand them on).
-    pub fn spare(&self) -> usize {
+    /// How many packets can still be emitted toward `side` now: spare buffers, and room to
+    /// hand them on to the writer. A stage with more to send keeps it for its next deadline.
+    pub fn spare(&self, side: Side) -> usize {
         let room = self.emitted.capacity() - self.emitted.len();
-        self.spare.len().min(room)
+        self.spare.len().min(room).min(self.room[side.index()])
     }
 
     /// Emits a packet toward `side`. `fill` gets an empty buffer whose window is the whole
@@ -174,17 +186,20 @@ impl Emitter<'_> {
     /// truncates the window to its length, sets the endpoint for the outside, and returns
     /// true; false sends nothing and gives the buffer back.
     ///
-    /// Returns false when nothing was sent: `fill` declined, or no spare buffer was left (the
+    /// Returns false when nothing was sent: `fill` declined, or [`Emitter::spare`] was 0 (the
     /// packet is then counted as dropped, "no buffer").
     pub fn emit(&mut self, side: Side, fill: impl FnOnce(&mut PacketBuf) -> bool) -> bool {
-        let room = self.emitted.len() < self.emitted.capacity();
-        let Some(mut buf) = self.spare.pop().filter(|_| room) else {
+        if self.spare(side) == 0 {
             self.no_buffer[side.index()] += 1;
+            return false;
+        }
+        let Some(mut buf) = self.spare.pop() else {
             return false;
         };
         buf.prepare_receive(self.headroom, self.capacity);
         if fill(&mut buf) {
             self.emitted.push((side, buf));
+            self.room[side.index()] -= 1;
             true
         } else {
             self.spare.push(buf);

@@ -41,6 +41,15 @@ use timers::PeerTimers;
 /// Bytes WireGuard adds to a packet: a 16-byte header and a 16-byte authentication tag.
 pub const OVERHEAD: usize = 32;
 
+/// How many packets `Tunn` queues while it waits for a handshake (boringtun's private
+/// `MAX_QUEUE_DEPTH`): the stage's burst, when the handshake completes and they all go out.
+const QUEUE_DEPTH: usize = 256;
+
+/// How long the packets `Tunn` held for a completed handshake wait for an outbound packet to
+/// carry them out (ahead of it, in order) before the timer sends them; also how soon they are
+/// tried again when no buffer was free. The writers give buffers back within microseconds.
+const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// WireGuard message types (the first byte of every message, little-endian u32).
 const HANDSHAKE_INIT: u8 = 1;
 const HANDSHAKE_RESPONSE: u8 = 2;
@@ -67,8 +76,12 @@ struct Peer {
     allowed: Vec<IpNet>,
     timers: PeerTimers,
     public_key: [u8; 32],
-    /// `Tunn` still holds packets queued during a handshake that found no spare buffer.
-    flush_pending: bool,
+    /// When the packets `Tunn` holds for a completed handshake go out, if no outbound packet
+    /// (which sends them first) comes before.
+    flush_due: Option<Instant>,
+    /// Packets `Tunn` holds for the handshake (it keeps [`QUEUE_DEPTH`] at most, and drops
+    /// the rest without saying so: this count says it).
+    queued: usize,
 }
 
 impl WireGuard {
@@ -128,7 +141,8 @@ impl WireGuard {
                 allowed: p.allowed_ips.clone(),
                 timers: PeerTimers::new(now, p.persistent_keepalive),
                 public_key: key,
-                flush_pending: false,
+                flush_due: None,
+                queued: 0,
             });
         }
         routes.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
@@ -220,11 +234,14 @@ impl WireGuard {
                     "wireguard peer {}: no session (expired or given up)",
                     index + 1
                 );
+                // `Tunn` gave up the handshake and threw away the packets that waited for it.
+                counters.dropped_many(DropReason::NoHandshake, peer.queued as u64);
+                peer.queued = 0;
             }
             _ => {}
         }
         peer.timers.ticked(now);
-        if peer.flush_pending {
+        if peer.flush_due.is_some_and(|due| due <= now) {
             flush(peer, index, scratch, counters, out);
         }
     }
@@ -247,7 +264,14 @@ impl WireGuard {
             counters.dropped(DropReason::NoEndpoint);
             return Action::Drop;
         };
+        if p.flush_due.is_some() {
+            // Packets a handshake held go first, through this same path: a flow keeps its
+            // order.
+            flush(p, peer, scratch, counters, out);
+        }
         let inner = packet.len();
+        // Without a session, `Tunn` queues the packet (or, when its queue is full, drops it).
+        let queue_full = p.queued >= QUEUE_DEPTH;
         match p.tunn.encapsulate(packet.data(), scratch) {
             TunnResult::WriteToNetwork(message) => {
                 let is_data = message.first() == Some(&DATA);
@@ -258,15 +282,22 @@ impl WireGuard {
                 }
                 if is_data {
                     debug_assert_eq!(packet.len(), inner + OVERHEAD);
-                    Action::Forward
+                    return Action::Forward;
+                }
+                // No session: the packet waits, and a handshake initiation goes out in its
+                // buffer.
+                p.queued_or_dropped(queue_full, counters);
+                Action::Replace
+            }
+            // Waits behind a handshake already under way.
+            TunnResult::Done => {
+                p.queued_or_dropped(queue_full, counters);
+                if queue_full {
+                    Action::Drop
                 } else {
-                    // No session: `Tunn` queued the packet and made a handshake initiation,
-                    // which goes out in its buffer.
-                    Action::Replace
+                    Action::Consume
                 }
             }
-            // Queued behind a handshake already under way.
-            TunnResult::Done => Action::Consume,
             TunnResult::Err(e) => {
                 counters.dropped(reason_of(&e));
                 Action::Drop
@@ -311,8 +342,13 @@ impl WireGuard {
                     counters.handshake_completed();
                 }
                 note_sent(p, reply, now, counters);
+                if p.queued > 0 {
+                    // The packets `Tunn` held for the handshake go out with the next outbound
+                    // packet, ahead of it and through its path (so a flow keeps its order),
+                    // or from the timer if none comes soon.
+                    p.flush_due = Some(now + FLUSH_DELAY);
+                }
                 let placed = place(packet, reply, Some(from));
-                flush(p, peer, scratch, counters, out);
                 match placed {
                     Ok(()) => Action::Reply,
                     Err(()) => Action::Consume,
@@ -407,15 +443,27 @@ impl DuplexStage for WireGuard {
     fn overhead(&self) -> usize {
         OVERHEAD
     }
+
+    fn burst(&self) -> usize {
+        QUEUE_DEPTH
+    }
 }
 
 impl Peer {
-    fn next_deadline(&self) -> Option<Instant> {
-        if self.flush_pending {
-            // Packets wait for buffers: as soon as the timer can.
-            return Some(self.timers.last_tick);
+    /// Counts a packet that `Tunn` took to hold for the handshake, or dropped (`full`).
+    fn queued_or_dropped(&mut self, full: bool, counters: &WireGuardCounters) {
+        if full {
+            counters.dropped(DropReason::NoHandshake);
+        } else {
+            self.queued += 1;
         }
-        self.timers.next_deadline()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match (self.flush_due, self.timers.next_deadline()) {
+            (Some(flush), Some(timer)) => Some(flush.min(timer)),
+            (flush, timer) => flush.or(timer),
+        }
     }
 }
 
@@ -519,8 +567,9 @@ fn note_sent(p: &mut Peer, message: &[u8], now: Instant, counters: &WireGuardCou
     }
 }
 
-/// Sends the packets `Tunn` queued during a handshake, as far as spare buffers allow (the
-/// rest wait for the next deadline, which is then at once).
+/// Sends the packets `Tunn` held for a handshake that has completed, as far as spare buffers
+/// and ring room allow (the rest go out with the next outbound packet, or after
+/// [`FLUSH_DELAY`]).
 fn flush(
     p: &mut Peer,
     index: usize,
@@ -528,15 +577,24 @@ fn flush(
     counters: &WireGuardCounters,
     out: &mut Emitter<'_>,
 ) {
-    p.flush_pending = false;
+    p.flush_due = None;
     while p.endpoint.is_some() {
-        if out.spare() == 0 {
-            p.flush_pending = true;
+        if out.spare(Side::Outside) == 0 {
+            p.flush_due = Some(out.now() + FLUSH_DELAY);
             return;
         }
         match p.tunn.decapsulate(None, &[], scratch) {
-            TunnResult::WriteToNetwork(message) => send_own(p, index, message, counters, out),
-            _ => return,
+            TunnResult::WriteToNetwork(message) => {
+                if message.first() == Some(&DATA) {
+                    p.queued = p.queued.saturating_sub(1);
+                }
+                send_own(p, index, message, counters, out);
+            }
+            // The queue is empty (or, without a session, `Tunn` keeps it for the next one).
+            _ => {
+                p.queued = 0;
+                return;
+            }
         }
     }
 }

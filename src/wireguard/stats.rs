@@ -24,9 +24,12 @@ pub enum DropReason {
     NoEndpoint,
     /// A datagram that is no WireGuard message.
     Garbage,
+    /// An outbound packet waited for a handshake that never completed (given up after 90 s),
+    /// or found the queue of waiting packets full (256).
+    NoHandshake,
 }
 
-const REASONS: usize = 7;
+const REASONS: usize = 8;
 
 /// The WireGuard stage's counters, shared with whoever asked for them
 /// ([`crate::wireguard::WireGuard::counters`]).
@@ -82,6 +85,8 @@ pub struct WireGuardStats {
     pub drop_no_endpoint: u64,
     /// Dropped: not a WireGuard message.
     pub drop_garbage: u64,
+    /// Dropped: waited for a handshake that never completed, or found the wait queue full.
+    pub drop_no_handshake: u64,
     /// Each peer's current endpoint, in the config's order.
     pub endpoints: Vec<Option<SocketAddr>>,
 }
@@ -103,7 +108,11 @@ impl WireGuardCounters {
     }
 
     pub(crate) fn dropped(&self, reason: DropReason) {
-        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.dropped_many(reason, 1);
+    }
+
+    pub(crate) fn dropped_many(&self, reason: DropReason, count: u64) {
+        self.drops[reason as usize].fetch_add(count, Ordering::Relaxed);
     }
 
     pub(crate) fn handshake_completed(&self) {
@@ -169,6 +178,7 @@ impl WireGuardCounters {
             drop_no_peer: drop(DropReason::NoPeer),
             drop_no_endpoint: drop(DropReason::NoEndpoint),
             drop_garbage: drop(DropReason::Garbage),
+            drop_no_handshake: drop(DropReason::NoHandshake),
             endpoints: self.endpoints.lock().clone(),
         }
     }
