@@ -588,4 +588,225 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        fn key() -> impl Strategy<Value = Key> {
+            any::<[u8; 32]>().prop_map(Key)
+        }
+
+        fn net() -> impl Strategy<Value = IpNet> {
+            prop_oneof![
+                (any::<u32>(), 0u8..=32)
+                    .prop_map(|(a, p)| IpNet::new(Ipv4Addr::from(a).into(), p).unwrap()),
+                (any::<u128>(), 0u8..=128).prop_map(|(a, p)| IpNet::new(
+                    Ipv6Addr::from(a).into(),
+                    p
+                )
+                .unwrap()),
+            ]
+        }
+
+        fn endpoint() -> impl Strategy<Value = Endpoint> {
+            prop_oneof![
+                (any::<u32>(), any::<u16>())
+                    .prop_map(|(a, port)| Endpoint::Addr((Ipv4Addr::from(a), port).into())),
+                (any::<u128>(), any::<u16>())
+                    .prop_map(|(a, port)| Endpoint::Addr((Ipv6Addr::from(a), port).into())),
+                ("[a-z][a-z0-9-]{0,10}(\\.[a-z]{2,5}){0,2}", any::<u16>())
+                    .prop_map(|(h, port)| Endpoint::Host(h, port)),
+            ]
+        }
+
+        fn peer() -> impl Strategy<Value = PeerConfig> {
+            (
+                key(),
+                proptest::option::of(key()),
+                proptest::option::of(endpoint()),
+                proptest::collection::vec(net(), 0..5),
+                proptest::option::of(1u16..),
+            )
+                .prop_map(
+                    |(public_key, preshared_key, endpoint, allowed_ips, persistent_keepalive)| {
+                        PeerConfig {
+                            public_key,
+                            preshared_key,
+                            endpoint,
+                            allowed_ips,
+                            persistent_keepalive,
+                        }
+                    },
+                )
+        }
+
+        fn config() -> impl Strategy<Value = WgConfig> {
+            (
+                key(),
+                proptest::collection::vec(net(), 0..4),
+                proptest::option::of(any::<u16>()),
+                576u16..,
+                proptest::collection::vec(
+                    any::<u32>().prop_map(|a| IpAddr::from(Ipv4Addr::from(a))),
+                    0..3,
+                ),
+                proptest::collection::vec(peer(), 1..4),
+            )
+                .prop_map(|(private_key, addresses, listen_port, mtu, dns, peers)| {
+                    WgConfig {
+                        interface: Interface {
+                            private_key,
+                            addresses,
+                            listen_port,
+                            mtu,
+                            dns,
+                            dns_search: Vec::new(),
+                        },
+                        peers,
+                        ignored: Vec::new(),
+                    }
+                })
+        }
+
+        /// How a file writes things: the case of its keys, the spaces around `=`, whether a
+        /// list is one line or one line per item, and comments.
+        #[derive(Debug, Clone)]
+        struct Style {
+            upper: bool,
+            spaces: bool,
+            split_lists: bool,
+            comments: bool,
+        }
+
+        fn style() -> impl Strategy<Value = Style> {
+            (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+                |(upper, spaces, split_lists, comments)| Style {
+                    upper,
+                    spaces,
+                    split_lists,
+                    comments,
+                },
+            )
+        }
+
+        /// A wg-quick text as written in `style`.
+        struct Writer<'a> {
+            style: &'a Style,
+            text: String,
+        }
+
+        impl Writer<'_> {
+            fn line(&mut self, key: &str, value: &str) {
+                let key = if self.style.upper {
+                    key.to_ascii_uppercase()
+                } else {
+                    key.to_string()
+                };
+                let eq = if self.style.spaces { " = " } else { "=" };
+                self.text.push_str(&format!("{key}{eq}{value}"));
+                if self.style.comments {
+                    self.text.push_str("  # note");
+                }
+                self.text.push('\n');
+            }
+
+            fn list<T: ToString>(&mut self, key: &str, items: &[T]) {
+                let items: Vec<String> = items.iter().map(ToString::to_string).collect();
+                if items.is_empty() {
+                    return;
+                }
+                if self.style.split_lists {
+                    for item in &items {
+                        self.line(key, item);
+                    }
+                } else {
+                    self.line(key, &items.join(", "));
+                }
+            }
+        }
+
+        fn render(c: &WgConfig, style: &Style) -> String {
+            let mut w = Writer {
+                style,
+                text: String::from("[Interface]\n"),
+            };
+            let i = &c.interface;
+            w.line("PrivateKey", &i.private_key.to_base64());
+            w.list("Address", &i.addresses);
+            if let Some(port) = i.listen_port {
+                w.line("ListenPort", &port.to_string());
+            }
+            w.line("MTU", &i.mtu.to_string());
+            w.list("DNS", &i.dns);
+            w.line("PostUp", "ip rule add table 51820");
+            for p in &c.peers {
+                w.text.push_str("\n[Peer]\n");
+                w.line("PublicKey", &p.public_key.to_base64());
+                if let Some(psk) = &p.preshared_key {
+                    w.line("PresharedKey", &psk.to_base64());
+                }
+                if let Some(e) = &p.endpoint {
+                    w.line("Endpoint", &e.to_string());
+                }
+                w.list("AllowedIPs", &p.allowed_ips);
+                if let Some(k) = p.persistent_keepalive {
+                    w.line("PersistentKeepalive", &k.to_string());
+                }
+            }
+            w.text
+        }
+
+        proptest! {
+            #[test]
+            fn what_is_written_is_what_is_read(c in config(), style in style()) {
+                let text = render(&c, &style);
+                let mut parsed = WgConfig::parse(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+                prop_assert_eq!(parsed.ignored.len(), 1);
+                parsed.ignored.clear();
+                prop_assert_eq!(parsed, c);
+            }
+
+            #[test]
+            fn a_damaged_line_is_named_and_no_key_is_quoted(
+                c in config(),
+                style in style(),
+                victim in any::<prop::sample::Index>(),
+                junk in "[ -~]{0,20}",
+            ) {
+                let text = render(&c, &style);
+                let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+                let at = victim.index(lines.len());
+                // Keep the key, replace the value (or the whole line, if it has no `=`).
+                lines[at] = match lines[at].split_once('=') {
+                    Some((key, _)) => format!("{key}={junk}"),
+                    None => junk.clone(),
+                };
+                let damaged = lines.join("\n");
+                match WgConfig::parse(&damaged) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        // The error is on the damaged line, or about the file as a whole (a
+                        // section that lost its key), or a later line (a value now given twice).
+                        prop_assert!(e.line == 0 || e.line > at || e.field.starts_with('['), "{e}");
+                        let shown = e.to_string();
+                        let keys = std::iter::once(&c.interface.private_key)
+                            .chain(c.peers.iter().map(|p| &p.public_key))
+                            .chain(c.peers.iter().filter_map(|p| p.preshared_key.as_ref()));
+                        for k in keys {
+                            prop_assert!(!shown.contains(&k.to_base64()[..16]), "{shown}");
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics(text in "(\\PC|\n|=|\\[|\\]|#){0,400}") {
+                if let Err(e) = WgConfig::parse(&text) {
+                    prop_assert!(e.line <= text.lines().count(), "{e}");
+                }
+            }
+        }
+    }
 }

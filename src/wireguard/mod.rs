@@ -624,3 +624,112 @@ impl std::fmt::Debug for WireGuard {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A stage with one peer, and a place for what it emits.
+    struct Rig {
+        stage: WireGuard,
+        spare: Vec<PacketBuf>,
+        emitted: Vec<(Side, PacketBuf)>,
+        no_buffer: [u64; 2],
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let text = format!(
+                "[Interface]\nPrivateKey = {}\n[Peer]\nPublicKey = {}\n\
+                 Endpoint = 192.0.2.1:51820\nAllowedIPs = 10.0.0.0/8, fd00::/8\n",
+                Key::generate().to_base64(),
+                Key::generate().public_key().to_base64()
+            );
+            let stage = WireGuard::new(&WgConfig::parse(&text).unwrap()).unwrap();
+            Rig {
+                stage,
+                spare: (0..8).map(|_| PacketBuf::new(64, 2048, 64)).collect(),
+                emitted: Vec::with_capacity(8),
+                no_buffer: [0; 2],
+            }
+        }
+
+        fn process(
+            &mut self,
+            direction: Direction,
+            bytes: &[u8],
+            from: Option<SocketAddr>,
+        ) -> Action {
+            let mut packet = PacketBuf::new(64, 2048, 64);
+            packet.fill(64, bytes).unwrap();
+            packet.set_endpoint(from);
+            let mut out = Emitter {
+                spare: &mut self.spare,
+                emitted: &mut self.emitted,
+                now: Instant::now(),
+                headroom: 64,
+                capacity: 2048,
+                room: [8, 8],
+                no_buffer: &mut self.no_buffer,
+            };
+            self.stage.process(direction, &mut packet, &mut out)
+        }
+
+        fn drops(&self) -> u64 {
+            let s = self.stage.counters.snapshot();
+            s.drop_auth_failure
+                + s.drop_replay
+                + s.drop_not_allowed
+                + s.drop_no_session
+                + s.drop_no_peer
+                + s.drop_no_endpoint
+                + s.drop_garbage
+                + s.drop_no_handshake
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_datagrams_are_dropped_and_counted(
+            kind in 0u8..6,
+            rest in proptest::collection::vec(any::<u8>(), 0..300),
+            from_port in any::<u16>(),
+        ) {
+            // Each message type at its own length, and every other length, with a valid type
+            // byte (or none): what reaches the listen port from anyone.
+            let mut datagram = vec![kind, 0, 0, 0];
+            datagram.extend_from_slice(&rest);
+            let mut rig = Rig::new();
+            let before = rig.drops();
+            let action = rig.process(Direction::Inbound, &datagram, Some(([198, 51, 100, 7], from_port).into()));
+            // Nothing unauthenticated gets through or gets an answer, and every refusal is
+            // counted with its reason.
+            prop_assert_eq!(action, Action::Drop);
+            prop_assert_eq!(rig.drops(), before + 1);
+            prop_assert!(rig.emitted.is_empty());
+            prop_assert_eq!(rig.stage.counters.snapshot().endpoints[0], Some(([192, 0, 2, 1], 51820).into()));
+        }
+
+        #[test]
+        fn arbitrary_outbound_packets_are_sealed_held_or_dropped(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut rig = Rig::new();
+            let action = rig.process(Direction::Outbound, &bytes, None);
+            // A packet for the peer (by its destination) starts a handshake in its place;
+            // anything else is dropped as having no peer.
+            prop_assert!(matches!(action, Action::Replace | Action::Drop), "{action:?}");
+        }
+    }
+
+    #[test]
+    fn a_datagram_without_a_sender_is_dropped() {
+        let mut rig = Rig::new();
+        assert_eq!(
+            rig.process(Direction::Inbound, &[4, 0, 0, 0], None),
+            Action::Drop
+        );
+        assert_eq!(rig.stage.counters.snapshot().drop_garbage, 1);
+    }
+}
