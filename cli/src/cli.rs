@@ -5,8 +5,12 @@ mod demo;
 mod load;
 mod netns;
 mod report;
+#[cfg(target_os = "linux")]
+mod route;
 mod run;
+mod session;
 mod tun;
+mod wg;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -21,6 +25,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         args::Command::Run(a) => run::run(a),
         args::Command::Demo(a) => demo::demo(a),
+        args::Command::Wg(a) => wg::wg(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

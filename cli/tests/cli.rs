@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tunpipe_testkit::check::check;
 use tunpipe_testkit::ping::ping_summary_of;
 use tunpipe_testkit::trials::root_only;
+use tunpipe_testkit::wg::KeyPair;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tunpipe");
 
@@ -24,6 +25,13 @@ fn main() {
     } else {
         Some("needs Linux network namespaces".into())
     };
+    // `tunpipe wg` against a real peer also needs wireguard-go.
+    #[cfg(target_os = "linux")]
+    let wg_problem = problem
+        .clone()
+        .or_else(tunpipe_testkit::wgpeer::wireguard_go_problem);
+    #[cfg(not(target_os = "linux"))]
+    let wg_problem = problem.clone();
     let trials = vec![
         Trial::test("bad_flag_is_a_one_line_error", bad_flag_is_a_one_line_error),
         Trial::test("unknown_command_is_a_one_line_error", unknown_command),
@@ -71,6 +79,21 @@ fn main() {
                 run_with_an_unassignable_address,
             ),
             &problem,
+        ),
+        Trial::test(
+            "wg_bad_config_is_a_one_line_error_naming_the_line",
+            wg_bad_config,
+        ),
+        Trial::test(
+            "wg_refuses_allowed_ips_that_contain_the_endpoint",
+            wg_endpoint_in_allowed_ips,
+        ),
+        root_only(
+            Trial::test(
+                "root_wg_against_wireguard_go_ping_iperf3_and_sigint",
+                wg_against_wireguard_go,
+            ),
+            &wg_problem,
         ),
     ];
     libtest_mimic::run(&args, trials).exit();
@@ -292,52 +315,137 @@ fn ping_in(pid: u32, args: &[&str]) -> Result<(u64, u64), Failed> {
     Ok(ping_summary_of(&mut command).map_err(|e| format!("ping {args:?}: {e}"))?)
 }
 
+/// A `tunpipe` command that runs until SIGINT, its output collected as it comes.
+struct Running {
+    child: Reap,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    reader: std::thread::JoinHandle<()>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+/// How a [`Running`] command ended after SIGINT.
+struct Ended {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+    /// From SIGINT to the exit, as seen from here (polled every 5 ms).
+    exit_after: Duration,
+}
+
+impl Running {
+    /// Spawns `command` and waits (up to 30 s) for its banner, which comes once the device
+    /// is configured and the engine runs.
+    fn start(command: &mut Command) -> Result<Running, Failed> {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut child = Reap(child);
+        let (lines_tx, lines) = mpsc::channel::<String>();
+        let stdout = child.0.stdout.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let mut stderr = child.0.stderr.take().expect("piped");
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let mut running = Running {
+            child,
+            lines,
+            seen: Vec::new(),
+            reader,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match running.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.contains("stop with Ctrl-C");
+                    running.seen.push(line);
+                    if ready {
+                        return Ok(running);
+                    }
+                }
+                Err(_) => {
+                    let _ = running.child.0.kill();
+                    let stderr = running.stderr.join().unwrap_or_default();
+                    return Err(
+                        format!("tunpipe never became ready: {:?} {stderr}", running.seen).into(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Sends SIGINT and collects everything the command printed, up to its exit (30 s at
+    /// most: a bound on a hang, not a timing assertion).
+    fn interrupt(mut self) -> Result<Ended, Failed> {
+        let pid = self.pid();
+        let at = Instant::now();
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+        check(rc == 0, || "kill(SIGINT) failed".to_string())?;
+        let status = loop {
+            if let Some(status) = self.child.0.try_wait()? {
+                break status;
+            }
+            if at.elapsed() > Duration::from_secs(30) {
+                return Err("tunpipe did not exit after SIGINT".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let exit_after = at.elapsed();
+        let _ = self.reader.join();
+        self.seen.extend(self.lines.try_iter());
+        Ok(Ended {
+            status,
+            stdout: self.seen.join("\n"),
+            stderr: self.stderr.join().unwrap_or_default(),
+            exit_after,
+        })
+    }
+}
+
+impl Ended {
+    /// Fails unless the command exited 0 with every one of `needles` in its stdout.
+    fn succeeded_saying(&self, needles: &[&str]) -> Result<(), Failed> {
+        let Ended {
+            status,
+            stdout,
+            stderr,
+            ..
+        } = self;
+        check(status.success(), || {
+            format!("exit status {status}:\n{stdout}\n{stderr}")
+        })?;
+        for needle in needles {
+            check(stdout.contains(needle), || {
+                format!("output should contain {needle:?}:\n{stdout}")
+            })?;
+        }
+        Ok(())
+    }
+}
+
 fn run_and_sigint() -> Result<(), Failed> {
     let script = format!(
         "ip link set lo up && exec {BIN} run --name t0 --ipv4 10.9.0.1/24 --ipv6 fd00:9::1/64"
     );
     // `unshare -n` without --fork execs: the child's pid is tunpipe's own.
-    let child = Command::new("unshare")
-        .args(["-n", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut child = Reap(child);
-    let pid = child.0.id();
-    let (lines_tx, lines_rx) = mpsc::channel::<String>();
-    let stdout = child.0.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut stderr = child.0.stderr.take().expect("piped");
-    let stderr_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-
-    // The banner comes once the device is configured and the engine runs.
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines_rx.recv_timeout(left) {
-            Ok(line) => {
-                let ready = line.contains("stop with Ctrl-C");
-                seen.push(line);
-                if ready {
-                    break;
-                }
-            }
-            Err(_) => {
-                return Err(format!("tunpipe run never became ready: {seen:?}").into());
-            }
-        }
-    }
-
+    let running = Running::start(Command::new("unshare").args(["-n", "sh", "-c", &script]))?;
+    let pid = running.pid();
     let (sent, received) = ping_in(pid, &["-c", "500", "-i", "0.001", "10.9.0.2"])?;
     check(sent == 500 && received == 500, || {
         format!("IPv4 ping: {sent} sent, {received} received")
@@ -346,28 +454,8 @@ fn run_and_sigint() -> Result<(), Failed> {
     check(sent == 5 && received == 5, || {
         format!("IPv6 ping: {sent} sent, {received} received")
     })?;
-
-    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
-    check(rc == 0, || "kill(SIGINT) failed".to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.0.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            return Err("tunpipe run did not exit after SIGINT".into());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let _ = reader.join();
-    seen.extend(lines_rx.try_iter());
-    let stdout = seen.join("\n");
-    let stderr = stderr_reader.join().unwrap_or_default();
-    check(status.success(), || {
-        format!("exit status {status}:\n{stdout}\n{stderr}")
-    })?;
-    for needle in [
+    let ended = running.interrupt()?;
+    ended.succeeded_saying(&[
         "final counters",
         "engine in",
         "engine drops",
@@ -375,12 +463,10 @@ fn run_and_sigint() -> Result<(), Failed> {
         "engine time",
         "kernel t0",
         "after SIGINT",
-    ] {
-        check(stdout.contains(needle), || {
-            format!("output should contain {needle:?}:\n{stdout}")
-        })?;
-    }
-    check(stderr.trim().is_empty(), || format!("stderr: {stderr}"))
+    ])?;
+    check(ended.stderr.trim().is_empty(), || {
+        format!("stderr: {}", ended.stderr)
+    })
 }
 
 /// Runs `script` with `sh` in a network namespace of its own (loopback up), where `$BIN` is
@@ -481,5 +567,103 @@ fn run_with_an_unassignable_address() -> Result<(), Failed> {
     )?;
     check(!out.contains("cannot create"), || {
         format!("the device was made; the address failed:\n{out}")
+    })
+}
+
+/// A wg-quick file for a test, in the temp directory, removed when dropped.
+struct ConfigFile(std::path::PathBuf);
+
+impl ConfigFile {
+    fn new(name: &str, text: &str) -> Result<ConfigFile, Failed> {
+        let path = std::env::temp_dir().join(format!("tunpipe-{}-{name}.conf", std::process::id()));
+        std::fs::write(&path, text)?;
+        Ok(ConfigFile(path))
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temp path")
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn wg_text(allowed_ips: &str, extra: &str) -> String {
+    let (ours, theirs) = (KeyPair::generate(), KeyPair::generate());
+    format!(
+        "[Interface]\nPrivateKey = {}\nAddress = 10.8.0.1/24\n{extra}\n[Peer]\nPublicKey = {}\n\
+         Endpoint = 192.0.2.1:51820\nAllowedIPs = {allowed_ips}\n",
+        ours.private.to_base64(),
+        theirs.public.to_base64()
+    )
+}
+
+fn wg_bad_config() -> Result<(), Failed> {
+    let file = ConfigFile::new("bad-key", &wg_text("10.8.0.0/24", "ListenPort = lots"))?;
+    one_line_failure(&["wg", "--config", file.path()], "line 4 (ListenPort)")?;
+    one_line_failure(
+        &["wg", "--config", "/nonexistent/wg0.conf"],
+        "cannot read the config /nonexistent/wg0.conf",
+    )
+}
+
+fn wg_endpoint_in_allowed_ips() -> Result<(), Failed> {
+    // The usual full-tunnel file: the library takes it, the CLI (which routes plainly)
+    // refuses, before it makes any device, and says what would do.
+    let file = ConfigFile::new("full-tunnel", &wg_text("0.0.0.0/0, ::/0", ""))?;
+    one_line_failure(
+        &["wg", "--config", file.path()],
+        "AllowedIPs 0.0.0.0/0 contains the endpoint 192.0.2.1 of peer 1",
+    )?;
+    one_line_failure(&["wg", "--config", file.path()], "0.0.0.0/1, 128.0.0.0/2")
+}
+
+fn wg_against_wireguard_go() -> Result<(), Failed> {
+    #[cfg(target_os = "linux")]
+    {
+        use tunpipe_testkit::netns::{in_fresh_netns, Ipv6};
+        in_fresh_netns(Ipv6::NoDad, wg_session)
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err("needs Linux".into())
+}
+
+/// `tunpipe wg --config FILE --name IFNAME` as the README says, in this namespace, against
+/// wireguard-go in another: ping both ways (IPv4 and IPv6), TCP both ways, SIGINT.
+#[cfg(target_os = "linux")]
+fn wg_session() -> Result<(), Failed> {
+    use tunpipe_testkit::netns::{iperf3, iperf3_installed, iperf3_result};
+    use tunpipe_testkit::wgpeer::{PeerOptions, WgRig, END_V4, PEER_V4, PEER_V6};
+    let rig = WgRig::up(&PeerOptions::default())?;
+    let file = ConfigFile::new("session", &rig.config_text())?;
+    let running =
+        Running::start(Command::new(BIN).args(["wg", "--config", file.path(), "--name", "tpwg7"]))?;
+    rig.ping_all_from_end(PEER_V4, 5)?;
+    rig.ping_all_from_peer(END_V4, 5)?;
+    rig.ping_all_from_end(PEER_V6, 5)?;
+    if iperf3_installed() {
+        for reverse in [false, true] {
+            let moved = iperf3_result(&iperf3(&rig.peer, PEER_V4, 2, reverse)?)?;
+            check(moved.bytes > 1_000_000, || {
+                format!("iperf3 moved {} bytes", moved.bytes)
+            })?;
+        }
+    }
+    let ended = running.interrupt()?;
+    eprintln!("tunpipe wg exited {:?} after SIGINT", ended.exit_after);
+    ended.succeeded_saying(&[
+        "WireGuard on tpwg7",
+        "outbound conservation",
+        "inbound conservation",
+        "1 completed",
+        "after SIGINT",
+        "tunnel drops",
+    ])?;
+    let accounted = ended.stdout.matches("every packet accounted for").count();
+    check(accounted == 2, || {
+        format!("both directions conserve:\n{}", ended.stdout)
     })
 }

@@ -194,6 +194,20 @@ impl WgRig {
         }
     }
 
+    /// `count` pings from this namespace to `to` (20 ms apart); an error unless all are
+    /// answered.
+    pub fn ping_all_from_end(&self, to: &str, count: u32) -> Result<(), String> {
+        let n = count.to_string();
+        let (sent, got) = crate::ping::ping(&["-n", "-c", &n, "-i", "0.02", "-W", "2", to])?;
+        all_answered(&format!("ping {to}"), count, sent, got)
+    }
+
+    /// `count` pings from the peer's namespace to `to`; an error unless all are answered.
+    pub fn ping_all_from_peer(&self, to: &str, count: u32) -> Result<(), String> {
+        let (sent, got) = self.ping_from_peer(to, count)?;
+        all_answered(&format!("ping from the peer to {to}"), count, sent, got)
+    }
+
     /// `ping` from the peer's namespace: `count` echoes to `to`, at 50 ms intervals; the
     /// (transmitted, received) counts.
     pub fn ping_from_peer(&self, to: &str, count: u32) -> Result<(u64, u64), String> {
@@ -204,6 +218,14 @@ impl WgRig {
         self.peer
             .run(move || crate::ping::ping(&args.iter().map(String::as_str).collect::<Vec<_>>()))
             .map_err(|e| e.to_string())?
+    }
+}
+
+fn all_answered(what: &str, count: u32, sent: u64, got: u64) -> Result<(), String> {
+    if sent == u64::from(count) && got == sent {
+        Ok(())
+    } else {
+        Err(format!("{what}: {got} of {sent} answered"))
     }
 }
 

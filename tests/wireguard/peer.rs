@@ -54,32 +54,15 @@ pub const TESTS: [(&str, Test); 10] = [
     ),
 ];
 
-/// `count` pings from this namespace to `to` at 20 ms intervals; fails unless all answered.
-fn ping_all(to: &str, count: u32) -> Result<(), Failed> {
-    let n = count.to_string();
-    let (sent, got) = ping(&["-n", "-c", &n, "-i", "0.02", "-W", "2", to])?;
-    check(sent == u64::from(count) && got == sent, || {
-        format!("ping {to}: {got} of {sent} answered")
-    })
-}
-
-/// `count` pings from the peer's namespace to `to`; fails unless all answered.
-fn peer_pings_all(rig: &WgRig, to: &str, count: u32) -> Result<(), Failed> {
-    let (sent, got) = rig.ping_from_peer(to, count)?;
-    check(sent == u64::from(count) && got == sent, || {
-        format!("ping from the peer to {to}: {got} of {sent} answered")
-    })
-}
-
 fn ping_both_ways() -> Result<(), Failed> {
     let rig = WgRig::up(&PeerOptions::default())?;
     for workers in [0, 1, 2] {
         let end = TunnelEnd::start(TUN, &rig.config_text(), workers)?;
         // The peer knows no endpoint: tunpipe's first packet starts the handshake.
-        ping_all(PEER_V4, 10)?;
-        peer_pings_all(&rig, END_V4, 10)?;
-        ping_all(PEER_V6, 10)?;
-        peer_pings_all(&rig, END_V6, 10)?;
+        rig.ping_all_from_end(PEER_V4, 10)?;
+        rig.ping_all_from_peer(END_V4, 10)?;
+        rig.ping_all_from_end(PEER_V6, 10)?;
+        rig.ping_all_from_peer(END_V6, 10)?;
         let s = end.counters.snapshot();
         check(
             s.handshake_initiations >= 1 && s.handshakes_completed >= 1,
@@ -106,13 +89,13 @@ fn peer_starts_the_handshake() -> Result<(), Failed> {
         ..PeerOptions::default()
     })?;
     let end = TunnelEnd::start(TUN, &rig.config_text(), 0)?;
-    peer_pings_all(&rig, END_V4, 5)?;
+    rig.ping_all_from_peer(END_V4, 5)?;
     let s = end.counters.snapshot();
     check(
         s.handshakes_completed == 1 && s.handshake_initiations == 0,
         || format!("tunpipe answered the peer's handshake, and started none: {s:?}"),
     )?;
-    ping_all(PEER_V4, 5)?;
+    rig.ping_all_from_end(PEER_V4, 5)?;
     end.stop_conserved()
 }
 
@@ -122,7 +105,7 @@ fn tcp_both_ways() -> Result<(), Failed> {
     }
     let rig = WgRig::up(&PeerOptions::default())?;
     let end = TunnelEnd::start(TUN, &rig.config_text(), 0)?;
-    ping_all(PEER_V4, 1)?;
+    rig.ping_all_from_end(PEER_V4, 1)?;
     for reverse in [false, true] {
         let moved = iperf3_result(&iperf3(&rig.peer, PEER_V4, 2, reverse)?)?;
         check(moved.bytes > 1_000_000, || {
@@ -148,13 +131,13 @@ fn restart_handshakes_again() -> Result<(), Failed> {
     let rig = WgRig::up(&PeerOptions::default())?;
     let text = rig.config_text();
     let mut end = TunnelEnd::start(TUN, &text, 0)?;
-    ping_all(PEER_V4, 3)?;
+    rig.ping_all_from_end(PEER_V4, 3)?;
     let first = rig.peer_view()?;
     end.restart(&text, 1)?;
     // The new stage has no session: its first packet starts a new handshake, which the peer
     // accepts (a newer timestamp).
-    ping_all(PEER_V4, 3)?;
-    peer_pings_all(&rig, END_V4, 3)?;
+    rig.ping_all_from_end(PEER_V4, 3)?;
+    rig.ping_all_from_peer(END_V4, 3)?;
     let s = end.counters.snapshot();
     check(
         s.handshakes_completed == 1 && s.handshake_initiations >= 1,
@@ -170,7 +153,7 @@ fn restart_handshakes_again() -> Result<(), Failed> {
 fn rebind_under_traffic() -> Result<(), Failed> {
     let rig = WgRig::up(&PeerOptions::default())?;
     let end = TunnelEnd::start(TUN, &rig.config_text(), 0)?;
-    ping_all(PEER_V4, 2)?;
+    rig.ping_all_from_end(PEER_V4, 2)?;
     let port = end.udp.local_addr()?.port();
     // The peer pings throughout (60 echoes, 50 ms apart); tunpipe rebinds three times meanwhile.
     let (sent, got) = std::thread::scope(|s| {
@@ -191,7 +174,7 @@ fn rebind_under_traffic() -> Result<(), Failed> {
         format!("{got} of {sent} answered")
     })?;
     // And afterwards every echo gets through.
-    peer_pings_all(&rig, END_V4, 5)?;
+    rig.ping_all_from_peer(END_V4, 5)?;
     end.stop_conserved()
 }
 
@@ -255,7 +238,7 @@ fn garbage_and_replays() -> Result<(), Failed> {
         .config_text()
         .replace(&format!("{PEER_UNDERLAY}:{PEER_PORT}"), &via_relay);
     let end = TunnelEnd::start(TUN, &text, 0)?;
-    ping_all(PEER_V4, 5)?;
+    rig.ping_all_from_end(PEER_V4, 5)?;
     let before = end.counters.snapshot();
 
     // From the peer's namespace, an attacker's socket sends garbage, then every datagram the
@@ -300,14 +283,14 @@ fn garbage_and_replays() -> Result<(), Failed> {
     })?;
     // Nothing the attacker sent moved tunpipe's idea of where the peer is.
     check(after.endpoints == before.endpoints, || format!("{after:?}"))?;
-    ping_all(PEER_V4, 5)?;
+    rig.ping_all_from_end(PEER_V4, 5)?;
     end.stop_conserved()
 }
 
 fn source_outside_allowed_ips() -> Result<(), Failed> {
     let rig = WgRig::up(&PeerOptions::default())?;
     let end = TunnelEnd::start(TUN, &rig.config_text(), 0)?;
-    ping_all(PEER_V4, 2)?;
+    rig.ping_all_from_end(PEER_V4, 2)?;
     // The peer gets a second address that tunpipe's config does not allow it, and pings from
     // it: wireguard-go sends it (it routes by destination), tunpipe must not deliver it.
     rig.peer.output(

@@ -28,6 +28,28 @@ pub enum Command {
     /// Show the engine at work: on a TUN in a private network namespace when allowed
     /// (root on Linux), otherwise on the in-memory device.
     Demo(DemoArgs),
+    /// Run a WireGuard tunnel from a wg-quick file until SIGINT or SIGTERM: a TUN with the
+    /// file's addresses and MTU, a route through it for each AllowedIPs prefix, and UDP to
+    /// the peers. Like `run`, it works in the current network namespace.
+    Wg(WgArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct WgArgs {
+    /// The wg-quick file ([Interface] PrivateKey, Address, ListenPort, MTU; [Peer]
+    /// PublicKey, PresharedKey, Endpoint, AllowedIPs, PersistentKeepalive).
+    #[arg(long, value_name = "FILE")]
+    pub config: std::path::PathBuf,
+    /// Name of the TUN interface to create.
+    #[arg(long, value_name = "IFNAME", default_value = "tpwg0")]
+    pub name: String,
+    /// Worker threads (0 runs WireGuard on the reader threads) [default: the engine's
+    /// default].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Print a progress line every SECS seconds (0: off).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub stats_interval: u64,
 }
 
 #[derive(Args, Debug)]

@@ -90,31 +90,49 @@ pub fn engine_percentiles(p: &Percentiles) -> String {
 
 /// Every engine counter, drops by reason, and the conservation check.
 pub fn engine_counters(s: &Stats) {
+    direction_counters("engine", s);
+}
+
+/// As [`engine_counters`], with the rows labelled `label` (a tunnel has two directions). A
+/// stage's own packets show when it made or took in any: originated (handshakes, keepalives,
+/// flushed queues) and consumed (handshake messages, packets held for a handshake).
+pub fn direction_counters(label: &str, s: &Stats) {
     row(
-        "engine in",
+        &format!("{label} in"),
         format!("{} packets, {}", group(s.rx_packets), bytes(s.rx_bytes)),
     );
     row(
-        "engine out",
+        &format!("{label} out"),
         format!("{} packets, {}", group(s.tx_packets), bytes(s.tx_bytes)),
     );
+    if s.originated + s.consumed > 0 {
+        row(
+            &format!("{label} stage's own"),
+            format!(
+                "originated {}, consumed {}",
+                group(s.originated),
+                group(s.consumed)
+            ),
+        );
+    }
     row(
-        "engine drops",
+        &format!("{label} drops"),
         format!(
             "{} in all: ring full {}, malformed {}, oversize {}, stage {}, stage panic {}, \
-             write error {}, stopped {}",
+             no buffer {}, write error {}, stopped {}",
             group(s.dropped()),
             s.drop_ring_full,
             s.drop_malformed,
             s.drop_oversize,
             s.drop_stage,
             s.drop_stage_panic,
+            s.drop_no_buffer,
             s.drop_write_error,
             s.drop_stopped
         ),
     );
     row(
-        "engine other",
+        &format!("{label} other"),
         format!(
             "pool stalls {}, read errors {}, wake-ups {}",
             s.pool_stalls,
@@ -122,20 +140,32 @@ pub fn engine_counters(s: &Stats) {
             group(s.wakeups)
         ),
     );
-    let balanced = s.rx_packets == s.tx_packets + s.dropped();
-    row(
-        "conservation",
+    let balanced = s.rx_packets + s.originated == s.tx_packets + s.dropped() + s.consumed;
+    let equation = if s.originated + s.consumed > 0 {
         format!(
-            "in {} = out {} + dropped {}: {}",
+            "in {} + originated {} = out {} + dropped {} + consumed {}",
             group(s.rx_packets),
+            group(s.originated),
             group(s.tx_packets),
             group(s.dropped()),
-            if balanced {
-                "every packet accounted for"
-            } else {
-                "MISMATCH (a bug in the engine)"
-            }
-        ),
+            group(s.consumed)
+        )
+    } else {
+        format!(
+            "in {} = out {} + dropped {}",
+            group(s.rx_packets),
+            group(s.tx_packets),
+            group(s.dropped())
+        )
+    };
+    let verdict = if balanced {
+        "every packet accounted for"
+    } else {
+        "MISMATCH (a bug in the engine)"
+    };
+    row(
+        &format!("{label} conservation"),
+        format!("{equation}: {verdict}"),
     );
 }
 

@@ -2,10 +2,9 @@
 
 use super::args::RunArgs;
 use super::report::{self, group, row};
+use super::session;
 use super::tun::{Tun, TunSpec};
 use super::{CliResult, Failure};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tunpipe::{BuiltinStage, Config, Engine, Stats};
@@ -35,9 +34,7 @@ pub fn run(a: RunArgs) -> CliResult {
         .map(|mtu| u16::try_from(mtu).map_err(|_| format!("mtu {mtu} does not fit a TUN")))
         .transpose()?;
 
-    // Registered before the device exists, so a signal during set-up is queued, not fatal.
-    let mut signals = Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| format!("cannot install the signal handlers: {e}"))?;
+    let signals = session::signals()?;
 
     let tun = Tun::set_up(&TunSpec {
         name: &a.name,
@@ -72,37 +69,8 @@ pub fn run(a: RunArgs) -> CliResult {
         if config.pin { ", pinned" } else { "" }
     );
 
-    // The signal thread stops the engine itself and times it: from the signal's arrival to
-    // every engine thread joined.
-    let (stopped_tx, stopped_rx) = crossbeam_channel::bounded::<(i32, Duration)>(1);
-    let stopper = engine.clone();
-    std::thread::Builder::new()
-        .name("tunpipe-signals".into())
-        .spawn(move || {
-            let mut first = true;
-            for signal in signals.forever() {
-                if !first {
-                    eprintln!("tunpipe: second signal; exiting without waiting");
-                    std::process::exit(130);
-                }
-                first = false;
-                let at = Instant::now();
-                // An error here is the fatal one the main thread reports from wait().
-                let _ = stopper.stop();
-                let _ = stopped_tx.send((signal, at.elapsed()));
-            }
-        })
-        .map_err(|e| format!("cannot spawn the signal thread: {e}"))?;
-
-    let progress = (a.stats_interval > 0)
-        .then(|| spawn_progress(engine.clone(), Duration::from_secs(a.stats_interval)))
-        .transpose()?;
-
-    let result = engine.wait();
-    if let Some((done, thread)) = progress {
-        drop(done);
-        let _ = thread.join();
-    }
+    let ended =
+        session::until_stopped(&engine, signals, a.stats_interval, progress(engine.clone()))?;
     // The device still exists here: the engine dropped only its halves.
     let kernel = report::kernel_counters(&name);
     let stats = engine.stats();
@@ -112,65 +80,35 @@ pub fn run(a: RunArgs) -> CliResult {
     report::engine_counters(&stats);
     report::engine_latency(latency.as_ref());
     report::kernel_rows(&name, kernel);
-    match stopped_rx.recv_timeout(Duration::from_secs(1)) {
-        Ok((signal, took)) => row(
-            "stop",
-            format!(
-                "{} after {}: every engine thread joined",
-                report::duration(took),
-                signal_name(signal)
-            ),
-        ),
-        Err(_) => row("stop", "not by a signal"),
-    }
+    row("stop", ended.stop);
     row("device closed", tun.tear_down());
-    result.map_err(|e| Failure(format!("the engine stopped on an error: {e}")))
+    ended
+        .result
+        .map_err(|e| Failure(format!("the engine stopped on an error: {e}")))
 }
 
-fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        SIGINT => "SIGINT",
-        SIGTERM => "SIGTERM",
-        _ => "a signal",
+/// The progress line: packets per second in and out since the last line, drops, and the
+/// engine's p99 since the start.
+fn progress(engine: Arc<Engine>) -> impl FnMut(Duration) -> String + Send + 'static {
+    let mut last = (Instant::now(), Stats::default());
+    move |_| {
+        let now = Instant::now();
+        let s = engine.stats();
+        let secs = (now - last.0).as_secs_f64();
+        let pps = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+        let p99 = match engine.latency() {
+            Ok(l) if l.engine.percentiles().count > 0 => report::us(l.engine.percentiles().p99),
+            _ => "-".to_string(),
+        };
+        let line = format!(
+            "in {:>9.0} pps  out {:>9.0} pps  drops +{} ({} in all)  engine p99 {p99} (since \
+             start)",
+            pps(s.rx_packets, last.1.rx_packets),
+            pps(s.tx_packets, last.1.tx_packets),
+            group(s.dropped().saturating_sub(last.1.dropped())),
+            group(s.dropped()),
+        );
+        last = (now, s);
+        line
     }
-}
-
-/// Prints one line every `every` until the returned sender is dropped.
-fn spawn_progress(
-    engine: Arc<Engine>,
-    every: Duration,
-) -> CliResult<(crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>)> {
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
-    let thread = std::thread::Builder::new()
-        .name("tunpipe-progress".into())
-        .spawn(move || {
-            let start = Instant::now();
-            let mut last = (Instant::now(), Stats::default());
-            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                done_rx.recv_timeout(every)
-            {
-                let now = Instant::now();
-                let s = engine.stats();
-                let secs = (now - last.0).as_secs_f64();
-                let pps = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
-                let p99 = match engine.latency() {
-                    Ok(l) if l.engine.percentiles().count > 0 => {
-                        report::us(l.engine.percentiles().p99)
-                    }
-                    _ => "-".to_string(),
-                };
-                println!(
-                    "[{:>6.1}s] in {:>9.0} pps  out {:>9.0} pps  drops +{} ({} in all)  \
-                     engine p99 {p99} (since start)",
-                    (now - start).as_secs_f64(),
-                    pps(s.rx_packets, last.1.rx_packets),
-                    pps(s.tx_packets, last.1.tx_packets),
-                    group(s.dropped().saturating_sub(last.1.dropped())),
-                    group(s.dropped()),
-                );
-                last = (now, s);
-            }
-        })
-        .map_err(|e| format!("cannot spawn the progress thread: {e}"))?;
-    Ok((done_tx, thread))
 }

@@ -1,0 +1,385 @@
+//! `tunpipe wg`: a WireGuard tunnel from a wg-quick file. A TUN with the file's addresses and
+//! MTU on the inside, a UDP socket on the outside, a route through the TUN for every
+//! AllowedIPs prefix, until SIGINT or SIGTERM; then the `run` summary and the tunnel's own.
+
+use super::args::{Net, WgArgs};
+use super::report::{self, bytes, group, row};
+use super::tun::{Tun, TunSpec};
+use super::{session, CliResult, Failure};
+use ipnet::IpNet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tunpipe::stage::Direction;
+use tunpipe::wireguard::{Endpoint, WgConfig, WireGuard, WireGuardCounters, WireGuardStats};
+use tunpipe::{Config, Engine, UdpDevice};
+
+pub fn wg(a: WgArgs) -> CliResult {
+    let path = a.config.display().to_string();
+    let text = std::fs::read_to_string(&a.config)
+        .map_err(|e| format!("cannot read the config {path}: {e}"))?;
+    let mut config = WgConfig::parse(&text).map_err(|e| format!("{path}: {e}"))?;
+    if !config.ignored.is_empty() {
+        log::warn!(
+            "{path}: ignoring wg-quick's own keys ({}): tunpipe sets up the interface itself",
+            config.ignored.join(", ")
+        );
+    }
+    config.resolve().map_err(|e| format!("{path}: {e}"))?;
+    refuse_endpoint_in_allowed_ips(&config)?;
+
+    let mut engine_config = Config::default();
+    if let Some(workers) = a.workers {
+        engine_config.workers = workers;
+    }
+    engine_config.mtu = usize::from(config.interface.mtu);
+    engine_config.validate().map_err(|e| e.to_string())?;
+
+    let signals = session::signals()?;
+    let (ipv4, ipv6) = interface_addresses(&config.interface.addresses);
+    let tun = Tun::set_up(&TunSpec {
+        name: &a.name,
+        attach: false,
+        ipv4: &ipv4,
+        ipv6: &ipv6,
+        mtu: Some(config.interface.mtu),
+    })?;
+    let name = tun.name.clone();
+    let routes = add_routes(&config, &name)?;
+    let udp = bind_udp(config.interface.listen_port)?;
+    let stage = WireGuard::new(&config).map_err(|e| format!("{path}: {e}"))?;
+    let counters = stage.counters();
+    let engine = Engine::builder()
+        .config(engine_config)
+        .start_tunnel(stage, &tun.device, &udp)
+        .map_err(|e| format!("cannot start the tunnel on {name}: {e}"))?;
+    let engine = Arc::new(engine);
+
+    let port = udp.local_addr().map(|a| a.port()).unwrap_or(0);
+    let addresses: Vec<String> = config
+        .interface
+        .addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    println!(
+        "tunpipe: WireGuard on {name} ({}, mtu {}), UDP port {port}, {} worker(s), {} \
+         peer(s); stop with Ctrl-C or SIGTERM",
+        if addresses.is_empty() {
+            "no addresses".to_string()
+        } else {
+            addresses.join(", ")
+        },
+        config.interface.mtu,
+        engine.workers(),
+        config.peers.len()
+    );
+    for (i, peer) in config.peers.iter().enumerate() {
+        let allowed: Vec<String> = peer.allowed_ips.iter().map(ToString::to_string).collect();
+        println!(
+            "tunpipe: peer {}: endpoint {}, allowed {}{}",
+            i + 1,
+            peer.endpoint.as_ref().map_or(
+                "none yet (it reaches us first)".to_string(),
+                ToString::to_string
+            ),
+            if allowed.is_empty() {
+                "nothing".to_string()
+            } else {
+                allowed.join(", ")
+            },
+            peer.persistent_keepalive
+                .map_or(String::new(), |s| format!(", keepalive every {s} s"))
+        );
+    }
+    println!("tunpipe: routes through {name}: {routes}");
+    if !config.interface.dns.is_empty() || !config.interface.dns_search.is_empty() {
+        println!("tunpipe: DNS in the config is left to the host (tunpipe sets no resolver)");
+    }
+
+    let ended = session::until_stopped(
+        &engine,
+        signals,
+        a.stats_interval,
+        progress(engine.clone(), counters.clone()),
+    )?;
+    let kernel = report::kernel_counters(&name);
+    println!("tunpipe: stopped; final counters for {name}:");
+    for direction in Direction::BOTH {
+        report::direction_counters(
+            direction_label(direction),
+            &engine.direction_stats(direction),
+        );
+    }
+    report::engine_latency(engine.latency().ok().as_ref());
+    tunnel_rows(&counters.snapshot(), &udp);
+    report::kernel_rows(&name, kernel);
+    row("stop", ended.stop);
+    row("device closed", tun.tear_down());
+    ended
+        .result
+        .map_err(|e| Failure(format!("the tunnel stopped on an error: {e}")))
+}
+
+fn direction_label(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Outbound => "outbound",
+        Direction::Inbound => "inbound",
+    }
+}
+
+/// The interface's addresses, by family, as `Tun` takes them.
+fn interface_addresses(addresses: &[IpNet]) -> (Vec<Net<Ipv4Addr>>, Vec<Net<Ipv6Addr>>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for net in addresses {
+        match net {
+            IpNet::V4(n) => v4.push(Net {
+                addr: n.addr(),
+                prefix: n.prefix_len(),
+            }),
+            IpNet::V6(n) => v6.push(Net {
+                addr: n.addr(),
+                prefix: n.prefix_len(),
+            }),
+        }
+    }
+    (v4, v6)
+}
+
+/// A prefix that contains a peer's endpoint would send the tunnel's own datagrams into the
+/// tunnel. Routing everything but the endpoint through a tunnel is the OS's job (on iOS,
+/// NetworkExtension's); this command routes plainly, so it refuses, and says which narrower
+/// prefixes leave the endpoint out.
+fn refuse_endpoint_in_allowed_ips(config: &WgConfig) -> CliResult {
+    for peer in &config.peers {
+        for net in &peer.allowed_ips {
+            for (i, other) in config.peers.iter().enumerate() {
+                let Some(Endpoint::Addr(endpoint)) = other.endpoint else {
+                    continue;
+                };
+                if net.contains(&endpoint.ip()) {
+                    let narrower: Vec<String> = without(*net, endpoint.ip())
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    return Err(format!(
+                        "AllowedIPs {net} contains the endpoint {} of peer {}: the tunnel's own \
+                         datagrams would be routed into it. Routing all but the endpoint is the \
+                         OS's job (tunpipe wg adds plain routes); use prefixes that leave it \
+                         out, such as: AllowedIPs = {}",
+                        endpoint.ip(),
+                        i + 1,
+                        narrower.join(", ")
+                    )
+                    .into());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The prefixes that together cover `net` except `addr`: `net` halved again and again,
+/// keeping each half that does not hold `addr`.
+fn without(net: IpNet, addr: IpAddr) -> Vec<IpNet> {
+    let mut rest = Vec::new();
+    let mut current = net.trunc();
+    while current.prefix_len() < current.max_prefix_len() {
+        let Ok(mut halves) = current.subnets(current.prefix_len() + 1) else {
+            break;
+        };
+        let (Some(low), Some(high)) = (halves.next(), halves.next()) else {
+            break;
+        };
+        let (holds, other) = if low.contains(&addr) {
+            (low, high)
+        } else {
+            (high, low)
+        };
+        rest.push(other);
+        current = holds;
+    }
+    rest.sort();
+    rest
+}
+
+/// Routes every peer's AllowedIPs through the TUN; returns what was done, for the banner.
+#[cfg(not(target_os = "linux"))]
+fn add_routes(_config: &WgConfig, _ifname: &str) -> CliResult<String> {
+    Ok("none: tunpipe wg adds routes on Linux only (add them with route(8))".to_string())
+}
+
+/// Routes every peer's AllowedIPs through the TUN; returns what was done, for the banner.
+#[cfg(target_os = "linux")]
+fn add_routes(config: &WgConfig, ifname: &str) -> CliResult<String> {
+    let ifindex = ifindex(ifname)?;
+    let mut new = Vec::new();
+    let mut existed = Vec::new();
+    for net in config.peers.iter().flat_map(|p| &p.allowed_ips) {
+        let net = net.trunc();
+        match super::route::add(net.network(), net.prefix_len(), ifindex) {
+            Ok(super::route::Added::New) => new.push(net.to_string()),
+            Ok(super::route::Added::Existed) => existed.push(net.to_string()),
+            Err(e) => return Err(format!("cannot route {net} through {ifname}: {e}").into()),
+        }
+    }
+    let mut said = if new.is_empty() {
+        "none added".to_string()
+    } else {
+        new.join(", ")
+    };
+    if !existed.is_empty() {
+        said.push_str(&format!(" (already routed: {})", existed.join(", ")));
+    }
+    Ok(said)
+}
+
+#[cfg(target_os = "linux")]
+fn ifindex(name: &str) -> CliResult<u32> {
+    let c = std::ffi::CString::new(name).map_err(|_| format!("bad interface name {name:?}"))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the call.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(format!("interface {name} vanished").into()),
+        index => Ok(index),
+    }
+}
+
+/// The UDP socket: dual-stack on the config's ListenPort (any port if none), or IPv4 only
+/// where IPv6 is off.
+fn bind_udp(port: Option<u16>) -> CliResult<UdpDevice> {
+    let port = port.unwrap_or(0);
+    let dual = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    UdpDevice::bind(dual)
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                return Err(e);
+            }
+            UdpDevice::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+        })
+        .map_err(|e| format!("cannot bind UDP port {port}: {e}").into())
+}
+
+/// The progress line: packets per second each way through the tunnel, and the handshake.
+fn progress(
+    engine: Arc<Engine>,
+    counters: Arc<WireGuardCounters>,
+) -> impl FnMut(Duration) -> String + Send + 'static {
+    let mut last = counters.snapshot();
+    move |every| {
+        let s = counters.snapshot();
+        let secs = every.as_secs_f64();
+        let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / secs;
+        let drops = engine.stats().dropped();
+        let line = format!(
+            "to peers {:>8.0} pps  from peers {:>8.0} pps  last handshake {}  drops {}",
+            rate(s.tx_packets, last.tx_packets),
+            rate(s.rx_packets, last.rx_packets),
+            s.since_last_handshake
+                .map_or("never".to_string(), |d| format!("{} s ago", d.as_secs())),
+            group(drops + tunnel_drops(&s)),
+        );
+        last = s;
+        line
+    }
+}
+
+/// Everything the WireGuard stage refused, by any reason.
+fn tunnel_drops(s: &WireGuardStats) -> u64 {
+    s.drop_auth_failure
+        + s.drop_replay
+        + s.drop_not_allowed
+        + s.drop_no_session
+        + s.drop_no_peer
+        + s.drop_no_endpoint
+        + s.drop_garbage
+        + s.drop_no_handshake
+}
+
+/// The tunnel's own figures for the final report.
+fn tunnel_rows(s: &WireGuardStats, udp: &UdpDevice) {
+    row(
+        "handshakes",
+        format!(
+            "{} completed, {} failed, {} initiations sent; last {}",
+            s.handshakes_completed,
+            s.handshake_failures,
+            s.handshake_initiations,
+            s.since_last_handshake
+                .map_or("never".to_string(), |d| format!("{} s ago", d.as_secs()))
+        ),
+    );
+    row(
+        "to peers",
+        format!(
+            "{} packets, {} (inner)",
+            group(s.tx_packets),
+            bytes(s.tx_bytes)
+        ),
+    );
+    row(
+        "from peers",
+        format!(
+            "{} packets, {} (inner)",
+            group(s.rx_packets),
+            bytes(s.rx_bytes)
+        ),
+    );
+    row(
+        "tunnel drops",
+        format!(
+            "{} in all: authentication {}, replay {}, not allowed {}, no session {}, no peer \
+             {}, no endpoint {}, no handshake {}, garbage {}",
+            group(tunnel_drops(s)),
+            s.drop_auth_failure,
+            s.drop_replay,
+            s.drop_not_allowed,
+            s.drop_no_session,
+            s.drop_no_peer,
+            s.drop_no_endpoint,
+            s.drop_no_handshake,
+            s.drop_garbage
+        ),
+    );
+    let endpoints: Vec<String> = s
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            format!(
+                "peer {}: {}",
+                i + 1,
+                e.map_or("none".into(), |e| e.to_string())
+            )
+        })
+        .collect();
+    row("endpoints", endpoints.join(", "));
+    let (rcv, snd) = udp.buffer_sizes();
+    row(
+        "UDP buffers",
+        format!(
+            "receive {}, send {} (as the kernel reports them)",
+            bytes(rcv as u64),
+            bytes(snd as u64)
+        ),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefixes_without_an_endpoint_cover_all_else() {
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        let endpoint: IpAddr = "192.0.2.1".parse().unwrap();
+        let rest = without(all, endpoint);
+        assert_eq!(rest.len(), 32);
+        assert!(rest.iter().all(|n| !n.contains(&endpoint)));
+        let covered: u128 = rest.iter().map(|n| 1u128 << (32 - n.prefix_len())).sum();
+        assert_eq!(covered, (1u128 << 32) - 1);
+        assert!(rest.contains(&"0.0.0.0/1".parse().unwrap()));
+        let v6 = without("::/0".parse().unwrap(), "2001:db8::1".parse().unwrap());
+        assert_eq!(v6.len(), 128);
+    }
+}
