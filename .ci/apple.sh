@@ -19,6 +19,27 @@ timed "rustup targets" rustup target add aarch64-apple-ios aarch64-apple-darwin 
   x86_64-apple-darwin aarch64-linux-android
 timed "rust-src" rustup component add rust-src
 
+# WireGuard (the `wireguard` feature, on in the CLI and the C library) brings boringtun and
+# `ring`, whose C and assembly need a C compiler for the target and, for Apple targets, an
+# SDK's headers: on a Mac, cc-rs finds both through `xcrun` (Xcode). Here Debian's clang
+# compiles for every target, and a stub SDK (.ci/sdk-stub: TargetConditionals.h,
+# assert.h, string.h, stdlib.h, declarations only) stands in for the four headers ring
+# includes. The stubs are used by this script alone; they never reach a Mac build, and what
+# they cannot check (linking against the real SDK, the simulator's and the device's runtime)
+# only a Mac can.
+if ! command -v clang >/dev/null || ! command -v llvm-nm >/dev/null; then
+  timed "install clang and llvm" bash -c 'DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang llvm >/dev/null'
+fi
+export SDKROOT="$PWD/.ci/sdk-stub"
+for t in aarch64-apple-ios aarch64-apple-ios-sim aarch64-apple-tvos aarch64-apple-darwin \
+  x86_64-apple-darwin aarch64-linux-android; do
+  export "CC_${t//-/_}=clang" "AR_${t//-/_}=llvm-ar"
+done
+# Android's C headers come from its NDK, absent here: the same stub stands in (clang's own
+# stdint.h and stddef.h fill in the rest), for the type check only.
+export CFLAGS_aarch64_linux_android="--sysroot=$SDKROOT"
+
 for t in aarch64-apple-ios aarch64-apple-darwin x86_64-apple-darwin aarch64-linux-android; do
   timed "check --lib $t" cargo check --quiet --workspace --lib --target "$t"
 done
@@ -41,10 +62,6 @@ done
 timed "build --release --lib aarch64-apple-ios" env CARGO_TARGET_AARCH64_APPLE_IOS_LINKER=/bin/true \
   cargo build --quiet --release --workspace --lib --target aarch64-apple-ios
 
-if ! command -v llvm-nm >/dev/null; then
-  timed "install llvm" bash -c 'DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq llvm >/dev/null'
-fi
 archive="${target_dir}/aarch64-apple-ios/release/libtunpipe_ffi.a"
 echo "== apple: exported C ABI in $archive"
 # llvm-nm exits 1 when some members (compiler_builtins shards) have no symbols: judge by
