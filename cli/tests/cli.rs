@@ -6,16 +6,17 @@
 //! ignore at compile time.
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 use tunpipe_testkit::check::check;
 use tunpipe_testkit::ping::ping_summary_of;
+use tunpipe_testkit::running::Running;
 use tunpipe_testkit::trials::root_only;
 use tunpipe_testkit::wg::KeyPair;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tunpipe");
+
+/// What `run` and `wg` print once their engine runs.
+const READY: &str = "stop with Ctrl-C";
 
 fn main() {
     let args = Arguments::from_args();
@@ -293,18 +294,6 @@ fn demo_on_tun() -> Result<(), Failed> {
     check(stdout.contains("cleaned up"), || stdout.to_string())
 }
 
-/// Kills the child if a check fails half-way, so no `tunpipe run` outlives the test.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// Runs the kernel's ping in the network namespace of process `pid`: (transmitted, received).
 fn ping_in(pid: u32, args: &[&str]) -> Result<(u64, u64), Failed> {
     let pid = pid.to_string();
@@ -315,136 +304,15 @@ fn ping_in(pid: u32, args: &[&str]) -> Result<(u64, u64), Failed> {
     Ok(ping_summary_of(&mut command).map_err(|e| format!("ping {args:?}: {e}"))?)
 }
 
-/// A `tunpipe` command that runs until SIGINT, its output collected as it comes.
-struct Running {
-    child: Reap,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    reader: std::thread::JoinHandle<()>,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-/// How a [`Running`] command ended after SIGINT.
-struct Ended {
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-    /// From SIGINT to the exit, as seen from here (polled every 5 ms).
-    exit_after: Duration,
-}
-
-impl Running {
-    /// Spawns `command` and waits (up to 30 s) for its banner, which comes once the device
-    /// is configured and the engine runs.
-    fn start(command: &mut Command) -> Result<Running, Failed> {
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut child = Reap(child);
-        let (lines_tx, lines) = mpsc::channel::<String>();
-        let stdout = child.0.stdout.take().expect("piped");
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
-        let mut stderr = child.0.stderr.take().expect("piped");
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        let mut running = Running {
-            child,
-            lines,
-            seen: Vec::new(),
-            reader,
-            stderr,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match running.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let ready = line.contains("stop with Ctrl-C");
-                    running.seen.push(line);
-                    if ready {
-                        return Ok(running);
-                    }
-                }
-                Err(_) => {
-                    let _ = running.child.0.kill();
-                    let stderr = running.stderr.join().unwrap_or_default();
-                    return Err(
-                        format!("tunpipe never became ready: {:?} {stderr}", running.seen).into(),
-                    );
-                }
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.0.id()
-    }
-
-    /// Sends SIGINT and collects everything the command printed, up to its exit (30 s at
-    /// most: a bound on a hang, not a timing assertion).
-    fn interrupt(mut self) -> Result<Ended, Failed> {
-        let pid = self.pid();
-        let at = Instant::now();
-        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
-        check(rc == 0, || "kill(SIGINT) failed".to_string())?;
-        let status = loop {
-            if let Some(status) = self.child.0.try_wait()? {
-                break status;
-            }
-            if at.elapsed() > Duration::from_secs(30) {
-                return Err("tunpipe did not exit after SIGINT".into());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let exit_after = at.elapsed();
-        let _ = self.reader.join();
-        self.seen.extend(self.lines.try_iter());
-        Ok(Ended {
-            status,
-            stdout: self.seen.join("\n"),
-            stderr: self.stderr.join().unwrap_or_default(),
-            exit_after,
-        })
-    }
-}
-
-impl Ended {
-    /// Fails unless the command exited 0 with every one of `needles` in its stdout.
-    fn succeeded_saying(&self, needles: &[&str]) -> Result<(), Failed> {
-        let Ended {
-            status,
-            stdout,
-            stderr,
-            ..
-        } = self;
-        check(status.success(), || {
-            format!("exit status {status}:\n{stdout}\n{stderr}")
-        })?;
-        for needle in needles {
-            check(stdout.contains(needle), || {
-                format!("output should contain {needle:?}:\n{stdout}")
-            })?;
-        }
-        Ok(())
-    }
-}
-
 fn run_and_sigint() -> Result<(), Failed> {
     let script = format!(
         "ip link set lo up && exec {BIN} run --name t0 --ipv4 10.9.0.1/24 --ipv6 fd00:9::1/64"
     );
     // `unshare -n` without --fork execs: the child's pid is tunpipe's own.
-    let running = Running::start(Command::new("unshare").args(["-n", "sh", "-c", &script]))?;
+    let running = Running::start(
+        Command::new("unshare").args(["-n", "sh", "-c", &script]),
+        READY,
+    )?;
     let pid = running.pid();
     let (sent, received) = ping_in(pid, &["-c", "500", "-i", "0.001", "10.9.0.2"])?;
     check(sent == 500 && received == 500, || {
@@ -639,8 +507,10 @@ fn wg_session() -> Result<(), Failed> {
     use tunpipe_testkit::wgpeer::{PeerOptions, WgRig, END_V4, PEER_V4, PEER_V6};
     let rig = WgRig::up(&PeerOptions::default())?;
     let file = ConfigFile::new("session", &rig.config_text())?;
-    let running =
-        Running::start(Command::new(BIN).args(["wg", "--config", file.path(), "--name", "tpwg7"]))?;
+    let running = Running::start(
+        Command::new(BIN).args(["wg", "--config", file.path(), "--name", "tpwg7"]),
+        READY,
+    )?;
     rig.ping_all_from_end(PEER_V4, 5)?;
     rig.ping_all_from_peer(END_V4, 5)?;
     rig.ping_all_from_end(PEER_V6, 5)?;

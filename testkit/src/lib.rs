@@ -12,7 +12,8 @@
 //! - [`proc`]: threads, fds, memory and per-thread CPU of this process from `/proc`;
 //! - [`packets`] and [`memory`]: packets to feed the engine and the in-memory device's peer;
 //! - [`load`]: UDP load through a TUN (closed loop with round-trip times, or open loop);
-//! - [`report`]: the benches' tables, numbers, histograms and result files;
+//! - [`report`]: the benches' tables, numbers, histograms and result files; [`running`]: a
+//!   command (the CLI) that runs until SIGINT;
 //! - [`alloc`]: a counting global allocator; [`spin`]: the reader-spin experiment device;
 //! - [`config`] and [`bridge`]: an engine config with N workers, and two engines that join
 //!   two devices;
@@ -29,6 +30,7 @@ pub mod packets;
 pub mod ping;
 pub mod proc;
 pub mod report;
+pub mod running;
 pub mod spin;
 pub mod thread;
 pub mod trials;

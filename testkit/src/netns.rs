@@ -222,6 +222,16 @@ pub fn iperf3(
     secs: u32,
     reverse: bool,
 ) -> Result<String, String> {
+    iperf3_with(other, server, secs, if reverse { &["-R"] } else { &[] })
+}
+
+/// As [`iperf3_across`], with more client flags (`-R`, `-u -l 100 -b 0`, ...).
+pub fn iperf3_with(
+    other: &NetnsRunner,
+    server: &str,
+    secs: u32,
+    flags: &[&str],
+) -> Result<String, String> {
     let mut daemon = other
         .spawn(&["iperf3", "-s", "-1", "-B", server])
         .map_err(|e| format!("iperf3 server: {e}"))?;
@@ -230,7 +240,7 @@ pub fn iperf3(
         std::thread::sleep(std::time::Duration::from_millis(100));
         let out = Command::new("iperf3")
             .args(["-c", server, "-t", &secs.to_string(), "-J"])
-            .args(reverse.then_some("-R"))
+            .args(flags)
             .output();
         match out {
             Ok(out) if out.status.success() => {

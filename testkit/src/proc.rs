@@ -183,15 +183,26 @@ impl ThreadCpu {
 /// Sums the accounting of this process's threads whose name (`comm`) starts with any of
 /// `prefixes`. Linux only; elsewhere it returns zeros.
 pub fn thread_cpu(prefixes: &[&str]) -> ThreadCpu {
+    tasks_cpu("/proc/self/task", |comm| {
+        prefixes.iter().any(|p| comm.starts_with(p))
+    })
+}
+
+/// Sums the accounting of every thread of process `pid` (another process: a daemon, a CLI
+/// under test). Linux only; elsewhere, or once it is gone, zeros.
+pub fn process_cpu(pid: u32) -> ThreadCpu {
+    tasks_cpu(&format!("/proc/{pid}/task"), |_| true)
+}
+
+fn tasks_cpu(dir: &str, wanted: impl Fn(&str) -> bool) -> ThreadCpu {
     let mut total = ThreadCpu::default();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+    let Ok(tasks) = std::fs::read_dir(dir) else {
         return total;
     };
     for task in tasks.flatten() {
         let path = task.path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        let comm = comm.trim_end();
-        if !prefixes.iter().any(|p| comm.starts_with(p)) {
+        if !wanted(comm.trim_end()) {
             continue;
         }
         let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();

@@ -122,7 +122,7 @@ impl WgRig {
         peer.output(&["ip", "link", "set", "tpvb", "up"], "")?;
 
         let ifname = unique_ifname("tpg");
-        let daemon = start_uapi_daemon(&peer, &["wireguard-go", "-f"], &ifname)?;
+        let daemon = start_uapi_daemon(Some(&peer), &["wireguard-go", "-f"], &ifname)?;
         let rig = WgRig {
             peer,
             ifname,
@@ -159,6 +159,37 @@ impl WgRig {
             self.end_keys.private.to_base64(),
             self.peer_keys.public.to_base64()
         )
+    }
+
+    /// Gives the end under test a fresh key pair, and the peer the new public key in place
+    /// of the old one (same AllowedIPs): an end that starts afresh, with no history at the
+    /// peer (its last handshake timestamp, its sessions).
+    pub fn rekey_end(&mut self) -> Result<(), String> {
+        let old = self.end_keys.public.to_base64();
+        self.end_keys = KeyPair::generate();
+        let new = self.end_keys.public.to_base64();
+        let allowed = format!("{END_V4}/32,{END_V6}/128");
+        self.peer.output(
+            &[
+                "wg",
+                "set",
+                &self.ifname,
+                "peer",
+                &old,
+                "remove",
+                "peer",
+                &new,
+                "allowed-ips",
+                &allowed,
+            ],
+            "",
+        )?;
+        Ok(())
+    }
+
+    /// The peer daemon's process id (for its CPU time).
+    pub fn peer_pid(&self) -> u32 {
+        self.daemon.id()
     }
 
     /// What the peer says about the end under test (`wg show NAME dump`).
@@ -251,34 +282,43 @@ pub struct PeerView {
 /// Where userspace WireGuard daemons keep their control sockets.
 const SOCKET_DIR: &str = "/var/run/wireguard";
 
-/// Starts a userspace WireGuard daemon (`argv` then the interface name) in `ns`'s namespace,
-/// and waits until its control socket answers.
-pub fn start_uapi_daemon(ns: &NetnsRunner, argv: &[&str], ifname: &str) -> Result<Child, String> {
+/// Starts a userspace WireGuard daemon (`argv` then the interface name) in `ns`'s namespace
+/// (`None`: this thread's), and waits until its control socket answers.
+pub fn start_uapi_daemon(
+    ns: Option<&NetnsRunner>,
+    argv: &[&str],
+    ifname: &str,
+) -> Result<Child, String> {
     let socket = format!("{SOCKET_DIR}/{ifname}.sock");
     // A stale socket (a daemon killed earlier) would fool the readiness check.
     let _ = std::fs::remove_file(&socket);
     let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
     argv.push(ifname.to_string());
-    let child = ns
-        .run(move || {
-            Command::new(&argv[0])
-                .args(&argv[1..])
-                .env("LOG_LEVEL", "error")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("{}: {e}", argv[0]))
-        })
-        .map_err(|e| e.to_string())??;
-    let mut child = child;
+    let spawn = move || {
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("LOG_LEVEL", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", argv[0]))
+    };
+    let mut child = match ns {
+        Some(ns) => ns.run(spawn).map_err(|e| e.to_string())??,
+        None => spawn()?,
+    };
+    let show = |argv: &[&str]| match ns {
+        Some(ns) => ns.output(argv, ""),
+        None => run_here(argv),
+    };
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("the daemon for {ifname} exited at start: {status}"));
         }
-        let answers = std::path::Path::new(&socket).exists()
-            && ns.output(&["wg", "show", ifname], "").is_ok();
+        let answers =
+            std::path::Path::new(&socket).exists() && show(&["wg", "show", ifname]).is_ok();
         if answers {
             return Ok(child);
         }

@@ -64,7 +64,7 @@ pub fn wg(a: WgArgs) -> CliResult {
         .collect();
     println!(
         "tunpipe: WireGuard on {name} ({}, mtu {}), UDP port {port}, {} worker(s), {} \
-         peer(s); stop with Ctrl-C or SIGTERM",
+         reserved, {} peer(s); stop with Ctrl-C or SIGTERM",
         if addresses.is_empty() {
             "no addresses".to_string()
         } else {
@@ -72,6 +72,7 @@ pub fn wg(a: WgArgs) -> CliResult {
         },
         config.interface.mtu,
         engine.workers(),
+        bytes(engine.reserved_bytes() as u64),
         config.peers.len()
     );
     for (i, peer) in config.peers.iter().enumerate() {
