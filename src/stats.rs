@@ -43,6 +43,7 @@ pub(crate) struct ReaderCounters {
     pub drop_malformed: Counter,
     pub drop_oversize: Counter,
     pub pool_stalls: Counter,
+    pub ring_stalls: Counter,
     pub read_errors: Counter,
     pub wakeups: Counter,
     /// Stage results when the stage runs inline on the reader.
@@ -156,6 +157,7 @@ impl Counters {
             drop_write_error,
             drop_stopped,
             pool_stalls: r.pool_stalls.get(),
+            ring_stalls: r.ring_stalls.get(),
             read_errors: r.read_errors.get(),
             wakeups: r.wakeups.get()
                 + w.wakeups.get()
@@ -200,8 +202,9 @@ pub struct Stats {
     pub originated: u64,
     /// Packets a duplex stage took in and did not pass on (0 for one-way stages).
     pub consumed: u64,
-    /// Dropped because the ring to the next actor was full (back-pressure): by the reader,
-    /// or a duplex stage's own packet on its way to a writer.
+    /// Dropped because the ring to the next actor was full: a duplex stage's own packet on
+    /// its way to a writer, or a reply routed where no writer is. (A reader waits for room
+    /// instead: see `ring_stalls`.)
     pub drop_ring_full: u64,
     /// Dropped by the reader: empty, or not an IPv4/IPv6 packet (IP devices only).
     pub drop_malformed: u64,
@@ -220,6 +223,10 @@ pub struct Stats {
     /// Times the reader found the pool empty and waited for buffers to come home (not drops:
     /// the kernel's queue takes the pressure meanwhile).
     pub pool_stalls: u64,
+    /// Times the reader found a ring toward a worker or writer too full for a batch and
+    /// waited for room (back-pressure, not drops: the kernel's queue takes the pressure, and
+    /// TCP senders behind a TUN slow down instead of losing packets).
+    pub ring_stalls: u64,
     /// Receive errors that were not fatal (counted, then the reader went on).
     pub read_errors: u64,
     /// Times an actor parked and was woken.
@@ -267,6 +274,7 @@ impl std::ops::Add for Stats {
             drop_write_error: self.drop_write_error + o.drop_write_error,
             drop_stopped: self.drop_stopped + o.drop_stopped,
             pool_stalls: self.pool_stalls + o.pool_stalls,
+            ring_stalls: self.ring_stalls + o.ring_stalls,
             read_errors: self.read_errors + o.read_errors,
             wakeups: self.wakeups + o.wakeups,
         }

@@ -80,9 +80,25 @@ impl<R: RxHalf> Reader<R> {
                 }
                 continue;
             }
+            let room = self.downstream_room();
+            if room == 0 {
+                // The rings toward the writer or workers cannot take a batch: stop reading
+                // until they can, so that the kernel's queue takes the pressure (TCP senders
+                // behind a TUN slow down instead of losing packets). A stall, not a drop.
+                if !stalled {
+                    counters.ring_stalls.add(1);
+                    stalled = true;
+                }
+                let this = &self;
+                let waited = idle.wait(bell, || this.downstream_room() > 0 || ctl.stopping());
+                if waited == (Waited::Slept { parked: true }) {
+                    counters.wakeups.add(1);
+                }
+                continue;
+            }
             stalled = false;
             idle.reset();
-            let drained = self.drain();
+            let drained = self.drain(room);
             self.dispatch();
             match drained {
                 Drained::More => {}
@@ -100,13 +116,14 @@ impl<R: RxHalf> Reader<R> {
         }
     }
 
-    /// Receives until the device has nothing ready, the batch is full, or no buffer is free,
-    /// in calls of up to the device's batch size. One clock read stamps the whole batch.
-    fn drain(&mut self) -> Drained {
+    /// Receives until the device has nothing ready, `limit` packets (at most a batch) are
+    /// in, or no buffer is free, in calls of up to the device's batch size. One clock read
+    /// stamps the whole batch.
+    fn drain(&mut self, limit: usize) -> Drained {
         let stamp = if self.latency { self.ctl.now_ns() } else { 0 };
         let free = &mut self.pool.free;
-        while self.batch.len() < self.batch_size {
-            let want = (self.batch_size - self.batch.len())
+        while self.batch.len() < limit {
+            let want = (limit - self.batch.len())
                 .min(self.max_batch)
                 .min(free.len());
             if want == 0 {
@@ -145,6 +162,40 @@ impl<R: RxHalf> Reader<R> {
             }
         }
         Drained::More
+    }
+
+    /// The rings a packet of this reader may go to.
+    fn downstream_rings(&self) -> impl Iterator<Item = &Producer<PacketBuf>> {
+        let (inline, workers) = match &self.downstream {
+            Downstream::Inline { outs, .. } => (Some(outs.by_side.iter().flatten()), None),
+            Downstream::Workers(rings) => (None, Some(rings.iter())),
+        };
+        inline
+            .into_iter()
+            .flatten()
+            .chain(workers.into_iter().flatten())
+    }
+
+    /// How many packets the next batch may hold so that each fits in whichever ring it goes
+    /// to (the room of the fullest ring, up to a batch), or 0 while that is less than a
+    /// whole batch (or a whole ring, if a ring is smaller than a batch): then the reader
+    /// waits, and reads in full batches again.
+    fn downstream_room(&self) -> usize {
+        let room = self
+            .downstream_rings()
+            .map(|r| r.slots())
+            .min()
+            .unwrap_or(0);
+        let smallest = self
+            .downstream_rings()
+            .map(|r| r.buffer().capacity())
+            .min()
+            .unwrap_or(0);
+        if room >= self.batch_size.min(smallest) {
+            room.min(self.batch_size)
+        } else {
+            0
+        }
     }
 
     /// Checks, processes (inline) and hands on the batch, then rings the doorbells it used.

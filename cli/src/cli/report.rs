@@ -134,8 +134,9 @@ pub fn direction_counters(label: &str, s: &Stats) {
     row(
         &format!("{label} other"),
         format!(
-            "pool stalls {}, read errors {}, wake-ups {}",
+            "stalls: pool {}, rings {}; read errors {}, wake-ups {}",
             s.pool_stalls,
+            s.ring_stalls,
             s.read_errors,
             group(s.wakeups)
         ),
