@@ -46,6 +46,9 @@ mod linux {
     enum Contender {
         /// `tunpipe wg`, with `--workers N` if given.
         Tunpipe(Option<usize>),
+        /// Another build of `tunpipe wg` (`TUNPIPE_BENCH_ALT=/path/to/tunpipe`), with its
+        /// defaults: an A/B comparison in the same run.
+        TunpipeAlt,
         Boringtun(usize),
         WireguardGo,
     }
@@ -64,6 +67,7 @@ mod linux {
             match self {
                 Contender::Tunpipe(None) => "tunpipe".into(),
                 Contender::Tunpipe(Some(n)) => format!("tunpipe-w{n}"),
+                Contender::TunpipeAlt => "tunpipe-alt".into(),
                 Contender::Boringtun(n) => format!("boringtun-t{n}"),
                 Contender::WireguardGo => "wireguard-go".into(),
             }
@@ -71,7 +75,7 @@ mod linux {
 
         /// The others, against whose best a tunpipe figure is set.
         fn is_anchor(self) -> bool {
-            !matches!(self, Contender::Tunpipe(_))
+            !matches!(self, Contender::Tunpipe(_) | Contender::TunpipeAlt)
         }
     }
 
@@ -87,9 +91,13 @@ mod linux {
 
     fn start(c: Contender, rig: &WgRig, config: &str, n: usize) -> Result<End, String> {
         match c {
-            Contender::Tunpipe(workers) => {
+            Contender::Tunpipe(_) | Contender::TunpipeAlt => {
                 let name = format!("tpb{n}");
-                let mut command = Command::new(BIN);
+                let (bin, workers) = match c {
+                    Contender::Tunpipe(workers) => (BIN.to_string(), workers),
+                    _ => (std::env::var("TUNPIPE_BENCH_ALT").unwrap_or_default(), None),
+                };
+                let mut command = Command::new(bin);
                 command.args(["wg", "--config", config, "--name", &name]);
                 if let Some(w) = workers {
                     command.args(["--workers", &w.to_string()]);
@@ -246,8 +254,10 @@ mod linux {
     /// for experiments.
     fn contenders() -> Vec<Contender> {
         let wanted = std::env::var("TUNPIPE_BENCH_ENDS").unwrap_or_default();
+        let alt = std::env::var_os("TUNPIPE_BENCH_ALT").map(|_| Contender::TunpipeAlt);
         CONTENDERS
             .into_iter()
+            .chain(alt)
             .filter(|c| wanted.is_empty() || wanted.split(',').any(|w| w == c.name()))
             .collect()
     }
