@@ -171,6 +171,12 @@ impl WireGuard {
             .map(|(_, peer)| *peer)
     }
 
+    /// Peer `index`, with what processing its packets borrows besides: the scratch buffer and
+    /// the counters.
+    fn peer_parts(&mut self, index: usize) -> (&mut Peer, &mut [u8], &WireGuardCounters) {
+        (&mut self.peers[index], &mut self.scratch, &self.counters)
+    }
+
     /// The peer an inbound datagram is for.
     fn peer_of(&self, datagram: &[u8]) -> Result<usize, DropReason> {
         let by_index = |receiver: u32| {
@@ -213,13 +219,7 @@ impl WireGuard {
     /// a handshake left queued.
     fn tick(&mut self, index: usize, out: &mut Emitter<'_>) {
         let now = out.now();
-        let WireGuard {
-            peers,
-            scratch,
-            counters,
-            ..
-        } = self;
-        let peer = &mut peers[index];
+        let (peer, scratch, counters) = self.peer_parts(index);
         let awaiting = peer.timers.awaiting_response();
         match peer.tunn.update_timers(scratch) {
             TunnResult::WriteToNetwork(message) => {
@@ -253,13 +253,7 @@ impl WireGuard {
         };
         self.tick_if_stale(peer, out);
         let now = out.now();
-        let WireGuard {
-            peers,
-            scratch,
-            counters,
-            ..
-        } = self;
-        let p = &mut peers[peer];
+        let (p, scratch, counters) = self.peer_parts(peer);
         let Some(endpoint) = p.endpoint else {
             counters.dropped(DropReason::NoEndpoint);
             return Action::Drop;
@@ -325,13 +319,7 @@ impl WireGuard {
         };
         self.tick_if_stale(peer, out);
         let now = out.now();
-        let WireGuard {
-            peers,
-            scratch,
-            counters,
-            ..
-        } = self;
-        let p = &mut peers[peer];
+        let (p, scratch, counters) = self.peer_parts(peer);
         match p.tunn.decapsulate(Some(from.ip()), packet.data(), scratch) {
             TunnResult::WriteToNetwork(reply) => {
                 if reply.first() != Some(&COOKIE_REPLY) {
@@ -677,15 +665,7 @@ mod tests {
         }
 
         fn drops(&self) -> u64 {
-            let s = self.stage.counters.snapshot();
-            s.drop_auth_failure
-                + s.drop_replay
-                + s.drop_not_allowed
-                + s.drop_no_session
-                + s.drop_no_peer
-                + s.drop_no_endpoint
-                + s.drop_garbage
-                + s.drop_no_handshake
+            self.stage.counters.snapshot().dropped()
         }
     }
 

@@ -91,6 +91,20 @@ pub struct WireGuardStats {
     pub endpoints: Vec<Option<SocketAddr>>,
 }
 
+impl WireGuardStats {
+    /// Every packet and datagram the stage refused, whatever the reason.
+    pub fn dropped(&self) -> u64 {
+        self.drop_auth_failure
+            + self.drop_replay
+            + self.drop_not_allowed
+            + self.drop_no_session
+            + self.drop_no_peer
+            + self.drop_no_endpoint
+            + self.drop_garbage
+            + self.drop_no_handshake
+    }
+}
+
 impl WireGuardCounters {
     pub(crate) fn new(endpoints: Vec<Option<SocketAddr>>) -> Self {
         WireGuardCounters {

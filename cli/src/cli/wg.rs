@@ -278,23 +278,11 @@ fn progress(
             rate(s.rx_packets, last.rx_packets),
             s.since_last_handshake
                 .map_or("never".to_string(), |d| format!("{} s ago", d.as_secs())),
-            group(drops + tunnel_drops(&s)),
+            group(drops + s.dropped()),
         );
         last = s;
         line
     }
-}
-
-/// Everything the WireGuard stage refused, by any reason.
-fn tunnel_drops(s: &WireGuardStats) -> u64 {
-    s.drop_auth_failure
-        + s.drop_replay
-        + s.drop_not_allowed
-        + s.drop_no_session
-        + s.drop_no_peer
-        + s.drop_no_endpoint
-        + s.drop_garbage
-        + s.drop_no_handshake
 }
 
 /// The tunnel's own figures for the final report.
@@ -331,7 +319,7 @@ fn tunnel_rows(s: &WireGuardStats, udp: &UdpDevice) {
         format!(
             "{} in all: authentication {}, replay {}, not allowed {}, no session {}, no peer \
              {}, no endpoint {}, no handshake {}, garbage {}",
-            group(tunnel_drops(s)),
+            group(s.dropped()),
             s.drop_auth_failure,
             s.drop_replay,
             s.drop_not_allowed,
