@@ -204,15 +204,116 @@ typedef struct TunpipeConfig {
   // Passed back to `callback` untouched. It must stay valid until the engine is stopped,
   // and be usable from the worker threads.
   void *callback_context;
+  // A WireGuard tunnel: a NUL-terminated wg-quick text (`[Interface]` PrivateKey, Address,
+  // ListenPort, MTU, DNS; `[Peer]` PublicKey, PresharedKey, Endpoint, AllowedIPs,
+  // PersistentKeepalive), or NULL for no tunnel. It is copied during the call that reads
+  // this config; an invalid text is `TUNPIPE_ERR_CONFIG`, with the line and field in the
+  // last error.
+  //
+  // With it, the engine runs a tunnel between the fd (the inside: the utun/TUN, whose
+  // addresses and routes the host has set, as iOS does through
+  // `NEPacketTunnelNetworkSettings`) and a UDP socket of its own (the outside, on the
+  // text's ListenPort or any port). `stage`, `callback` and `mtu` are then not used: the
+  // text's MTU (1420 when absent) is the inside MTU, and the engine sizes its buffers for
+  // it plus WireGuard's and UDP/IP's overhead. Leaving `stage` and `mtu` at their defaults
+  // (reflect, 1500) is not a conflict. An Endpoint given as a host name is resolved when
+  // the engine starts (a blocking DNS lookup).
+  const char *wireguard_config;
   // Zero; room for fields added later.
-  uint8_t reserved[64];
+  uint8_t reserved[56];
 } TunpipeConfig;
+
+// One direction of a tunnel: outbound is TUN → UDP (sealed toward the peers), inbound is
+// UDP → TUN (opened). After stop, `packets_in + originated == packets_out + dropped +
+// consumed`.
+typedef struct TunpipeDirectionStats {
+  // Packets read (outbound: from the TUN; inbound: datagrams from the UDP socket).
+  uint64_t packets_in;
+  // Bytes read.
+  uint64_t bytes_in;
+  // Packets written (outbound: datagrams to the peers; inbound: packets into the TUN).
+  uint64_t packets_out;
+  // Bytes written.
+  uint64_t bytes_out;
+  // The tunnel's own packets sent this way.
+  uint64_t originated;
+  // Packets the tunnel took in and did not pass on.
+  uint64_t consumed;
+  // Every packet dropped this way, whatever the reason (the engine's reasons; the
+  // tunnel's own are in `TunpipeTunnelStats`'s `drop_*` fields, counted here as stage
+  // drops).
+  uint64_t dropped;
+  // Times this direction's reader waited for room in its rings.
+  uint64_t ring_stalls;
+} TunpipeDirectionStats;
+
+// A WireGuard tunnel's figures (`tunpipe_tunnel_stats`, `tunpipe_engine_tunnel_stats`). Set
+// `size = sizeof(TunpipeTunnelStats)` before the call; the struct grows by turning
+// `reserved` into fields.
+typedef struct TunpipeTunnelStats {
+  // In: the caller's `sizeof(TunpipeTunnelStats)`. Out: the bytes written.
+  uint32_t size;
+  // The number of peers.
+  uint32_t peers;
+  // Handshakes completed, as initiator or responder.
+  uint64_t handshakes_completed;
+  // Received handshake messages that did not authenticate, and initiations of ours that
+  // got no answer in time (each retry counts).
+  uint64_t handshake_failures;
+  // Handshake initiations sent.
+  uint64_t handshake_initiations;
+  // Seconds since the last completed handshake; -1 if none has.
+  int64_t seconds_since_handshake;
+  // The first peer's endpoint as it now stands (it follows the peer's authenticated
+  // datagrams): `203.0.113.1:51820` or `[2001:db8::1]:51820`, NUL-terminated; empty if
+  // none is known yet.
+  char endpoint[64];
+  // TUN → UDP.
+  struct TunpipeDirectionStats outbound;
+  // UDP → TUN.
+  struct TunpipeDirectionStats inbound;
+  // Data packets sent to the peers (keepalives not counted), and their inner bytes.
+  uint64_t data_tx_packets;
+  // Inner bytes of the data packets sent.
+  uint64_t data_tx_bytes;
+  // Data packets received from the peers and delivered to the TUN.
+  uint64_t data_rx_packets;
+  // Inner bytes of the data packets received.
+  uint64_t data_rx_bytes;
+  // Dropped: a datagram failed authentication (a bad MAC or tag, a wrong key).
+  uint64_t drop_auth_failure;
+  // Dropped: a replayed counter or handshake timestamp.
+  uint64_t drop_replay;
+  // Dropped: a decrypted packet's source is outside the peer's AllowedIPs.
+  uint64_t drop_not_allowed;
+  // Dropped: a datagram for a session that does not exist.
+  uint64_t drop_no_session;
+  // Dropped: a packet to a destination outside every peer's AllowedIPs.
+  uint64_t drop_no_peer;
+  // Dropped: a packet for a peer whose endpoint is not known yet.
+  uint64_t drop_no_endpoint;
+  // Dropped: a packet waited for a handshake that never completed, or found the queue
+  // of waiting packets full (256).
+  uint64_t drop_no_handshake;
+  // Dropped: a datagram that is no WireGuard message.
+  uint64_t drop_garbage;
+  // Zero; room for counters added later.
+  uint64_t reserved[16];
+} TunpipeTunnelStats;
 
 // The engine's counters. Set `size = sizeof(TunpipeStats)` before the call; tunpipe writes
 // at most that many bytes and sets `size` to the bytes it wrote.
 //
-// After stop, `rx_packets == tx_packets + dropped` (conservation), and `dropped` is the sum
-// of the `drop_*` fields.
+// After stop, `rx_packets + originated == tx_packets + dropped + consumed` (conservation;
+// `originated` and `consumed` are 0 but in a tunnel), and `dropped` is the sum of the
+// `drop_*` fields.
+//
+// For a WireGuard tunnel these are both directions together: `rx_packets` counts packets
+// read from the TUN and datagrams read from the UDP socket, `tx_packets` packets written to
+// either. `originated` counts the tunnel's own packets (handshake messages, keepalives,
+// packets released when a handshake completes), `consumed` what it took in and did not
+// pass on (handshake messages, keepalives, packets held for a handshake). Per direction,
+// with WireGuard's own reasons for its drops: `TunpipeTunnelStats`.
 typedef struct TunpipeStats {
   // In: the caller's `sizeof(TunpipeStats)`. Out: the bytes written.
   uint32_t size;
@@ -251,10 +352,21 @@ typedef struct TunpipeStats {
   uint64_t callback_errors;
   // Bytes the engine reserved at start (pool, rings, histograms).
   uint64_t reserved_bytes;
-  // Every packet dropped, whatever the reason: the sum of the seven `drop_*` fields.
+  // Every packet dropped, whatever the reason: the sum of the eight `drop_*` fields.
   uint64_t dropped;
+  // A tunnel's own packets: handshake messages, keepalives, packets released when a
+  // handshake completes (0 for one-way engines).
+  uint64_t originated;
+  // Packets a tunnel took in and did not pass on: handshake messages, keepalives, packets
+  // held for a handshake (0 for one-way engines).
+  uint64_t consumed;
+  // Dropped: a tunnel's own packet found no spare buffer.
+  uint64_t drop_no_buffer;
+  // Times a reader found its rings too full for a batch and waited for room
+  // (back-pressure, not drops: the kernel's queue takes the pressure).
+  uint64_t ring_stalls;
   // Zero; room for counters added later.
-  uint64_t reserved[7];
+  uint64_t reserved[3];
 } TunpipeStats;
 
 // One latency distribution, in nanoseconds (all 0 when nothing was recorded).
@@ -402,6 +514,26 @@ int32_t start_tun(int32_t fd);
 // from a stage callback (the stop is requested; `start_tun` then returns).
 int32_t stop_tun(void);
 
+// Tells the `start_tun` tunnel that the network path changed (`NWPathMonitor` saw a new
+// path: Wi-Fi to cellular, say): its UDP socket is replaced by a new one on the same port
+// if it can be had, and every peer gets a keepalive from it. Returns once the new socket
+// is in place; the tunnel runs on throughout. WireGuardKit's `wgBumpSockets`.
+//
+// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` when no `start_tun` engine runs,
+// `TUNPIPE_ERR_UNSUPPORTED` when it runs no tunnel (no `wireguard_config`), or
+// `TUNPIPE_ERR_DEVICE` when no new socket could be made (the tunnel then drops what it
+// sends until a later rebind works).
+int32_t tunpipe_rebind(void);
+
+// Copies the `start_tun` tunnel's figures (the running one, or the last one after it
+// stopped) into `*out`. Set `out->size = sizeof(TunpipeTunnelStats)` first. Returns
+// `TUNPIPE_ERR_NOT_RUNNING` if `start_tun` never started an engine, and
+// `TUNPIPE_ERR_UNSUPPORTED` if it runs no tunnel.
+//
+// # Safety
+// `out` must be NULL or a writable `TunpipeTunnelStats` whose `size` field is set.
+int32_t tunpipe_tunnel_stats(struct TunpipeTunnelStats *out);
+
 // Copies the counters of the `start_tun` engine (the running one, or the last one after
 // it stopped) into `*out`. Set `out->size = sizeof(TunpipeStats)` first. Returns
 // `TUNPIPE_ERR_NOT_RUNNING` if `start_tun` never started an engine.
@@ -523,6 +655,24 @@ int32_t tunpipe_engine_last_error(const struct TunpipeEngine *engine,
 int32_t tunpipe_engine_reserved_bytes(const struct TunpipeEngine *engine,
                                       uint64_t *out);
 
+// Tells the engine's tunnel that the network path changed: as `tunpipe_rebind`, for a
+// handle. Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` once the engine has stopped,
+// `TUNPIPE_ERR_UNSUPPORTED` when it runs no tunnel, or `TUNPIPE_ERR_DEVICE`.
+//
+// # Safety
+// `engine` must be NULL or a live handle from `tunpipe_engine_start`.
+int32_t tunpipe_engine_rebind(const struct TunpipeEngine *engine);
+
+// Copies the engine's tunnel figures into `*out` (also after stop). Set
+// `out->size = sizeof(TunpipeTunnelStats)` first. Returns `TUNPIPE_ERR_UNSUPPORTED` when
+// the engine runs no tunnel.
+//
+// # Safety
+// `engine` must be NULL or a live handle; `out` NULL or a writable `TunpipeTunnelStats`
+// whose `size` field is set.
+int32_t tunpipe_engine_tunnel_stats(const struct TunpipeEngine *engine,
+                                    struct TunpipeTunnelStats *out);
+
 // Routes tunpipe's log lines at or above `max_level` (a `TUNPIPE_LOG_*` level) to
 // `callback`, with `context` passed back untouched, and installs a panic hook that sends
 // panic messages there too. `callback = NULL` (or `TUNPIPE_LOG_OFF`) turns logging off.
@@ -540,6 +690,33 @@ int32_t tunpipe_engine_reserved_bytes(const struct TunpipeEngine *engine,
 int32_t tunpipe_set_log_callback(TunpipeLogCallback callback,
                                  int32_t max_level,
                                  void *context);
+
+// Parses the wg-quick text `config` and writes, as NUL-terminated JSON into `buf[0..len]`,
+// what the host applies to its interface before it starts the tunnel:
+//
+// ```json
+// {"addresses": ["10.0.0.2/32", "fd00::2/128"], "dns": ["1.1.1.1"], "dns_search": [],
+//  "mtu": 1420, "listen_port": null,
+//  "peers": [{"endpoint": "vpn.example.com:51820", "endpoint_host": "vpn.example.com",
+//             "endpoint_port": 51820, "allowed_ips": ["0.0.0.0/0", "::/0"],
+//             "persistent_keepalive": 25}]}
+// ```
+//
+// On iOS: `addresses` go to `NEIPv4Settings`/`NEIPv6Settings`, `allowed_ips` to their
+// included routes, `dns` and `dns_search` to `NEDNSSettings`, `mtu` to the settings' MTU,
+// and the first peer's `endpoint_host` is `tunnelRemoteAddress`. No key is included.
+// `*needed` (if not NULL) receives the bytes required including the NUL; when `len` is too
+// small nothing is written to `buf` and `TUNPIPE_ERR_BUFFER_TOO_SMALL` is returned (call
+// with `buf = NULL, len = 0` to ask). An invalid text is `TUNPIPE_ERR_CONFIG`, with the
+// line and field in the last error.
+//
+// # Safety
+// `config` must be NULL or a NUL-terminated string; `buf` NULL or writable for `len`
+// bytes; `needed` NULL or writable.
+int32_t tunpipe_wireguard_settings(const char *config,
+                                   char *buf,
+                                   size_t len,
+                                   size_t *needed);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -306,3 +306,22 @@ fn an_idle_tunnel_sleeps_until_its_next_deadline() {
     stop_and_check(&a);
     stop_and_check(&b);
 }
+
+#[test]
+fn a_stopped_tunnel_holds_no_socket() {
+    let Pair { mut a, mut b, .. } = pair(0);
+    carry(&mut a, &mut b, A, B, 3);
+    stop_and_check(&a);
+    let addr = a.udp.local_addr().unwrap();
+    // The engine handle lives on (its figures stay readable), but once the host lets go of
+    // its device, the port is free: nothing in the stopped engine holds the socket.
+    let End { engine, udp, .. } = a;
+    drop(udp);
+    assert!(
+        UdpSocket::bind(addr).is_ok(),
+        "port {} still held",
+        addr.port()
+    );
+    assert_eq!(engine.direction_stats(Direction::Outbound).rx_packets, 3);
+    stop_and_check(&b);
+}

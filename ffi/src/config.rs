@@ -1,10 +1,12 @@
 //! The C view of [`Config`] and the stage choice, and its conversion.
 
+use super::error::TUNPIPE_ERR_CONFIG;
 use super::error::{FfiError, FfiResult, TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_STRUCT_SIZE};
 use super::stage::{CallbackShared, StageFn, TunpipeStageCallback};
 use super::util::{check_ptr, HostContext};
-use std::ffi::c_void;
+use std::ffi::{c_char, c_void, CStr};
 use std::sync::Arc;
+use tunpipe::wireguard::{Endpoint, WgConfig, WireGuard};
 use tunpipe::{Builder, BuiltinStage, Config, Engine};
 
 /// Stage: answer ICMP/ICMPv6 echo requests and reflect UDP (the default).
@@ -57,8 +59,23 @@ pub struct TunpipeConfig {
     /// Passed back to `callback` untouched. It must stay valid until the engine is stopped,
     /// and be usable from the worker threads.
     pub callback_context: *mut c_void,
+    /// A WireGuard tunnel: a NUL-terminated wg-quick text (`[Interface]` PrivateKey, Address,
+    /// ListenPort, MTU, DNS; `[Peer]` PublicKey, PresharedKey, Endpoint, AllowedIPs,
+    /// PersistentKeepalive), or NULL for no tunnel. It is copied during the call that reads
+    /// this config; an invalid text is `TUNPIPE_ERR_CONFIG`, with the line and field in the
+    /// last error.
+    ///
+    /// With it, the engine runs a tunnel between the fd (the inside: the utun/TUN, whose
+    /// addresses and routes the host has set, as iOS does through
+    /// `NEPacketTunnelNetworkSettings`) and a UDP socket of its own (the outside, on the
+    /// text's ListenPort or any port). `stage`, `callback` and `mtu` are then not used: the
+    /// text's MTU (1420 when absent) is the inside MTU, and the engine sizes its buffers for
+    /// it plus WireGuard's and UDP/IP's overhead. Leaving `stage` and `mtu` at their defaults
+    /// (reflect, 1500) is not a conflict. An Endpoint given as a host name is resolved when
+    /// the engine starts (a blocking DNS lookup).
+    pub wireguard_config: *const c_char,
     /// Zero; room for fields added later.
-    pub reserved: [u8; 64],
+    pub reserved: [u8; 56],
 }
 
 impl TunpipeConfig {
@@ -82,7 +99,8 @@ impl TunpipeConfig {
             max_stage_panics: c.max_stage_panics,
             callback: None,
             callback_context: std::ptr::null_mut(),
-            reserved: [0; 64],
+            wireguard_config: std::ptr::null(),
+            reserved: [0; 56],
         }
     }
 
@@ -112,8 +130,31 @@ impl TunpipeConfig {
         Ok(unsafe { ptr.read() })
     }
 
-    /// Converts to the engine's config and stage plan (not yet validated).
-    pub(crate) fn to_plan(self) -> FfiResult<Plan> {
+    /// Converts to the engine's config and stage plan (not yet validated), copying and
+    /// parsing the WireGuard text if there is one.
+    ///
+    /// # Safety
+    /// `wireguard_config` must be NULL or a NUL-terminated string readable for this call.
+    pub(crate) unsafe fn to_plan(self) -> FfiResult<Plan> {
+        // SAFETY: the caller promises the pointer is NULL or a readable C string.
+        if let Some(tunnel) = unsafe { wireguard_text(self.wireguard_config) }? {
+            let mut config = self.engine_config();
+            // The wg-quick MTU is the inside MTU; the host's `mtu` and `stage` are not used.
+            config.mtu = usize::from(tunnel.interface.mtu);
+            return Ok(Plan {
+                config,
+                stage: StagePlan::WireGuard(Box::new(tunnel)),
+            });
+        }
+        let config = self.engine_config();
+        Ok(Plan {
+            config,
+            stage: self.stage_plan()?,
+        })
+    }
+
+    /// The engine config these fields describe.
+    fn engine_config(&self) -> Config {
         let mut config = Config::default();
         config.workers = self.workers as usize;
         config.ring_capacity = self.ring_capacity as usize;
@@ -126,7 +167,12 @@ impl TunpipeConfig {
         config.latency = self.latency != 0;
         config.max_stage_panics = self.max_stage_panics;
         // Spin and yield windows are tuned by measurement, not exposed to C (yet).
-        let stage = match self.stage {
+        config
+    }
+
+    /// The one-way stage these fields choose.
+    fn stage_plan(&self) -> FfiResult<StagePlan> {
+        Ok(match self.stage {
             TUNPIPE_STAGE_REFLECT => StagePlan::Builtin(BuiltinStage::Reflect),
             TUNPIPE_STAGE_PASSTHROUGH => StagePlan::Builtin(BuiltinStage::Passthrough),
             TUNPIPE_STAGE_CALLBACK => match self.callback {
@@ -144,9 +190,26 @@ impl TunpipeConfig {
                     format!("unknown stage {other}"),
                 ))
             }
-        };
-        Ok(Plan { config, stage })
+        })
     }
+}
+
+/// Copies and parses a host's wg-quick text: `None` for NULL.
+///
+/// # Safety
+/// `text` must be NULL or a NUL-terminated string readable for this call.
+pub(crate) unsafe fn wireguard_text(text: *const c_char) -> FfiResult<Option<WgConfig>> {
+    if text.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-null, and the caller promises a readable NUL-terminated string.
+    let text = unsafe { CStr::from_ptr(text) };
+    let text = text
+        .to_str()
+        .map_err(|_| FfiError::new(TUNPIPE_ERR_CONFIG, "wireguard_config is not UTF-8 text"))?;
+    WgConfig::parse(text)
+        .map(Some)
+        .map_err(|e| FfiError::new(TUNPIPE_ERR_CONFIG, e.to_string()))
 }
 
 impl Default for TunpipeConfig {
@@ -166,23 +229,49 @@ pub(crate) struct Plan {
 pub(crate) enum StagePlan {
     Builtin(BuiltinStage),
     Callback(StageFn, HostContext),
+    /// A WireGuard tunnel between the fd and a UDP socket (boxed: a config is large).
+    WireGuard(Box<WgConfig>),
 }
 
 impl Plan {
+    /// Checks the engine config, and a tunnel's config as building its stage would (two
+    /// peers with one key, say); host names in endpoints are resolved only at start.
     pub(crate) fn validate(&self) -> FfiResult {
         self.config
             .validate()
-            .map_err(|e| tunpipe::EngineError::Config(e).into())
+            .map_err(|e| FfiError::from(tunpipe::EngineError::Config(e)))?;
+        if let StagePlan::WireGuard(tunnel) = &self.stage {
+            let mut resolved = (**tunnel).clone();
+            for peer in &mut resolved.peers {
+                if let Some(Endpoint::Host(_, port)) = peer.endpoint {
+                    peer.endpoint = Some(Endpoint::Addr(
+                        (std::net::Ipv4Addr::UNSPECIFIED, port).into(),
+                    ));
+                }
+            }
+            WireGuard::new(&resolved)
+                .map_err(|e| FfiError::new(TUNPIPE_ERR_CONFIG, e.to_string()))?;
+        }
+        Ok(())
     }
 
-    /// An engine builder with this config and stage, and for a C stage the counters its
-    /// adapters share.
+    /// Bytes an engine with this plan reserves at start (pool, rings, histograms).
+    pub(crate) fn reserved_bytes(&self) -> usize {
+        match self.stage {
+            StagePlan::WireGuard(_) => tunpipe::wireguard::tunnel_reserved_bytes(&self.config),
+            _ => tunpipe::reserved_bytes(&self.config),
+        }
+    }
+
+    /// An engine builder with this config and (one-way) stage, and for a C stage the
+    /// counters its adapters share. A tunnel's stage is built by the session.
     pub(crate) fn builder(&self) -> (Builder, Option<Arc<CallbackShared>>) {
         let builder = Engine::builder().config(self.config.clone());
-        match self.stage {
-            StagePlan::Builtin(b) => (builder.stage(b), None),
+        match &self.stage {
+            StagePlan::Builtin(b) => (builder.stage(*b), None),
+            StagePlan::WireGuard(_) => (builder, None),
             StagePlan::Callback(cb, ctx) => {
-                let shared = CallbackShared::new(cb, ctx.0);
+                let shared = CallbackShared::new(*cb, ctx.0);
                 let adapters = shared.clone();
                 let builder = builder.stage_factory(move |worker| adapters.stage_for(worker));
                 (builder, Some(shared))

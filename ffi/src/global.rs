@@ -14,7 +14,7 @@ use super::error::{
     FfiError, FfiResult, TUNPIPE_ERR_ALREADY_RUNNING, TUNPIPE_ERR_ENGINE_THREAD,
     TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_OK,
 };
-use super::report::{latency_base64, TunpipeLatency, TunpipeStats};
+use super::report::{latency_base64, TunpipeLatency, TunpipeStats, TunpipeTunnelStats};
 use super::session::Session;
 use super::util::{check_ptr, write_sized, write_string};
 use parking_lot::{Condvar, Mutex};
@@ -57,8 +57,9 @@ ffi_fn! {
     /// # Safety
     /// `config` must be NULL or point to a readable `TunpipeConfig`.
     unsafe fn tunpipe_set_config(config: *const TunpipeConfig) -> i32 {
-        // SAFETY: the caller promises `config` is NULL or readable.
-        let plan = unsafe { TunpipeConfig::read(config) }?.to_plan()?;
+        // SAFETY: the caller promises `config` is NULL or readable, and its text pointer NULL
+        // or a readable C string.
+        let plan = unsafe { TunpipeConfig::read(config)?.to_plan() }?;
         plan.validate()?;
         GLOBAL.lock().plan = Some(plan);
         Ok(TUNPIPE_OK)
@@ -198,6 +199,48 @@ ffi_fn! {
             finish(&session);
         }
         result.map(|()| TUNPIPE_OK)
+    }
+}
+
+/// The `start_tun` engine, if one runs now.
+fn running() -> FfiResult<Arc<Session>> {
+    match &GLOBAL.lock().state {
+        State::Running(session) => Ok(session.clone()),
+        _ => Err(FfiError::new(
+            TUNPIPE_ERR_NOT_RUNNING,
+            "no engine started by start_tun is running",
+        )),
+    }
+}
+
+ffi_fn! {
+    /// Tells the `start_tun` tunnel that the network path changed (`NWPathMonitor` saw a new
+    /// path: Wi-Fi to cellular, say): its UDP socket is replaced by a new one on the same port
+    /// if it can be had, and every peer gets a keepalive from it. Returns once the new socket
+    /// is in place; the tunnel runs on throughout. WireGuardKit's `wgBumpSockets`.
+    ///
+    /// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` when no `start_tun` engine runs,
+    /// `TUNPIPE_ERR_UNSUPPORTED` when it runs no tunnel (no `wireguard_config`), or
+    /// `TUNPIPE_ERR_DEVICE` when no new socket could be made (the tunnel then drops what it
+    /// sends until a later rebind works).
+    fn tunpipe_rebind() -> i32 {
+        running()?.rebind().map(|()| TUNPIPE_OK)
+    }
+}
+
+ffi_fn! {
+    /// Copies the `start_tun` tunnel's figures (the running one, or the last one after it
+    /// stopped) into `*out`. Set `out->size = sizeof(TunpipeTunnelStats)` first. Returns
+    /// `TUNPIPE_ERR_NOT_RUNNING` if `start_tun` never started an engine, and
+    /// `TUNPIPE_ERR_UNSUPPORTED` if it runs no tunnel.
+    ///
+    /// # Safety
+    /// `out` must be NULL or a writable `TunpipeTunnelStats` whose `size` field is set.
+    unsafe fn tunpipe_tunnel_stats(out: *mut TunpipeTunnelStats) -> i32 {
+        check_ptr(out.cast_const(), "out")?;
+        let stats = current()?.tunnel_stats()?;
+        // SAFETY: the caller promises `out` holds `size` writable bytes.
+        unsafe { write_sized(out, stats) }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::config::TunpipeConfig;
 use super::error::{FfiError, TUNPIPE_OK};
-use super::report::{latency_base64, TunpipeLatency, TunpipeStats};
+use super::report::{latency_base64, TunpipeLatency, TunpipeStats, TunpipeTunnelStats};
 use super::session::Session;
 use super::util::{check_ptr, copy_text, write_out, write_sized, write_string};
 use parking_lot::Mutex;
@@ -46,8 +46,9 @@ ffi_fn! {
     ) -> i32 {
         // Checked before anything starts, so that a bad `out` leaves nothing running.
         check_ptr(out.cast_const(), "out")?;
-        // SAFETY: the caller promises `config` is NULL or readable.
-        let plan = unsafe { TunpipeConfig::read(config) }?.to_plan()?;
+        // SAFETY: the caller promises `config` is NULL or readable, and its text pointer NULL
+        // or a readable C string.
+        let plan = unsafe { TunpipeConfig::read(config)?.to_plan() }?;
         let session = Session::start(&plan, fd)?;
         let handle = Box::into_raw(Box::new(TunpipeEngine {
             session,
@@ -189,5 +190,36 @@ ffi_fn! {
         // SAFETY: the caller promises `out` is NULL or writable.
         unsafe { write_out(out, "out", engine.session.reserved_bytes() as u64) }?;
         Ok(TUNPIPE_OK)
+    }
+}
+
+ffi_fn! {
+    /// Tells the engine's tunnel that the network path changed: as `tunpipe_rebind`, for a
+    /// handle. Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` once the engine has stopped,
+    /// `TUNPIPE_ERR_UNSUPPORTED` when it runs no tunnel, or `TUNPIPE_ERR_DEVICE`.
+    ///
+    /// # Safety
+    /// `engine` must be NULL or a live handle from `tunpipe_engine_start`.
+    unsafe fn tunpipe_engine_rebind(engine: &TunpipeEngine) -> i32 {
+        engine.session.rebind().map(|()| TUNPIPE_OK)
+    }
+}
+
+ffi_fn! {
+    /// Copies the engine's tunnel figures into `*out` (also after stop). Set
+    /// `out->size = sizeof(TunpipeTunnelStats)` first. Returns `TUNPIPE_ERR_UNSUPPORTED` when
+    /// the engine runs no tunnel.
+    ///
+    /// # Safety
+    /// `engine` must be NULL or a live handle; `out` NULL or a writable `TunpipeTunnelStats`
+    /// whose `size` field is set.
+    unsafe fn tunpipe_engine_tunnel_stats(
+        engine: &TunpipeEngine,
+        out: *mut TunpipeTunnelStats,
+    ) -> i32 {
+        check_ptr(out.cast_const(), "out")?;
+        let stats = engine.session.tunnel_stats()?;
+        // SAFETY: the caller promises `out` holds `size` writable bytes.
+        unsafe { write_sized(out, stats) }
     }
 }

@@ -4,6 +4,9 @@
 //! - `global`: the seed's `start_tun(fd)` / `stop_tun()` pair and its global config.
 //! - `handle`: engines behind opaque `TunpipeEngine*` handles (several may run at once).
 //! - `stage`: the C callback stage. `log`: the host's log callback and panic hook.
+//! - `wireguard`: a wg-quick text's settings for the host (addresses, DNS, MTU, routes).
+//!   The tunnel itself is `TunpipeConfig::wireguard_config`; rebind and tunnel figures are in
+//!   `global` and `handle`.
 //! - `macros`: `ffi_fn!`, the one way an entry point is written; `util`: the pointer checks
 //!   and copies they share.
 //!
@@ -23,6 +26,7 @@ mod report;
 mod session;
 mod stage;
 mod util;
+mod wireguard;
 
 pub use config::{
     TunpipeConfig, TUNPIPE_STAGE_CALLBACK, TUNPIPE_STAGE_PASSTHROUGH, TUNPIPE_STAGE_REFLECT,
@@ -36,23 +40,27 @@ pub use error::{
     TUNPIPE_ERR_UNSUPPORTED, TUNPIPE_OK,
 };
 pub use global::{
-    start_tun, stop_tun, tunpipe_latency, tunpipe_latency_base64, tunpipe_set_config, tunpipe_stats,
+    start_tun, stop_tun, tunpipe_latency, tunpipe_latency_base64, tunpipe_rebind,
+    tunpipe_set_config, tunpipe_stats, tunpipe_tunnel_stats,
 };
 pub use handle::{
     tunpipe_engine_free, tunpipe_engine_last_error, tunpipe_engine_latency,
-    tunpipe_engine_latency_base64, tunpipe_engine_reserved_bytes, tunpipe_engine_start,
-    tunpipe_engine_stats, tunpipe_engine_stop, tunpipe_engine_wait, TunpipeEngine,
+    tunpipe_engine_latency_base64, tunpipe_engine_rebind, tunpipe_engine_reserved_bytes,
+    tunpipe_engine_start, tunpipe_engine_stats, tunpipe_engine_stop, tunpipe_engine_tunnel_stats,
+    tunpipe_engine_wait, TunpipeEngine,
 };
 pub use log::{
     tunpipe_set_log_callback, TunpipeLogCallback, TUNPIPE_LOG_DEBUG, TUNPIPE_LOG_ERROR,
     TUNPIPE_LOG_INFO, TUNPIPE_LOG_OFF, TUNPIPE_LOG_TRACE, TUNPIPE_LOG_WARN,
 };
 pub use report::{
-    TunpipeLatency, TunpipePercentiles, TunpipeStats, TUNPIPE_LATENCY_ENGINE, TUNPIPE_LATENCY_STAGE,
+    TunpipeDirectionStats, TunpipeLatency, TunpipePercentiles, TunpipeStats, TunpipeTunnelStats,
+    TUNPIPE_LATENCY_ENGINE, TUNPIPE_LATENCY_STAGE,
 };
 pub use stage::{
     TunpipePacket, TunpipeStageCallback, TUNPIPE_VERDICT_DROP, TUNPIPE_VERDICT_FORWARD,
 };
+pub use wireguard::tunpipe_wireguard_settings;
 
 use error::FfiError;
 use std::ffi::c_char;
@@ -91,10 +99,9 @@ ffi_fn! {
 /// # Safety
 /// `config` must be NULL or point to a readable `TunpipeConfig`.
     unsafe fn tunpipe_config_validate(config: *const TunpipeConfig) -> i32 {
-        // SAFETY: the caller promises `config` is NULL or readable.
-        unsafe { TunpipeConfig::read(config) }?
-            .to_plan()?
-            .validate()?;
+        // SAFETY: the caller promises `config` is NULL or readable, and its text pointer NULL
+        // or a readable C string.
+        unsafe { TunpipeConfig::read(config)?.to_plan() }?.validate()?;
         Ok(TUNPIPE_OK)
     }
 }
@@ -106,10 +113,11 @@ ffi_fn! {
 /// # Safety
 /// `config` must be NULL or readable; `out` NULL or writable.
     unsafe fn tunpipe_config_reserved_bytes(config: *const TunpipeConfig, out: *mut u64) -> i32 {
-        // SAFETY: the caller promises `config` is NULL or readable.
-        let plan = unsafe { TunpipeConfig::read(config) }?.to_plan()?;
+        // SAFETY: the caller promises `config` is NULL or readable, and its text pointer NULL
+        // or a readable C string.
+        let plan = unsafe { TunpipeConfig::read(config)?.to_plan() }?;
         plan.validate()?;
-        let bytes = tunpipe::reserved_bytes(&plan.config) as u64;
+        let bytes = plan.reserved_bytes() as u64;
         // SAFETY: the caller promises `out` is NULL or writable.
         unsafe { write_out(out, "out", bytes) }?;
         Ok(TUNPIPE_OK)

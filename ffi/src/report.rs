@@ -1,8 +1,12 @@
-//! The C views of [`Stats`] and latency, and how they are written into a caller's struct.
+//! The C views of [`Stats`], a tunnel's figures and latency, and how they are written into a
+//! caller's struct.
 
 use super::error::{FfiError, FfiResult, TUNPIPE_ERR_INVALID_ARGUMENT};
 use super::util::Sized32;
-use tunpipe::{LatencySnapshot, Percentiles, Stats};
+use std::ffi::c_char;
+use tunpipe::stage::Direction;
+use tunpipe::wireguard::WireGuardStats;
+use tunpipe::{Engine, LatencySnapshot, Percentiles, Stats};
 
 /// Which latency histogram: time in the engine (read to write).
 pub const TUNPIPE_LATENCY_ENGINE: u32 = 0;
@@ -12,8 +16,16 @@ pub const TUNPIPE_LATENCY_STAGE: u32 = 1;
 /// The engine's counters. Set `size = sizeof(TunpipeStats)` before the call; tunpipe writes
 /// at most that many bytes and sets `size` to the bytes it wrote.
 ///
-/// After stop, `rx_packets == tx_packets + dropped` (conservation), and `dropped` is the sum
-/// of the `drop_*` fields.
+/// After stop, `rx_packets + originated == tx_packets + dropped + consumed` (conservation;
+/// `originated` and `consumed` are 0 but in a tunnel), and `dropped` is the sum of the
+/// `drop_*` fields.
+///
+/// For a WireGuard tunnel these are both directions together: `rx_packets` counts packets
+/// read from the TUN and datagrams read from the UDP socket, `tx_packets` packets written to
+/// either. `originated` counts the tunnel's own packets (handshake messages, keepalives,
+/// packets released when a handshake completes), `consumed` what it took in and did not
+/// pass on (handshake messages, keepalives, packets held for a handshake). Per direction,
+/// with WireGuard's own reasons for its drops: `TunpipeTunnelStats`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TunpipeStats {
@@ -54,10 +66,132 @@ pub struct TunpipeStats {
     pub callback_errors: u64,
     /// Bytes the engine reserved at start (pool, rings, histograms).
     pub reserved_bytes: u64,
-    /// Every packet dropped, whatever the reason: the sum of the seven `drop_*` fields.
+    /// Every packet dropped, whatever the reason: the sum of the eight `drop_*` fields.
     pub dropped: u64,
+    /// A tunnel's own packets: handshake messages, keepalives, packets released when a
+    /// handshake completes (0 for one-way engines).
+    pub originated: u64,
+    /// Packets a tunnel took in and did not pass on: handshake messages, keepalives, packets
+    /// held for a handshake (0 for one-way engines).
+    pub consumed: u64,
+    /// Dropped: a tunnel's own packet found no spare buffer.
+    pub drop_no_buffer: u64,
+    /// Times a reader found its rings too full for a batch and waited for room
+    /// (back-pressure, not drops: the kernel's queue takes the pressure).
+    pub ring_stalls: u64,
     /// Zero; room for counters added later.
-    pub reserved: [u64; 7],
+    pub reserved: [u64; 3],
+}
+
+/// One direction of a tunnel: outbound is TUN → UDP (sealed toward the peers), inbound is
+/// UDP → TUN (opened). After stop, `packets_in + originated == packets_out + dropped +
+/// consumed`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TunpipeDirectionStats {
+    /// Packets read (outbound: from the TUN; inbound: datagrams from the UDP socket).
+    pub packets_in: u64,
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Packets written (outbound: datagrams to the peers; inbound: packets into the TUN).
+    pub packets_out: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+    /// The tunnel's own packets sent this way.
+    pub originated: u64,
+    /// Packets the tunnel took in and did not pass on.
+    pub consumed: u64,
+    /// Every packet dropped this way, whatever the reason (the engine's reasons; the
+    /// tunnel's own are in `TunpipeTunnelStats`'s `drop_*` fields, counted here as stage
+    /// drops).
+    pub dropped: u64,
+    /// Times this direction's reader waited for room in its rings.
+    pub ring_stalls: u64,
+}
+
+/// A WireGuard tunnel's figures (`tunpipe_tunnel_stats`, `tunpipe_engine_tunnel_stats`). Set
+/// `size = sizeof(TunpipeTunnelStats)` before the call; the struct grows by turning
+/// `reserved` into fields.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct TunpipeTunnelStats {
+    /// In: the caller's `sizeof(TunpipeTunnelStats)`. Out: the bytes written.
+    pub size: u32,
+    /// The number of peers.
+    pub peers: u32,
+    /// Handshakes completed, as initiator or responder.
+    pub handshakes_completed: u64,
+    /// Received handshake messages that did not authenticate, and initiations of ours that
+    /// got no answer in time (each retry counts).
+    pub handshake_failures: u64,
+    /// Handshake initiations sent.
+    pub handshake_initiations: u64,
+    /// Seconds since the last completed handshake; -1 if none has.
+    pub seconds_since_handshake: i64,
+    /// The first peer's endpoint as it now stands (it follows the peer's authenticated
+    /// datagrams): `203.0.113.1:51820` or `[2001:db8::1]:51820`, NUL-terminated; empty if
+    /// none is known yet.
+    pub endpoint: [c_char; 64],
+    /// TUN → UDP.
+    pub outbound: TunpipeDirectionStats,
+    /// UDP → TUN.
+    pub inbound: TunpipeDirectionStats,
+    /// Data packets sent to the peers (keepalives not counted), and their inner bytes.
+    pub data_tx_packets: u64,
+    /// Inner bytes of the data packets sent.
+    pub data_tx_bytes: u64,
+    /// Data packets received from the peers and delivered to the TUN.
+    pub data_rx_packets: u64,
+    /// Inner bytes of the data packets received.
+    pub data_rx_bytes: u64,
+    /// Dropped: a datagram failed authentication (a bad MAC or tag, a wrong key).
+    pub drop_auth_failure: u64,
+    /// Dropped: a replayed counter or handshake timestamp.
+    pub drop_replay: u64,
+    /// Dropped: a decrypted packet's source is outside the peer's AllowedIPs.
+    pub drop_not_allowed: u64,
+    /// Dropped: a datagram for a session that does not exist.
+    pub drop_no_session: u64,
+    /// Dropped: a packet to a destination outside every peer's AllowedIPs.
+    pub drop_no_peer: u64,
+    /// Dropped: a packet for a peer whose endpoint is not known yet.
+    pub drop_no_endpoint: u64,
+    /// Dropped: a packet waited for a handshake that never completed, or found the queue
+    /// of waiting packets full (256).
+    pub drop_no_handshake: u64,
+    /// Dropped: a datagram that is no WireGuard message.
+    pub drop_garbage: u64,
+    /// Zero; room for counters added later.
+    pub reserved: [u64; 16],
+}
+
+impl Default for TunpipeTunnelStats {
+    fn default() -> Self {
+        TunpipeTunnelStats {
+            size: std::mem::size_of::<Self>() as u32,
+            peers: 0,
+            handshakes_completed: 0,
+            handshake_failures: 0,
+            handshake_initiations: 0,
+            seconds_since_handshake: -1,
+            endpoint: [0; 64],
+            outbound: TunpipeDirectionStats::default(),
+            inbound: TunpipeDirectionStats::default(),
+            data_tx_packets: 0,
+            data_tx_bytes: 0,
+            data_rx_packets: 0,
+            data_rx_bytes: 0,
+            drop_auth_failure: 0,
+            drop_replay: 0,
+            drop_not_allowed: 0,
+            drop_no_session: 0,
+            drop_no_peer: 0,
+            drop_no_endpoint: 0,
+            drop_no_handshake: 0,
+            drop_garbage: 0,
+            reserved: [0; 16],
+        }
+    }
 }
 
 /// One latency distribution, in nanoseconds (all 0 when nothing was recorded).
@@ -133,7 +267,65 @@ impl TunpipeStats {
             callback_errors,
             reserved_bytes: reserved_bytes as u64,
             dropped: s.dropped(),
-            reserved: [0; 7],
+            originated: s.originated,
+            consumed: s.consumed,
+            drop_no_buffer: s.drop_no_buffer,
+            ring_stalls: s.ring_stalls,
+            reserved: [0; 3],
+        }
+    }
+}
+
+impl From<&Stats> for TunpipeDirectionStats {
+    fn from(s: &Stats) -> Self {
+        TunpipeDirectionStats {
+            packets_in: s.rx_packets,
+            bytes_in: s.rx_bytes,
+            packets_out: s.tx_packets,
+            bytes_out: s.tx_bytes,
+            originated: s.originated,
+            consumed: s.consumed,
+            dropped: s.dropped(),
+            ring_stalls: s.ring_stalls,
+        }
+    }
+}
+
+impl TunpipeTunnelStats {
+    pub(crate) fn from_tunnel(w: &WireGuardStats, engine: &Engine) -> Self {
+        let mut endpoint = [0 as c_char; 64];
+        if let Some(Some(addr)) = w.endpoints.first() {
+            let text = addr.to_string();
+            // An address and port always fit in 63 bytes; the last byte stays NUL.
+            for (slot, byte) in endpoint.iter_mut().zip(text.bytes().take(63)) {
+                *slot = byte as c_char;
+            }
+        }
+        TunpipeTunnelStats {
+            size: std::mem::size_of::<Self>() as u32,
+            peers: u32::try_from(w.endpoints.len()).unwrap_or(u32::MAX),
+            handshakes_completed: w.handshakes_completed,
+            handshake_failures: w.handshake_failures,
+            handshake_initiations: w.handshake_initiations,
+            seconds_since_handshake: w
+                .since_last_handshake
+                .map_or(-1, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            endpoint,
+            outbound: (&engine.direction_stats(Direction::Outbound)).into(),
+            inbound: (&engine.direction_stats(Direction::Inbound)).into(),
+            data_tx_packets: w.tx_packets,
+            data_tx_bytes: w.tx_bytes,
+            data_rx_packets: w.rx_packets,
+            data_rx_bytes: w.rx_bytes,
+            drop_auth_failure: w.drop_auth_failure,
+            drop_replay: w.drop_replay,
+            drop_not_allowed: w.drop_not_allowed,
+            drop_no_session: w.drop_no_session,
+            drop_no_peer: w.drop_no_peer,
+            drop_no_endpoint: w.drop_no_endpoint,
+            drop_no_handshake: w.drop_no_handshake,
+            drop_garbage: w.drop_garbage,
+            reserved: [0; 16],
         }
     }
 }
@@ -151,6 +343,13 @@ impl TunpipeLatency {
 }
 
 impl Sized32 for TunpipeStats {
+    fn with_size(mut self, size: u32) -> Self {
+        self.size = size;
+        self
+    }
+}
+
+impl Sized32 for TunpipeTunnelStats {
     fn with_size(mut self, size: u32) -> Self {
         self.size = size;
         self
@@ -178,6 +377,8 @@ pub(crate) fn latency_base64(l: &LatencySnapshot, which: u32) -> FfiResult<Strin
 
 // The prefix copy relies on these layouts having no padding.
 const _: () = assert!(std::mem::size_of::<TunpipeStats>() == 8 + 8 * (16 + 8));
+const _: () =
+    assert!(std::mem::size_of::<TunpipeTunnelStats>() == 8 + 8 * 4 + 64 + 2 * 64 + 8 * (12 + 16));
 const _: () = assert!(std::mem::size_of::<TunpipeLatency>() == 8 + 8 * (7 * 2 + 8));
 
 #[cfg(test)]

@@ -1,17 +1,19 @@
 //! One engine run on an adopted fd, as both the handle API and `start_tun` hold it.
 
-use super::config::Plan;
+use super::config::{Plan, StagePlan};
 use super::error::{
-    is_resource_exhaustion, FfiError, FfiResult, TUNPIPE_ERR_BAD_FD, TUNPIPE_ERR_NO_UTUN_FD,
-    TUNPIPE_ERR_RESOURCES, TUNPIPE_ERR_UNSUPPORTED,
+    is_resource_exhaustion, FfiError, FfiResult, TUNPIPE_ERR_BAD_FD, TUNPIPE_ERR_CONFIG,
+    TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_ERR_NO_UTUN_FD, TUNPIPE_ERR_RESOURCES,
+    TUNPIPE_ERR_UNSUPPORTED,
 };
-use super::report::TunpipeStats;
+use super::report::{TunpipeStats, TunpipeTunnelStats};
 use super::stage::CallbackShared;
 use parking_lot::Mutex;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tunpipe::{Engine, EngineError, LatencySnapshot, TunDevice};
+use tunpipe::wireguard::{WgConfig, WireGuard, WireGuardCounters};
+use tunpipe::{Engine, EngineError, LatencySnapshot, TunDevice, UdpDevice};
 
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -20,6 +22,16 @@ pub(crate) struct Session {
     /// dup does not keep the utun open after stop returns.
     device: Mutex<Option<TunDevice>>,
     callback: Option<Arc<CallbackShared>>,
+    tunnel: Option<Tunnel>,
+}
+
+/// What a WireGuard session has besides the engine.
+#[derive(Debug)]
+struct Tunnel {
+    /// The outside. Dropped once the engine is joined, like the fd's dup, so that its port
+    /// is free for the next start while the session's figures stay readable.
+    udp: Mutex<Option<UdpDevice>>,
+    counters: Arc<WireGuardCounters>,
 }
 
 /// The host's fd, or with `fd < 0` the utun fd found by scanning (Apple only).
@@ -52,12 +64,48 @@ impl Session {
             FfiError::new(code, format!("cannot adopt fd {fd}: {e}"))
         })?;
         let (builder, callback) = plan.builder();
-        let engine = builder.start(&device)?;
+        let (engine, tunnel) = match &plan.stage {
+            StagePlan::WireGuard(config) => {
+                let (engine, tunnel) = start_tunnel(builder, config, &device)?;
+                (engine, Some(tunnel))
+            }
+            _ => (builder.start(&device)?, None),
+        };
         Ok(Session {
             engine,
             device: Mutex::new(Some(device)),
             callback,
+            tunnel,
         })
+    }
+
+    /// Rebinds a tunnel's UDP socket (the network path changed).
+    pub(crate) fn rebind(&self) -> FfiResult {
+        if self.tunnel.is_none() {
+            return Err(FfiError::new(
+                TUNPIPE_ERR_UNSUPPORTED,
+                "this engine runs no tunnel: there is no UDP socket to rebind",
+            ));
+        }
+        if self.engine.is_stopping() {
+            return Err(FfiError::new(
+                TUNPIPE_ERR_NOT_RUNNING,
+                "the engine has stopped",
+            ));
+        }
+        Ok(self.engine.rebind()?)
+    }
+
+    /// The tunnel's figures.
+    pub(crate) fn tunnel_stats(&self) -> FfiResult<TunpipeTunnelStats> {
+        let tunnel = self
+            .tunnel
+            .as_ref()
+            .ok_or_else(|| FfiError::new(TUNPIPE_ERR_UNSUPPORTED, "this engine runs no tunnel"))?;
+        Ok(TunpipeTunnelStats::from_tunnel(
+            &tunnel.counters.snapshot(),
+            &self.engine,
+        ))
     }
 
     /// Stops and joins the engine, then closes its dup of the fd.
@@ -74,6 +122,9 @@ impl Session {
         // From an engine thread nothing was joined: the device must stay until it is.
         if !matches!(result, Err(EngineError::StopFromEngineThread)) {
             self.device.lock().take();
+            if let Some(tunnel) = &self.tunnel {
+                tunnel.udp.lock().take();
+            }
         }
         result.map_err(FfiError::from)
     }
@@ -93,4 +144,29 @@ impl Session {
     pub(crate) fn reserved_bytes(&self) -> usize {
         self.engine.reserved_bytes()
     }
+}
+
+/// Resolves a WireGuard config's host names, builds its stage, binds its UDP socket and starts
+/// the tunnel between the host's TUN and that socket.
+fn start_tunnel(
+    builder: tunpipe::Builder,
+    config: &WgConfig,
+    inside: &TunDevice,
+) -> FfiResult<(Engine, Tunnel)> {
+    let config_error =
+        |e: tunpipe::wireguard::WgConfigError| FfiError::new(TUNPIPE_ERR_CONFIG, e.to_string());
+    let mut config = config.clone();
+    config.resolve().map_err(config_error)?;
+    let stage = WireGuard::new(&config).map_err(config_error)?;
+    let counters = stage.counters();
+    let port = config.interface.listen_port.unwrap_or(0);
+    let udp = UdpDevice::bind_port(port).map_err(|e| EngineError::Device(Arc::new(e)))?;
+    let engine = builder.start_tunnel(stage, inside, &udp)?;
+    Ok((
+        engine,
+        Tunnel {
+            udp: Mutex::new(Some(udp)),
+            counters,
+        },
+    ))
 }

@@ -116,6 +116,17 @@ fn every_pointer_taking_function_rejects_null() {
         tunpipe_engine_reserved_bytes(null(), &mut n)
     );
     refused!("tunpipe_stats", tunpipe_stats(null_mut()));
+    refused!("tunpipe_tunnel_stats", tunpipe_tunnel_stats(null_mut()));
+    let mut tunnel = TunpipeTunnelStats::default();
+    refused!(
+        "tunpipe_engine_tunnel_stats",
+        tunpipe_engine_tunnel_stats(null(), &mut tunnel)
+    );
+    refused!("tunpipe_engine_rebind", tunpipe_engine_rebind(null()));
+    refused!(
+        "tunpipe_wireguard_settings",
+        tunpipe_wireguard_settings(null(), buf.as_mut_ptr(), buf.len(), null_mut())
+    );
     refused!("tunpipe_latency", tunpipe_latency(null_mut()));
     refused!("tunpipe_last_error", tunpipe_last_error(null_mut(), 4));
     refused!(
@@ -288,6 +299,86 @@ fn global_queries_before_any_start_tun_say_not_running() {
     let code =
         unsafe { tunpipe_latency_base64(TUNPIPE_LATENCY_ENGINE, null_mut(), 0, &mut needed) };
     assert_eq!(code, TUNPIPE_ERR_NOT_RUNNING);
+}
+
+#[test]
+fn rebind_and_tunnel_stats_without_a_running_tunnel_say_why() {
+    assert_eq!(tunpipe_rebind(), TUNPIPE_ERR_NOT_RUNNING);
+    let mut tunnel = TunpipeTunnelStats::default();
+    // SAFETY: a valid, sized struct.
+    let code = unsafe { tunpipe_tunnel_stats(&mut tunnel) };
+    assert_eq!(code, TUNPIPE_ERR_NOT_RUNNING);
+}
+
+/// A wg-quick text with fresh keys, as a C string.
+fn wg_text(extra: &str) -> std::ffi::CString {
+    let private = tunpipe::wireguard::Key::generate();
+    let public = tunpipe::wireguard::Key::generate().public_key();
+    let text = format!(
+        "[Interface]\nPrivateKey = {}\nAddress = 10.0.0.2/32\n{extra}[Peer]\nPublicKey = {}\n\
+         Endpoint = 192.0.2.1:51820\nAllowedIPs = 0.0.0.0/0, ::/0\n",
+        private.to_base64(),
+        public.to_base64()
+    );
+    std::ffi::CString::new(text).expect("no NUL")
+}
+
+#[test]
+fn a_wireguard_config_is_checked_when_it_is_set_and_names_the_line() {
+    let mut c = default_config();
+    let good = wg_text("MTU = 1380\n");
+    c.wireguard_config = good.as_ptr();
+    // SAFETY: a valid config whose text outlives the calls.
+    let code = unsafe { tunpipe_config_validate(&c) };
+    assert_eq!(code, TUNPIPE_OK, "{}", last_error());
+    let mut bytes = 0u64;
+    // SAFETY: as above; `bytes` is writable.
+    let code = unsafe { tunpipe_config_reserved_bytes(&c, &mut bytes) };
+    assert_eq!(code, TUNPIPE_OK);
+    // The tunnel's pools (two readers, a handshake's reserve) are counted, under 4 MiB.
+    assert!(bytes > 2 << 20 && bytes < 4 << 20, "{bytes}");
+
+    let bad = wg_text("ListenPort = many\n");
+    c.wireguard_config = bad.as_ptr();
+    // SAFETY: as above.
+    assert_eq!(unsafe { tunpipe_config_validate(&c) }, TUNPIPE_ERR_CONFIG);
+    let message = last_error();
+    assert!(message.contains("line 4 (ListenPort)"), "{message}");
+    assert!(!message.contains("PrivateKey ="), "{message}");
+
+    let not_utf8 = [0xffu8, 0xfe, 0];
+    c.wireguard_config = not_utf8.as_ptr().cast();
+    // SAFETY: a NUL-terminated byte string.
+    assert_eq!(unsafe { tunpipe_config_validate(&c) }, TUNPIPE_ERR_CONFIG);
+    assert!(last_error().contains("UTF-8"));
+}
+
+#[test]
+fn wireguard_settings_are_json_for_the_host_and_ask_for_room() {
+    let text = wg_text("DNS = 1.1.1.1\n");
+    let mut needed = 0usize;
+    // SAFETY: a length query: no buffer.
+    let code = unsafe { tunpipe_wireguard_settings(text.as_ptr(), null_mut(), 0, &mut needed) };
+    assert_eq!(code, TUNPIPE_ERR_BUFFER_TOO_SMALL);
+    let mut buf = vec![0 as c_char; needed];
+    // SAFETY: `buf` holds `needed` bytes.
+    let code = unsafe {
+        tunpipe_wireguard_settings(text.as_ptr(), buf.as_mut_ptr(), buf.len(), &mut needed)
+    };
+    assert_eq!(code, TUNPIPE_OK);
+    // SAFETY: NUL-terminated within the buffer.
+    let json = unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(json.contains("\"addresses\":[\"10.0.0.2/32\"]"), "{json}");
+    assert!(json.contains("\"endpoint_host\":\"192.0.2.1\""), "{json}");
+    assert!(json.contains("\"mtu\":1420"), "{json}");
+    let bad = std::ffi::CString::new("[Interface]\nPrivateKey = nope\n").unwrap();
+    // SAFETY: a length query on a bad text.
+    let code = unsafe { tunpipe_wireguard_settings(bad.as_ptr(), null_mut(), 0, &mut needed) };
+    assert_eq!(code, TUNPIPE_ERR_CONFIG);
+    assert!(last_error().contains("line 2 (PrivateKey)"));
 }
 
 #[test]

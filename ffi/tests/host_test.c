@@ -6,6 +6,9 @@
  * Without root (no network namespace), the TUN part is reported as skipped, never passed;
  * the checks that need no TUN (NULL pointers, bad fds, stop with nothing running) still run.
  *
+ * The WireGuard part runs a tunnel to wireguard-go in a second namespace (ffi/tests/wg_peer.sh,
+ * or $TUNPIPE_WG_PEER) through start_tun and through a handle, with a rebind in each.
+ *
  * Build and run: .ci/ffi.sh
  */
 #define _GNU_SOURCE
@@ -102,11 +105,20 @@ static int stop_runner(struct runner *r) {
     return code;
 }
 
-static int ping(int count, double deadline_s) {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "ping -q -c %d -i 0.2 -w %.0f 10.77.0.2 >/dev/null 2>&1", count,
-             deadline_s);
+static int ping_addr(const char *addr, int count, double deadline_s) {
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "ping -q -c %d -i 0.2 -w %.0f %s >/dev/null 2>&1", count,
+             deadline_s, addr);
     return system(cmd) == 0;
+}
+
+/* Pings the reflecting engine's other side. */
+static int ping(int count, double deadline_s) { return ping_addr("10.77.0.2", count, deadline_s); }
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
 static struct TunpipeStats global_stats(void) {
@@ -563,6 +575,137 @@ static void test_latency_crowd(int fd) {
     tunpipe_engine_free(e);
 }
 
+/* ---- a WireGuard tunnel to wireguard-go, as an iOS host runs one ---- */
+
+static int read_text(const char *path, char *buf, size_t len) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, len - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return n > 0;
+}
+
+static struct TunpipeTunnelStats tunnel_stats_of(struct TunpipeEngine *e) {
+    struct TunpipeTunnelStats t;
+    memset(&t, 0, sizeof t);
+    t.size = sizeof t;
+    int code = e ? tunpipe_engine_tunnel_stats(e, &t) : tunpipe_tunnel_stats(&t);
+    CHECK(code == TUNPIPE_OK, "tunnel stats: %d", code);
+    return t;
+}
+
+static void check_tunnel_after_stop(struct TunpipeTunnelStats t, struct TunpipeStats s,
+                                    const char *how) {
+    CHECK(t.handshakes_completed >= 1, "%s: a handshake (%llu)", how,
+          (unsigned long long)t.handshakes_completed);
+    CHECK(t.data_rx_packets >= 6, "%s: the peer's replies came through the tunnel (%llu)", how,
+          (unsigned long long)t.data_rx_packets);
+    CHECK(strcmp(t.endpoint, "192.168.78.2:51820") == 0, "%s: endpoint %s", how, t.endpoint);
+    CHECK(t.outbound.packets_in + t.outbound.originated ==
+              t.outbound.packets_out + t.outbound.dropped + t.outbound.consumed,
+          "%s: outbound conservation", how);
+    CHECK(t.inbound.packets_in + t.inbound.originated ==
+              t.inbound.packets_out + t.inbound.dropped + t.inbound.consumed,
+          "%s: inbound conservation", how);
+    CHECK(s.rx_packets + s.originated == s.tx_packets + s.dropped + s.consumed,
+          "%s: conservation of both directions together", how);
+}
+
+static void test_wireguard(const char *peer_script) {
+    if (system("command -v wireguard-go >/dev/null && command -v wg >/dev/null") != 0) {
+        printf("SKIPPED: the WireGuard part needs wireguard-go and wireguard-tools\n");
+        skipped++;
+        return;
+    }
+    char dir[] = "/tmp/tunpipe-c-wg-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp: %s", strerror(errno));
+    char cmd[512], path[600];
+    snprintf(cmd, sizeof cmd, "bash %s up %s", peer_script, dir);
+    int up = system(cmd);
+    CHECK(up == 0, "the wireguard-go peer came up (%s)", cmd);
+    static char conf[4096];
+    snprintf(path, sizeof path, "%s/tunpipe.conf", dir);
+    int have_conf = read_text(path, conf, sizeof conf);
+    CHECK(have_conf, "read %s", path);
+    int fd = open_tun("tpw");
+    CHECK(fd >= 0, "open the tunnel's TUN: %s", strerror(errno));
+    if (up != 0 || !have_conf || fd < 0) goto down;
+
+    /* What the host applies to its interface (NEPacketTunnelNetworkSettings on iOS). */
+    size_t needed = 0;
+    CHECK(tunpipe_wireguard_settings(conf, NULL, 0, &needed) == TUNPIPE_ERR_BUFFER_TOO_SMALL,
+          "settings: size query");
+    char *json = malloc(needed);
+    CHECK(json && tunpipe_wireguard_settings(conf, json, needed, NULL) == TUNPIPE_OK, "settings");
+    CHECK(json && strstr(json, "\"addresses\":[\"10.78.0.1/24\"]") && strstr(json, "\"mtu\":1420") &&
+              strstr(json, "\"endpoint_host\":\"192.168.78.2\"") && !strstr(json, "PrivateKey"),
+          "settings: %s", json ? json : "(none)");
+    free(json);
+    CHECK(system("ip addr add 10.78.0.1/24 dev tpw && ip link set tpw mtu 1420 up") == 0,
+          "configure tpw");
+
+    /* start_tun with the wg-quick text in the global config; the text is copied at once. */
+    struct TunpipeConfig c;
+    tunpipe_config_default(&c);
+    c.wireguard_config = conf;
+    CHECK(tunpipe_set_config(&c) == TUNPIPE_OK, "set_config with a WireGuard text");
+    memset(conf, 'x', sizeof conf - 1);
+    struct runner r;
+    start_runner(&r, fd);
+    CHECK(ping_addr("10.78.0.2", 3, 10), "ping through the tunnel");
+    CHECK(tunpipe_rebind() == TUNPIPE_OK, "tunpipe_rebind");
+    CHECK(ping_addr("10.78.0.2", 3, 10), "ping through the tunnel after the rebind");
+    double at = now_ms();
+    int stopped = stop_runner(&r);
+    printf("stop_tun with the WireGuard tunnel up: %.2f ms\n", now_ms() - at);
+    CHECK(stopped == TUNPIPE_OK && r.result == TUNPIPE_OK, "stop_tun: %d, start_tun: %d",
+          stopped, r.result);
+    CHECK(fd_is_open(fd), "the fd stays open after stop_tun");
+    check_tunnel_after_stop(tunnel_stats_of(NULL), global_stats(), "start_tun");
+    CHECK(tunpipe_rebind() == TUNPIPE_ERR_NOT_RUNNING, "rebind with nothing running");
+
+    /* The same through a handle, on the same fd (and so the same UDP port, free again). */
+    CHECK(read_text(path, conf, sizeof conf), "re-read %s", path);
+    c.wireguard_config = conf;
+    struct TunpipeEngine *e = NULL;
+    CHECK(tunpipe_engine_start(&c, fd, &e) == TUNPIPE_OK, "tunpipe_engine_start with a tunnel");
+    if (e) {
+        CHECK(ping_addr("10.78.0.2", 3, 10), "ping through the handle's tunnel");
+        CHECK(tunpipe_engine_rebind(e) == TUNPIPE_OK, "tunpipe_engine_rebind");
+        CHECK(ping_addr("10.78.0.2", 3, 10), "ping after the handle's rebind");
+        at = now_ms();
+        CHECK(tunpipe_engine_stop(e) == TUNPIPE_OK, "tunpipe_engine_stop");
+        printf("tunpipe_engine_stop with the WireGuard tunnel up: %.2f ms\n", now_ms() - at);
+        struct TunpipeStats s;
+        memset(&s, 0, sizeof s);
+        s.size = sizeof s;
+        CHECK(tunpipe_engine_stats(e, &s) == TUNPIPE_OK, "engine stats");
+        check_tunnel_after_stop(tunnel_stats_of(e), s, "handle");
+        CHECK(tunpipe_engine_rebind(e) == TUNPIPE_ERR_NOT_RUNNING, "rebind after stop");
+        tunpipe_engine_free(e);
+    }
+    CHECK(fd_is_open(fd), "the fd stays open after the handle's stop");
+
+    /* An engine without a tunnel has nothing to rebind. */
+    tunpipe_config_default(&c);
+    CHECK(tunpipe_set_config(&c) == TUNPIPE_OK, "back to the defaults");
+    e = NULL;
+    CHECK(tunpipe_engine_start(&c, fd, &e) == TUNPIPE_OK, "a reflecting engine");
+    if (e) {
+        CHECK(tunpipe_engine_rebind(e) == TUNPIPE_ERR_UNSUPPORTED, "rebind without a tunnel");
+        struct TunpipeTunnelStats t;
+        memset(&t, 0, sizeof t);
+        t.size = sizeof t;
+        CHECK(tunpipe_engine_tunnel_stats(e, &t) == TUNPIPE_ERR_UNSUPPORTED, "no tunnel stats");
+        tunpipe_engine_free(e);
+    }
+down:
+    if (fd >= 0) close(fd);
+    snprintf(cmd, sizeof cmd, "bash %s down %s; rm -rf %s", peer_script, dir, dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not take the peer down\n");
+}
+
 int main(void) {
     /* A hang (a stop that never returns) fails the run instead of stalling CI. */
     alarm(300);
@@ -589,6 +732,8 @@ int main(void) {
             test_latency_crowd(fd);
             close(fd);
         }
+        const char *peer_script = getenv("TUNPIPE_WG_PEER");
+        test_wireguard(peer_script ? peer_script : "ffi/tests/wg_peer.sh");
     }
     tunpipe_set_log_callback(NULL, TUNPIPE_LOG_OFF, NULL);
     if (skipped)

@@ -75,6 +75,21 @@ impl UdpDevice {
         Self::bind_with_buffers(addr, DEFAULT_SOCKET_BUFFER)
     }
 
+    /// Binds `port` (0: any) on every address: dual-stack (`[::]`), or IPv4 only
+    /// (`0.0.0.0`) where IPv6 is off. What a tunnel's outside usually wants.
+    ///
+    /// # Errors
+    /// What binding failed with (`EADDRINUSE` is not retried on IPv4 alone).
+    pub fn bind_port(port: u16) -> io::Result<Self> {
+        let dual = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+        Self::bind(dual).or_else(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                return Err(e);
+            }
+            Self::bind(SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)))
+        })
+    }
+
     /// As [`UdpDevice::bind`], asking for `buffer_bytes` of socket buffer.
     ///
     /// # Errors

@@ -175,7 +175,12 @@ pub fn reserved_bytes(c: &Config) -> usize {
 
 /// Bytes a tunnel with `c` and `stage` reserves up front (its pools, rings and histograms).
 pub fn tunnel_reserved_bytes(c: &Config, stage: &dyn DuplexStage) -> usize {
-    wiring::tunnel_reserved(c, stage.overhead(), stage.burst())
+    tunnel_reserved(c, stage.overhead(), stage.burst())
+}
+
+/// Bytes a tunnel with `c` and a stage of this `overhead` and `burst` reserves.
+pub(crate) fn tunnel_reserved(c: &Config, overhead: usize, burst: usize) -> usize {
+    wiring::tunnel_reserved(c, overhead, burst)
 }
 
 /// A running (or stopped) engine. Dropping it stops it.
@@ -196,7 +201,9 @@ pub struct Engine {
     workers: usize,
     tunnel: bool,
     /// Rebinds a tunnel's outside device, if it can be.
-    rebinder: Option<Rebinder>,
+    /// How to rebind the outside device; released at the end of the join, so that a stopped
+    /// engine holds no socket (and no port).
+    rebinder: Mutex<Option<Rebinder>>,
 }
 
 impl Engine {
@@ -251,6 +258,7 @@ impl Engine {
         let mut threads = self.threads.lock();
         if let Some(threads) = threads.take() {
             let snapshots = join_in_order(&self.ctl, threads);
+            self.rebinder.lock().take();
             *self.final_latency.lock() = Some(snapshots);
             log::info!("tunpipe engine stopped: {:?}", self.stats());
         }
@@ -358,14 +366,15 @@ impl Engine {
     /// made (the old one is then gone too, and the stage's next packets fail per packet
     /// until a later rebind works); [`EngineError::Stopping`] once a stop is under way.
     pub fn rebind(&self) -> Result<(), EngineError> {
-        let Some(rebinder) = &self.rebinder else {
+        if self.ctl.stopping() {
+            return Err(EngineError::Stopping);
+        }
+        let rebinder = self.rebinder.lock();
+        let Some(rebinder) = rebinder.as_ref() else {
             return Err(EngineError::Unsupported(
                 "this engine has no outside device that can be rebound",
             ));
         };
-        if self.ctl.stopping() {
-            return Err(EngineError::Stopping);
-        }
         rebinder.rebind().map_err(EngineError::device)?;
         self.ctl.note_path_changed();
         Ok(())

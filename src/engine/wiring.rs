@@ -58,7 +58,7 @@ impl Wired {
             reserved_bytes: self.reserved_bytes,
             workers,
             tunnel,
-            rebinder: self.rebinder,
+            rebinder: Mutex::new(self.rebinder),
         }
     }
 }

@@ -41,6 +41,12 @@ use timers::PeerTimers;
 /// Bytes WireGuard adds to a packet: a 16-byte header and a 16-byte authentication tag.
 pub const OVERHEAD: usize = 32;
 
+/// Bytes a WireGuard tunnel with engine config `config` reserves at start (its pools, rings
+/// and histograms), whatever its peers: for a host to check against its memory limit.
+pub fn tunnel_reserved_bytes(config: &crate::Config) -> usize {
+    crate::engine::tunnel_reserved(config, OVERHEAD, QUEUE_DEPTH)
+}
+
 /// How many packets `Tunn` queues while it waits for a handshake (boringtun's private
 /// `MAX_QUEUE_DEPTH`): the stage's burst, when the handshake completes and they all go out.
 const QUEUE_DEPTH: usize = 256;

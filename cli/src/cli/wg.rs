@@ -7,7 +7,7 @@ use super::report::{self, bytes, group, row};
 use super::tun::{Tun, TunSpec};
 use super::{session, CliResult, Failure};
 use ipnet::IpNet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 use tunpipe::stage::Direction;
@@ -246,19 +246,10 @@ fn ifindex(name: &str) -> CliResult<u32> {
     }
 }
 
-/// The UDP socket: dual-stack on the config's ListenPort (any port if none), or IPv4 only
-/// where IPv6 is off.
+/// The UDP socket: dual-stack on the config's ListenPort (any port if none).
 fn bind_udp(port: Option<u16>) -> CliResult<UdpDevice> {
     let port = port.unwrap_or(0);
-    let dual = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
-    UdpDevice::bind(dual)
-        .or_else(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                return Err(e);
-            }
-            UdpDevice::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
-        })
-        .map_err(|e| format!("cannot bind UDP port {port}: {e}").into())
+    UdpDevice::bind_port(port).map_err(|e| format!("cannot bind UDP port {port}: {e}").into())
 }
 
 /// The progress line: packets per second each way through the tunnel, and the handshake.
