@@ -22,7 +22,14 @@ use tun_rs::{InterruptEvent, SyncDevice};
 
 /// A TUN device for the engine.
 pub struct TunDevice {
-    device: Arc<SyncDevice>,
+    device: Arc<Owned>,
+}
+
+/// The tun-rs device, and for an adopted fd the mark that its dup is tunpipe's own (so that a
+/// scan for the host's utun fd skips it), dropped together.
+struct Owned {
+    device: SyncDevice,
+    _held: Option<sys::HeldFd>,
 }
 
 /// TUNs with a run open in this process. Two runs on one TUN would race for its packets, and
@@ -54,7 +61,7 @@ impl Drop for Claim {
 
 /// One run's hold on the device, shared by its two halves.
 struct Run {
-    device: Arc<SyncDevice>,
+    device: Arc<Owned>,
     io: TunIo,
     /// Each run gets its own event: an `InterruptEvent` stays triggered until reset.
     interrupt: Arc<InterruptEvent>,
@@ -63,7 +70,7 @@ struct Run {
 
 impl Run {
     fn fd(&self) -> RawFd {
-        self.device.as_raw_fd()
+        self.device.device.as_raw_fd()
     }
 }
 
@@ -81,7 +88,10 @@ impl TunDevice {
     /// Uses a device created with tun-rs (`DeviceBuilder::build_sync`).
     pub fn new(device: SyncDevice) -> Self {
         TunDevice {
-            device: Arc::new(device),
+            device: Arc::new(Owned {
+                device,
+                _held: None,
+            }),
         }
     }
 
@@ -103,17 +113,22 @@ impl TunDevice {
         // which closes it on drop; it refers to the TUN validated above (plain IFF_NO_PI
         // framing without IFF_VNET_HDR on Linux, which tun-rs re-checks).
         let device = unsafe { SyncDevice::from_fd(dup) }?;
-        Ok(TunDevice::new(device))
+        Ok(TunDevice {
+            device: Arc::new(Owned {
+                device,
+                _held: Some(sys::HeldFd::new(dup)),
+            }),
+        })
     }
 
     /// The underlying tun-rs device (for address management and the like).
     pub fn inner(&self) -> &SyncDevice {
-        &self.device
+        &self.device.device
     }
 
     /// The descriptor the engine uses (its dup, for an adopted fd).
     pub fn raw_fd(&self) -> RawFd {
-        self.device.as_raw_fd()
+        self.device.device.as_raw_fd()
     }
 }
 
@@ -125,7 +140,7 @@ impl Device for TunDevice {
     /// `ResourceBusy` when another run (of any engine in this process) has the same TUN open;
     /// the system's error when the interrupt event cannot be made (`EMFILE`).
     fn open(&self) -> io::Result<(TunRx, TunTx)> {
-        let fd = self.device.as_raw_fd();
+        let fd = self.raw_fd();
         let claim = Claim::new(sys::tun_identity(fd)?)?;
         let run = Arc::new(Run {
             device: self.device.clone(),
@@ -148,7 +163,10 @@ impl RxHalf for TunRx {
     }
 
     fn wait_readable(&mut self) -> io::Result<()> {
-        self.run.device.wait_readable_intr(&self.run.interrupt)
+        self.run
+            .device
+            .device
+            .wait_readable_intr(&self.run.interrupt)
     }
 
     fn interrupter(&self) -> Interrupter {

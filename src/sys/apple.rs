@@ -34,8 +34,6 @@ struct SockaddrCtl {
 /// `SYSPROTO_CONTROL`, from XNU's `sys/sys_domain.h`: the protocol and the socket-option
 /// level of kernel control sockets.
 const SYSPROTO_CONTROL: libc::c_int = 2;
-/// Highest descriptor the scan tries, as the tun-rs iOS guide's Swift scan does.
-const MAX_SCANNED_FD: RawFd = 1024;
 
 // The layouts must match XNU exactly, or the ioctl and getpeername write out of bounds.
 const _: () = assert!(std::mem::size_of::<CtlInfo>() == 100);
@@ -123,15 +121,21 @@ pub(crate) fn validate_tun_fd(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// Finds the packet tunnel's utun fd: the first of descriptors 0..=1024 that is a kernel
-/// control socket connected to the utun control. This is the scan of the tun-rs iOS/tvOS
-/// guide (and WireGuardKit), for hosts that do not pass the fd in.
+/// Finds the packet tunnel's utun fd: the first descriptor that is a kernel control socket
+/// connected to the utun control, among all the process may have (`getdtablesize()`), skipping
+/// the duplicates tunpipe itself holds for running engines. This is the scan of the tun-rs
+/// iOS/tvOS guide (and WireGuardKit), for hosts that do not pass the fd in.
 ///
 /// # Errors
 /// `NotFound` when no descriptor is a utun control socket.
 pub fn find_utun_fd() -> io::Result<RawFd> {
+    // SAFETY: takes no arguments.
+    let table = unsafe { libc::getdtablesize() };
     let mut utun_id = None;
-    for fd in 0..=MAX_SCANNED_FD {
+    for fd in 0..table {
+        if super::is_held(fd) {
+            continue;
+        }
         let Some(addr) = control_peer(fd) else {
             continue;
         };
@@ -149,7 +153,7 @@ pub fn find_utun_fd() -> io::Result<RawFd> {
     }
     Err(io::Error::new(
         io::ErrorKind::NotFound,
-        format!("no utun control socket among fds 0..={MAX_SCANNED_FD}"),
+        format!("no utun control socket among fds 0..{table} (tunpipe's own skipped)"),
     ))
 }
 
@@ -265,17 +269,64 @@ impl TunIo {
 /// same reason.
 const UTUN_OPT_MAX_PENDING_PACKETS: libc::c_int = 16;
 /// Receive buffer asked for with `SO_RCVBUF`: 2 MiB on iOS/tvOS, where the extension's
-/// memory is tight, 8 MiB (the default `kern.ipc.maxsockbuf`) on macOS, as connlib does.
-/// The kernel clamps what it cannot grant.
-const RECV_BUFFER: libc::c_int = if cfg!(target_os = "macos") {
+/// memory is tight, 8 MiB on macOS, as connlib does. XNU refuses (ENOBUFS), rather than
+/// clamps, a size past `sb_max`·2048/2304 (about 7.1 MiB with the default `kern.ipc.maxsockbuf`
+/// of 8 MiB), so the request is halved until one is taken ([`set_buffer`]).
+const RECV_BUFFER: usize = if cfg!(target_os = "macos") {
     8 << 20
 } else {
     2 << 20
 };
 /// Send buffer: writes go straight to the interface, so a modest one suffices.
-const SEND_BUFFER: libc::c_int = 1 << 20;
+const SEND_BUFFER: usize = 1 << 20;
 /// Enough pending packets to fill the receive buffer with 1500-byte packets.
 const MAX_PENDING_PACKETS: u32 = (RECV_BUFFER as u32 / 1500).next_power_of_two();
+/// The smallest buffer worth asking for; below it the kernel's default stays.
+const MIN_BUFFER: usize = 64 << 10;
+
+/// Asks for a socket buffer (`SO_RCVBUF` or `SO_SNDBUF`) of `bytes`, halving the request
+/// while XNU refuses it, and returns the size the kernel then reports.
+fn set_buffer(fd: RawFd, option: libc::c_int, bytes: usize) -> io::Result<usize> {
+    let mut size = bytes;
+    let mut refused = None;
+    while size >= MIN_BUFFER {
+        let value = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        match set_opt(fd, libc::SOL_SOCKET, option, value) {
+            Ok(()) => {
+                refused = None;
+                break;
+            }
+            Err(e) => {
+                refused = Some(e);
+                size /= 2;
+            }
+        }
+    }
+    if let Some(e) = refused {
+        return Err(e);
+    }
+    get_int_opt(fd, libc::SOL_SOCKET, option).map(|v| usize::try_from(v).unwrap_or(0))
+}
+
+fn get_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`, which is that large.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(value)
+    }
+}
 
 fn set_opt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
     // SAFETY: setsockopt reads `size_of::<T>()` bytes from `value`, which lives on this frame.
@@ -296,30 +347,25 @@ fn set_opt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io:
 }
 
 /// Raises the utun pending-packet limit and the socket buffers, best effort: a refusal is
-/// logged and the engine runs with the defaults.
+/// logged and the engine runs with the defaults; the buffer sizes granted are logged.
 pub(crate) fn tune_tun(fd: RawFd) {
-    let attempts = [
-        (
-            "UTUN_OPT_MAX_PENDING_PACKETS",
-            set_opt(
-                fd,
-                SYSPROTO_CONTROL,
-                UTUN_OPT_MAX_PENDING_PACKETS,
-                MAX_PENDING_PACKETS,
-            ),
-        ),
-        (
-            "SO_RCVBUF",
-            set_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RECV_BUFFER),
-        ),
-        (
-            "SO_SNDBUF",
-            set_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, SEND_BUFFER),
-        ),
-    ];
-    for (name, result) in attempts {
-        if let Err(e) = result {
-            log::warn!("could not set {name} on the utun fd (running with the default): {e}");
+    if let Err(e) = set_opt(
+        fd,
+        SYSPROTO_CONTROL,
+        UTUN_OPT_MAX_PENDING_PACKETS,
+        MAX_PENDING_PACKETS,
+    ) {
+        log::warn!("could not set UTUN_OPT_MAX_PENDING_PACKETS (running with the default): {e}");
+    }
+    for (name, option, bytes) in [
+        ("SO_RCVBUF", libc::SO_RCVBUF, RECV_BUFFER),
+        ("SO_SNDBUF", libc::SO_SNDBUF, SEND_BUFFER),
+    ] {
+        match set_buffer(fd, option, bytes) {
+            Ok(granted) => log::debug!("utun {name}: asked {bytes}, granted {granted}"),
+            Err(e) => {
+                log::warn!("could not set {name} on the utun fd (running with the default): {e}")
+            }
         }
     }
 }
@@ -365,16 +411,10 @@ pub(crate) use super::net::SingleDatagramIo as DatagramIo;
 /// Asks for `bytes` of receive and send buffer, halving the request until the kernel takes
 /// it (XNU refuses, rather than clamps, a size past its limit); returns what it granted.
 pub(crate) fn set_socket_buffers(socket: &socket2::Socket, bytes: usize) -> (usize, usize) {
-    let mut size = bytes;
-    while size >= 64 * 1024 && socket.set_recv_buffer_size(size).is_err() {
-        size /= 2;
-    }
-    let mut size = bytes;
-    while size >= 64 * 1024 && socket.set_send_buffer_size(size).is_err() {
-        size /= 2;
-    }
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
     (
-        socket.recv_buffer_size().unwrap_or(0),
-        socket.send_buffer_size().unwrap_or(0),
+        set_buffer(fd, libc::SO_RCVBUF, bytes).unwrap_or(0),
+        set_buffer(fd, libc::SO_SNDBUF, bytes).unwrap_or(0),
     )
 }

@@ -100,6 +100,36 @@ pub(crate) fn fd_flags(fd: RawFd) -> io::Result<i32> {
     check(unsafe { libc::fcntl(fd, libc::F_GETFL) })
 }
 
+/// Descriptors tunpipe holds for running engines (its dups of hosts' fds), so that a scan for
+/// the host's utun fd does not find tunpipe's own.
+static HELD: parking_lot::Mutex<Vec<RawFd>> = parking_lot::Mutex::new(Vec::new());
+
+/// Marks a descriptor as tunpipe's own for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct HeldFd(RawFd);
+
+impl HeldFd {
+    pub(crate) fn new(fd: RawFd) -> Self {
+        HELD.lock().push(fd);
+        HeldFd(fd)
+    }
+}
+
+impl Drop for HeldFd {
+    fn drop(&mut self) {
+        let mut held = HELD.lock();
+        if let Some(at) = held.iter().position(|&fd| fd == self.0) {
+            held.swap_remove(at);
+        }
+    }
+}
+
+/// Whether `fd` is one of tunpipe's own ([`HeldFd`]).
+#[cfg_attr(not(target_vendor = "apple"), allow(dead_code))]
+pub(crate) fn is_held(fd: RawFd) -> bool {
+    HELD.lock().contains(&fd)
+}
+
 /// A close-on-exec duplicate of `fd`, owned by the caller.
 pub(crate) fn dup_cloexec(fd: RawFd) -> io::Result<RawFd> {
     // SAFETY: F_DUPFD_CLOEXEC takes an integer; an invalid fd yields EBADF.
@@ -109,4 +139,26 @@ pub(crate) fn dup_cloexec(fd: RawFd) -> io::Result<RawFd> {
 /// Is `fd` open? (For tests and the C ABI's checks.)
 pub fn fd_is_open(fd: RawFd) -> bool {
     fd_flags(fd).is_ok()
+}
+
+#[cfg(all(test, not(tunpipe_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_fd_is_marked_while_it_lives() {
+        // A number no real descriptor of this test has.
+        let fd = 1_000_001;
+        assert!(!is_held(fd));
+        let held = HeldFd::new(fd);
+        let again = HeldFd::new(fd);
+        assert!(is_held(fd));
+        drop(held);
+        assert!(
+            is_held(fd),
+            "a second mark of the same number keeps it marked"
+        );
+        drop(again);
+        assert!(!is_held(fd));
+    }
 }
