@@ -11,13 +11,14 @@ let package = Package(
     ],
     targets: [
         // libtunpipe_ffi.a for every Apple slice, with ffi/tunpipe.h and the module map in
-        // Headers/ (module TunPipeFFI).
+        // Headers/TunPipeFFI/ (module TunPipeFFI).
         .binaryTarget(name: "TunPipeFFI", path: "TunPipeFFI.xcframework"),
         .target(
             name: "TunPipe",
             dependencies: ["TunPipeFFI"],
             path: "Sources/TunPipe",
-            linkerSettings: [.linkedFramework("NetworkExtension")]
+            // Checked as Swift 6 checks it: what crosses threads is Sendable.
+            swiftSettings: [.enableExperimentalFeature("StrictConcurrency")]
         ),
     ]
 )

@@ -8,7 +8,7 @@ import TunPipeFFI
 import os
 
 /// A failed tunpipe call: its `TUNPIPE_ERR_*` code and the message tunpipe recorded.
-public struct TunPipeError: Error, CustomStringConvertible {
+public struct TunPipeError: Error, CustomStringConvertible, Sendable {
     public let code: Int32
     public let message: String
 
@@ -20,8 +20,10 @@ public struct TunPipeError: Error, CustomStringConvertible {
     }
 
     static func threadMessage() -> String {
-        var buffer = [CChar](repeating: 0, count: 512)
-        _ = tunpipe_last_error(&buffer, buffer.count)
+        // The count is read first: `&buffer` and `buffer.count` in one call would overlap.
+        let count = 512
+        var buffer = [CChar](repeating: 0, count: count)
+        _ = tunpipe_last_error(&buffer, count)
         return String(cString: buffer)
     }
 }
@@ -31,7 +33,37 @@ func check(_ code: Int32) throws {
     if code != TUNPIPE_OK { throw TunPipeError.last(code) }
 }
 
-/// The stage each packet goes through.
+/// Throws unless the linked library speaks the ABI of the header this package was built with
+/// (a mismatch is an error to report, not a reason to kill the extension).
+func checkAbi() throws {
+    let linked = tunpipe_abi_version()
+    if linked != UInt32(TUNPIPE_ABI_VERSION) {
+        throw TunPipeError(
+            code: TUNPIPE_ERR_INVALID_ARGUMENT,
+            message: "libtunpipe speaks ABI \(linked), its header \(TUNPIPE_ABI_VERSION): rebuild the XCFramework"
+        )
+    }
+}
+
+/// Reads a NUL-terminated string that tunpipe writes into a caller's buffer (`buf`, `len`,
+/// `needed`): asks for the size, then fills a buffer of that size, and asks again if what it
+/// reads grew in between (a histogram that recorded more packets, say).
+func readString(_ call: (UnsafeMutablePointer<CChar>?, Int, UnsafeMutablePointer<Int>) -> Int32) throws -> String {
+    var needed = 0
+    var code = call(nil, 0, &needed)
+    while code == TUNPIPE_ERR_BUFFER_TOO_SMALL {
+        let count = needed
+        var buffer = [CChar](repeating: 0, count: count)
+        code = call(&buffer, count, &needed)
+        if code == TUNPIPE_OK {
+            return String(cString: buffer)
+        }
+    }
+    try check(code)
+    return ""
+}
+
+/// The stage each packet goes through (a one-way engine; a tunnel has its own).
 public enum TunPipeStage {
     /// Answers ICMP/ICMPv6 echo requests and reflects UDP (the default, for testing).
     case reflect
@@ -43,7 +75,10 @@ public enum TunPipeStage {
 }
 
 /// `TunpipeConfig`, with the library's defaults (`tunpipe_config_default`).
-public struct TunPipeConfiguration {
+///
+/// `@unchecked Sendable`: it is a value, but a `.callback` stage carries the host's raw
+/// context pointer, whose thread safety is the host's promise (the header's contract).
+public struct TunPipeConfiguration: @unchecked Sendable {
     public var workers: UInt32
     public var ringCapacity: UInt32
     public var poolBuffers: UInt32
@@ -55,6 +90,11 @@ public struct TunPipeConfiguration {
     public var pin: Bool
     public var latency: Bool
     public var maxStagePanics: UInt64
+    /// A WireGuard tunnel: the wg-quick text (from `providerConfiguration`, say), or nil for
+    /// no tunnel. With it, `stage` and `mtu` are not used: the text's MTU (1420 by default)
+    /// is the inside MTU. The host applies the addresses, DNS and routes itself
+    /// (`TunPipeWireGuardSettings`).
+    public var wireguardConfig: String?
 
     public init() {
         var c = TunpipeConfig()
@@ -71,8 +111,9 @@ public struct TunPipeConfiguration {
         maxStagePanics = c.max_stage_panics
     }
 
-    /// The C struct: the defaults (which set `size` and zero `reserved`), then our fields.
-    func cConfig() -> TunpipeConfig {
+    /// Calls `body` with the C struct (the defaults, which set `size` and zero `reserved`,
+    /// then our fields). The WireGuard text's C string lives for the call: tunpipe copies it.
+    func withCConfig<R>(_ body: (UnsafePointer<TunpipeConfig>) throws -> R) rethrows -> R {
         var c = TunpipeConfig()
         _ = tunpipe_config_default(&c)
         c.workers = workers
@@ -95,21 +136,27 @@ public struct TunPipeConfiguration {
             c.callback = function
             c.callback_context = context
         }
-        return c
+        guard let text = wireguardConfig else {
+            return try withUnsafePointer(to: &c) { try body($0) }
+        }
+        return try text.withCString { cText in
+            c.wireguard_config = cText
+            return try withUnsafePointer(to: &c) { try body($0) }
+        }
     }
 
     /// Bytes an engine with this configuration reserves at start (pool, rings, histograms):
     /// compare with `TunPipe.availableMemory()` before starting.
     public func reservedBytes() throws -> UInt64 {
-        var c = cConfig()
         var bytes: UInt64 = 0
-        try check(tunpipe_config_reserved_bytes(&c, &bytes))
+        try withCConfig { try check(tunpipe_config_reserved_bytes($0, &bytes)) }
         return bytes
     }
 }
 
-/// `TunpipeStats`: the engine's counters.
-public struct TunPipeStats {
+/// `TunpipeStats`: the engine's counters. For a tunnel, both directions together (per
+/// direction, and WireGuard's reasons for its drops: `TunPipeTunnelStats`).
+public struct TunPipeStats: Codable, Sendable {
     public var rxPackets: UInt64
     public var rxBytes: UInt64
     public var txPackets: UInt64
@@ -121,13 +168,19 @@ public struct TunPipeStats {
     public var dropStagePanic: UInt64
     public var dropWriteError: UInt64
     public var dropStopped: UInt64
+    public var dropNoBuffer: UInt64
     public var poolStalls: UInt64
+    public var ringStalls: UInt64
     public var readErrors: UInt64
     public var wakeups: UInt64
     public var callbackErrors: UInt64
     public var reservedBytes: UInt64
     /// Every packet dropped, whatever the reason (the sum of the `drop*` fields).
     public var dropped: UInt64
+    /// A tunnel's own packets (handshakes, keepalives, packets released by a handshake).
+    public var originated: UInt64
+    /// Packets a tunnel took in and did not pass on (handshakes, keepalives, held packets).
+    public var consumed: UInt64
 
     init(_ s: TunpipeStats) {
         rxPackets = s.rx_packets
@@ -141,12 +194,16 @@ public struct TunPipeStats {
         dropStagePanic = s.drop_stage_panic
         dropWriteError = s.drop_write_error
         dropStopped = s.drop_stopped
+        dropNoBuffer = s.drop_no_buffer
         poolStalls = s.pool_stalls
+        ringStalls = s.ring_stalls
         readErrors = s.read_errors
         wakeups = s.wakeups
         callbackErrors = s.callback_errors
         reservedBytes = s.reserved_bytes
         dropped = s.dropped
+        originated = s.originated
+        consumed = s.consumed
     }
 
     static func read(_ fill: (UnsafeMutablePointer<TunpipeStats>) -> Int32) throws -> TunPipeStats {
@@ -157,8 +214,126 @@ public struct TunPipeStats {
     }
 }
 
+/// `TunpipeDirectionStats`: one direction of a tunnel. Outbound is TUN → UDP (sealed toward
+/// the peers), inbound is UDP → TUN.
+public struct TunPipeDirectionStats: Codable, Sendable {
+    public var packetsIn: UInt64
+    public var bytesIn: UInt64
+    public var packetsOut: UInt64
+    public var bytesOut: UInt64
+    public var originated: UInt64
+    public var consumed: UInt64
+    public var dropped: UInt64
+    public var ringStalls: UInt64
+
+    init(_ d: TunpipeDirectionStats) {
+        packetsIn = d.packets_in
+        bytesIn = d.bytes_in
+        packetsOut = d.packets_out
+        bytesOut = d.bytes_out
+        originated = d.originated
+        consumed = d.consumed
+        dropped = d.dropped
+        ringStalls = d.ring_stalls
+    }
+}
+
+/// `TunpipeTunnelStats`: a WireGuard tunnel's figures. `Codable`: a provider can answer
+/// `handleAppMessage` with it as JSON.
+public struct TunPipeTunnelStats: Codable, Sendable {
+    public var peers: UInt32
+    public var handshakesCompleted: UInt64
+    public var handshakeFailures: UInt64
+    public var handshakeInitiations: UInt64
+    /// Seconds since the last completed handshake; nil if none has.
+    public var secondsSinceHandshake: Int64?
+    /// The first peer's endpoint as it now stands ("203.0.113.1:51820"); nil if unknown.
+    public var endpoint: String?
+    public var outbound: TunPipeDirectionStats
+    public var inbound: TunPipeDirectionStats
+    public var dataTxPackets: UInt64
+    public var dataTxBytes: UInt64
+    public var dataRxPackets: UInt64
+    public var dataRxBytes: UInt64
+    public var dropAuthFailure: UInt64
+    public var dropReplay: UInt64
+    public var dropNotAllowed: UInt64
+    public var dropNoSession: UInt64
+    public var dropNoPeer: UInt64
+    public var dropNoEndpoint: UInt64
+    public var dropNoHandshake: UInt64
+    public var dropGarbage: UInt64
+
+    init(_ t: TunpipeTunnelStats) {
+        peers = t.peers
+        handshakesCompleted = t.handshakes_completed
+        handshakeFailures = t.handshake_failures
+        handshakeInitiations = t.handshake_initiations
+        secondsSinceHandshake = t.seconds_since_handshake < 0 ? nil : t.seconds_since_handshake
+        // `char endpoint[64]` imports as a tuple of CChar: read its bytes up to the NUL.
+        let text = withUnsafeBytes(of: t.endpoint) { bytes in
+            String(decoding: bytes.prefix(while: { $0 != 0 }), as: UTF8.self)
+        }
+        endpoint = text.isEmpty ? nil : text
+        outbound = TunPipeDirectionStats(t.outbound)
+        inbound = TunPipeDirectionStats(t.inbound)
+        dataTxPackets = t.data_tx_packets
+        dataTxBytes = t.data_tx_bytes
+        dataRxPackets = t.data_rx_packets
+        dataRxBytes = t.data_rx_bytes
+        dropAuthFailure = t.drop_auth_failure
+        dropReplay = t.drop_replay
+        dropNotAllowed = t.drop_not_allowed
+        dropNoSession = t.drop_no_session
+        dropNoPeer = t.drop_no_peer
+        dropNoEndpoint = t.drop_no_endpoint
+        dropNoHandshake = t.drop_no_handshake
+        dropGarbage = t.drop_garbage
+    }
+
+    static func read(_ fill: (UnsafeMutablePointer<TunpipeTunnelStats>) -> Int32) throws -> TunPipeTunnelStats {
+        var t = TunpipeTunnelStats()
+        t.size = UInt32(MemoryLayout<TunpipeTunnelStats>.size)
+        try check(fill(&t))
+        return TunPipeTunnelStats(t)
+    }
+}
+
+/// What the host applies to its interface for a wg-quick text, from tunpipe's own parser
+/// (`tunpipe_wireguard_settings`): no second parser in Swift, and no keys.
+public struct TunPipeWireGuardSettings: Decodable, Sendable {
+    public struct Peer: Decodable, Sendable {
+        /// "vpn.example.com:51820" or "[2001:db8::1]:51820"; nil if the peer reaches us first.
+        public var endpoint: String?
+        /// The endpoint's host, for `tunnelRemoteAddress`.
+        public var endpointHost: String?
+        public var endpointPort: UInt16?
+        /// Prefixes routed to this peer ("0.0.0.0/0", "10.0.0.0/8", "::/0").
+        public var allowedIps: [String]
+        public var persistentKeepalive: UInt16?
+    }
+
+    /// The interface's addresses with their prefixes ("10.0.0.2/32", "fd00::2/128").
+    public var addresses: [String]
+    public var dns: [String]
+    public var dnsSearch: [String]
+    public var mtu: Int
+    public var listenPort: UInt16?
+    public var peers: [Peer]
+
+    /// Parses `wgQuick` (an error names the line and the field).
+    public init(wgQuick: String) throws {
+        let json = try wgQuick.withCString { text in
+            try readString { tunpipe_wireguard_settings(text, $0, $1, $2) }
+        }
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        self = try decoder.decode(TunPipeWireGuardSettings.self, from: Data(json.utf8))
+    }
+}
+
 /// `TunpipePercentiles`, in nanoseconds.
-public struct TunPipePercentiles {
+public struct TunPipePercentiles: Codable, Sendable {
     public var count: UInt64
     public var min: UInt64
     public var p50: UInt64
@@ -179,7 +354,7 @@ public struct TunPipePercentiles {
 }
 
 /// `TunpipeLatency`: time in the engine (read to write) and in the stage.
-public struct TunPipeLatency {
+public struct TunPipeLatency: Codable, Sendable {
     public var engine: TunPipePercentiles
     public var stage: TunPipePercentiles
 
@@ -192,7 +367,7 @@ public struct TunPipeLatency {
 }
 
 /// Which histogram to export.
-public enum TunPipeHistogram {
+public enum TunPipeHistogram: Sendable {
     case engine
     case stage
 
@@ -204,17 +379,29 @@ public enum TunPipeHistogram {
     }
 }
 
-/// Reads a base64 histogram: ask for the size, then fill a buffer of that size.
-func readBase64(_ call: (UnsafeMutablePointer<CChar>?, Int, UnsafeMutablePointer<Int>) -> Int32) throws -> String {
-    var needed = 0
-    let code = call(nil, 0, &needed)
-    guard code == TUNPIPE_ERR_BUFFER_TOO_SMALL else {
-        try check(code)
-        return ""
+/// The engine handle itself. `TunPipe` owns one, and so does a thread waiting in
+/// `onStop`: the handle is freed when the last of them lets go, so that `TunPipe.deinit`
+/// (which stops the engine) runs even while a wait is under way.
+final class EngineHandle: @unchecked Sendable {
+    // Sendable: tunpipe's handle calls are thread-safe (the header's contract); the pointer
+    // never changes after init, and is freed once, in deinit.
+    let pointer: OpaquePointer
+
+    init(_ pointer: OpaquePointer) {
+        self.pointer = pointer
     }
-    var buffer = [CChar](repeating: 0, count: needed)
-    try check(call(&buffer, buffer.count, &needed))
-    return String(cString: buffer)
+
+    deinit {
+        // Stops (if still running), joins and frees.
+        _ = tunpipe_engine_free(pointer)
+    }
+
+    func lastError() -> String {
+        let count = 512
+        var buffer = [CChar](repeating: 0, count: count)
+        _ = tunpipe_engine_last_error(pointer, &buffer, count)
+        return String(cString: buffer)
+    }
 }
 
 /// An engine on the tunnel's utun fd, through the handle API. Several may run at once.
@@ -222,40 +409,49 @@ func readBase64(_ call: (UnsafeMutablePointer<CChar>?, Int, UnsafeMutablePointer
 /// `init` starts it without blocking (the engine has its own threads). `stop()` blocks until
 /// every engine thread is joined and the engine's dup of the fd is closed, so call it from
 /// `stopTunnel` (off the main thread) before calling the completion handler: after it
-/// returns, iOS may close the fd. Deinit also stops.
-public final class TunPipe {
-    private let engine: OpaquePointer
+/// returns, iOS may close the fd. Dropping the last reference stops it too.
+public final class TunPipe: Sendable {
+    private let handle: EngineHandle
 
     /// The ABI version of the linked library; `TUNPIPE_ABI_VERSION` is the header's.
     public static var abiVersion: UInt32 { tunpipe_abi_version() }
 
     /// Starts an engine on `fd` (from `UtunFinder.find()`), or with `fd == nil` lets tunpipe
-    /// scan for the utun fd itself.
+    /// scan for the utun fd itself. With `configuration.wireguardConfig` set it runs a
+    /// WireGuard tunnel (a host name in Endpoint is resolved here: call it off the main
+    /// thread).
     public init(fd: Int32?, configuration: TunPipeConfiguration = TunPipeConfiguration()) throws {
-        precondition(tunpipe_abi_version() == UInt32(TUNPIPE_ABI_VERSION), "tunpipe header and library differ")
-        var c = configuration.cConfig()
-        var handle: OpaquePointer?
-        try check(tunpipe_engine_start(&c, fd ?? -1, &handle))
-        guard let handle else { throw TunPipeError(code: TUNPIPE_ERR_PANIC, message: "no handle") }
-        engine = handle
+        try checkAbi()
+        var pointer: OpaquePointer?
+        try configuration.withCConfig { c in
+            try check(tunpipe_engine_start(c, fd ?? -1, &pointer))
+        }
+        guard let pointer else {
+            throw TunPipeError(code: TUNPIPE_ERR_PANIC, message: "tunpipe_engine_start gave no handle")
+        }
+        handle = EngineHandle(pointer)
     }
 
     deinit {
-        _ = tunpipe_engine_free(engine)
+        // A waiting `onStop` thread keeps the handle, not `self`: stop here, so that the
+        // engine and its dup of the fd go when the host lets go of the engine.
+        _ = tunpipe_engine_stop(handle.pointer)
     }
 
     /// Stops and joins the engine. Throws the fatal error that had stopped it, if one did.
     public func stop() throws {
-        try check(tunpipe_engine_stop(engine))
+        try check(tunpipe_engine_stop(handle.pointer))
     }
 
-    /// Calls `handler` on `queue` once the engine stops: after `stop()`, or on a fatal error
-    /// (the device went away, the stage kept panicking), with that error. Waits on a thread of
-    /// its own; the engine must outlive the wait (keep a reference to `self`).
-    public func onStop(queue: DispatchQueue = .main, _ handler: @escaping (TunPipeError?) -> Void) {
-        let thread = Thread { [self] in
-            let code = tunpipe_engine_wait(engine)
-            let error = code == TUNPIPE_OK ? nil : TunPipeError(code: code, message: handleMessage())
+    /// Calls `handler` on `queue` once the engine stops: after `stop()` (or the last
+    /// reference is dropped), or on a fatal error (the device went away, the stage kept
+    /// panicking), with that error. Waits on a thread of its own, which holds the engine's
+    /// handle (not `self`).
+    public func onStop(queue: DispatchQueue = .main, _ handler: @escaping @Sendable (TunPipeError?) -> Void) {
+        let handle = self.handle
+        let thread = Thread {
+            let code = tunpipe_engine_wait(handle.pointer)
+            let error = code == TUNPIPE_OK ? nil : TunPipeError(code: code, message: handle.lastError())
             queue.async { handler(error) }
         }
         thread.name = "tunpipe-wait"
@@ -263,23 +459,35 @@ public final class TunPipe {
         thread.start()
     }
 
+    /// Tells the tunnel that the network path changed (from `NWPathMonitor`): a new UDP
+    /// socket, the same port if it can be had, and a keepalive to every peer from it. Throws
+    /// `TUNPIPE_ERR_UNSUPPORTED` for an engine without a tunnel.
+    public func rebind() throws {
+        try check(tunpipe_engine_rebind(handle.pointer))
+    }
+
     public func stats() throws -> TunPipeStats {
-        try TunPipeStats.read { tunpipe_engine_stats(engine, $0) }
+        try TunPipeStats.read { tunpipe_engine_stats(handle.pointer, $0) }
+    }
+
+    /// The tunnel's figures; throws `TUNPIPE_ERR_UNSUPPORTED` for an engine without a tunnel.
+    public func tunnelStats() throws -> TunPipeTunnelStats {
+        try TunPipeTunnelStats.read { tunpipe_engine_tunnel_stats(handle.pointer, $0) }
     }
 
     public func latency() throws -> TunPipeLatency {
-        try TunPipeLatency.read { tunpipe_engine_latency(engine, $0) }
+        try TunPipeLatency.read { tunpipe_engine_latency(handle.pointer, $0) }
     }
 
     /// The histogram in HdrHistogram's V2-deflate encoding, base64 (HdrHistogram log format).
     public func latencyHistogramBase64(_ which: TunPipeHistogram = .engine) throws -> String {
-        try readBase64 { tunpipe_engine_latency_base64(engine, which.raw, $0, $1, $2) }
+        try readString { tunpipe_engine_latency_base64(handle.pointer, which.raw, $0, $1, $2) }
     }
 
     /// Bytes this engine reserved at start.
     public var reservedBytes: UInt64 {
         var bytes: UInt64 = 0
-        _ = tunpipe_engine_reserved_bytes(engine, &bytes)
+        _ = tunpipe_engine_reserved_bytes(handle.pointer, &bytes)
         return bytes
     }
 
@@ -289,39 +497,114 @@ public final class TunPipe {
         var bytes: UInt64 = 0
         return tunpipe_available_memory(&bytes) == TUNPIPE_OK ? bytes : nil
     }
-
-    private func handleMessage() -> String {
-        var buffer = [CChar](repeating: 0, count: 512)
-        _ = tunpipe_engine_last_error(engine, &buffer, buffer.count)
-        return String(cString: buffer)
-    }
 }
 
 /// The seed's global pair, `start_tun(fd)` / `stop_tun()`, for hosts that follow the tun-rs
 /// iOS guide: one engine per process, its configuration set beforehand.
+///
+/// `start` returns before its thread calls `start_tun`; a `stop` in that window cancels the
+/// start (the engine never runs), and a `stop` just after it waits for `start_tun` to claim
+/// the engine and then stops it.
 public enum TunPipeGlobal {
-    /// Sets the configuration the next `start` uses.
+    private enum Phase {
+        case idle
+        /// `start` spawned its thread, which has not called `start_tun` yet.
+        case pending(cancelled: Bool)
+        /// The thread is in `start_tun` (or about to be).
+        case running
+    }
+
+    /// The phase, behind a lock: touched by `start`, `stop` and the start thread.
+    private final class State: @unchecked Sendable {
+        // Sendable: every access to `phase` holds `lock`.
+        let lock = NSLock()
+        var phase = Phase.idle
+
+        func with<R>(_ body: (inout Phase) throws -> R) rethrows -> R {
+            lock.lock()
+            defer { lock.unlock() }
+            return try body(&phase)
+        }
+    }
+
+    private static let state = State()
+
+    /// Sets the configuration the next `start` uses (with `wireguardConfig`, a tunnel).
     public static func configure(_ configuration: TunPipeConfiguration) throws {
-        var c = configuration.cConfig()
-        try check(tunpipe_set_config(&c))
+        try checkAbi()
+        try configuration.withCConfig { try check(tunpipe_set_config($0)) }
     }
 
     /// Runs `start_tun(fd)` on a background thread (it blocks while the engine runs) and
-    /// calls `completion` with its result once it returns: nil after a clean stop.
-    public static func start(fd: Int32?, completion: @escaping (TunPipeError?) -> Void = { _ in }) {
+    /// calls `completion` with its result once it returns: nil after a clean stop, or after a
+    /// `stop` that cancelled the start. Throws `TUNPIPE_ERR_ALREADY_RUNNING` if a start is
+    /// pending or running.
+    public static func start(fd: Int32?, completion: @escaping @Sendable (TunPipeError?) -> Void = { _ in }) throws {
+        try state.with { phase -> Void in
+            guard case .idle = phase else {
+                throw TunPipeError(code: TUNPIPE_ERR_ALREADY_RUNNING, message: "a start_tun engine is starting or running")
+            }
+            phase = .pending(cancelled: false)
+        }
         let thread = Thread {
+            let cancelled = state.with { phase -> Bool in
+                if case .pending(cancelled: true) = phase {
+                    phase = .idle
+                    return true
+                }
+                phase = .running
+                return false
+            }
+            if cancelled {
+                completion(nil)
+                return
+            }
             let code = start_tun(fd ?? -1)
-            completion(code == TUNPIPE_OK ? nil : TunPipeError.last(code))
+            let error = code == TUNPIPE_OK ? nil : TunPipeError.last(code)
+            state.with { $0 = .idle }
+            completion(error)
         }
         thread.name = "tunpipe-start_tun"
         thread.qualityOfService = .userInitiated
         thread.start()
     }
 
-    /// `stop_tun()`: returns once the engine is stopped and joined (also one still starting).
-    /// Throws `TUNPIPE_ERR_NOT_RUNNING` when none runs.
+    /// Stops the engine `start` started and returns once it is stopped and joined (a start
+    /// still pending is cancelled). Throws `TUNPIPE_ERR_NOT_RUNNING` when nothing was started.
     public static func stop() throws {
-        try check(stop_tun())
+        let wasRunning = try state.with { phase -> Bool in
+            switch phase {
+            case .idle:
+                throw TunPipeError(code: TUNPIPE_ERR_NOT_RUNNING, message: "no start_tun engine is starting or running")
+            case .pending:
+                phase = .pending(cancelled: true)
+                return false
+            case .running:
+                return true
+            }
+        }
+        guard wasRunning else { return }
+        // The thread may be between `.running` and `start_tun` claiming its slot, where
+        // stop_tun finds nothing yet: ask again until it stops something or the thread ends.
+        while true {
+            let code = stop_tun()
+            if code != TUNPIPE_ERR_NOT_RUNNING {
+                try check(code)
+                return
+            }
+            let ended = state.with { phase -> Bool in
+                if case .idle = phase { return true }
+                return false
+            }
+            if ended { return }
+            usleep(1000)
+        }
+    }
+
+    /// Tells the running `start_tun` tunnel that the network path changed (as
+    /// `TunPipe.rebind()`).
+    public static func rebind() throws {
+        try check(tunpipe_rebind())
     }
 
     /// Counters of the running engine, or of the last one after it stopped.
@@ -329,12 +612,17 @@ public enum TunPipeGlobal {
         try TunPipeStats.read { tunpipe_stats($0) }
     }
 
+    /// The tunnel's figures (the running one, or the last one after it stopped).
+    public static func tunnelStats() throws -> TunPipeTunnelStats {
+        try TunPipeTunnelStats.read { tunpipe_tunnel_stats($0) }
+    }
+
     public static func latency() throws -> TunPipeLatency {
         try TunPipeLatency.read { tunpipe_latency($0) }
     }
 
     public static func latencyHistogramBase64(_ which: TunPipeHistogram = .engine) throws -> String {
-        try readBase64 { tunpipe_latency_base64(which.raw, $0, $1, $2) }
+        try readString { tunpipe_latency_base64(which.raw, $0, $1, $2) }
     }
 }
 
@@ -343,7 +631,7 @@ public enum TunPipeLog {
     static let logger = Logger(subsystem: "tunpipe", category: "engine")
 
     /// Installs the callback; lines above `maxLevel` (a `TUNPIPE_LOG_*` level) are not
-    /// formatted at all. tunpipe never logs per packet.
+    /// formatted at all. tunpipe never logs per packet, and never logs a key.
     public static func install(maxLevel: Int32 = TUNPIPE_LOG_INFO) throws {
         // A C function pointer: the closure captures nothing and reads the static logger.
         try check(tunpipe_set_log_callback({ _, level, message in
