@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds swift/TunPipeFFI.xcframework from the Rust crate: every Apple slice, simulators and
-# macOS lipo'd into fat archives, with ffi/tunpipe.h and the module map as headers.
+# macOS lipo'd into fat archives, with ffi/tunpipe.h and the module map in Headers/TunPipeFFI/.
+# WireGuard's crypto (ring) is compiled with Xcode's clang and SDKs, found through xcrun.
 # Runs on a Mac with Xcode and rustup. tvOS and the iOS simulator on Intel are tier 3 in
 # Rust, so they are built from source with -Zbuild-std (RUSTC_BOOTSTRAP, or use nightly).
 #
@@ -17,6 +18,11 @@ trap 'rm -rf "$stage"' EXIT
 tier2=(aarch64-apple-ios aarch64-apple-ios-sim x86_64-apple-ios aarch64-apple-darwin x86_64-apple-darwin)
 tier3=(aarch64-apple-tvos aarch64-apple-tvos-sim x86_64-apple-tvos)
 
+# The oldest systems the package supports (Package.swift), for the Rust and the C alike.
+export IPHONEOS_DEPLOYMENT_TARGET=15.0
+export TVOS_DEPLOYMENT_TARGET=17.0
+export MACOSX_DEPLOYMENT_TARGET=12.0
+
 rustup target add "${tier2[@]}"
 build() { (cd "$root" && cargo build --release -p tunpipe-ffi --lib --target "$1"); }
 build_std() {
@@ -27,28 +33,35 @@ for t in "${tier2[@]}"; do build "$t"; done
 if [ -z "${SKIP_TVOS:-}" ]; then for t in "${tier3[@]}"; do build_std "$t"; done; fi
 
 lib() { echo "$target_dir/$1/release/libtunpipe_ffi.a"; }
-fat() { # fat NAME slice...
+# fat NAME slice...: lipo the slices into $stage/NAME/libtunpipe_ffi.a. Called as a command,
+# never inside $(...), where a failure would not stop the script (set -e does not reach
+# into a command substitution).
+fat() {
   local name=$1; shift
   mkdir -p "$stage/$name"
   local inputs=()
   for t in "$@"; do inputs+=("$(lib "$t")"); done
   lipo -create "${inputs[@]}" -output "$stage/$name/libtunpipe_ffi.a"
-  echo "$stage/$name/libtunpipe_ffi.a"
 }
+fat ios-sim aarch64-apple-ios-sim x86_64-apple-ios
+fat macos aarch64-apple-darwin x86_64-apple-darwin
+if [ -z "${SKIP_TVOS:-}" ]; then fat tvos-sim aarch64-apple-tvos-sim x86_64-apple-tvos; fi
 
+# The module in its own folder: a module.modulemap at the root of Headers/ collides with
+# other packages' in an app build ("Multiple commands produce .../include/module.modulemap").
 headers="$stage/Headers"
-mkdir -p "$headers"
-cp "$root/ffi/tunpipe.h" "$here/Headers/module.modulemap" "$headers/"
+mkdir -p "$headers/TunPipeFFI"
+cp "$root/ffi/tunpipe.h" "$here/Headers/TunPipeFFI/module.modulemap" "$headers/TunPipeFFI/"
 
 args=(
   -library "$(lib aarch64-apple-ios)" -headers "$headers"
-  -library "$(fat ios-sim aarch64-apple-ios-sim x86_64-apple-ios)" -headers "$headers"
-  -library "$(fat macos aarch64-apple-darwin x86_64-apple-darwin)" -headers "$headers"
+  -library "$stage/ios-sim/libtunpipe_ffi.a" -headers "$headers"
+  -library "$stage/macos/libtunpipe_ffi.a" -headers "$headers"
 )
 if [ -z "${SKIP_TVOS:-}" ]; then
   args+=(
     -library "$(lib aarch64-apple-tvos)" -headers "$headers"
-    -library "$(fat tvos-sim aarch64-apple-tvos-sim x86_64-apple-tvos)" -headers "$headers"
+    -library "$stage/tvos-sim/libtunpipe_ffi.a" -headers "$headers"
   )
 fi
 
