@@ -77,11 +77,16 @@ impl Run {
 /// The reader's half of a [`TunDevice`].
 pub struct TunRx {
     run: Arc<Run>,
+    /// Many packets per call where the platform has it (Apple's utun).
+    #[cfg(target_vendor = "apple")]
+    batch: sys::TunBatchIo,
 }
 
 /// The writer's half of a [`TunDevice`].
 pub struct TunTx {
     run: Arc<Run>,
+    #[cfg(target_vendor = "apple")]
+    batch: sys::TunBatchIo,
 }
 
 impl TunDevice {
@@ -149,17 +154,42 @@ impl Device for TunDevice {
             _claim: claim,
         });
         sys::tune_tun(fd);
-        Ok((TunRx { run: run.clone() }, TunTx { run }))
+        Ok((
+            TunRx {
+                run: run.clone(),
+                #[cfg(target_vendor = "apple")]
+                batch: sys::TunBatchIo::new(),
+            },
+            TunTx {
+                run,
+                #[cfg(target_vendor = "apple")]
+                batch: sys::TunBatchIo::new(),
+            },
+        ))
     }
 }
 
 impl RxHalf for TunRx {
+    #[cfg(target_vendor = "apple")]
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities::batched(super::Medium::Ip, self.batch.max_batch())
+    }
+
     #[inline]
     fn recv(&mut self, packet: &mut PacketBuf) -> io::Result<()> {
         let n = self.run.io.read(self.run.fd(), packet.data_mut())?;
         // Within the window just read into, so it cannot fail.
         let _ = packet.truncate(n);
         Ok(())
+    }
+
+    #[cfg(target_vendor = "apple")]
+    fn recv_batch(&mut self, packets: &mut [PacketBuf]) -> io::Result<usize> {
+        let fd = self.run.fd();
+        match self.batch.read(fd, packets)? {
+            0 => Err(io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
     }
 
     fn wait_readable(&mut self) -> io::Result<()> {
@@ -180,12 +210,23 @@ impl RxHalf for TunRx {
 }
 
 impl TxHalf for TunTx {
+    #[cfg(target_vendor = "apple")]
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities::batched(super::Medium::Ip, self.batch.max_batch())
+    }
+
     #[inline]
     fn send(&mut self, packet: &PacketBuf) -> io::Result<()> {
         whole_write(
             self.run.io.write(self.run.fd(), packet.data()),
             packet.len(),
         )
+    }
+
+    #[cfg(target_vendor = "apple")]
+    fn send_batch(&mut self, packets: &[PacketBuf]) -> io::Result<usize> {
+        let fd = self.run.fd();
+        self.batch.write(fd, packets)
     }
 }
 

@@ -229,16 +229,7 @@ impl TunIo {
     }
 
     pub(crate) fn write(&self, fd: RawFd, packet: &[u8]) -> io::Result<usize> {
-        let family: libc::c_int = match packet.first().map(|b| b >> 4) {
-            Some(6) => libc::AF_INET6,
-            Some(4) => libc::AF_INET,
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "not an IP packet",
-                ))
-            }
-        };
+        let family = family_of(packet).ok_or_else(not_ip)?;
         let family = (family as u32).to_be_bytes();
         let iov = [
             libc::iovec {
@@ -259,6 +250,205 @@ impl TunIo {
         let n = byte_count(unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT) })?;
         Ok(n.saturating_sub(FAMILY_HEADER))
     }
+}
+
+/// XNU's `struct msghdr_x` (`bsd/sys/socket_private.h`): a `msghdr` with the length of the
+/// datagram it carries, for `recvmsg_x`/`sendmsg_x`, which move many datagrams per call.
+#[repr(C)]
+struct MsghdrX {
+    msg_name: *mut libc::c_void,
+    msg_namelen: libc::socklen_t,
+    msg_iov: *mut libc::iovec,
+    msg_iovlen: libc::c_int,
+    msg_control: *mut libc::c_void,
+    msg_controllen: libc::socklen_t,
+    msg_flags: libc::c_int,
+    msg_datalen: libc::size_t,
+}
+
+// The layout must match XNU's exactly (LP64), or the kernel reads past the array.
+const _: () = assert!(std::mem::size_of::<MsghdrX>() == 56);
+
+extern "C" {
+    /// Receives up to `cnt` datagrams; returns how many, or -1 (`errno`).
+    fn recvmsg_x(
+        s: libc::c_int,
+        msgp: *const MsghdrX,
+        cnt: libc::c_uint,
+        flags: libc::c_int,
+    ) -> isize;
+    /// Sends up to `cnt` datagrams; returns how many, or -1 (`errno`), which does not say how
+    /// many went before the failure.
+    fn sendmsg_x(
+        s: libc::c_int,
+        msgp: *const MsghdrX,
+        cnt: libc::c_uint,
+        flags: libc::c_int,
+    ) -> isize;
+}
+
+/// Most packets one `recvmsg_x`/`sendmsg_x` moves.
+const TUN_BATCH: usize = 32;
+
+/// Reads and writes many packets per call on a utun control socket (`recvmsg_x`,
+/// `sendmsg_x`, as firezone's connlib does), each behind its 4-byte protocol family. One per
+/// device half, allocated once and rewritten before every call.
+///
+/// `sendmsg_x` returns -1 when a datagram fails, without saying how many went before it. The
+/// failure is then the first packet's (a write error), and the rest of that batch goes one
+/// packet per call: none is lost for not knowing, though one that had gone may go twice.
+pub(crate) struct TunBatchIo {
+    headers: Box<[MsghdrX]>,
+    vectors: Box<[[libc::iovec; 2]]>,
+    families: Box<[[u8; FAMILY_HEADER]]>,
+    /// Packets still to send one per call after a failed batch.
+    one_by_one: usize,
+}
+
+// SAFETY: the raw pointers in `headers` and `vectors` point only at this struct's arrays and
+// at the buffers of the call in progress; they are rewritten before each call and never read
+// between calls. The struct moves between threads only with the device half that owns it.
+unsafe impl Send for TunBatchIo {}
+
+impl TunBatchIo {
+    pub(crate) fn new() -> Self {
+        // SAFETY: MsghdrX and iovec are plain C structs for which all zeroes is valid.
+        let zeroed_header = || unsafe { std::mem::zeroed::<MsghdrX>() };
+        // SAFETY: as above.
+        let zeroed_iov = || unsafe { std::mem::zeroed::<libc::iovec>() };
+        TunBatchIo {
+            headers: (0..TUN_BATCH).map(|_| zeroed_header()).collect(),
+            vectors: (0..TUN_BATCH)
+                .map(|_| [zeroed_iov(), zeroed_iov()])
+                .collect(),
+            families: vec![[0; FAMILY_HEADER]; TUN_BATCH].into_boxed_slice(),
+            one_by_one: 0,
+        }
+    }
+
+    pub(crate) fn max_batch(&self) -> usize {
+        TUN_BATCH
+    }
+
+    fn point(&mut self, i: usize, data: *mut u8, len: usize) {
+        self.vectors[i] = [
+            libc::iovec {
+                iov_base: self.families[i].as_mut_ptr().cast(),
+                iov_len: FAMILY_HEADER,
+            },
+            libc::iovec {
+                iov_base: data.cast(),
+                iov_len: len,
+            },
+        ];
+        let header = &mut self.headers[i];
+        header.msg_name = std::ptr::null_mut();
+        header.msg_namelen = 0;
+        header.msg_iov = self.vectors[i].as_mut_ptr();
+        header.msg_iovlen = 2;
+        header.msg_control = std::ptr::null_mut();
+        header.msg_controllen = 0;
+        header.msg_flags = 0;
+        header.msg_datalen = 0;
+    }
+
+    /// Receives up to `bufs.len()` packets without blocking; returns how many.
+    pub(crate) fn read<B: super::net::DatagramBuf>(
+        &mut self,
+        fd: RawFd,
+        bufs: &mut [B],
+    ) -> io::Result<usize> {
+        let n = bufs.len().min(TUN_BATCH);
+        if n == 0 {
+            return Ok(0);
+        }
+        for (i, buf) in bufs.iter_mut().enumerate().take(n) {
+            let area = buf.area();
+            self.point(i, area.as_mut_ptr(), area.len());
+        }
+        // SAFETY: the first `n` headers point at this struct's family bytes and at the areas
+        // of `bufs`, borrowed exclusively for the call; the kernel writes only within them.
+        let got = byte_count(unsafe {
+            recvmsg_x(
+                fd,
+                self.headers.as_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        })?;
+        for (i, buf) in bufs.iter_mut().enumerate().take(got.min(n)) {
+            // A datagram shorter than its header carries no packet: an empty one, which the
+            // reader drops as malformed.
+            let len = self.headers[i].msg_datalen.saturating_sub(FAMILY_HEADER);
+            buf.received(len, None);
+        }
+        Ok(got.min(n))
+    }
+
+    /// Sends up to `bufs.len()` packets without blocking; returns how many went. A packet
+    /// that is no IP packet ends the batch (first in the batch, it is the error).
+    pub(crate) fn write<B: super::net::DatagramBuf>(
+        &mut self,
+        fd: RawFd,
+        bufs: &[B],
+    ) -> io::Result<usize> {
+        if self.one_by_one > 0 {
+            let Some(first) = bufs.first() else {
+                return Ok(0);
+            };
+            self.one_by_one -= 1;
+            let (data, _) = first.datagram();
+            return TunIo.write(fd, data).map(|_| 1);
+        }
+        let mut n = 0;
+        for buf in bufs.iter().take(TUN_BATCH) {
+            let (data, _) = buf.datagram();
+            let Some(family) = family_of(data) else {
+                break;
+            };
+            self.families[n] = (family as u32).to_be_bytes();
+            self.point(n, data.as_ptr() as *mut u8, data.len());
+            n += 1;
+        }
+        if n == 0 {
+            return if bufs.is_empty() {
+                Ok(0)
+            } else {
+                Err(not_ip())
+            };
+        }
+        // SAFETY: the first `n` headers point at this struct's family bytes and at the
+        // packets of `bufs`, borrowed for the call; the kernel only reads them.
+        let sent = unsafe {
+            sendmsg_x(
+                fd,
+                self.headers.as_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match byte_count(sent) {
+            Ok(sent) => Ok(sent.min(n)),
+            Err(e) => {
+                // How many went is unknown: the first is the error, the rest go one by one.
+                self.one_by_one = n - 1;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The utun protocol family of an IP packet, from its version nibble.
+fn family_of(packet: &[u8]) -> Option<libc::c_int> {
+    match packet.first().map(|b| b >> 4) {
+        Some(6) => Some(libc::AF_INET6),
+        Some(4) => Some(libc::AF_INET),
+        _ => None,
+    }
+}
+
+fn not_ip() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "not an IP packet")
 }
 
 /// `UTUN_OPT_MAX_PENDING_PACKETS` from XNU's `bsd/net/if_utun.h` (value 16, level

@@ -6,6 +6,8 @@
 //! - `tun_identity(fd)`: who the TUN behind `fd` is, the same for all its dups ([`TunIdentity`]);
 //! - `TunIo`: reads and writes of one packet that never block, whatever `O_NONBLOCK` says;
 //! - `tune_tun(fd)`: best-effort throughput settings for a fresh run (logged on failure);
+//! - Apple only, `TunBatchIo`: many utun packets per call (`recvmsg_x`/`sendmsg_x`); a Linux
+//!   TUN without offload has no multi-packet read or write;
 //! - `DatagramIo`: a UDP socket's datagrams, many per call where the platform can
 //!   (`recvmmsg`/`sendmmsg`), one per call elsewhere (`net::SingleDatagramIo`);
 //! - `set_socket_buffers(socket, bytes)`: the largest receive and send buffers it can get;
@@ -29,6 +31,9 @@ mod imp;
 
 pub(crate) mod net;
 
+/// Many packets per call on a utun (Apple: `recvmsg_x`/`sendmsg_x`).
+#[cfg(target_vendor = "apple")]
+pub(crate) use imp::TunBatchIo;
 pub(crate) use imp::{
     place_current_thread, set_socket_buffers, tun_identity, tune_tun, validate_tun_fd, DatagramIo,
     TunIo,
