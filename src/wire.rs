@@ -248,19 +248,27 @@ fn folded_multiply(a: u64, b: u64) -> u64 {
 /// RFC 1071 Internet checksum of `data`: the one's complement of the one's complement sum of its
 /// 16-bit big-endian words, an odd last byte padded with zero.
 pub fn checksum(data: &[u8]) -> u16 {
+    !fold(ones_sum(data, 0))
+}
+
+/// The one's complement sum of `data`'s 16-bit big-endian words (an odd last byte padded with
+/// zero) added to `initial`, not yet folded: what a partial (pseudo-header) checksum carries.
+pub(crate) fn ones_sum(data: &[u8], initial: u64) -> u64 {
     let mut words = data.chunks_exact(2);
     // u64 cannot overflow: that would take a slice of 2^49 bytes.
-    let mut sum: u64 = words
-        .by_ref()
-        .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
+    let mut sum: u64 = initial
+        + words
+            .by_ref()
+            .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum::<u64>();
     if let [last] = words.remainder() {
         sum += u64::from(*last) << 8;
     }
-    !fold(sum)
+    sum
 }
 
-fn fold(mut sum: u64) -> u16 {
+/// Folds a one's complement sum into 16 bits.
+pub(crate) fn fold(mut sum: u64) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -1,5 +1,7 @@
 //! The `tcp` section (Linux): iperf3 between two network namespaces joined by a bridge of
-//! two TUNs: two engines, or two guide loops.
+//! two TUNs: two engines, or two guide loops; and two engines on two TUNs made with offload
+//! (`IFF_VNET_HDR`, TSO: 64 KiB segments cut into packets on reading, runs of a flow joined
+//! on writing), which the guide's loop cannot read.
 
 use crate::contenders::{Contender, MTU};
 use crate::Timing;
@@ -15,10 +17,36 @@ use tunpipe_testkit::report::print_table;
 use tunpipe_testkit::tun::tun;
 use tunpipe_testkit::{bridge, config};
 
-/// Runs iperf3 across the bridge; returns its JSON report.
-fn iperf(ns: &NetnsRunner, secs: u32) -> Result<Value, String> {
-    let report = iperf3_across(ns, "10.60.0.2", secs)?;
+/// Runs iperf3 across the bridge to `server`; returns its JSON report.
+fn iperf(ns: &NetnsRunner, server: &str, secs: u32) -> Result<Value, String> {
+    let report = iperf3_across(ns, server, secs)?;
     serde_json::from_str(&report).map_err(|e| e.to_string())
+}
+
+/// The bridge with offload: two fresh TUNs made with `IFF_VNET_HDR` (the engine reads and
+/// writes them in segments), two engines with 0 workers.
+fn offload_bridge(t: &Timing) -> (Result<Value, String>, ThreadCpu) {
+    let made = (|| -> Result<(TunDevice, TunDevice, NetnsRunner), String> {
+        let a = tunpipe_testkit::tun::tun_offload("tpboa", "10.62.0.1")?;
+        let (b, ns) = tunpipe_testkit::netns::tun_offload_in_other_netns("tpbob", "10.62.0.2")?;
+        Ok((TunDevice::new(a), TunDevice::new(b), ns))
+    })();
+    let (a, b, ns) = match made {
+        Ok(made) => made,
+        Err(e) => return (Err(e), ThreadCpu::default()),
+    };
+    let threads = Contender::Tunpipe(0).threads();
+    let cpu0 = thread_cpu(threads);
+    match bridge(&a, &b, &config(0)) {
+        Ok((ab, ba)) => {
+            let report = iperf(&ns, "10.62.0.2", t.iperf_secs);
+            let cpu = thread_cpu(threads).since(&cpu0);
+            let _ = ab.stop();
+            let _ = ba.stop();
+            (report, cpu)
+        }
+        Err(e) => (Err(e), ThreadCpu::default()),
+    }
 }
 
 /// TCP throughput and CPU per GB across the bridge, per contender.
@@ -55,7 +83,7 @@ pub fn tcp_section(t: &Timing) -> Value {
                 })();
                 match engines {
                     Ok((ab, ba)) => {
-                        let report = iperf(&ns, t.iperf_secs);
+                        let report = iperf(&ns, "10.60.0.2", t.iperf_secs);
                         let cpu = thread_cpu(contender.threads()).since(&cpu0);
                         let _ = ab.stop();
                         let _ = ba.stop();
@@ -88,7 +116,7 @@ pub fn tcp_section(t: &Timing) -> Value {
                             .expect("spawn"),
                     );
                 }
-                let report = iperf(&ns, t.iperf_secs);
+                let report = iperf(&ns, "10.60.0.2", t.iperf_secs);
                 let cpu = thread_cpu(contender.threads()).since(&cpu0);
                 stop.store(true, Ordering::Relaxed);
                 // Each blocked loop needs one more packet to see its flag: ping across.
@@ -107,48 +135,28 @@ pub fn tcp_section(t: &Timing) -> Value {
             Contender::GuideSync => "guide-sync x2".to_string(),
             c => format!("{} x2", c.name()),
         };
-        match report {
-            Ok(r) => {
-                let gbps = r["end"]["sum_received"]["bits_per_second"]
-                    .as_f64()
-                    .unwrap_or(0.0)
-                    / 1e9;
-                let retr = r["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-                let bytes = r["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
-                if contender == Contender::GuideSync {
-                    base = Some(gbps);
-                }
-                let ratio = base.map(|b| gbps / b).unwrap_or(f64::NAN);
-                let cpu_per_gb = cpu.cpu_ns as f64 / 1e9 / (bytes / 1e9).max(1e-9);
-                rows.push(vec![
-                    name.clone(),
-                    format!("{gbps:.2}"),
-                    format!("{ratio:.2}"),
-                    retr.to_string(),
-                    format!("{cpu_per_gb:.2}"),
-                ]);
-                cells.push(json!({
-                    "contender": name,
-                    "gbit_per_s": gbps,
-                    "ratio_vs_guide_sync": ratio,
-                    "retransmits": retr,
-                    "bytes": bytes,
-                    "contender_cpu_s_per_gb": cpu_per_gb,
-                    "seconds": t.iperf_secs,
-                }));
-            }
-            Err(e) => {
-                rows.push(vec![
-                    name.clone(),
-                    "error".into(),
-                    e.clone(),
-                    "".into(),
-                    "".into(),
-                ]);
-                cells.push(json!({"contender": name, "error": e}));
-            }
-        }
+        record(
+            &name,
+            report,
+            cpu,
+            contender == Contender::GuideSync,
+            t,
+            &mut base,
+            &mut rows,
+            &mut cells,
+        );
     }
+    let (report, cpu) = offload_bridge(t);
+    record(
+        "tunpipe-w0 x2, offload",
+        report,
+        cpu,
+        false,
+        t,
+        &mut base,
+        &mut rows,
+        &mut cells,
+    );
     print_table(
         &format!(
             "TCP (iperf3 -t {}) across a bridge of two TUNs in two namespaces, passthrough",
@@ -158,4 +166,59 @@ pub fn tcp_section(t: &Timing) -> Value {
         &rows,
     );
     Value::Array(cells)
+}
+
+/// One bridge's row and cell; `is_base`: the guide's, which the others are set against.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    name: &str,
+    report: Result<Value, String>,
+    cpu: ThreadCpu,
+    is_base: bool,
+    t: &Timing,
+    base: &mut Option<f64>,
+    rows: &mut Vec<Vec<String>>,
+    cells: &mut Vec<Value>,
+) {
+    match report {
+        Ok(r) => {
+            let gbps = r["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or(0.0)
+                / 1e9;
+            let retr = r["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+            let bytes = r["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+            if is_base {
+                *base = Some(gbps);
+            }
+            let ratio = base.map(|b| gbps / b).unwrap_or(f64::NAN);
+            let cpu_per_gb = cpu.cpu_ns as f64 / 1e9 / (bytes / 1e9).max(1e-9);
+            rows.push(vec![
+                name.to_string(),
+                format!("{gbps:.2}"),
+                format!("{ratio:.2}"),
+                retr.to_string(),
+                format!("{cpu_per_gb:.2}"),
+            ]);
+            cells.push(json!({
+                "contender": name,
+                "gbit_per_s": gbps,
+                "ratio_vs_guide_sync": ratio,
+                "retransmits": retr,
+                "bytes": bytes,
+                "contender_cpu_s_per_gb": cpu_per_gb,
+                "seconds": t.iperf_secs,
+            }));
+        }
+        Err(e) => {
+            rows.push(vec![
+                name.to_string(),
+                "error".into(),
+                e.clone(),
+                "".into(),
+                "".into(),
+            ]);
+            cells.push(json!({"contender": name, "error": e}));
+        }
+    }
 }

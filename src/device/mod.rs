@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 mod faulty;
 mod memory;
+#[cfg(target_os = "linux")]
+mod offload;
 mod tun;
 mod udp;
 

@@ -30,6 +30,9 @@ pub struct TunDevice {
 struct Owned {
     device: SyncDevice,
     _held: Option<sys::HeldFd>,
+    /// Linux: created with offload (`IFF_VNET_HDR`, TSO): every frame has a virtio-net
+    /// header, and reads and writes may carry 64 KiB segments (see `offload`).
+    offload: bool,
 }
 
 /// TUNs with a run open in this process. Two runs on one TUN would race for its packets, and
@@ -80,6 +83,9 @@ pub struct TunRx {
     /// Many packets per call where the platform has it (Apple's utun).
     #[cfg(target_vendor = "apple")]
     batch: sys::TunBatchIo,
+    /// A TUN with offload: frames are read here and cut into packets.
+    #[cfg(target_os = "linux")]
+    split: Option<Box<super::offload::Splitter>>,
 }
 
 /// The writer's half of a [`TunDevice`].
@@ -87,17 +93,34 @@ pub struct TunTx {
     run: Arc<Run>,
     #[cfg(target_vendor = "apple")]
     batch: sys::TunBatchIo,
+    /// A TUN with offload: runs of a TCP flow are written as one segment.
+    #[cfg(target_os = "linux")]
+    coalesce: Option<Box<super::offload::Coalescer>>,
 }
 
 impl TunDevice {
     /// Uses a device created with tun-rs (`DeviceBuilder::build_sync`).
+    ///
+    /// On Linux, a device built with tun-rs's `offload(true)` (where the kernel has TSO on
+    /// TUNs) is read and written with its virtio-net header: one read may carry a 64 KiB TCP
+    /// segment, cut into packets for the stage, and runs of one TCP flow are written as one.
     pub fn new(device: SyncDevice) -> Self {
+        #[cfg(target_os = "linux")]
+        let offload = device.tcp_gso();
+        #[cfg(not(target_os = "linux"))]
+        let offload = false;
         TunDevice {
             device: Arc::new(Owned {
                 device,
                 _held: None,
+                offload,
             }),
         }
+    }
+
+    /// Whether the device is read and written with offload (Linux, `IFF_VNET_HDR`).
+    pub fn offload(&self) -> bool {
+        self.device.offload
     }
 
     /// Adopts a TUN fd owned by the host (for example the utun fd of an iOS packet tunnel).
@@ -122,6 +145,8 @@ impl TunDevice {
             device: Arc::new(Owned {
                 device,
                 _held: Some(sys::HeldFd::new(dup)),
+                // Validation refused a virtio-net header: a host's TUN is read plainly.
+                offload: false,
             }),
         })
     }
@@ -154,16 +179,28 @@ impl Device for TunDevice {
             _claim: claim,
         });
         sys::tune_tun(fd);
+        #[cfg(target_os = "linux")]
+        let mtu = usize::from(self.device.device.mtu().unwrap_or(1500));
         Ok((
             TunRx {
                 run: run.clone(),
                 #[cfg(target_vendor = "apple")]
                 batch: sys::TunBatchIo::new(),
+                #[cfg(target_os = "linux")]
+                split: self
+                    .device
+                    .offload
+                    .then(|| Box::new(super::offload::Splitter::new(mtu))),
             },
             TunTx {
                 run,
                 #[cfg(target_vendor = "apple")]
                 batch: sys::TunBatchIo::new(),
+                #[cfg(target_os = "linux")]
+                coalesce: self
+                    .device
+                    .offload
+                    .then(|| Box::new(super::offload::Coalescer::new())),
             },
         ))
     }
@@ -175,12 +212,35 @@ impl RxHalf for TunRx {
         super::Capabilities::batched(super::Medium::Ip, self.batch.max_batch())
     }
 
+    #[cfg(target_os = "linux")]
+    fn capabilities(&self) -> super::Capabilities {
+        match self.split {
+            Some(_) => super::Capabilities::batched(super::Medium::Ip, OFFLOAD_BATCH),
+            None => super::Capabilities::default(),
+        }
+    }
+
     #[inline]
     fn recv(&mut self, packet: &mut PacketBuf) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if self.split.is_some() {
+            return self.recv_offload(std::slice::from_mut(packet)).map(|_| ());
+        }
         let n = self.run.io.read(self.run.fd(), packet.data_mut())?;
         // Within the window just read into, so it cannot fail.
         let _ = packet.truncate(n);
         Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn recv_batch(&mut self, packets: &mut [PacketBuf]) -> io::Result<usize> {
+        match self.split {
+            Some(_) => self.recv_offload(packets),
+            None => match packets.first_mut() {
+                Some(packet) => self.recv(packet).map(|()| 1),
+                None => Ok(0),
+            },
+        }
     }
 
     #[cfg(target_vendor = "apple")]
@@ -209,18 +269,87 @@ impl RxHalf for TunRx {
     }
 }
 
+/// Most packets an offload read hands on, or an offload write takes, per call.
+#[cfg(target_os = "linux")]
+const OFFLOAD_BATCH: usize = 64;
+
+#[cfg(target_os = "linux")]
+impl TunRx {
+    /// Reads frames until `packets` are full or the TUN has nothing ready, cutting segments
+    /// into packets; the packets of a segment that do not fit wait for the next call.
+    fn recv_offload(&mut self, packets: &mut [PacketBuf]) -> io::Result<usize> {
+        let fd = self.run.fd();
+        let Some(split) = self.split.as_mut() else {
+            return Ok(0);
+        };
+        let mut got = 0;
+        loop {
+            let base = got;
+            got += split.drain(packets.len() - got, |i, bytes| {
+                let packet = &mut packets[base + i];
+                let area = packet.data_mut();
+                // Longer than the area: cut, and so seen as oversize by the reader.
+                let n = bytes.len().min(area.len());
+                area[..n].copy_from_slice(&bytes[..n]);
+                let _ = packet.truncate(n);
+            });
+            if got == packets.len() {
+                return Ok(got);
+            }
+            match self.run.io.read(fd, split.frame_mut()) {
+                Ok(n) => split.take(n),
+                // What was read goes on first; the error comes again with the next call.
+                Err(_) if got > 0 => return Ok(got),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 impl TxHalf for TunTx {
     #[cfg(target_vendor = "apple")]
     fn capabilities(&self) -> super::Capabilities {
         super::Capabilities::batched(super::Medium::Ip, self.batch.max_batch())
     }
 
+    #[cfg(target_os = "linux")]
+    fn capabilities(&self) -> super::Capabilities {
+        match self.coalesce {
+            Some(_) => super::Capabilities::batched(super::Medium::Ip, OFFLOAD_BATCH),
+            None => super::Capabilities::default(),
+        }
+    }
+
     #[inline]
     fn send(&mut self, packet: &PacketBuf) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if self.coalesce.is_some() {
+            return self.send_batch(std::slice::from_ref(packet)).map(|_| ());
+        }
         whole_write(
             self.run.io.write(self.run.fd(), packet.data()),
             packet.len(),
         )
+    }
+
+    /// With offload, the first packets of `packets` go in one write: a run of one TCP flow
+    /// as one segment, or one packet behind an empty virtio-net header. A failed write is the
+    /// first packet's; the rest of the run goes again with the next call.
+    #[cfg(target_os = "linux")]
+    fn send_batch(&mut self, packets: &[PacketBuf]) -> io::Result<usize> {
+        let fd = self.run.fd();
+        let Some(coalesce) = self.coalesce.as_mut() else {
+            return match packets.first() {
+                Some(packet) => self.send(packet).map(|()| 1),
+                None => Ok(0),
+            };
+        };
+        let (frame, carried) = coalesce.build(packets, PacketBuf::data);
+        if carried == 0 {
+            return Ok(0);
+        }
+        whole_write(self.run.io.write(fd, frame), frame.len())?;
+        Ok(carried)
     }
 
     #[cfg(target_vendor = "apple")]

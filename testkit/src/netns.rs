@@ -202,6 +202,91 @@ pub fn tun_in_other_netns(
     Ok((dev, runner))
 }
 
+/// As [`tun_in_other_netns`], with offload ([`crate::tun::tun_offload`]).
+pub fn tun_offload_in_other_netns(
+    name: &'static str,
+    ipv4: &'static str,
+) -> Result<(tun_rs::SyncDevice, NetnsRunner), String> {
+    let (runner, dev) = NetnsRunner::fresh_with(move || crate::tun::tun_offload(name, ipv4))?;
+    Ok((dev, runner))
+}
+
+/// Sends `bytes` of a deterministic pseudo-random stream over TCP to a listener in `other` at
+/// `server:port`, which answers with what it received; returns that (to compare with what
+/// was sent), or an error.
+pub fn tcp_round_trip(
+    other: &NetnsRunner,
+    server: &str,
+    port: u16,
+    bytes: usize,
+) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{server}:{port}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    // The listener lives on a thread in the other namespace (threads inherit it).
+    let (ready_tx, ready_rx) = mpsc::channel();
+    other
+        .run(move || {
+            std::thread::spawn(move || {
+                let listener = match std::net::TcpListener::bind(addr) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("bind {addr}: {e}")));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                if let Ok((mut stream, _)) = listener.accept() {
+                    let mut received = Vec::new();
+                    if stream.read_to_end(&mut received).is_ok() {
+                        let _ = stream.write_all(&received);
+                    }
+                }
+            });
+        })
+        .map_err(|e| e.to_string())?;
+    ready_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .map_err(|e| format!("listener: {e}"))??;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    let data = pseudo_random(bytes);
+    // Sending and reading at once: the echo flows while the data does.
+    let reader = {
+        let mut stream = stream.try_clone().map_err(|e| e.to_string())?;
+        std::thread::spawn(move || {
+            let mut back = Vec::new();
+            stream.read_to_end(&mut back).map(|_| back)
+        })
+    };
+    stream.write_all(&data).map_err(|e| format!("send: {e}"))?;
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    reader
+        .join()
+        .map_err(|_| "the reader panicked".to_string())?
+        .map_err(|e| format!("receive: {e}"))
+}
+
+/// `n` bytes of a fixed pseudo-random sequence (xorshift): what [`tcp_round_trip`] sends.
+pub fn pseudo_random(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// Whether `iperf3` is installed.
 pub fn iperf3_installed() -> bool {
     Command::new("iperf3").arg("--version").output().is_ok()

@@ -58,6 +58,17 @@ pub fn tun(name: &str, ipv4: &str) -> Result<tun_rs::SyncDevice, String> {
     built(name, tun_builder(name, ipv4))
 }
 
+/// A TUN `name` with `ipv4`/24, up, with offload (Linux: `IFF_VNET_HDR` with TSO, so that
+/// reads and writes may carry 64 KiB TCP segments); an error if the kernel gives none.
+#[cfg(target_os = "linux")]
+pub fn tun_offload(name: &str, ipv4: &str) -> Result<tun_rs::SyncDevice, String> {
+    let device = built(name, tun_builder(name, ipv4).offload(true))?;
+    if !device.tcp_gso() {
+        return Err(format!("TUN {name}: the kernel gave no offload"));
+    }
+    Ok(device)
+}
+
 /// A TUN `name` with `ipv4`/24 and `ipv6`/64, up.
 #[cfg(any(target_os = "linux", target_os = "macos"))]
 pub fn tun_v6(name: &str, ipv4: &str, ipv6: &str) -> Result<tun_rs::SyncDevice, String> {

@@ -53,25 +53,38 @@ impl Tun {
         if spec.attach && !exists {
             return Err(format!("--attach: there is no interface {}", spec.name).into());
         }
-        let mut builder = tun_rs::DeviceBuilder::new().name(spec.name);
-        if let Some(mtu) = spec.mtu {
-            builder = builder.mtu(mtu);
-        }
-        let device = builder.build_sync().map_err(|e| {
-            if spec.attach {
-                format!(
-                    "cannot attach to {}: {e} (is it a TUN, persistent, and not in use?)",
-                    spec.name
-                )
-            } else {
-                let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    " (needs root or CAP_NET_ADMIN)"
-                } else {
-                    ""
-                };
-                format!("cannot create TUN device {}: {e}{hint}", spec.name)
+        let builder = || {
+            let mut builder = tun_rs::DeviceBuilder::new().name(spec.name);
+            if let Some(mtu) = spec.mtu {
+                builder = builder.mtu(mtu);
             }
-        })?;
+            builder
+        };
+        // A TUN this command creates gets offload (Linux: TCP segments of up to 64 KiB per
+        // read and write) where the kernel has it; an attached one stays as it was made.
+        #[cfg(target_os = "linux")]
+        let offloaded = (!spec.attach)
+            .then(|| builder().offload(true).build_sync().ok())
+            .flatten();
+        #[cfg(not(target_os = "linux"))]
+        let offloaded = None;
+        let device = offloaded
+            .map_or_else(|| builder().build_sync(), Ok)
+            .map_err(|e| {
+                if spec.attach {
+                    format!(
+                        "cannot attach to {}: {e} (is it a TUN, persistent, and not in use?)",
+                        spec.name
+                    )
+                } else {
+                    let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        " (needs root or CAP_NET_ADMIN)"
+                    } else {
+                        ""
+                    };
+                    format!("cannot create TUN device {}: {e}{hint}", spec.name)
+                }
+            })?;
         let name = device
             .name()
             .map_err(|e| format!("cannot read the name of the new TUN: {e}"))?;
