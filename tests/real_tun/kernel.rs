@@ -22,7 +22,7 @@ const V4_PEER: &str = "10.50.0.2";
 const V6_LOCAL: &str = "fd00:50::1";
 const V6_PEER: &str = "fd00:50::2";
 
-pub const TESTS: [(&str, Test); 10] = [
+pub const TESTS: [(&str, Test); 11] = [
     (
         "kernel_ping_v4_and_v6_answered_through_reflect",
         ping_v4_and_v6,
@@ -56,6 +56,10 @@ pub const TESTS: [(&str, Test); 10] = [
     (
         "an_offload_bridge_carries_a_tcp_stream_intact",
         offload_bridge_carries_tcp_intact,
+    ),
+    (
+        "an_offload_write_that_fails_mid_batch_is_its_packets_error_alone",
+        offload_write_fails_mid_batch,
     ),
 ];
 
@@ -301,4 +305,61 @@ fn offload_bridge_carries_tcp_intact() -> Result<(), Failed> {
     b_to_a.stop()?;
     assert_conserved(&a_to_b)?;
     assert_conserved(&b_to_a)
+}
+
+/// Writes to a TUN with offload, through the device's batch method as the writer calls it:
+/// a packet the kernel refuses (not IP) in the middle of a batch is the error of that call
+/// alone; the packets before it went in the calls before, and the ones after go on.
+fn offload_write_fails_mid_batch() -> Result<(), Failed> {
+    use tunpipe::device::{Device, TxHalf};
+    use tunpipe::PacketBuf;
+    let device = TunDevice::new(tunpipe_testkit::tun::tun_offload("tpow", "10.63.0.1")?);
+    let (_rx, mut tx) = device.open()?;
+    let listener = UdpSocket::bind("10.63.0.1:7000")?;
+    listener.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let packet = |bytes: &[u8]| {
+        let mut p = PacketBuf::new(0, 2048, 0);
+        p.fill(0, bytes).expect("fits");
+        p
+    };
+    // UDP toward the TUN's own address: the kernel delivers what it accepts to `listener`.
+    let to_us = |seq: u8| {
+        tunpipe_testkit::packets::udp4_packet([10, 63, 0, 2], [10, 63, 0, 1], 5000, 7000, &[seq; 8])
+    };
+    let batch = [
+        packet(&to_us(1)),
+        packet(&to_us(2)),
+        packet(&[0x00; 28]),
+        packet(&to_us(3)),
+    ];
+    let mut sent = Vec::new();
+    let mut at = 0;
+    while at < batch.len() {
+        match tx.send_batch(&batch[at..]) {
+            Ok(n) => {
+                sent.push(Ok(n));
+                at += n;
+            }
+            Err(e) => {
+                sent.push(Err(e.raw_os_error()));
+                at += 1;
+            }
+        }
+    }
+    check(sent.len() == 4 && sent[2].is_err(), || {
+        format!("calls: {sent:?}")
+    })?;
+    check(
+        sent.iter().filter(|r| matches!(r, Ok(1))).count() == 3,
+        || format!("each good packet went in its own call: {sent:?}"),
+    )?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    for _ in 0..3 {
+        let (n, _) = listener.recv_from(&mut buf)?;
+        got.push(buf[..n].to_vec());
+    }
+    check(got == vec![vec![1u8; 8], vec![2; 8], vec![3; 8]], || {
+        format!("{got:?}")
+    })
 }
