@@ -52,7 +52,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tunpipe::Config;
 use tunpipe_testkit::proc::peak_rss_kib;
-use tunpipe_testkit::report::{machine, say, thousands, write_results, BenchArgs};
+use tunpipe_testkit::report::{machine, record_section, say, thousands, write_results, BenchArgs};
 use tunpipe_testkit::tun::{in_private_netns, privilege_problem};
 
 /// How long each measurement runs (sections, in child modules, see the fields).
@@ -120,16 +120,8 @@ fn main() {
         let t = t.clone();
         let section_start = Instant::now();
         // The client's thread is named: its CPU time is accounted apart.
-        match in_private_netns("bench-client", move || f(&t)) {
-            Ok(v) => {
-                out.insert(name.into(), v);
-            }
-            Err(e) => {
-                println!("section {name} failed: {e}");
-                out.insert(name.into(), json!({"error": e}));
-            }
-        }
-        println!("[{name}: {:.1} s]", section_start.elapsed().as_secs_f64());
+        let result = in_private_netns("bench-client", move || f(&t));
+        record_section(&mut out, name, section_start, result);
     }
     if let Some(Value::Array(cells)) = out.get("matrix").and_then(|m| m.get("cells")) {
         plot::plot(cells);

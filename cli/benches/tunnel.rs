@@ -28,7 +28,7 @@ mod linux {
     use tunpipe_testkit::netns::{interface_exists, iperf3_result, iperf3_with, Ipv6};
     use tunpipe_testkit::proc::{peak_rss_kib_of, process_cpu, ThreadCpu};
     use tunpipe_testkit::report::{
-        machine, percentiles_us, print_table, say, write_results, BenchArgs,
+        machine, percentiles_us, print_table, record_section, say, write_results, BenchArgs,
     };
     use tunpipe_testkit::running::Running;
     use tunpipe_testkit::wgpeer::{
@@ -511,16 +511,7 @@ mod linux {
                 tunpipe_testkit::netns::enter_fresh_netns(Ipv6::NoDad)?;
                 section()
             });
-            match result {
-                Ok(v) => {
-                    out.insert(name.into(), v);
-                }
-                Err(e) => {
-                    println!("section {name} failed: {e}");
-                    out.insert(name.into(), json!({"error": e}));
-                }
-            }
-            println!("[{name}: {:.1} s]", at.elapsed().as_secs_f64());
+            record_section(&mut out, name, at, result);
         }
         out.insert(
             "bench_seconds".into(),

@@ -202,3 +202,23 @@ pub fn thousands(n: f64) -> String {
     }
     format!("{sign}{out}")
 }
+
+/// Records a bench section's result (or its error) under `name` in `out`, and prints how long
+/// it took since `started`.
+pub fn record_section(
+    out: &mut serde_json::Map<String, Value>,
+    name: &str,
+    started: std::time::Instant,
+    result: Result<Value, String>,
+) {
+    match result {
+        Ok(v) => {
+            out.insert(name.into(), v);
+        }
+        Err(e) => {
+            println!("section {name} failed: {e}");
+            out.insert(name.into(), json!({"error": e}));
+        }
+    }
+    println!("[{name}: {:.1} s]", started.elapsed().as_secs_f64());
+}
