@@ -325,3 +325,62 @@ fn a_stopped_tunnel_holds_no_socket() {
     assert_eq!(engine.direction_stats(Direction::Outbound).rx_packets, 3);
     stop_and_check(&b);
 }
+
+#[test]
+fn one_end_with_two_peers_routes_by_allowed_ips_and_knows_who_initiates() {
+    const C: [u8; 4] = [10, 0, 0, 3];
+    let (udp_a, udp_b, udp_c) = (loopback_udp(), loopback_udp(), loopback_udp());
+    let (addr_a, addr_b, addr_c) = (
+        udp_a.local_addr().unwrap(),
+        udp_b.local_addr().unwrap(),
+        udp_c.local_addr().unwrap(),
+    );
+    let (ka, kb, kc) = (
+        KeyPair::generate(),
+        KeyPair::generate(),
+        KeyPair::generate(),
+    );
+    let peer = |public, endpoint, allowed_ips| PeerText {
+        public,
+        endpoint: Some(endpoint),
+        allowed_ips,
+    };
+    let text_a = config_text(
+        &ka.private,
+        "10.0.0.1/24",
+        &[
+            peer(&kb.public, addr_b, "10.0.0.2/32"),
+            peer(&kc.public, addr_c, "10.0.0.3/32"),
+        ],
+    );
+    let text_b = config_text(
+        &kb.private,
+        "10.0.0.2/24",
+        &[peer(&ka.public, addr_a, "10.0.0.0/24")],
+    );
+    let text_c = config_text(
+        &kc.private,
+        "10.0.0.3/24",
+        &[peer(&ka.public, addr_a, "10.0.0.0/24")],
+    );
+    let mut a = End::start(&text_a, udp_a, 0);
+    let mut b = End::start(&text_b, udp_b, 0);
+    let mut c = End::start(&text_c, udp_c, 0);
+    // A starts the handshake with B; C starts its own with A, which must tell C's initiation
+    // from B's by the static key inside it.
+    carry(&mut a, &mut b, A, B, 5);
+    carry(&mut c, &mut a, C, A, 5);
+    carry(&mut a, &mut c, A, C, 5);
+    carry(&mut b, &mut a, B, A, 5);
+    assert_eq!(b.app_rx.pending(), 0, "B got nothing meant for C");
+    assert_eq!(c.app_rx.pending(), 0, "C got nothing meant for B");
+    let sa = a.counters.snapshot();
+    assert_eq!(sa.handshakes_completed, 2, "{sa:?}");
+    assert_eq!(sa.endpoints, vec![Some(addr_b), Some(addr_c)]);
+    // B may speak only for 10.0.0.2: a packet from it claiming C's address is dropped.
+    send(&mut b.app_tx, &packet(C, A, 99));
+    assert!(eventually(|| a.counters.snapshot().drop_not_allowed == 1));
+    for end in [&a, &b, &c] {
+        stop_and_check(end);
+    }
+}
