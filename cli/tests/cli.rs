@@ -55,6 +55,13 @@ fn main() {
         ),
         root_only(
             Trial::test(
+                "root_run_takes_a_signal_delivered_twice_as_one",
+                run_takes_a_doubled_signal_as_one,
+            ),
+            &problem,
+        ),
+        root_only(
+            Trial::test(
                 "root_run_names_the_interface_the_kernel_made",
                 run_names_the_kernels_interface,
             ),
@@ -334,6 +341,27 @@ fn run_and_sigint() -> Result<(), Failed> {
     ])?;
     check(ended.stderr.trim().is_empty(), || {
         format!("stderr: {}", ended.stderr)
+    })
+}
+
+/// `timeout`, and a terminal's Ctrl-C, signal a process group as well as the process: one
+/// request arrives twice at once. It is one stop, exit 0, not "exiting without waiting".
+fn run_takes_a_doubled_signal_as_one() -> Result<(), Failed> {
+    let script = format!("ip link set lo up && exec {BIN} run --name t2 --ipv4 10.9.2.1/24");
+    let running = Running::start(
+        Command::new("unshare").args(["-n", "sh", "-c", &script]),
+        READY,
+    )?;
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+    let rc = unsafe { libc::kill(running.pid() as libc::pid_t, libc::SIGINT) };
+    check(rc == 0, || "kill(SIGINT) failed".to_string())?;
+    // The second a moment later, while the first one's stop and report run (the window in
+    // which `timeout`'s two signals land).
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    let ended = running.interrupt()?;
+    ended.succeeded_saying(&["after SIGINT"])?;
+    check(!ended.stderr.contains("second signal"), || {
+        ended.stderr.clone()
     })
 }
 

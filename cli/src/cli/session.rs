@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tunpipe::{Engine, EngineError};
 
+/// A signal within this long of the first is the same request, delivered twice.
+const SAME_REQUEST: Duration = Duration::from_secs(1);
+
 /// Registers for SIGINT and SIGTERM. Do it before the device exists, so that a signal during
 /// set-up is queued, not fatal.
 pub fn signals() -> CliResult<Signals> {
@@ -36,13 +39,19 @@ pub fn until_stopped(
     std::thread::Builder::new()
         .name("tunpipe-signals".into())
         .spawn(move || {
-            let mut first = true;
+            let mut first: Option<Instant> = None;
             for signal in signals.forever() {
-                if !first {
+                if let Some(at) = first {
+                    // One signal can arrive twice: `timeout`, and a terminal's Ctrl-C, signal
+                    // the whole process group as well as the process. Only a later one means
+                    // "do not wait for the stop".
+                    if at.elapsed() < SAME_REQUEST {
+                        continue;
+                    }
                     eprintln!("tunpipe: second signal; exiting without waiting");
                     std::process::exit(130);
                 }
-                first = false;
+                first = Some(Instant::now());
                 let at = Instant::now();
                 // An error here is the fatal one the main thread reports from wait().
                 let _ = stopper.stop();
