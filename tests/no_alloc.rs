@@ -89,30 +89,11 @@ fn the_hot_path_allocates_nothing_per_packet() {
 fn the_tunnel_allocates_nothing_per_packet() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     use tunpipe_testkit::packets::udp4_packet;
-    use tunpipe_testkit::wg::{config_text, loopback_udp, End, KeyPair, PeerText};
+    use tunpipe_testkit::wg::{pair, Pair};
     for workers in [0, 1, 2] {
         // Two WireGuard ends over loopback UDP: every packet is sealed by one and opened by
         // the other, each with its own timers running.
-        let (udp_a, udp_b) = (loopback_udp(), loopback_udp());
-        let (a_addr, b_addr) = (udp_a.local_addr().unwrap(), udp_b.local_addr().unwrap());
-        let (ka, kb) = (KeyPair::generate(), KeyPair::generate());
-        let peer = |public, endpoint, allowed_ips| PeerText {
-            public,
-            endpoint: Some(endpoint),
-            allowed_ips,
-        };
-        let text_a = config_text(
-            &ka.private,
-            "10.0.0.1/24",
-            &[peer(&kb.public, b_addr, "10.0.0.2/32")],
-        );
-        let text_b = config_text(
-            &kb.private,
-            "10.0.0.2/24",
-            &[peer(&ka.public, a_addr, "10.0.0.1/32")],
-        );
-        let mut a = End::start(&text_a, udp_a, workers);
-        let mut b = End::start(&text_b, udp_b, workers);
+        let Pair { mut a, mut b, .. } = pair(workers);
         let to_b: Vec<Vec<u8>> = (0..4)
             .map(|i| udp4_packet([10, 0, 0, 1], [10, 0, 0, 2], 1000 + i, 7, &[i as u8; 64]))
             .collect();

@@ -5,56 +5,18 @@
 //!
 //! The same stage against wireguard-go, on a real TUN, is in tests/wireguard/ (root).
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::Duration;
 use tunpipe::stage::Direction;
 use tunpipe_testkit::check::{assert_conserved, eventually, eventually_within};
 use tunpipe_testkit::memory::send;
 use tunpipe_testkit::packets::udp4_packet;
-use tunpipe_testkit::wg::{config_text, loopback_udp, End, KeyPair, PeerText, Relay};
+use tunpipe_testkit::wg::{
+    config_text, loopback_udp, pair, pair_texts, End, KeyPair, Pair, PeerText, Relay,
+};
 
 const A: [u8; 4] = [10, 0, 0, 1];
 const B: [u8; 4] = [10, 0, 0, 2];
-
-/// Two tunnel ends that know each other's endpoints. A routes 10.0.0.2 to B; B routes
-/// 10.0.0.1 to A.
-struct Pair {
-    a: End,
-    b: End,
-    texts: (String, String),
-}
-
-fn texts(keys: &(KeyPair, KeyPair), a: SocketAddr, b: SocketAddr) -> (String, String) {
-    let to_b = PeerText {
-        public: &keys.1.public,
-        endpoint: Some(b),
-        allowed_ips: "10.0.0.2/32",
-    };
-    let to_a = PeerText {
-        public: &keys.0.public,
-        endpoint: Some(a),
-        allowed_ips: "10.0.0.1/32",
-    };
-    (
-        config_text(&keys.0.private, "10.0.0.1/24", &[to_b]),
-        config_text(&keys.1.private, "10.0.0.2/24", &[to_a]),
-    )
-}
-
-fn pair(workers: usize) -> Pair {
-    let (udp_a, udp_b) = (loopback_udp(), loopback_udp());
-    let keys = (KeyPair::generate(), KeyPair::generate());
-    let texts = texts(
-        &keys,
-        udp_a.local_addr().unwrap(),
-        udp_b.local_addr().unwrap(),
-    );
-    Pair {
-        a: End::start(&texts.0, udp_a, workers),
-        b: End::start(&texts.1, udp_b, workers),
-        texts,
-    }
-}
 
 /// An IPv4/UDP packet from `src` to `dst` carrying `seq`.
 fn packet(src: [u8; 4], dst: [u8; 4], seq: u64) -> Vec<u8> {
@@ -157,7 +119,7 @@ fn a_stop_with_a_handshake_pending_returns() {
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let keys = (KeyPair::generate(), KeyPair::generate());
     let udp = loopback_udp();
-    let (text, _) = texts(
+    let (text, _) = pair_texts(
         &keys,
         udp.local_addr().unwrap(),
         silent.local_addr().unwrap(),
@@ -187,7 +149,7 @@ fn a_stop_with_a_handshake_pending_returns() {
 fn a_wrong_peer_key_gives_no_traffic_and_counts_handshake_failures() {
     let (udp_a, udp_b) = (loopback_udp(), loopback_udp());
     let keys = (KeyPair::generate(), KeyPair::generate());
-    let (text_a, _) = texts(
+    let (text_a, _) = pair_texts(
         &keys,
         udp_a.local_addr().unwrap(),
         udp_b.local_addr().unwrap(),
@@ -195,7 +157,7 @@ fn a_wrong_peer_key_gives_no_traffic_and_counts_handshake_failures() {
     // B expects someone else at A's address.
     let stranger = KeyPair::generate();
     let wrong = (stranger, keys.1.clone());
-    let (_, text_b) = texts(
+    let (_, text_b) = pair_texts(
         &wrong,
         udp_a.local_addr().unwrap(),
         udp_b.local_addr().unwrap(),
@@ -221,7 +183,7 @@ fn garbage_and_replayed_datagrams_are_counted_and_change_nothing() {
     let (addr_a, addr_b) = (udp_a.local_addr().unwrap(), udp_b.local_addr().unwrap());
     let relay = Relay::start(addr_a, addr_b);
     let keys = (KeyPair::generate(), KeyPair::generate());
-    let (text_a, text_b) = texts(&keys, addr_a, relay.addr());
+    let (text_a, text_b) = pair_texts(&keys, addr_a, relay.addr());
     let mut a = End::start(&text_a, udp_a, 0);
     let mut b = End::start(&text_b, udp_b, 0);
     carry(&mut a, &mut b, A, B, 5);

@@ -60,6 +60,56 @@ pub fn config_text(private: &Key, addresses: &str, peers: &[PeerText<'_>]) -> St
     text
 }
 
+/// Two tunnel ends that know each other's endpoints. A routes 10.0.0.2 to B; B routes
+/// 10.0.0.1 to A.
+#[allow(missing_debug_implementations)]
+pub struct Pair {
+    /// The end at 10.0.0.1.
+    pub a: End,
+    /// The end at 10.0.0.2.
+    pub b: End,
+    /// Their wg-quick texts (A's, B's), for restarts.
+    pub texts: (String, String),
+}
+
+/// The wg-quick texts of two ends with `keys`, A at 10.0.0.1 on UDP `a` and B at 10.0.0.2 on
+/// UDP `b`, each routing the other's address to the other.
+pub fn pair_texts(keys: &(KeyPair, KeyPair), a: SocketAddr, b: SocketAddr) -> (String, String) {
+    let to_b = PeerText {
+        public: &keys.1.public,
+        endpoint: Some(b),
+        allowed_ips: "10.0.0.2/32",
+    };
+    let to_a = PeerText {
+        public: &keys.0.public,
+        endpoint: Some(a),
+        allowed_ips: "10.0.0.1/32",
+    };
+    (
+        config_text(&keys.0.private, "10.0.0.1/24", &[to_b]),
+        config_text(&keys.1.private, "10.0.0.2/24", &[to_a]),
+    )
+}
+
+/// Two ends with fresh keys on loopback UDP, each with `workers` workers.
+///
+/// # Panics
+/// As [`End::start`].
+pub fn pair(workers: usize) -> Pair {
+    let (udp_a, udp_b) = (loopback_udp(), loopback_udp());
+    let keys = (KeyPair::generate(), KeyPair::generate());
+    let texts = pair_texts(
+        &keys,
+        udp_a.local_addr().unwrap(),
+        udp_b.local_addr().unwrap(),
+    );
+    Pair {
+        a: End::start(&texts.0, udp_a, workers),
+        b: End::start(&texts.1, udp_b, workers),
+        texts,
+    }
+}
+
 /// One tunpipe tunnel end on loopback: its engine, its inside's other end, its UDP device and
 /// its WireGuard counters.
 #[allow(missing_debug_implementations)]
