@@ -262,14 +262,18 @@ fn progress(
         let s = counters.snapshot();
         let secs = every.as_secs_f64();
         let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / secs;
+        // Two figures, not a sum: most of the stage's drops that the engine counts are also
+        // among WireGuard's, which say why.
         let drops = engine.stats().dropped();
         let line = format!(
-            "to peers {:>8.0} pps  from peers {:>8.0} pps  last handshake {}  drops {}",
+            "to peers {:>8.0} pps  from peers {:>8.0} pps  last handshake {}  drops {}, \
+             WireGuard's {}",
             rate(s.tx_packets, last.tx_packets),
             rate(s.rx_packets, last.rx_packets),
             s.since_last_handshake
                 .map_or("never".to_string(), |d| format!("{} s ago", d.as_secs())),
-            group(drops + s.dropped()),
+            group(drops),
+            group(s.dropped()),
         );
         last = s;
         line
@@ -305,11 +309,14 @@ fn tunnel_rows(s: &WireGuardStats, udp: &UdpDevice) {
             bytes(s.rx_bytes)
         ),
     );
+    // Why the stage dropped: these overlap the engine's stage drops above, except the
+    // packets `Tunn` held for a handshake and then threw away (the engine saw them consumed).
     row(
         "tunnel drops",
         format!(
             "{} in all: authentication {}, replay {}, not allowed {}, no session {}, no peer \
-             {}, no endpoint {}, no handshake {}, garbage {}",
+             {}, no endpoint {}, no handshake {}, garbage {} (why the stage dropped: most \
+             are among the stage drops above)",
             group(s.dropped()),
             s.drop_auth_failure,
             s.drop_replay,
