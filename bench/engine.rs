@@ -18,14 +18,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tunpipe::device::{PeerReceiver, PeerSender};
-use tunpipe::{BuiltinStage, Config, Device, Engine, MemoryDevice};
+use tunpipe::{BuiltinStage, Config, Engine, MemoryDevice};
 use tunpipe_testkit::alloc::{allocations, ignore_this_thread, Counting};
 use tunpipe_testkit::packets::udp4_packet;
 use tunpipe_testkit::proc::{name_current_thread, peak_rss_kib, thread_cpu, ThreadCpu};
 use tunpipe_testkit::report::{
     histogram, machine, percentiles_us, print_table, say, thousands, write_results, BenchArgs,
 };
-use tunpipe_testkit::spin::SpinRx;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -141,10 +140,19 @@ fn per_actor() -> Vec<ThreadCpu> {
     ACTORS.iter().map(|a| thread_cpu(&[a])).collect()
 }
 
+/// The name of a spin policy (`Config::yield_while_spinning`).
+fn spin_policy(yield_while_spinning: bool) -> &'static str {
+    if yield_while_spinning {
+        "yield while spinning"
+    } else {
+        "busy spin"
+    }
+}
+
 fn throughput(t: &Timing) -> Value {
     let mut rows = Vec::new();
     let mut cells = Vec::new();
-    // (bytes, latency recording, workers, reader spin experiment)
+    // (bytes, latency recording, workers, `Config::yield_while_spinning` flipped)
     let mut variants = Vec::new();
     for size in [64usize, 1400] {
         for latency in [false, true] {
@@ -156,21 +164,20 @@ fn throughput(t: &Timing) -> Value {
     for workers in [0usize, 1, 2] {
         variants.push((64, true, workers, true));
     }
-    for (size, latency, workers, reader_spin) in variants {
+    for (size, latency, workers, other_spin) in variants {
         let (dev, tx, rx) = MemoryDevice::new(1024, 2048);
         let mut config = Config::default();
         config.workers = workers;
         config.latency = latency;
-        let builder = Engine::builder()
-            .config(config)
-            .stage(BuiltinStage::Passthrough);
-        let engine = if reader_spin {
-            let (dev_rx, dev_tx) = dev.open().expect("open");
-            builder.start_halves(SpinRx::new(dev_rx, Duration::from_micros(50)), dev_tx)
-        } else {
-            builder.start(&dev)
+        if other_spin {
+            config.yield_while_spinning = !config.yield_while_spinning;
         }
-        .expect("engine starts");
+        let yield_while_spinning = config.yield_while_spinning;
+        let engine = Engine::builder()
+            .config(config)
+            .stage(BuiltinStage::Passthrough)
+            .start(&dev)
+            .expect("engine starts");
         let received = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let driver = {
@@ -226,7 +233,7 @@ fn throughput(t: &Timing) -> Value {
             "size": size,
             "workers": workers,
             "latency": latency,
-            "reader_spin_experiment_us": if reader_spin { 50 } else { 0 },
+            "yield_while_spinning": yield_while_spinning,
             "window": WINDOW,
             "packets": packets,
             "seconds": secs,
@@ -247,8 +254,8 @@ fn throughput(t: &Timing) -> Value {
         });
         rows.push(vec![
             size.to_string(),
-            if reader_spin {
-                format!("{workers} + reader spin*")
+            if other_spin {
+                format!("{workers}, {}", spin_policy(yield_while_spinning))
             } else {
                 workers.to_string()
             },
@@ -287,11 +294,11 @@ fn throughput(t: &Timing) -> Value {
         ],
         &rows,
     );
-    say(
-        "\n\\* reader spin: an experiment, not the engine as shipped. The device's receive half is \
-         wrapped so that it spins up to 50 µs (trying recv) before it waits, which the engine's \
-         reader does not do.",
-    );
+    say(&format!(
+        "\nThe default spin policy: {}. Rows that name the other one set \
+         `Config::yield_while_spinning` the other way.",
+        spin_policy(Config::default().yield_while_spinning)
+    ));
     Value::Array(cells)
 }
 

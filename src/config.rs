@@ -47,12 +47,20 @@ pub struct Config {
     pub tailroom: usize,
     /// Most packets the reader drains per wake-up before handing them on.
     pub batch: usize,
-    /// How long an idle consumer spins before it yields and then parks. A park/unpark costs
-    /// about 35 µs on a small VM, so a short spin saves latency under load; an idle engine
-    /// still parks every thread after this window.
+    /// How long an idle actor spins before it yields and then sleeps: a worker or a writer
+    /// watching its rings, and a reader reading again before it waits in the kernel. A
+    /// sleep and its wake-up cost about 35 µs on a small VM, so a short spin saves latency
+    /// and CPU under load; an idle engine still sleeps in every thread after this window.
     pub spin: Duration,
     /// How many times an idle consumer yields after spinning, before it parks.
     pub yields: u32,
+    /// While spinning, offer the core to any other runnable thread every few µs
+    /// (`sched_yield`). When the engine's threads and the app's outnumber the cores, a pure
+    /// spin keeps the thread it waits for off the CPU until the scheduler preempts it; a
+    /// yield lets that thread run now. When nothing else wants the core, a yield returns at
+    /// once and costs one syscall. On by default: on two cores it made the engine 2-4x
+    /// faster (PERFORMANCE.md, "Spinning that yields").
+    pub yield_while_spinning: bool,
     /// Record latency histograms (two clock reads per batch).
     pub latency: bool,
     /// Pin actors to cores (Linux, Android); on Apple, sets a QoS class instead.
@@ -74,6 +82,7 @@ impl Default for Config {
             batch: 64,
             spin: Duration::from_micros(50),
             yields: 8,
+            yield_while_spinning: true,
             latency: true,
             pin: false,
             max_stage_panics: 1000,

@@ -97,6 +97,11 @@ fn lock<T>(mutex: &Mutex<T>) -> crate::sync::MutexGuard<'_, T> {
 pub(crate) struct Backoff {
     pub spin: Duration,
     pub yields: u32,
+    /// Offer the core to other runnable threads while spinning
+    /// ([`Config::yield_while_spinning`]).
+    ///
+    /// [`Config::yield_while_spinning`]: crate::Config::yield_while_spinning
+    pub yield_while_spinning: bool,
 }
 
 /// One consumer's idle state between two pieces of work.
@@ -139,23 +144,81 @@ impl Idle {
     /// One step of spin → yield → park. `has_work` is the full wake-up condition (ring not
     /// empty, stop requested, mail waiting) and is checked after the sleeping flag is raised.
     pub(crate) fn wait(&mut self, doorbell: &Doorbell, has_work: impl Fn() -> bool) -> Waited {
-        // Reading the clock costs ~25 ns, so look at it only every 64 spins.
+        if self.spin() {
+            return Waited::Spun;
+        }
+        if self.yields < self.backoff.yields {
+            self.yields += 1;
+            std::thread::yield_now();
+            return Waited::Yielded;
+        }
+        let parked = doorbell.sleep_unless(has_work);
+        self.reset();
+        Waited::Slept { parked }
+    }
+
+    /// One step of the spin window, or false once the window is over. Each step is a cheap
+    /// check by the caller (a ring's head), so the clock, and the yield, come every 64 steps.
+    fn spin(&mut self) -> bool {
         if self.spins & 63 == 0 {
             let started = *self.started.get_or_insert_with(Instant::now);
             if started.elapsed() >= self.backoff.spin {
-                if self.yields < self.backoff.yields {
-                    self.yields += 1;
-                    std::thread::yield_now();
-                    return Waited::Yielded;
-                }
-                let parked = doorbell.sleep_unless(has_work);
-                self.reset();
-                return Waited::Slept { parked };
+                return false;
+            }
+            if self.backoff.yield_while_spinning && self.spins != 0 {
+                // Let a thread that has work (often the one this consumer waits for) run
+                // now, instead of at the scheduler's next tick.
+                self.spins = self.spins.wrapping_add(1);
+                std::thread::yield_now();
+                return true;
             }
         }
         self.spins = self.spins.wrapping_add(1);
         std::hint::spin_loop();
-        Waited::Spun
+        true
+    }
+}
+
+/// The reader's spin window: after a receive finds the device empty, the reader tries again
+/// for [`Backoff::spin`] before it waits in the kernel. Each try is a receive (on a TUN, a
+/// syscall), so the clock is read on every try, and the yield comes every 16 tries.
+pub(crate) struct RetryWindow {
+    backoff: Backoff,
+    started: Option<Instant>,
+    tries: u32,
+}
+
+impl RetryWindow {
+    pub(crate) fn new(backoff: Backoff) -> Self {
+        RetryWindow {
+            backoff,
+            started: None,
+            tries: 0,
+        }
+    }
+
+    /// Packets came: the next empty device starts a new window.
+    #[inline]
+    pub(crate) fn reset(&mut self) {
+        self.started = None;
+        self.tries = 0;
+    }
+
+    /// After a receive that found nothing: true to try again (after a pause, or a yield), or
+    /// false once the window is over, to wait in the kernel (and start a new window after).
+    pub(crate) fn try_again(&mut self) -> bool {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        if started.elapsed() >= self.backoff.spin {
+            self.reset();
+            return false;
+        }
+        self.tries = self.tries.wrapping_add(1);
+        if self.backoff.yield_while_spinning && self.tries % 16 == 0 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+        true
     }
 }
 
@@ -195,6 +258,7 @@ mod tests {
                 let mut idle = Idle::new(Backoff {
                     spin: Duration::ZERO,
                     yields: 0,
+                    yield_while_spinning: false,
                 });
                 let mut parks = 0;
                 while seen < ITEMS {
@@ -235,6 +299,7 @@ mod tests {
         let mut idle = Idle::new(Backoff {
             spin: Duration::ZERO,
             yields: 2,
+            yield_while_spinning: false,
         });
         assert_eq!(idle.wait(&bell, || true), Waited::Yielded);
         assert_eq!(idle.wait(&bell, || true), Waited::Yielded);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier};
 use tunpipe::{Engine, EngineError, MemoryDevice, PacketBuf, Verdict};
 use tunpipe_testkit::check::{assert_conserved, eventually};
 use tunpipe_testkit::config;
-use tunpipe_testkit::memory::send;
+use tunpipe_testkit::memory::{recv_n, send};
 use tunpipe_testkit::packets::udp4;
 
 /// A stage held inside its first call until the test lets it go, that counts its calls.
@@ -144,5 +144,37 @@ fn any_number_of_threads_asking_for_latency_of_a_running_engine_get_answers() {
             "workers {workers}: a running engine refused to answer"
         );
         engine.stop().unwrap();
+    }
+}
+
+/// Every actor spins after work, the reader too (it reads again before it waits in the
+/// kernel). With a window of an hour none of them ever sleeps, so a stop must reach them
+/// through their loops, not through a wake-up.
+#[test]
+fn a_stop_reaches_actors_that_are_spinning() {
+    for workers in [0, 1, 2] {
+        let (dev, mut tx, mut rx) = MemoryDevice::new(256, 2048);
+        let mut c = config(workers);
+        c.spin = std::time::Duration::from_secs(3600);
+        let engine = Arc::new(Engine::builder().config(c).start(&dev).unwrap());
+        for seq in 0..3 {
+            send(&mut tx, &udp4(1, 2, seq, 16));
+            assert_eq!(recv_n(&mut rx, 1).len(), 1);
+        }
+        assert_eq!(
+            engine.stats().wakeups,
+            0,
+            "workers {workers}: someone slept"
+        );
+        let stopper = {
+            let engine = engine.clone();
+            std::thread::spawn(move || engine.stop())
+        };
+        assert!(
+            eventually(|| stopper.is_finished()),
+            "workers {workers}: the stop never finished"
+        );
+        stopper.join().unwrap().unwrap();
+        assert_eq!(engine.stats().tx_packets, 3);
     }
 }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use tunpipe::stage::Reflect;
 use tunpipe::{Config, Engine, PacketBuf, Stage, TunDevice, Verdict};
 use tunpipe_testkit::load::{LOCAL, PEER, PORT};
-use tunpipe_testkit::spin::SpinRx;
 use tunpipe_testkit::tun::{tun, tun_builder};
 
 /// The largest packet, as every contender's buffer is sized.
@@ -63,9 +62,9 @@ pub enum Contender {
     Tunpipe(usize),
     /// tunpipe with `workers` and a spin window of `spin_us` µs (the default is 50).
     TunpipeSpin(usize, u64),
-    /// tunpipe with `workers`, its receive half wrapped to spin 50 µs before each wait (an
-    /// experiment: the engine's reader does not spin).
-    TunpipeReaderSpin(usize),
+    /// tunpipe with `workers` and `Config::yield_while_spinning` set the other way from its
+    /// default.
+    TunpipeOtherSpinPolicy(usize),
 }
 
 impl Contender {
@@ -75,7 +74,13 @@ impl Contender {
             Contender::GuideTokio => "guide-tokio".into(),
             Contender::Tunpipe(w) => format!("tunpipe-w{w}"),
             Contender::TunpipeSpin(w, spin) => format!("tunpipe-w{w}-spin{spin}"),
-            Contender::TunpipeReaderSpin(w) => format!("tunpipe-w{w}-rxspin50*"),
+            Contender::TunpipeOtherSpinPolicy(w) => {
+                if Config::default().yield_while_spinning {
+                    format!("tunpipe-w{w}-busyspin")
+                } else {
+                    format!("tunpipe-w{w}-yieldspin")
+                }
+            }
         }
     }
 
@@ -86,7 +91,7 @@ impl Contender {
             Contender::GuideTokio => &["guide-tokio"],
             Contender::Tunpipe(_)
             | Contender::TunpipeSpin(..)
-            | Contender::TunpipeReaderSpin(_) => &["tunpipe-"],
+            | Contender::TunpipeOtherSpinPolicy(_) => &["tunpipe-"],
         }
     }
 }
@@ -226,7 +231,9 @@ pub fn start(contender: Contender, work: Work, ifname: &str) -> io::Result<Runni
                 .map_err(|_| io::Error::other("tokio loop died"))??;
             running.guide = Some((stop, handle));
         }
-        Contender::Tunpipe(_) | Contender::TunpipeSpin(..) | Contender::TunpipeReaderSpin(_) => {
+        Contender::Tunpipe(_)
+        | Contender::TunpipeSpin(..)
+        | Contender::TunpipeOtherSpinPolicy(_) => {
             let device = TunDevice::new(tun(ifname, LOCAL).map_err(io::Error::other)?);
             let mut config = Config::default();
             match contender {
@@ -234,22 +241,18 @@ pub fn start(contender: Contender, work: Work, ifname: &str) -> io::Result<Runni
                     config.workers = workers;
                     config.spin = Duration::from_micros(spin);
                 }
-                Contender::Tunpipe(workers) | Contender::TunpipeReaderSpin(workers) => {
-                    config.workers = workers
+                Contender::Tunpipe(workers) => config.workers = workers,
+                Contender::TunpipeOtherSpinPolicy(workers) => {
+                    config.workers = workers;
+                    config.yield_while_spinning = !config.yield_while_spinning;
                 }
                 _ => {}
             }
-            let builder = Engine::builder()
+            let engine = Engine::builder()
                 .config(config)
-                .stage_factory(move |index| WorkStage::new(work, index));
-            let engine = if let Contender::TunpipeReaderSpin(_) = contender {
-                use tunpipe::Device;
-                let (rx, tx) = device.open()?;
-                builder.start_halves(SpinRx::new(rx, Duration::from_micros(50)), tx)
-            } else {
-                builder.start(&device)
-            }
-            .map_err(io::Error::other)?;
+                .stage_factory(move |index| WorkStage::new(work, index))
+                .start(&device)
+                .map_err(io::Error::other)?;
             running.engine = Some((engine, device));
         }
     }

@@ -173,6 +173,7 @@ fn backoff(c: &Config) -> Backoff {
     Backoff {
         spin: c.spin,
         yields: c.yields,
+        yield_while_spinning: c.yield_while_spinning,
     }
 }
 

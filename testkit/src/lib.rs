@@ -14,7 +14,7 @@
 //! - [`load`]: UDP load through a TUN (closed loop with round-trip times, or open loop);
 //! - [`report`]: the benches' tables, numbers, histograms and result files; [`running`]: a
 //!   command (the CLI) that runs until SIGINT;
-//! - [`alloc`]: a counting global allocator; [`spin`]: the reader-spin experiment device;
+//! - [`alloc`]: a counting global allocator;
 //! - [`config`] and [`bridge`]: an engine config with N workers, and two engines that join
 //!   two devices;
 //! - [`wg`]: WireGuard keys and wg-quick texts, and two tunpipe tunnels joined over loopback;
@@ -31,7 +31,6 @@ pub mod ping;
 pub mod proc;
 pub mod report;
 pub mod running;
-pub mod spin;
 pub mod thread;
 pub mod trials;
 pub mod tun;
