@@ -58,7 +58,7 @@ pub struct Config {
     /// (`sched_yield`). When the engine's threads and the app's outnumber the cores, a pure
     /// spin keeps the thread it waits for off the CPU until the scheduler preempts it; a
     /// yield lets that thread run now. When nothing else wants the core, a yield returns at
-    /// once and costs one syscall. On by default: on two cores it made the engine 2-4x
+    /// once and costs one syscall. On by default: on two cores it made the engine 2-6x
     /// faster (PERFORMANCE.md, "Spinning that yields").
     pub yield_while_spinning: bool,
     /// Record latency histograms (two clock reads per batch).
