@@ -405,7 +405,10 @@ typedef struct TunpipeLatency {
 // Receives one log line: a `TUNPIPE_LOG_*` level and a NUL-terminated UTF-8 message, valid
 // only during the call. It is called from any thread, engine threads included, possibly
 // from several at once; it must not block for long, must not unwind, and must not call
-// `tunpipe_set_log_callback`. tunpipe never logs per packet.
+// `tunpipe_set_log_callback`. It may call `stop_tun` or `tunpipe_engine_stop`: from inside
+// a start or a stop, or on an engine thread, those request the stop and return
+// `TUNPIPE_ERR_ENGINE_THREAD`. Lines logged by tunpipe calls made from inside the callback
+// are not delivered. tunpipe never logs per packet.
 // NULL turns logging off.
 typedef void (*TunpipeLogCallback)(void *context,
                                    int32_t level,
@@ -509,9 +512,13 @@ int32_t start_tun(int32_t fd);
 // still starting is stopped too. Several threads may call it at once; each returns once
 // the engine is stopped (one that arrives after that finds nothing running).
 //
+// Safe from any thread. From one it cannot wait on (a stage callback, or a log callback
+// called on an engine thread, on the `start_tun` thread or inside a stop) it requests the
+// stop and returns `TUNPIPE_ERR_ENGINE_THREAD` at once, whatever state the start is in;
+// `start_tun` then returns.
+//
 // Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` when no `start_tun` engine is starting or
-// running, the fatal error that had stopped the engine, or `TUNPIPE_ERR_ENGINE_THREAD`
-// from a stage callback (the stop is requested; `start_tun` then returns).
+// running, the fatal error that had stopped the engine, or `TUNPIPE_ERR_ENGINE_THREAD`.
 int32_t stop_tun(void);
 
 // Tells the `start_tun` tunnel that the network path changed (`NWPathMonitor` saw a new
@@ -580,7 +587,9 @@ int32_t tunpipe_engine_start(const struct TunpipeConfig *config,
 // Stops the engine and returns once every thread is joined and its dup of the fd is
 // closed: after it returns, the engine no longer touches the fd. Several threads may stop
 // at once. Returns `TUNPIPE_OK`, the fatal error that had stopped the engine, or
-// `TUNPIPE_ERR_ENGINE_THREAD` from the engine's own callback (stop requested, not joined).
+// `TUNPIPE_ERR_ENGINE_THREAD` from one of the engine's own threads (its stage callback, or
+// a log callback called there) or from a log callback inside this engine's own stop: the
+// stop is requested, not joined, and the call returns at once.
 //
 // # Safety
 // `engine` must be NULL or a live handle from `tunpipe_engine_start`.

@@ -64,7 +64,9 @@ pub use config::Config;
 pub use device::{
     Device, FaultPlan, FaultyDevice, MemoryDevice, RxHalf, TunDevice, TxHalf, UdpDevice,
 };
-pub use engine::{reserved_bytes, tunnel_reserved_bytes, Builder, Engine, IntoStageFactory};
+pub use engine::{
+    on_engine_thread, reserved_bytes, tunnel_reserved_bytes, Builder, Engine, IntoStageFactory,
+};
 pub use error::{ConfigError, EngineError};
 pub use pool::{NoRoom, PacketBuf};
 pub use stage::{Action, BuiltinStage, Direction, DuplexStage, Emitter, Side, Stage, Verdict};

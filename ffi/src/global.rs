@@ -46,6 +46,12 @@ static GLOBAL: Mutex<Global> = Mutex::new(Global {
 /// Signalled whenever the slot leaves `Starting`.
 static STARTED: Condvar = Condvar::new();
 
+thread_local! {
+    /// Set on the thread in `start_tun` while it runs: a `stop_tun` from a log callback there
+    /// must not wait for the start it is part of.
+    static STARTING_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 ffi_fn! {
     /// Sets the configuration `start_tun` uses from its next call on (a running engine keeps
     /// its own). It is validated now: an invalid one is refused and the previous one kept. For
@@ -110,6 +116,7 @@ fn run(fd: i32) -> FfiResult {
     // Whatever happens from here on, the slot must leave `Starting`, or every later
     // start_tun and stop_tun would hang or fail: a guard resets it even on a panic.
     let mut slot = StartingSlot { armed: true };
+    STARTING_HERE.set(true);
     let session = match Session::start(&plan, fd) {
         Ok(s) => Arc::new(s),
         Err(e) => return Err(e),
@@ -143,6 +150,7 @@ struct StartingSlot {
 
 impl Drop for StartingSlot {
     fn drop(&mut self) {
+        STARTING_HERE.set(false);
         if self.armed {
             GLOBAL.lock().state = State::Idle;
             STARTED.notify_all();
@@ -167,9 +175,13 @@ ffi_fn! {
     /// still starting is stopped too. Several threads may call it at once; each returns once
     /// the engine is stopped (one that arrives after that finds nothing running).
     ///
+    /// Safe from any thread. From one it cannot wait on (a stage callback, or a log callback
+    /// called on an engine thread, on the `start_tun` thread or inside a stop) it requests the
+    /// stop and returns `TUNPIPE_ERR_ENGINE_THREAD` at once, whatever state the start is in;
+    /// `start_tun` then returns.
+    ///
     /// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` when no `start_tun` engine is starting or
-    /// running, the fatal error that had stopped the engine, or `TUNPIPE_ERR_ENGINE_THREAD`
-    /// from a stage callback (the stop is requested; `start_tun` then returns).
+    /// running, the fatal error that had stopped the engine, or `TUNPIPE_ERR_ENGINE_THREAD`.
     fn stop_tun() -> i32 {
         let session = {
             let mut g = GLOBAL.lock();
@@ -183,6 +195,15 @@ ffi_fn! {
                     }
                     State::Starting { cancelled } => {
                         *cancelled = true;
+                        if tunpipe::on_engine_thread() || STARTING_HERE.get() {
+                            // The start waits for this very thread (it joins its engine's
+                            // threads, or it is this thread): waiting here would never end.
+                            return Err(FfiError::new(
+                                TUNPIPE_ERR_ENGINE_THREAD,
+                                "stop_tun from inside start_tun (a stage or log callback): \
+                                 the stop is requested, and start_tun returns once it is done",
+                            ));
+                        }
                         STARTED.wait(&mut g);
                         if matches!(g.state, State::Idle) {
                             // The start was cancelled (its engine stopped and joined) or

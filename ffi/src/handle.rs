@@ -64,7 +64,9 @@ ffi_fn! {
     /// Stops the engine and returns once every thread is joined and its dup of the fd is
     /// closed: after it returns, the engine no longer touches the fd. Several threads may stop
     /// at once. Returns `TUNPIPE_OK`, the fatal error that had stopped the engine, or
-    /// `TUNPIPE_ERR_ENGINE_THREAD` from the engine's own callback (stop requested, not joined).
+    /// `TUNPIPE_ERR_ENGINE_THREAD` from one of the engine's own threads (its stage callback, or
+    /// a log callback called there) or from a log callback inside this engine's own stop: the
+    /// stop is requested, not joined, and the call returns at once.
     ///
     /// # Safety
     /// `engine` must be NULL or a live handle from `tunpipe_engine_start`.

@@ -3,6 +3,7 @@
 use super::error::{FfiError, TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_UNSUPPORTED, TUNPIPE_OK};
 use super::util::HostContext;
 use parking_lot::RwLock;
+use std::cell::Cell;
 use std::ffi::{c_char, c_void, CString};
 use std::sync::{Once, OnceLock};
 
@@ -22,7 +23,10 @@ pub const TUNPIPE_LOG_TRACE: i32 = 5;
 /// Receives one log line: a `TUNPIPE_LOG_*` level and a NUL-terminated UTF-8 message, valid
 /// only during the call. It is called from any thread, engine threads included, possibly
 /// from several at once; it must not block for long, must not unwind, and must not call
-/// `tunpipe_set_log_callback`. tunpipe never logs per packet.
+/// `tunpipe_set_log_callback`. It may call `stop_tun` or `tunpipe_engine_stop`: from inside
+/// a start or a stop, or on an engine thread, those request the stop and return
+/// `TUNPIPE_ERR_ENGINE_THREAD`. Lines logged by tunpipe calls made from inside the callback
+/// are not delivered. tunpipe never logs per packet.
 /// NULL turns logging off.
 pub type TunpipeLogCallback =
     Option<unsafe extern "C" fn(context: *mut c_void, level: i32, message: *const c_char)>;
@@ -51,7 +55,17 @@ fn level_number(level: log::Level) -> i32 {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs the host's callback: a line logged from inside it (the
+    /// callback called tunpipe, say `stop_tun`, which failed) is not delivered, since the
+    /// callback would be called again from within itself, without end.
+    static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
 fn emit(level: i32, message: &str) {
+    if IN_CALLBACK.get() {
+        return;
+    }
     // Held across the call so that once tunpipe_set_log_callback returns, the old callback
     // is no longer running anywhere and the host may free its context. Recursive, so a log
     // line emitted while formatting another cannot deadlock behind a waiting writer.
@@ -59,9 +73,11 @@ fn emit(level: i32, message: &str) {
     if let Some(sink) = *sink {
         // Interior NULs would cut the message short in C; show them instead.
         let text = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+        IN_CALLBACK.set(true);
         // SAFETY: the host installed this callback and context for exactly this call, under
         // the contract on `TunpipeLogCallback`; `text` outlives the call.
         unsafe { (sink.callback)(sink.context.0, level, text.as_ptr()) };
+        IN_CALLBACK.set(false);
     }
 }
 

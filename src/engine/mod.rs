@@ -168,6 +168,18 @@ impl<S: Stage + Clone + Sync + 'static> IntoStageFactory for S {
     }
 }
 
+thread_local! {
+    /// Set on every actor thread of every engine.
+    pub(crate) static ENGINE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True on a thread an engine runs (a reader, worker, writer or timer, and so in any stage or
+/// log callback called from one). A host's stop path uses it to request a stop instead of
+/// waiting for a thread that is its own caller.
+pub fn on_engine_thread() -> bool {
+    ENGINE_THREAD.get()
+}
+
 /// Bytes a one-way engine with `c` reserves up front: pool, rings and histograms.
 pub fn reserved_bytes(c: &Config) -> usize {
     wiring::one_way_reserved(c)
@@ -191,6 +203,9 @@ pub struct Engine {
     ctl: Arc<Control>,
     threads: Mutex<Option<Vec<ActorThread>>>,
     thread_ids: Vec<ThreadId>,
+    /// The thread joining the actors, while it does: a stop it makes again from inside (a log
+    /// callback that calls stop) returns instead of waiting for itself.
+    joiner: Mutex<Option<ThreadId>>,
     /// Each writer's mailbox, by the side it writes.
     mail: Vec<(Side, Sender<Mail>)>,
     /// The writers' histograms once the engine is joined, by direction.
@@ -222,9 +237,11 @@ impl Engine {
     ///
     /// # Errors
     /// The fatal error that stopped the engine, if one did. From one of the engine's own
-    /// threads, [`EngineError::StopFromEngineThread`]: the stop is requested, not joined.
+    /// threads, or from a callback inside this engine's own stop on the same thread (a log
+    /// callback), [`EngineError::StopFromEngineThread`]: the stop is requested, not joined.
     pub fn stop(&self) -> Result<(), EngineError> {
-        if self.thread_ids.contains(&thread::current().id()) {
+        let me = thread::current().id();
+        if self.thread_ids.contains(&me) || *self.joiner.lock() == Some(me) {
             self.ctl.request_stop();
             return Err(EngineError::StopFromEngineThread);
         }
@@ -257,10 +274,12 @@ impl Engine {
         // Holding the lock while joining makes concurrent stoppers wait for the one that joins.
         let mut threads = self.threads.lock();
         if let Some(threads) = threads.take() {
+            *self.joiner.lock() = Some(thread::current().id());
             let snapshots = join_in_order(&self.ctl, threads);
             self.rebinder.lock().take();
             *self.final_latency.lock() = Some(snapshots);
             log::info!("tunpipe engine stopped: {:?}", self.stats());
+            *self.joiner.lock() = None;
         }
     }
 

@@ -51,6 +51,7 @@ impl Wired {
                 .map(|t| t.handle.thread().id())
                 .collect(),
             threads: Mutex::new(Some(self.threads)),
+            joiner: Mutex::new(None),
             ctl: self.ctl,
             mail: self.mail,
             final_latency: Mutex::new(None),
@@ -104,6 +105,7 @@ impl Spawner {
         let spawned = thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                super::ENGINE_THREAD.set(true);
                 sys::place_current_thread(index, pin);
                 body()
             });

@@ -40,7 +40,7 @@ pub fn main() {
         "a_valid_config_too_large_to_allocate_is_an_error_not_an_abort",
         too_large_to_allocate,
     )];
-    let root: [(&str, Test); 8] = [
+    let root: [(&str, Test); 9] = [
         (
             "engine_stop_from_many_threads_at_once",
             handle_stop_many_threads,
@@ -49,6 +49,10 @@ pub fn main() {
         ("stop_tun_racing_start_tun", stop_racing_start),
         ("stats_and_latency_during_stop", stats_during_stop),
         ("stop_from_inside_the_c_stage", stop_from_callback),
+        (
+            "stop_from_a_stage_or_log_callback_during_start_and_run_200_times",
+            stop_from_callbacks_many_times,
+        ),
         ("free_while_running_under_load", free_under_load),
         (
             "two_engines_on_one_fd_both_stop_and_flags_come_back",
@@ -543,6 +547,155 @@ fn stop_from_callback() -> Result<(), Failed> {
     check(stop_tun() == TUNPIPE_ERR_NOT_RUNNING, || {
         "nothing runs afterwards".into()
     })
+}
+
+/// What `stop_from_callbacks_many_times`'s log callback stops: the handle stored here, or
+/// with none the `start_tun` engine; and the last code its stop call returned.
+static LOG_STOPPER: StopContext = StopContext {
+    engine: AtomicPtr::new(null_mut()),
+    global: false,
+    code: AtomicI32::new(1),
+};
+
+unsafe extern "C" fn stopping_log(_: *mut c_void, _: i32, _: *const std::ffi::c_char) {
+    let engine = LOG_STOPPER.engine.load(Ordering::Acquire);
+    let code = if engine.is_null() {
+        stop_tun()
+    } else {
+        // SAFETY: the test stores a live handle and clears it before freeing it.
+        unsafe { tunpipe_engine_stop(engine) }
+    };
+    LOG_STOPPER.code.store(code, Ordering::Release);
+}
+
+/// Waits (at most 10 s, so a hang is a failure) for `start_tun` to return, and checks it
+/// returned `TUNPIPE_OK`.
+fn join_start(start: std::thread::JoinHandle<i32>, what: &str) -> Result<(), Failed> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !start.is_finished() {
+        check(Instant::now() < deadline, || {
+            format!("{what}: start_tun did not return")
+        })?;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let started = start.join().map_err(|_| "start_tun panicked")?;
+    check(started == TUNPIPE_OK, || {
+        format!("{what}: start_tun returned {started}")
+    })
+}
+
+/// Documented: a stop from any thread returns; from one the stop cannot wait on it requests
+/// the stop and returns `TUNPIPE_ERR_ENGINE_THREAD`. 200 rounds each of: `stop_tun` from the C
+/// stage with traffic already flowing when `start_tun` begins (so it lands while starting or
+/// running), the handle's stop from its C stage while running, `stop_tun` from a log callback
+/// (its first line comes from inside `start_tun`, the next from inside the stop), and the
+/// handle's stop from a log callback inside the handle's own stop. Before, a stop from inside
+/// a start waited for that start, and a stop from inside a stop for itself: both hung.
+fn stop_from_callbacks_many_times() -> Result<(), Failed> {
+    const ROUNDS: u32 = 200;
+    let host = tun("tpm8", V4_LOCAL)?;
+    let fd = host.as_raw_fd();
+    let flags = fd_flags(fd);
+    let base = resources();
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let load = udp_load(stop_load.clone());
+    let result: Result<(), Failed> = (|| {
+        for round in 0..ROUNDS {
+            // The C stage, start_tun.
+            let ctx = Box::new(StopContext {
+                engine: AtomicPtr::new(null_mut()),
+                global: true,
+                code: AtomicI32::new(1),
+            });
+            let mut c = default_config();
+            c.workers = round % 2;
+            c.stage = TUNPIPE_STAGE_CALLBACK;
+            c.callback = Some(stopping_callback);
+            c.callback_context = &*ctx as *const StopContext as *mut c_void;
+            // SAFETY: a readable config.
+            check(unsafe { tunpipe_set_config(&c) } == TUNPIPE_OK, || {
+                "set_config".into()
+            })?;
+            join_start(spawn_start_tun(fd), &format!("stage round {round}"))?;
+            let code = ctx.code.load(Ordering::Acquire);
+            check(code == TUNPIPE_ERR_ENGINE_THREAD, || {
+                format!("stage round {round}: stop_tun from the stage returned {code}")
+            })?;
+
+            // The C stage, a handle.
+            let ctx = Box::new(StopContext {
+                engine: AtomicPtr::new(null_mut()),
+                global: false,
+                code: AtomicI32::new(1),
+            });
+            c.callback_context = &*ctx as *const StopContext as *mut c_void;
+            let h = start_handle(&c, fd)?;
+            ctx.engine.store(h.raw(), Ordering::Release);
+            // SAFETY: a live handle; the stage stops it on its next packet.
+            let waited = unsafe { tunpipe_engine_wait(h.raw()) };
+            check(waited == TUNPIPE_OK, || {
+                format!("handle round {round}: {waited}")
+            })?;
+            let code = ctx.code.load(Ordering::Acquire);
+            check(code == TUNPIPE_ERR_ENGINE_THREAD, || {
+                format!("handle round {round}: stop from the stage returned {code}")
+            })?;
+            // SAFETY: a live handle no other thread uses.
+            unsafe { tunpipe_engine_free(h.raw()) };
+            drop(ctx);
+
+            // The log callback, start_tun: it stops from inside the start.
+            let d = default_config();
+            // SAFETY: a readable config.
+            unsafe { tunpipe_set_config(&d) };
+            LOG_STOPPER.code.store(1, Ordering::Release);
+            // SAFETY: a callback following the contract; no context.
+            let set = unsafe {
+                tunpipe_set_log_callback(Some(stopping_log), TUNPIPE_LOG_TRACE, null_mut())
+            };
+            check(set == TUNPIPE_OK, || format!("set_log_callback: {set}"))?;
+            join_start(spawn_start_tun(fd), &format!("log round {round}"))?;
+            let code = LOG_STOPPER.code.load(Ordering::Acquire);
+            check(code == TUNPIPE_ERR_ENGINE_THREAD, || {
+                format!("log round {round}: stop_tun from the log callback returned {code}")
+            })?;
+
+            // The log callback, a handle: it stops from inside the handle's stop.
+            LOG_STOPPER.code.store(1, Ordering::Release);
+            let h = start_handle(&d, fd)?;
+            LOG_STOPPER.engine.store(h.raw(), Ordering::Release);
+            let stopped = on_thread("stopper", Some(Duration::from_secs(10)), move || {
+                // SAFETY: a live handle.
+                Ok::<i32, Failed>(unsafe { tunpipe_engine_stop(h.raw()) })
+            })?;
+            LOG_STOPPER.engine.store(null_mut(), Ordering::Release);
+            check(stopped == TUNPIPE_OK, || {
+                format!("log handle round {round}: stop returned {stopped}")
+            })?;
+            let code = LOG_STOPPER.code.load(Ordering::Acquire);
+            check(code == TUNPIPE_ERR_ENGINE_THREAD, || {
+                format!("log handle round {round}: stop from the log callback returned {code}")
+            })?;
+            // SAFETY: a live handle no other thread uses.
+            unsafe { tunpipe_engine_free(h.raw()) };
+            // SAFETY: turning logging off.
+            unsafe { tunpipe_set_log_callback(None, TUNPIPE_LOG_OFF, null_mut()) };
+            check(fd_flags(fd) == flags, || {
+                format!("round {round}: fd flags not restored")
+            })?;
+        }
+        Ok(())
+    })();
+    // Back to the defaults for the other tests, whatever happened.
+    // SAFETY: turning logging off; a readable config.
+    unsafe {
+        tunpipe_set_log_callback(None, TUNPIPE_LOG_OFF, null_mut());
+        tunpipe_set_config(&default_config());
+    }
+    stop_load.store(true, Ordering::Relaxed);
+    load.join().map_err(|_| "load panicked")?;
+    result?;
+    threads_and_fds_back(base)
 }
 
 /// Documented: `tunpipe_engine_free` on a running engine stops it (joined, dup closed,
