@@ -225,7 +225,8 @@ typedef struct TunpipeConfig {
 
 // One direction of a tunnel: outbound is TUN → UDP (sealed toward the peers), inbound is
 // UDP → TUN (opened). After stop, `packets_in + originated == packets_out + dropped +
-// consumed`.
+// consumed`; while running, add the direction's held packets (`TunpipeTunnelStats`'s
+// `outbound_held`, `inbound_held`).
 typedef struct TunpipeDirectionStats {
   // Packets read (outbound: from the TUN; inbound: datagrams from the UDP socket).
   uint64_t packets_in;
@@ -237,7 +238,7 @@ typedef struct TunpipeDirectionStats {
   uint64_t bytes_out;
   // The tunnel's own packets sent this way.
   uint64_t originated;
-  // Packets the tunnel took in and did not pass on.
+  // Packets the tunnel's protocol used itself (handshake messages, keepalives).
   uint64_t consumed;
   // Every packet dropped this way, whatever the reason (the engine's reasons; the
   // tunnel's own are in `TunpipeTunnelStats`'s `drop_*` fields, counted here as stage
@@ -297,23 +298,29 @@ typedef struct TunpipeTunnelStats {
   uint64_t drop_no_handshake;
   // Dropped: a datagram that is no WireGuard message.
   uint64_t drop_garbage;
+  // Outbound packets held now for a handshake (`outbound.held`, which the direction
+  // struct has no room for): `packets_in + originated == packets_out + dropped + consumed
+  // + outbound_held`.
+  uint64_t outbound_held;
+  // Inbound packets held now (0 for WireGuard, which holds only outbound packets).
+  uint64_t inbound_held;
   // Zero; room for counters added later.
-  uint64_t reserved[16];
+  uint64_t reserved[14];
 } TunpipeTunnelStats;
 
 // The engine's counters. Set `size = sizeof(TunpipeStats)` before the call; tunpipe writes
 // at most that many bytes and sets `size` to the bytes it wrote.
 //
-// After stop, `rx_packets + originated == tx_packets + dropped + consumed` (conservation;
-// `originated` and `consumed` are 0 but in a tunnel), and `dropped` is the sum of the
-// `drop_*` fields.
+// `rx_packets + originated == tx_packets + dropped + consumed + held` once nothing is in
+// flight, and always after stop, when `held` is 0 (conservation; `originated`, `consumed`
+// and `held` are 0 but in a tunnel). `dropped` is the sum of the `drop_*` fields.
 //
 // For a WireGuard tunnel these are both directions together: `rx_packets` counts packets
 // read from the TUN and datagrams read from the UDP socket, `tx_packets` packets written to
-// either. `originated` counts the tunnel's own packets (handshake messages, keepalives,
-// packets released when a handshake completes), `consumed` what it took in and did not
-// pass on (handshake messages, keepalives, packets held for a handshake). Per direction,
-// with WireGuard's own reasons for its drops: `TunpipeTunnelStats`.
+// either. `originated` counts the tunnel's own packets (handshake messages, keepalives),
+// `consumed` what its protocol used itself (handshake messages, keepalives), `held` the
+// packets waiting for a handshake now (later written or dropped like any other). Per
+// direction, with WireGuard's own reasons for its drops: `TunpipeTunnelStats`.
 typedef struct TunpipeStats {
   // In: the caller's `sizeof(TunpipeStats)`. Out: the bytes written.
   uint32_t size;
@@ -354,19 +361,21 @@ typedef struct TunpipeStats {
   uint64_t reserved_bytes;
   // Every packet dropped, whatever the reason: the sum of the eight `drop_*` fields.
   uint64_t dropped;
-  // A tunnel's own packets: handshake messages, keepalives, packets released when a
-  // handshake completes (0 for one-way engines).
+  // A tunnel's own packets: handshake messages, keepalives (0 for one-way engines).
   uint64_t originated;
-  // Packets a tunnel took in and did not pass on: handshake messages, keepalives, packets
-  // held for a handshake (0 for one-way engines).
+  // Packets the tunnel's protocol used itself and did not pass on: handshake messages,
+  // keepalives, cookies (0 for one-way engines).
   uint64_t consumed;
   // Dropped: a tunnel's own packet found no spare buffer.
   uint64_t drop_no_buffer;
   // Times a reader found its rings too full for a batch and waited for room
   // (back-pressure, not drops: the kernel's queue takes the pressure).
   uint64_t ring_stalls;
+  // Packets the tunnel holds now, waiting for a handshake (0 after stop: what it still
+  // held then counts in `drop_stopped`).
+  uint64_t held;
   // Zero; room for counters added later.
-  uint64_t reserved[3];
+  uint64_t reserved[2];
 } TunpipeStats;
 
 // One latency distribution, in nanoseconds (all 0 when nothing was recorded).

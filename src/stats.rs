@@ -77,6 +77,10 @@ pub(crate) struct DirectionCounters {
     pub stopped: Counter,
     pub originated: Counter,
     pub consumed: Counter,
+    /// Packets the stage took to hold (a data packet waiting for a handshake).
+    pub held: Counter,
+    /// Held packets that left the hold: sent on (released) or dropped.
+    pub unheld: Counter,
 }
 
 /// Counters written by a writer: the outside writer's are the outbound direction's.
@@ -141,6 +145,10 @@ impl Counters {
         let tx_bytes = w.tx_bytes.get();
         let drop_write_error = w.drop_write_error.get();
         let drop_stopped = w.stopped.get() + sum(|c| &c.stopped);
+        // Read the leaving first, so that a snapshot rarely shows fewer held than there are
+        // (a release on another thread may be counted just before the hold it ends).
+        let unheld: u64 = sum(|c| &c.unheld);
+        let held = sum(|c| &c.held).saturating_sub(unheld);
         Stats {
             rx_packets: r.rx_packets.get(),
             rx_bytes: r.rx_bytes.get(),
@@ -148,6 +156,7 @@ impl Counters {
             tx_bytes,
             originated: sum(|c| &c.originated),
             consumed: sum(|c| &c.consumed),
+            held,
             drop_ring_full: r.drop_ring_full.get() + sum(|c| &c.drop_ring_full),
             drop_malformed: r.drop_malformed.get(),
             drop_oversize: r.drop_oversize.get(),
@@ -171,6 +180,17 @@ impl Counters {
         }
     }
 
+    /// Counts the packets a stage still held when the engine stopped as dropped ("stopped"),
+    /// so that a stopped engine holds none. Called once every actor is joined.
+    pub(crate) fn settle_held_at_stop(&self) {
+        for direction in Direction::BOTH {
+            let left = self.snapshot(direction).held;
+            let counts = self.timer.of(direction);
+            counts.stopped.add(left);
+            counts.unheld.add(left);
+        }
+    }
+
     /// Both directions together.
     pub(crate) fn total(&self) -> Stats {
         self.snapshot(Direction::Outbound) + self.snapshot(Direction::Inbound)
@@ -181,12 +201,14 @@ impl Counters {
 ///
 /// For a one-way engine, every packet read is written or dropped: after stop,
 /// `rx_packets == tx_packets + dropped()`. A tunnel's stage also originates packets of its own
-/// (handshakes, keepalives, packets it had queued) and consumes some it reads (handshake
-/// messages, packets it queues), so in each direction, after stop,
-/// `rx_packets + originated == tx_packets + dropped() + consumed`. Directions: outbound is
-/// read from the inside device and written to the outside one; inbound the reverse. A packet
-/// the stage answers (a handshake response) counts as consumed in its direction and
-/// originated in the other.
+/// (handshakes, keepalives), consumes what the protocol itself uses (handshake messages,
+/// keepalives), and holds packets that wait for a handshake until it sends them on or drops
+/// them, so in each direction, once nothing is in flight,
+/// `rx_packets + originated == tx_packets + dropped() + consumed + held` ([`Stats::balanced`]),
+/// and `held == 0` after stop (what was still held then is dropped as "stopped").
+/// Directions: outbound is read from the inside device and written to the outside one;
+/// inbound the reverse. A packet the stage answers (a handshake response) counts as consumed
+/// in its direction, and the answer as originated in the direction it travels.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -200,8 +222,12 @@ pub struct Stats {
     pub tx_bytes: u64,
     /// Packets a duplex stage sent of its own (0 for one-way stages).
     pub originated: u64,
-    /// Packets a duplex stage took in and did not pass on (0 for one-way stages).
+    /// Packets a duplex stage used itself and did not pass on: handshake messages, keepalives,
+    /// cookies (0 for one-way stages).
     pub consumed: u64,
+    /// Packets a duplex stage holds now, to send once a handshake completes (0 after stop).
+    /// A held packet later counts as written or dropped, as any other.
+    pub held: u64,
     /// Dropped because the ring to the next actor was full: a duplex stage's own packet on
     /// its way to a writer, or a reply routed where no writer is. (A reader waits for room
     /// instead: see `ring_stalls`.)
@@ -246,11 +272,18 @@ impl Stats {
             + self.drop_stopped
     }
 
-    /// Packets read or originated but neither written, dropped nor consumed yet: 0 once the
-    /// engine has stopped.
+    /// Packets read or originated but neither written, dropped, consumed nor held yet: 0 once
+    /// the engine has stopped.
     pub fn in_flight(&self) -> u64 {
         (self.rx_packets + self.originated)
-            .saturating_sub(self.tx_packets + self.dropped() + self.consumed)
+            .saturating_sub(self.tx_packets + self.dropped() + self.consumed + self.held)
+    }
+
+    /// Conservation: `rx_packets + originated == tx_packets + dropped() + consumed + held`.
+    /// True in every snapshot taken while nothing is in flight, and always after stop.
+    pub fn balanced(&self) -> bool {
+        self.rx_packets + self.originated
+            == self.tx_packets + self.dropped() + self.consumed + self.held
     }
 }
 
@@ -265,6 +298,7 @@ impl std::ops::Add for Stats {
             tx_bytes: self.tx_bytes + o.tx_bytes,
             originated: self.originated + o.originated,
             consumed: self.consumed + o.consumed,
+            held: self.held + o.held,
             drop_ring_full: self.drop_ring_full + o.drop_ring_full,
             drop_malformed: self.drop_malformed + o.drop_malformed,
             drop_oversize: self.drop_oversize + o.drop_oversize,

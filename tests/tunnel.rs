@@ -72,10 +72,16 @@ fn two_tunnels_handshake_and_carry_packets_both_ways() {
         assert!(sa.since_last_handshake.is_some());
         stop_and_check(&a);
         stop_and_check(&b);
-        // A's stage consumed its first packet (queued) and originated the initiation and the
-        // flushed packet; B answered the initiation (consumed inbound, originated outbound).
+        // A's stage held its first packets for the handshake and originated the initiation
+        // (the held packets, released, are not its own); B answered the initiation (consumed
+        // inbound, the response originated outbound).
         let out = a.engine.direction_stats(Direction::Outbound);
-        assert!(out.consumed >= 1 && out.originated >= 2, "{out:?}");
+        assert!(out.originated >= 1 && out.held == 0, "{out:?}");
+        assert_eq!(
+            out.tx_packets,
+            out.rx_packets + out.originated - out.consumed,
+            "{out:?}"
+        );
         let b_in = b.engine.direction_stats(Direction::Inbound);
         assert!(b_in.consumed >= 1, "{b_in:?}");
     }
@@ -129,18 +135,23 @@ fn a_stop_with_a_handshake_pending_returns() {
     for seq in 0..300 {
         send(&mut a.app_tx, &packet(A, B, seq));
     }
-    assert!(eventually(|| a
-        .engine
-        .direction_stats(Direction::Outbound)
-        .rx_packets
-        == 300));
-    assert!(eventually(
-        || a.counters.snapshot().handshake_initiations >= 1
-    ));
+    // Wait until the stage has handled all 300 (held, or dropped past the queue), not only
+    // until the reader has read them.
+    assert!(eventually(|| {
+        let out = a.engine.direction_stats(Direction::Outbound);
+        out.held + out.drop_stage == 300
+    }));
+    let running = a.engine.direction_stats(Direction::Outbound);
+    assert_eq!(running.held, 256, "the packets that wait: {running:?}");
+    assert!(running.balanced(), "{running:?}");
+    assert!(a.counters.snapshot().handshake_initiations >= 1);
     // The stop must not wait for the handshake (it would never complete).
     stop_and_check(&a);
     let out = a.engine.direction_stats(Direction::Outbound);
-    assert_eq!(out.consumed, 256, "the packets that waited: {out:?}");
+    // The held packets were never sent: dropped at stop, not "consumed".
+    assert_eq!(out.held, 0, "{out:?}");
+    assert_eq!(out.consumed, 0, "{out:?}");
+    assert_eq!(out.drop_stopped, 256, "{out:?}");
     assert_eq!(out.drop_stage, 44, "{out:?}");
     assert_eq!(a.counters.snapshot().drop_no_handshake, 44);
 }

@@ -16,16 +16,16 @@ pub const TUNPIPE_LATENCY_STAGE: u32 = 1;
 /// The engine's counters. Set `size = sizeof(TunpipeStats)` before the call; tunpipe writes
 /// at most that many bytes and sets `size` to the bytes it wrote.
 ///
-/// After stop, `rx_packets + originated == tx_packets + dropped + consumed` (conservation;
-/// `originated` and `consumed` are 0 but in a tunnel), and `dropped` is the sum of the
-/// `drop_*` fields.
+/// `rx_packets + originated == tx_packets + dropped + consumed + held` once nothing is in
+/// flight, and always after stop, when `held` is 0 (conservation; `originated`, `consumed`
+/// and `held` are 0 but in a tunnel). `dropped` is the sum of the `drop_*` fields.
 ///
 /// For a WireGuard tunnel these are both directions together: `rx_packets` counts packets
 /// read from the TUN and datagrams read from the UDP socket, `tx_packets` packets written to
-/// either. `originated` counts the tunnel's own packets (handshake messages, keepalives,
-/// packets released when a handshake completes), `consumed` what it took in and did not
-/// pass on (handshake messages, keepalives, packets held for a handshake). Per direction,
-/// with WireGuard's own reasons for its drops: `TunpipeTunnelStats`.
+/// either. `originated` counts the tunnel's own packets (handshake messages, keepalives),
+/// `consumed` what its protocol used itself (handshake messages, keepalives), `held` the
+/// packets waiting for a handshake now (later written or dropped like any other). Per
+/// direction, with WireGuard's own reasons for its drops: `TunpipeTunnelStats`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TunpipeStats {
@@ -68,24 +68,27 @@ pub struct TunpipeStats {
     pub reserved_bytes: u64,
     /// Every packet dropped, whatever the reason: the sum of the eight `drop_*` fields.
     pub dropped: u64,
-    /// A tunnel's own packets: handshake messages, keepalives, packets released when a
-    /// handshake completes (0 for one-way engines).
+    /// A tunnel's own packets: handshake messages, keepalives (0 for one-way engines).
     pub originated: u64,
-    /// Packets a tunnel took in and did not pass on: handshake messages, keepalives, packets
-    /// held for a handshake (0 for one-way engines).
+    /// Packets the tunnel's protocol used itself and did not pass on: handshake messages,
+    /// keepalives, cookies (0 for one-way engines).
     pub consumed: u64,
     /// Dropped: a tunnel's own packet found no spare buffer.
     pub drop_no_buffer: u64,
     /// Times a reader found its rings too full for a batch and waited for room
     /// (back-pressure, not drops: the kernel's queue takes the pressure).
     pub ring_stalls: u64,
+    /// Packets the tunnel holds now, waiting for a handshake (0 after stop: what it still
+    /// held then counts in `drop_stopped`).
+    pub held: u64,
     /// Zero; room for counters added later.
-    pub reserved: [u64; 3],
+    pub reserved: [u64; 2],
 }
 
 /// One direction of a tunnel: outbound is TUN → UDP (sealed toward the peers), inbound is
 /// UDP → TUN (opened). After stop, `packets_in + originated == packets_out + dropped +
-/// consumed`.
+/// consumed`; while running, add the direction's held packets (`TunpipeTunnelStats`'s
+/// `outbound_held`, `inbound_held`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TunpipeDirectionStats {
@@ -99,7 +102,7 @@ pub struct TunpipeDirectionStats {
     pub bytes_out: u64,
     /// The tunnel's own packets sent this way.
     pub originated: u64,
-    /// Packets the tunnel took in and did not pass on.
+    /// Packets the tunnel's protocol used itself (handshake messages, keepalives).
     pub consumed: u64,
     /// Every packet dropped this way, whatever the reason (the engine's reasons; the
     /// tunnel's own are in `TunpipeTunnelStats`'s `drop_*` fields, counted here as stage
@@ -161,8 +164,14 @@ pub struct TunpipeTunnelStats {
     pub drop_no_handshake: u64,
     /// Dropped: a datagram that is no WireGuard message.
     pub drop_garbage: u64,
+    /// Outbound packets held now for a handshake (`outbound.held`, which the direction
+    /// struct has no room for): `packets_in + originated == packets_out + dropped + consumed
+    /// + outbound_held`.
+    pub outbound_held: u64,
+    /// Inbound packets held now (0 for WireGuard, which holds only outbound packets).
+    pub inbound_held: u64,
     /// Zero; room for counters added later.
-    pub reserved: [u64; 16],
+    pub reserved: [u64; 14],
 }
 
 impl Default for TunpipeTunnelStats {
@@ -189,7 +198,9 @@ impl Default for TunpipeTunnelStats {
             drop_no_endpoint: 0,
             drop_no_handshake: 0,
             drop_garbage: 0,
-            reserved: [0; 16],
+            outbound_held: 0,
+            inbound_held: 0,
+            reserved: [0; 14],
         }
     }
 }
@@ -271,7 +282,8 @@ impl TunpipeStats {
             consumed: s.consumed,
             drop_no_buffer: s.drop_no_buffer,
             ring_stalls: s.ring_stalls,
-            reserved: [0; 3],
+            held: s.held,
+            reserved: [0; 2],
         }
     }
 }
@@ -301,6 +313,8 @@ impl TunpipeTunnelStats {
                 *slot = byte as c_char;
             }
         }
+        let outbound = engine.direction_stats(Direction::Outbound);
+        let inbound = engine.direction_stats(Direction::Inbound);
         TunpipeTunnelStats {
             size: std::mem::size_of::<Self>() as u32,
             peers: u32::try_from(w.endpoints.len()).unwrap_or(u32::MAX),
@@ -311,8 +325,10 @@ impl TunpipeTunnelStats {
                 .since_last_handshake
                 .map_or(-1, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
             endpoint,
-            outbound: (&engine.direction_stats(Direction::Outbound)).into(),
-            inbound: (&engine.direction_stats(Direction::Inbound)).into(),
+            outbound: (&outbound).into(),
+            inbound: (&inbound).into(),
+            outbound_held: outbound.held,
+            inbound_held: inbound.held,
             data_tx_packets: w.tx_packets,
             data_tx_bytes: w.tx_bytes,
             data_rx_packets: w.rx_packets,
@@ -325,7 +341,7 @@ impl TunpipeTunnelStats {
             drop_no_endpoint: w.drop_no_endpoint,
             drop_no_handshake: w.drop_no_handshake,
             drop_garbage: w.drop_garbage,
-            reserved: [0; 16],
+            reserved: [0; 14],
         }
     }
 }

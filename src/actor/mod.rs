@@ -14,7 +14,9 @@ use crate::device::Interrupter;
 use crate::error::EngineError;
 use crate::link::Doorbell;
 use crate::pool::{PacketBuf, Route};
-use crate::stage::{Action, Direction, DuplexStage, Emitter, Side, Stage, StageFactory, Verdict};
+use crate::stage::{
+    Action, Direction, DuplexStage, EmitTally, Emitter, Side, Stage, StageFactory, Verdict,
+};
 use crate::stats::{Counters, StageCounters};
 use parking_lot::{Condvar, Mutex};
 use rtrb::{Producer, PushError};
@@ -230,11 +232,18 @@ impl Outs {
         direction: Direction,
         route: Route,
     ) -> Option<&mut Producer<PacketBuf>> {
-        let side = match route {
-            Route::Back => direction.source(),
-            Route::Forward | Route::Recycle => direction.destination(),
-        };
-        self.by_side[side.index()].as_mut()
+        self.by_side[route_side(direction, route).index()].as_mut()
+    }
+}
+
+/// The side a packet read travelling `direction` goes to on `route` (a recycled buffer goes
+/// home through its direction's writer). Its counts belong to that side's direction: a reply
+/// travels, and is counted, the other way.
+#[inline]
+pub(crate) fn route_side(direction: Direction, route: Route) -> Side {
+    match route {
+        Route::Back => direction.source(),
+        Route::Forward | Route::Recycle => direction.destination(),
     }
 }
 
@@ -384,7 +393,7 @@ fn run_duplex<'p>(
     emit: &mut EmitPlace<'_>,
 ) {
     let (this, other) = (counters.of(direction), counters.of(direction.reverse()));
-    let mut no_buffer = [0u64; 2];
+    let mut tally = EmitTally::default();
     let now = Instant::now();
     let emitted_before = emit.emitted.len();
     let mut stamp = 0;
@@ -405,7 +414,7 @@ fn run_duplex<'p>(
             headroom: emit.headroom,
             capacity: emit.area,
             room: emit.room,
-            no_buffer: &mut no_buffer,
+            tally: &mut tally,
         };
         let action = {
             let mut stage = stage.lock();
@@ -417,7 +426,7 @@ fn run_duplex<'p>(
         packet.route = match action {
             Ok(Action::Forward) => Route::Forward,
             Ok(Action::Replace) => {
-                this.consumed.add(1);
+                this.held.add(1);
                 this.originated.add(1);
                 Route::Forward
             }
@@ -428,6 +437,10 @@ fn run_duplex<'p>(
             }
             Ok(Action::Consume) => {
                 this.consumed.add(1);
+                Route::Recycle
+            }
+            Ok(Action::Hold) => {
+                this.held.add(1);
                 Route::Recycle
             }
             Ok(Action::Drop) => {
@@ -444,31 +457,43 @@ fn run_duplex<'p>(
             }
         };
     }
-    count_emitted(emit, emitted_before, no_buffer, counters, stamp);
+    count_emitted(emit, emitted_before, &tally, counters, stamp);
     ctl.set_deadline(stage.lock().next_deadline());
 }
 
-/// Counts what a duplex stage emitted since `before` (originated, in the direction of the
-/// side it goes to) and what found no buffer (originated and dropped), and stamps the emitted
-/// packets with `received_at`.
+/// Counts, in the direction of the side each goes to, what a duplex stage emitted since
+/// `before` (originated, or released from the hold) and the rest of its `tally`, and stamps
+/// the emitted packets with `received_at`.
 fn count_emitted(
     emit: &mut EmitPlace<'_>,
     before: usize,
-    no_buffer: [u64; 2],
+    tally: &EmitTally,
     counters: &StageCounters,
     received_at: u64,
 ) {
+    let mut emitted = [0u64; 2];
     for (side, packet) in &mut emit.emitted[before..] {
-        counters.of(side.direction()).originated.add(1);
+        emitted[side.index()] += 1;
         packet.received_at = received_at;
         packet.stage_ns = 0;
     }
     for side in [Side::Inside, Side::Outside] {
-        let lost = no_buffer[side.index()];
-        if lost > 0 {
-            let counts = counters.of(side.direction());
-            counts.originated.add(lost);
-            counts.drop_no_buffer.add(lost);
+        let i = side.index();
+        let counts = counters.of(side.direction());
+        let own = emitted[i] - tally.released[i] + tally.no_buffer[i];
+        let left_hold = tally.released[i] + tally.released_lost[i] + tally.held_dropped[i];
+        if own > 0 {
+            counts.originated.add(own);
+        }
+        if left_hold > 0 {
+            counts.unheld.add(left_hold);
+        }
+        let no_buffer = tally.no_buffer[i] + tally.released_lost[i];
+        if no_buffer > 0 {
+            counts.drop_no_buffer.add(no_buffer);
+        }
+        if tally.held_dropped[i] > 0 {
+            counts.drop_stage.add(tally.held_dropped[i]);
         }
     }
 }
@@ -483,7 +508,7 @@ pub(crate) fn run_duplex_timers(
     received_at: u64,
     work: impl FnOnce(&mut dyn DuplexStage, &mut Emitter<'_>),
 ) {
-    let mut no_buffer = [0u64; 2];
+    let mut tally = EmitTally::default();
     let before = emit.emitted.len();
     {
         let mut guard = stage.lock();
@@ -494,7 +519,7 @@ pub(crate) fn run_duplex_timers(
             headroom: emit.headroom,
             capacity: emit.area,
             room: emit.room,
-            no_buffer: &mut no_buffer,
+            tally: &mut tally,
         };
         if catch_unwind(AssertUnwindSafe(|| work(&mut **guard, &mut out))).is_err() {
             log::error!("duplex stage panicked in its timers");
@@ -502,7 +527,7 @@ pub(crate) fn run_duplex_timers(
         }
         ctl.set_deadline(guard.next_deadline());
     }
-    count_emitted(emit, before, no_buffer, counters, received_at);
+    count_emitted(emit, before, &tally, counters, received_at);
 }
 
 /// Sends a duplex stage's emitted packets to the writers of their sides, and rings the

@@ -2,7 +2,7 @@
 //! hands them on in batches. A one-way engine has one (outbound); a tunnel has one per
 //! device, each feeding its direction.
 
-use super::{run_stage_batch, send_emitted, Control, EmitPlace, Outs, StageHost};
+use super::{route_side, run_stage_batch, send_emitted, Control, EmitPlace, Outs, StageHost};
 use crate::device::{ErrorClass, Medium, RxHalf};
 use crate::error::EngineError;
 use crate::link::{Backoff, Idle, RetryWindow, Waited};
@@ -259,18 +259,17 @@ impl<R: RxHalf> Reader<R> {
                         free.push(buf);
                         continue;
                     }
-                    let side = match buf.route {
-                        crate::pool::Route::Back => direction.source(),
-                        _ => direction.destination(),
-                    };
+                    let side = route_side(direction, buf.route);
+                    // Counted in the direction the packet travels (a reply goes back).
+                    let lost = &counters.stage.of(side.direction()).drop_ring_full;
                     match outs.for_route(direction, buf.route).map(|r| r.push(buf)) {
                         Some(Ok(())) => rung[side.index()] = true,
                         Some(Err(rtrb::PushError::Full(buf))) => {
-                            ring_full += 1;
+                            lost.add(1);
                             free.push(buf);
                         }
                         // A route with no writer (a reply in a one-way engine): dropped.
-                        None => ring_full += 1,
+                        None => lost.add(1),
                     }
                 }
                 for side in [Side::Inside, Side::Outside] {

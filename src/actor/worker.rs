@@ -2,7 +2,9 @@
 //! owns its own instance and has one input (from the reader); with a duplex stage it shares
 //! the one instance and has an input from each reader.
 
-use super::{phase, run_stage_batch, send_emitted, Control, EmitPlace, Outs, StageHost};
+use super::{
+    phase, route_side, run_stage_batch, send_emitted, Control, EmitPlace, Outs, StageHost,
+};
 use crate::link::{Backoff, Idle, Waited};
 use crate::pool::{PacketBuf, Pool};
 use crate::stage::{Direction, Side};
@@ -118,10 +120,7 @@ impl Worker {
         let mut rung = [false; 2];
         for buf in chunk {
             let route = buf.route;
-            let side = match route {
-                crate::pool::Route::Back => direction.source(),
-                _ => direction.destination(),
-            };
+            let side = route_side(direction, route);
             let Some(out) = self.outs.for_route(direction, route) else {
                 // A route with no writer (a reply in a one-way engine): dropped, buffer lost
                 // to this run only (a one-way stage cannot reply).
@@ -136,7 +135,7 @@ impl Worker {
                         if ctl.stopping() {
                             // A packet the stage dropped or consumed is already counted.
                             if !back.recycled() {
-                                counters.of(direction).stopped.add(1);
+                                counters.of(side.direction()).stopped.add(1);
                             }
                             break;
                         }

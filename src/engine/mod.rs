@@ -276,6 +276,7 @@ impl Engine {
         if let Some(threads) = threads.take() {
             *self.joiner.lock() = Some(thread::current().id());
             let snapshots = join_in_order(&self.ctl, threads);
+            self.ctl.counters.settle_held_at_stop();
             self.rebinder.lock().take();
             *self.final_latency.lock() = Some(snapshots);
             log::info!("tunpipe engine stopped: {:?}", self.stats());

@@ -85,7 +85,7 @@ impl Side {
 }
 
 /// What becomes of a packet a duplex stage has seen. The engine counts each outcome, so that
-/// in each direction `read + originated = written + dropped + consumed` (see
+/// in each direction `read + originated = written + dropped + consumed + held` (see
 /// [`crate::Stats`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -93,16 +93,20 @@ pub enum Action {
     /// The packet, as it now stands in its buffer, goes on toward the other side (an
     /// outbound packet to the network, sealed; an inbound one to the TUN, opened).
     Forward,
-    /// The stage has taken in the packet (it ends here, *consumed*), and its buffer now holds
-    /// a packet of the stage's own (*originated*) going the same way: a handshake initiation
-    /// sent in place of a data packet that waits for the handshake.
+    /// The stage keeps the packet's content to send later (*held*, as with [`Action::Hold`]),
+    /// and its buffer now holds a packet of the stage's own (*originated*) going the same way:
+    /// a handshake initiation sent in place of a data packet that waits for the handshake.
     Replace,
     /// The stage has taken in the packet (*consumed*), and its buffer now holds an answer
     /// (*originated*) going back toward where the packet came from: a handshake response.
     Reply,
-    /// The stage keeps the packet's content, or it was a message for the stage alone (a
-    /// keepalive, a cookie): the packet ends here, *consumed*.
+    /// The packet was a message for the protocol itself (a keepalive, a cookie, a handshake
+    /// message): it ends here, *consumed*.
     Consume,
+    /// The stage keeps the packet's content to send later (a data packet waiting for a
+    /// handshake): *held* until the stage sends it with [`Emitter::release`] or gives it up
+    /// with [`Emitter::drop_held`]. What is still held at stop counts as dropped ("stopped").
+    Hold,
     /// The stage drops the packet: counted as a stage drop (the stage may count why).
     Drop,
 }
@@ -163,9 +167,22 @@ pub struct Emitter<'a> {
     /// Slots left, by side, in the rings toward the writers (after the batch's own packets):
     /// an emitted packet never finds its ring full.
     pub(crate) room: [usize; 2],
-    /// Packets that found no spare buffer or no room, by the side they were for: the engine
-    /// counts each as originated and dropped ("no buffer").
-    pub(crate) no_buffer: &'a mut [u64; 2],
+    pub(crate) tally: &'a mut EmitTally,
+}
+
+/// What an [`Emitter`] saw besides the packets it emitted, by side (index [`Side::index`]):
+/// the engine turns it into counts once the stage returns.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct EmitTally {
+    /// Packets of the stage's own that found no spare buffer or no room: originated and
+    /// dropped ("no buffer").
+    pub no_buffer: [u64; 2],
+    /// Held packets among the emitted ones (not originated: they were read).
+    pub released: [u64; 2],
+    /// Held packets that found no spare buffer or no room: dropped ("no buffer").
+    pub released_lost: [u64; 2],
+    /// Held packets the stage gave up (dropped, "stage").
+    pub held_dropped: [u64; 2],
 }
 
 impl Emitter<'_> {
@@ -190,9 +207,37 @@ impl Emitter<'_> {
     /// packet is then counted as dropped, "no buffer").
     pub fn emit(&mut self, side: Side, fill: impl FnOnce(&mut PacketBuf) -> bool) -> bool {
         if self.spare(side) == 0 {
-            self.no_buffer[side.index()] += 1;
+            self.tally.no_buffer[side.index()] += 1;
             return false;
         }
+        self.put(side, fill)
+    }
+
+    /// Sends a packet the stage held ([`Action::Hold`]) toward `side`, as [`Emitter::emit`]
+    /// does. It leaves the hold whether or not it is sent: without a spare buffer it is
+    /// dropped ("no buffer"), and if `fill` declines, dropped as a stage drop. Returns false
+    /// when nothing was sent.
+    pub fn release(&mut self, side: Side, fill: impl FnOnce(&mut PacketBuf) -> bool) -> bool {
+        if self.spare(side) == 0 {
+            self.tally.released_lost[side.index()] += 1;
+            return false;
+        }
+        let sent = self.put(side, fill);
+        if sent {
+            self.tally.released[side.index()] += 1;
+        } else {
+            self.tally.held_dropped[side.index()] += 1;
+        }
+        sent
+    }
+
+    /// The stage gives up `count` packets it held toward `side` (the handshake they waited
+    /// for failed): each leaves the hold as a stage drop.
+    pub fn drop_held(&mut self, side: Side, count: u64) {
+        self.tally.held_dropped[side.index()] += count;
+    }
+
+    fn put(&mut self, side: Side, fill: impl FnOnce(&mut PacketBuf) -> bool) -> bool {
         let Some(mut buf) = self.spare.pop() else {
             return false;
         };

@@ -18,6 +18,7 @@ mod duplex;
 mod passthrough;
 mod reflect;
 
+pub(crate) use duplex::EmitTally;
 pub use duplex::{Action, Direction, DuplexStage, Emitter, Side};
 pub use passthrough::Passthrough;
 pub use reflect::Reflect;

@@ -242,6 +242,7 @@ impl WireGuard {
                 );
                 // `Tunn` gave up the handshake and threw away the packets that waited for it.
                 counters.dropped_many(DropReason::NoHandshake, peer.queued as u64);
+                out.drop_held(Side::Outside, peer.queued as u64);
                 peer.queued = 0;
             }
             _ => {}
@@ -284,18 +285,27 @@ impl WireGuard {
                     debug_assert_eq!(packet.len(), inner + OVERHEAD);
                     return Action::Forward;
                 }
+                if queue_full {
+                    // `Tunn` had no room to hold the packet, yet starts a handshake: the
+                    // initiation goes out on its own and the packet is dropped.
+                    let message = packet.data().to_vec();
+                    send_own(p, peer, &message, counters, out);
+                    counters.dropped(DropReason::NoHandshake);
+                    return Action::Drop;
+                }
                 // No session: the packet waits, and a handshake initiation goes out in its
                 // buffer.
-                p.queued_or_dropped(queue_full, counters);
+                p.queued += 1;
                 Action::Replace
             }
-            // Waits behind a handshake already under way.
+            // Waits behind a handshake already under way (or, with the queue full, dropped).
             TunnResult::Done => {
-                p.queued_or_dropped(queue_full, counters);
                 if queue_full {
+                    counters.dropped(DropReason::NoHandshake);
                     Action::Drop
                 } else {
-                    Action::Consume
+                    p.queued += 1;
+                    Action::Hold
                 }
             }
             TunnResult::Err(e) => {
@@ -444,15 +454,6 @@ impl DuplexStage for WireGuard {
 }
 
 impl Peer {
-    /// Counts a packet that `Tunn` took to hold for the handshake, or dropped (`full`).
-    fn queued_or_dropped(&mut self, full: bool, counters: &WireGuardCounters) {
-        if full {
-            counters.dropped(DropReason::NoHandshake);
-        } else {
-            self.queued += 1;
-        }
-    }
-
     fn next_deadline(&self) -> Option<Instant> {
         match (self.flush_due, self.timers.next_deadline()) {
             (Some(flush), Some(timer)) => Some(flush.min(timer)),
@@ -531,19 +532,40 @@ fn send_own(
         counters.dropped(DropReason::NoEndpoint);
         return;
     };
-    let sent = out.emit(Side::Outside, |buf| {
-        let area = buf.data_mut();
-        if message.len() > area.len() {
-            return false;
-        }
-        area[..message.len()].copy_from_slice(message);
-        let _ = buf.truncate(message.len());
-        buf.set_endpoint(Some(endpoint));
-        true
-    });
-    if sent {
+    if out.emit(Side::Outside, |buf| fill_message(buf, message, endpoint)) {
         note_sent(p, message, out.now(), counters);
     }
+}
+
+/// Sends a packet the stage held for a handshake, now sealed, to the peer.
+fn send_held(
+    p: &mut Peer,
+    index: usize,
+    message: &[u8],
+    counters: &WireGuardCounters,
+    out: &mut Emitter<'_>,
+) {
+    let Some(endpoint) = p.endpoint else {
+        log::debug!("wireguard peer {}: nowhere to send to yet", index + 1);
+        counters.dropped(DropReason::NoEndpoint);
+        out.drop_held(Side::Outside, 1);
+        return;
+    };
+    if out.release(Side::Outside, |buf| fill_message(buf, message, endpoint)) {
+        note_sent(p, message, out.now(), counters);
+    }
+}
+
+/// Writes `message` for `endpoint` into an emitted buffer.
+fn fill_message(buf: &mut PacketBuf, message: &[u8], endpoint: SocketAddr) -> bool {
+    let area = buf.data_mut();
+    if message.len() > area.len() {
+        return false;
+    }
+    area[..message.len()].copy_from_slice(message);
+    let _ = buf.truncate(message.len());
+    buf.set_endpoint(Some(endpoint));
+    true
 }
 
 /// Records what a message going to the peer means for its timers and counters.
@@ -579,10 +601,13 @@ fn flush(
         }
         match p.tunn.decapsulate(None, &[], scratch) {
             TunnResult::WriteToNetwork(message) => {
-                if message.first() == Some(&DATA) {
-                    p.queued = p.queued.saturating_sub(1);
+                if message.first() == Some(&DATA) && message.len() > OVERHEAD && p.queued > 0 {
+                    // A packet the stage held (an empty one would be a keepalive of its own).
+                    p.queued -= 1;
+                    send_held(p, index, message, counters, out);
+                } else {
+                    send_own(p, index, message, counters, out);
                 }
-                send_own(p, index, message, counters, out);
             }
             // The queue is empty (or, without a session, `Tunn` keeps it for the next one).
             _ => {
@@ -629,7 +654,7 @@ mod tests {
         stage: WireGuard,
         spare: Vec<PacketBuf>,
         emitted: Vec<(Side, PacketBuf)>,
-        no_buffer: [u64; 2],
+        tally: crate::stage::EmitTally,
     }
 
     impl Rig {
@@ -645,7 +670,7 @@ mod tests {
                 stage,
                 spare: (0..8).map(|_| PacketBuf::new(64, 2048, 64)).collect(),
                 emitted: Vec::with_capacity(8),
-                no_buffer: [0; 2],
+                tally: Default::default(),
             }
         }
 
@@ -665,7 +690,7 @@ mod tests {
                 headroom: 64,
                 capacity: 2048,
                 room: [8, 8],
-                no_buffer: &mut self.no_buffer,
+                tally: &mut self.tally,
             };
             self.stage.process(direction, &mut packet, &mut out)
         }

@@ -15,10 +15,11 @@ pub fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
 }
 
 /// Whether every packet the engine read, or a stage made (originated), was written, dropped
-/// with a reason, or taken in by a stage (consumed). A one-way engine's stage neither makes
-/// nor takes in packets; a tunnel's counts each direction on its own.
+/// with a reason, used by the stage's protocol (consumed), or is held by the stage for a
+/// handshake ([`Stats::balanced`]). A one-way engine's stage neither makes, takes in nor
+/// holds packets; a tunnel's counts each direction on its own.
 pub fn is_conserved(s: &Stats) -> bool {
-    s.rx_packets + s.originated == s.tx_packets + s.dropped() + s.consumed
+    s.balanced()
 }
 
 /// Fails unless every packet read was written or dropped with a reason.
@@ -30,7 +31,7 @@ pub fn conserved(s: &Stats) -> Result<(), Failed> {
 pub fn assert_conserved(s: &Stats) {
     assert!(
         is_conserved(s),
-        "every packet read or made is written, dropped with a reason or taken in: {s:?}"
+        "every packet read or made is written, dropped with a reason, consumed or held: {s:?}"
     );
 }
 

@@ -94,8 +94,9 @@ pub fn engine_counters(s: &Stats) {
 }
 
 /// As [`engine_counters`], with the rows labelled `label` (a tunnel has two directions). A
-/// stage's own packets show when it made or took in any: originated (handshakes, keepalives,
-/// flushed queues) and consumed (handshake messages, packets held for a handshake).
+/// stage's own packets show when it made, used or held any: originated (handshakes,
+/// keepalives), consumed (handshake messages, keepalives) and held (packets waiting for a
+/// handshake now; 0 after stop).
 pub fn direction_counters(label: &str, s: &Stats) {
     row(
         &format!("{label} in"),
@@ -105,13 +106,15 @@ pub fn direction_counters(label: &str, s: &Stats) {
         &format!("{label} out"),
         format!("{} packets, {}", group(s.tx_packets), bytes(s.tx_bytes)),
     );
-    if s.originated + s.consumed > 0 {
+    let stage_own = s.originated + s.consumed + s.held > 0;
+    if stage_own {
         row(
             &format!("{label} stage's own"),
             format!(
-                "originated {}, consumed {}",
+                "originated {}, consumed {}, held {}",
                 group(s.originated),
-                group(s.consumed)
+                group(s.consumed),
+                group(s.held)
             ),
         );
     }
@@ -141,15 +144,16 @@ pub fn direction_counters(label: &str, s: &Stats) {
             group(s.wakeups)
         ),
     );
-    let balanced = s.rx_packets + s.originated == s.tx_packets + s.dropped() + s.consumed;
-    let equation = if s.originated + s.consumed > 0 {
+    let balanced = s.balanced();
+    let equation = if stage_own {
         format!(
-            "in {} + originated {} = out {} + dropped {} + consumed {}",
+            "in {} + originated {} = out {} + dropped {} + consumed {} + held {}",
             group(s.rx_packets),
             group(s.originated),
             group(s.tx_packets),
             group(s.dropped()),
-            group(s.consumed)
+            group(s.consumed),
+            group(s.held)
         )
     } else {
         format!(

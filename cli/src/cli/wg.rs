@@ -309,8 +309,8 @@ fn tunnel_rows(s: &WireGuardStats, udp: &UdpDevice) {
             bytes(s.rx_bytes)
         ),
     );
-    // Why the stage dropped: these overlap the engine's stage drops above, except the
-    // packets `Tunn` held for a handshake and then threw away (the engine saw them consumed).
+    // Why the stage dropped: the same packets as the engine's stage drops above, and some
+    // of its "no buffer" ones, told apart by reason.
     row(
         "tunnel drops",
         format!(

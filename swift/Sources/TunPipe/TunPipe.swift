@@ -177,10 +177,12 @@ public struct TunPipeStats: Codable, Sendable {
     public var reservedBytes: UInt64
     /// Every packet dropped, whatever the reason (the sum of the `drop*` fields).
     public var dropped: UInt64
-    /// A tunnel's own packets (handshakes, keepalives, packets released by a handshake).
+    /// A tunnel's own packets (handshake messages, keepalives).
     public var originated: UInt64
-    /// Packets a tunnel took in and did not pass on (handshakes, keepalives, held packets).
+    /// Packets a tunnel's protocol used itself (handshake messages, keepalives, cookies).
     public var consumed: UInt64
+    /// Packets a tunnel holds now, waiting for a handshake (0 after stop).
+    public var held: UInt64
 
     init(_ s: TunpipeStats) {
         rxPackets = s.rx_packets
@@ -204,6 +206,7 @@ public struct TunPipeStats: Codable, Sendable {
         dropped = s.dropped
         originated = s.originated
         consumed = s.consumed
+        held = s.held
     }
 
     static func read(_ fill: (UnsafeMutablePointer<TunpipeStats>) -> Int32) throws -> TunPipeStats {
@@ -263,6 +266,10 @@ public struct TunPipeTunnelStats: Codable, Sendable {
     public var dropNoEndpoint: UInt64
     public var dropNoHandshake: UInt64
     public var dropGarbage: UInt64
+    /// Outbound packets held now for a handshake.
+    public var outboundHeld: UInt64
+    /// Inbound packets held now (0 for WireGuard).
+    public var inboundHeld: UInt64
 
     init(_ t: TunpipeTunnelStats) {
         peers = t.peers
@@ -289,6 +296,8 @@ public struct TunPipeTunnelStats: Codable, Sendable {
         dropNoEndpoint = t.drop_no_endpoint
         dropNoHandshake = t.drop_no_handshake
         dropGarbage = t.drop_garbage
+        outboundHeld = t.outbound_held
+        inboundHeld = t.inbound_held
     }
 
     static func read(_ fill: (UnsafeMutablePointer<TunpipeTunnelStats>) -> Int32) throws -> TunPipeTunnelStats {
