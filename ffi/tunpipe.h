@@ -72,7 +72,8 @@
 // An engine thread could not be spawned.
 #define TUNPIPE_ERR_SPAWN -11
 
-// The stage panicked more often than `max_stage_panics` allows; the engine stopped.
+// The stage panicked more often than `max_stage_panics` allows, or a tunnel's stage
+// panicked once (its state may be torn); the engine stopped.
 #define TUNPIPE_ERR_STAGE_PANICS -12
 
 // A stop or wait was called from one of the engine's own threads (say, from the stage

@@ -65,8 +65,9 @@ pub struct Config {
     pub latency: bool,
     /// Pin actors to cores (Linux, Android); on Apple, sets a QoS class instead.
     pub pin: bool,
-    /// Stage panics tolerated before the engine stops with an error. Each panic drops its
-    /// packet and rebuilds the stage instance.
+    /// One-way stage panics tolerated before the engine stops with an error. Each panic drops
+    /// its packet and rebuilds the stage instance. A two-way stage (a tunnel) is not rebuilt:
+    /// its first panic stops the engine ([`crate::EngineError::DuplexStagePanicked`]).
     pub max_stage_panics: u64,
 }
 

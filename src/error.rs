@@ -23,6 +23,13 @@ pub enum EngineError {
     /// The stage panicked and so did its factory when asked for a fresh instance: there is
     /// no stage left to run.
     StageRebuild,
+    /// A two-way stage (a tunnel) panicked. It holds protocol state for both directions that
+    /// the panic may have left torn, and it has no factory to rebuild it from, so the engine
+    /// stops rather than carry packets through it.
+    DuplexStagePanicked {
+        /// Where: on an outbound packet, on an inbound packet, or in its timers.
+        during: &'static str,
+    },
     /// `stop()` was called from one of the engine's own threads (say, a stage). The stop was
     /// requested; the engine's owner must still call `stop()` or `wait()` to join it.
     StopFromEngineThread,
@@ -56,6 +63,10 @@ impl std::fmt::Display for EngineError {
             EngineError::StageRebuild => {
                 f.write_str("the stage panicked, and so did its factory when rebuilding it")
             }
+            EngineError::DuplexStagePanicked { during } => write!(
+                f,
+                "the tunnel's stage panicked {during}; stopped, since its state may be torn"
+            ),
             EngineError::StopFromEngineThread => {
                 f.write_str("stop called from an engine thread; stop requested, not joined")
             }

@@ -4,7 +4,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tunpipe::device::{FaultPlan, FaultyDevice};
-use tunpipe::{BuiltinStage, Config, Engine, EngineError, MemoryDevice, PacketBuf, Stage, Verdict};
+use tunpipe::stage::{Action, Direction, DuplexStage, Emitter};
+use tunpipe::{
+    BuiltinStage, Config, Device, Engine, EngineError, MemoryDevice, PacketBuf, Stage, Verdict,
+};
 use tunpipe_testkit::check::{assert_conserved, eventually};
 use tunpipe_testkit::config;
 use tunpipe_testkit::memory::{recv_n, send};
@@ -405,5 +408,72 @@ fn invalid_config_is_an_error_not_a_panic() {
     match Engine::builder().config(cfg).start(&dev) {
         Err(EngineError::Config(e)) => assert!(e.to_string().contains("mtu")),
         other => panic!("expected a config error, got {:?}", other.err()),
+    }
+}
+
+/// A two-way stage that forwards outbound packets, holds the one sized `HOLD`, and panics on
+/// the one sized `PANIC`, or in its timers once `timer_panics` is set.
+struct Fragile {
+    timer_panics: bool,
+}
+
+const HOLD: usize = 60;
+const PANIC: usize = 100;
+
+impl DuplexStage for Fragile {
+    fn process(&mut self, _: Direction, p: &mut PacketBuf, _: &mut Emitter<'_>) -> Action {
+        match p.data().len() {
+            HOLD => Action::Hold,
+            PANIC => panic!("tunnel bug on purpose"),
+            _ => Action::Forward,
+        }
+    }
+    fn on_deadline(&mut self, _: &mut Emitter<'_>) {
+        panic!("timer bug on purpose");
+    }
+    fn next_deadline(&self) -> Option<std::time::Instant> {
+        self.timer_panics.then(std::time::Instant::now)
+    }
+}
+
+#[test]
+fn a_panicking_two_way_stage_stops_the_engine_with_an_error() {
+    for (workers, timer_panics) in [(0, false), (1, false), (0, true)] {
+        let (inside, mut app_tx, app_rx) = MemoryDevice::new(256, 2048);
+        let (outside, _, mut net_rx) = MemoryDevice::new(256, 2048);
+        let engine = Engine::builder()
+            .config(config(workers))
+            .start_tunnel_halves(
+                Fragile { timer_panics },
+                inside.open().unwrap(),
+                outside.open().unwrap(),
+            )
+            .unwrap();
+        let during = if timer_panics {
+            "in its timers"
+        } else {
+            send(&mut app_tx, &udp4(1, 2, 0, 16));
+            send(&mut app_tx, &udp4(1, 2, 1, HOLD - 28));
+            assert_eq!(udp4_seq(&recv_n(&mut net_rx, 1)[0]).2, 0);
+            send(&mut app_tx, &udp4(1, 2, 2, PANIC - 28));
+            "on an outbound packet"
+        };
+        match engine.wait() {
+            Err(EngineError::DuplexStagePanicked { during: d }) => assert_eq!(d, during),
+            other => panic!("expected DuplexStagePanicked, got {other:?}"),
+        }
+        let error = engine.stop().unwrap_err().to_string();
+        assert!(
+            error.contains("panicked") && error.contains(during),
+            "{error}"
+        );
+        let out = engine.direction_stats(Direction::Outbound);
+        assert_conserved(&out);
+        assert_eq!(out.held, 0, "{out:?}");
+        if !timer_panics {
+            // The packet it panicked on, and the one it held (dropped at stop).
+            assert_eq!((out.drop_stage_panic, out.drop_stopped), (1, 1), "{out:?}");
+        }
+        assert_eq!(app_rx.pending(), 0);
     }
 }

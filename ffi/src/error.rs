@@ -29,7 +29,8 @@ pub const TUNPIPE_ERR_NOT_RUNNING: i32 = -9;
 pub const TUNPIPE_ERR_DEVICE: i32 = -10;
 /// An engine thread could not be spawned.
 pub const TUNPIPE_ERR_SPAWN: i32 = -11;
-/// The stage panicked more often than `max_stage_panics` allows; the engine stopped.
+/// The stage panicked more often than `max_stage_panics` allows, or a tunnel's stage
+/// panicked once (its state may be torn); the engine stopped.
 pub const TUNPIPE_ERR_STAGE_PANICS: i32 = -12;
 /// A stop or wait was called from one of the engine's own threads (say, from the stage
 /// callback). The stop was requested, not joined: the owner must still stop or wait.
@@ -90,7 +91,9 @@ impl From<EngineError> for FfiError {
             EngineError::Device(io) if is_resource_exhaustion(io) => TUNPIPE_ERR_RESOURCES,
             EngineError::Device(_) => TUNPIPE_ERR_DEVICE,
             EngineError::Spawn(_) => TUNPIPE_ERR_SPAWN,
-            EngineError::StagePanics { .. } | EngineError::StageRebuild => TUNPIPE_ERR_STAGE_PANICS,
+            EngineError::StagePanics { .. }
+            | EngineError::StageRebuild
+            | EngineError::DuplexStagePanicked { .. } => TUNPIPE_ERR_STAGE_PANICS,
             EngineError::StopFromEngineThread => TUNPIPE_ERR_ENGINE_THREAD,
             EngineError::Stopping => TUNPIPE_ERR_STOPPING,
             EngineError::OutOfMemory { .. } => TUNPIPE_ERR_NO_MEMORY,

@@ -187,7 +187,7 @@ impl Control {
 
     /// Records the stage's next deadline (asked under the stage's lock, so that the stores are
     /// in the order the stage named them), and wakes the timer when it moved earlier.
-    fn set_deadline(&self, deadline: Option<Instant>) {
+    pub(crate) fn set_deadline(&self, deadline: Option<Instant>) {
         let ns = deadline.map_or(NO_DEADLINE, |d| {
             d.saturating_duration_since(self.epoch).as_nanos() as u64
         });
@@ -448,11 +448,15 @@ fn run_duplex<'p>(
                 Route::Recycle
             }
             Err(_) => {
-                // A duplex stage has no factory to rebuild it from: the instance goes on, and
-                // past `max_stage_panics` the engine stops.
-                log::error!("duplex stage panicked on a {direction:?} packet; packet dropped");
+                // A duplex stage has no factory to rebuild it from, and its protocol state may
+                // be torn: the engine stops (the rest of the batch meets `stopping` above).
                 this.drop_stage_panic.add(1);
-                ctl.note_stage_panic();
+                ctl.fail(EngineError::DuplexStagePanicked {
+                    during: match direction {
+                        Direction::Outbound => "on an outbound packet",
+                        Direction::Inbound => "on an inbound packet",
+                    },
+                });
                 Route::Recycle
             }
         };
@@ -522,8 +526,9 @@ pub(crate) fn run_duplex_timers(
             tally: &mut tally,
         };
         if catch_unwind(AssertUnwindSafe(|| work(&mut **guard, &mut out))).is_err() {
-            log::error!("duplex stage panicked in its timers");
-            ctl.note_stage_panic();
+            ctl.fail(EngineError::DuplexStagePanicked {
+                during: "in its timers",
+            });
         }
         ctl.set_deadline(guard.next_deadline());
     }

@@ -408,6 +408,8 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
         vec![inside_rx.interrupter(), outside_rx.interrupter()],
         c.max_stage_panics,
     ));
+    // A deadline the stage names before any packet (say, a keepalive due at start) is kept.
+    ctl.set_deadline(stage.lock().next_deadline());
     // Pools: 0 the inside reader's (outbound), 1 the outside reader's (inbound), 2 the
     // timer's, then one per worker.
     let mut pool_sizes = vec![sizes.reader_pool, sizes.reader_pool, sizes.reserve];

@@ -8,7 +8,8 @@
 //! Packets come from other apps on the device: they are untrusted bytes. Every built-in stage
 //! parses them with the checked views in [`crate::wire`] and never panics on any input. A stage
 //! that does panic anyway is caught by the engine: that packet is dropped and counted, the stage
-//! is rebuilt, and the engine goes on (up to [`crate::Config::max_stage_panics`]).
+//! is rebuilt, and the engine goes on (up to [`crate::Config::max_stage_panics`]). A two-way
+//! stage that panics stops the engine instead: its protocol state may be torn.
 
 use std::sync::Arc;
 
