@@ -18,7 +18,15 @@
 //! keys in any case, comma-separated lists, repeated `Address`, `DNS` and `AllowedIPs` lines,
 //! an optional `ListenPort`. wg-quick's own keys (`PostUp`, `PreDown`, `Table`, `SaveConfig`,
 //! `FwMark`, ...) are ignored and named in [`WgConfig::ignored`] (the caller may log them). Any
-//! other key is an error. An error names its line and field; it never quotes a key.
+//! other key is an error.
+//!
+//! An error names its line and, when it can tell, the key's name ([`WgConfigError`]). It never
+//! quotes a value or a line: a damaged line may hold a private or preshared key (`PrivateKey:
+//! ...` with a colon for `=`, a key pasted as another key's value, a key alone on a line), and
+//! error texts reach logs, the CLI's stderr and a host's log callback.
+//!
+//! A config holds at most [`MAX_PEERS`] peers and [`MAX_ALLOWED_IPS`] AllowedIPs prefixes in
+//! all; past either, parsing fails at the line that goes past it.
 
 use ipnet::IpNet;
 use std::fmt;
@@ -26,6 +34,14 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 /// wg-quick's default MTU for the tunnel interface.
 pub const DEFAULT_MTU: u16 = 1420;
+
+/// Most `[Peer]` sections a config may hold. A config at this limit parses and validates in
+/// well under a second; a started tunnel keeps per-peer state (boringtun's `Tunn`, its timers
+/// and rate limiter) for each, so a phone should stay far below it.
+pub const MAX_PEERS: usize = 65_536;
+
+/// Most AllowedIPs prefixes a config may hold, over all its peers together.
+pub const MAX_ALLOWED_IPS: usize = 262_144;
 
 /// A Curve25519 key (private, public or preshared). Its `Debug` shows nothing of it, and it
 /// has no `Display`: keys never reach a log.
@@ -151,13 +167,18 @@ pub struct WgConfig {
 }
 
 /// Why a wg-quick text is not a usable config: the line (1-based; 0 for the whole file), the
-/// field, and what is wrong. It never quotes a key.
+/// key's name when it can be told, and what is wrong.
+///
+/// It holds no text from the config: only a line number, names as the wg-quick format spells
+/// them, and counts. A damaged line may hold a key (`PrivateKey: ...`, a key pasted as another
+/// key's value, a key alone on a line), so neither a value nor a line is ever quoted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WgConfigError {
     /// The line, counting from 1 (0: the file as a whole).
     pub line: usize,
-    /// The field (`PublicKey`, `[Peer]`, ...).
+    /// The key or section as the format spells it (`PublicKey`, `[Peer]`, ...), whatever the
+    /// case the file wrote it in; empty when the line's key cannot be told.
     pub field: String,
     /// What is wrong.
     pub reason: String,
@@ -165,30 +186,152 @@ pub struct WgConfigError {
 
 impl fmt::Display for WgConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "wg-quick config: {}: {}", self.field, self.reason)
-        } else {
-            write!(
+        match (self.line, self.field.is_empty()) {
+            (0, true) => write!(f, "wg-quick config: {}", self.reason),
+            (0, false) => write!(f, "wg-quick config: {}: {}", self.field, self.reason),
+            (line, true) => write!(f, "wg-quick config, line {line}: {}", self.reason),
+            (line, false) => write!(
                 f,
-                "wg-quick config, line {} ({}): {}",
-                self.line, self.field, self.reason
-            )
+                "wg-quick config, line {line} ({}): {}",
+                self.field, self.reason
+            ),
         }
     }
 }
 
 impl std::error::Error for WgConfigError {}
 
-/// wg-quick's own keys: they configure the host (routes, scripts, saving), not the tunnel.
-const WG_QUICK_KEYS: &[&str] = &[
-    "table",
-    "preup",
-    "postup",
-    "predown",
-    "postdown",
-    "saveconfig",
-    "fwmark",
+/// Where a key belongs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Interface,
+    Peer,
+    /// wg-quick's own keys: they configure the host (routes, scripts, saving), not the
+    /// tunnel, and are ignored wherever they are.
+    WgQuick,
+}
+
+/// Every key the format knows, as wg-quick spells it.
+const KEYS: &[(&str, Place)] = &[
+    ("PrivateKey", Place::Interface),
+    ("Address", Place::Interface),
+    ("ListenPort", Place::Interface),
+    ("MTU", Place::Interface),
+    ("DNS", Place::Interface),
+    ("PublicKey", Place::Peer),
+    ("PresharedKey", Place::Peer),
+    ("Endpoint", Place::Peer),
+    ("AllowedIPs", Place::Peer),
+    ("PersistentKeepalive", Place::Peer),
+    ("Table", Place::WgQuick),
+    ("PreUp", Place::WgQuick),
+    ("PostUp", Place::WgQuick),
+    ("PreDown", Place::WgQuick),
+    ("PostDown", Place::WgQuick),
+    ("SaveConfig", Place::WgQuick),
+    ("FwMark", Place::WgQuick),
 ];
+
+/// The key `name` is (in any case), as the format spells it.
+fn known(name: &str) -> Option<(&'static str, Place)> {
+    KEYS.iter()
+        .copied()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+}
+
+/// The key a damaged line starts with (in any case), as the format spells it: `PrivateKey`
+/// for `PrivateKey: ...` or `privatekey "..."`. The longest that fits.
+fn leading_key(text: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .map(|(key, _)| *key)
+        .filter(|key| {
+            text.get(..key.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(key))
+        })
+        .max_by_key(|key| key.len())
+}
+
+/// The key a misspelled name was probably meant to be (`PrivatKey`, `AllowedIP`): its
+/// letters within two edits of exactly one key's.
+fn meant(name: &str) -> Option<&'static str> {
+    let end = name
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(name.len());
+    let word = name[..end].to_ascii_lowercase();
+    if word.len() < 4 {
+        return None;
+    }
+    let mut close = KEYS.iter().map(|(key, _)| *key).filter(|key| {
+        let distance = edit_distance(&word, &key.to_ascii_lowercase());
+        distance <= 2 && distance * 4 <= word.len()
+    });
+    match (close.next(), close.next()) {
+        (Some(key), None) => Some(key),
+        _ => None,
+    }
+}
+
+/// Levenshtein distance between two short ASCII words.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Said of a line that is not shown.
+const NOT_SHOWN: &str = "the line is not shown: it may hold a key";
+
+/// The error for a line that is not `Key = Value`: named by the key it starts with, if any.
+fn damaged(line: usize, text: &str) -> WgConfigError {
+    match leading_key(text) {
+        Some(key) => error(
+            line,
+            key,
+            &format!("expected `{key} = value` ({NOT_SHOWN})"),
+        ),
+        None => error(
+            line,
+            "",
+            &format!("expected `Key = Value` or a [Section] ({NOT_SHOWN})"),
+        ),
+    }
+}
+
+/// The error for a name before `=` that is no key: named by the key it starts with, or
+/// was probably meant to be.
+fn unknown(line: usize, name: &str, section: &Section) -> WgConfigError {
+    if let Some(key) = leading_key(name) {
+        return error(
+            line,
+            key,
+            &format!(
+                "expected `{key} = value`: something stands between the name and `=` ({NOT_SHOWN})"
+            ),
+        );
+    }
+    let place = match section {
+        Section::None => "outside any section",
+        Section::Interface => "in [Interface]",
+        Section::Peer => "in [Peer]",
+    };
+    match meant(name) {
+        Some(key) => error(
+            line,
+            "",
+            &format!("unknown key {place} (did you mean {key}?); {NOT_SHOWN}"),
+        ),
+        None => error(line, "", &format!("unknown key {place}; {NOT_SHOWN}")),
+    }
+}
 
 #[derive(Default)]
 struct InterfaceDraft {
@@ -205,6 +348,8 @@ struct InterfaceDraft {
 struct PeerDraft {
     line: usize,
     public_key: Option<Key>,
+    /// The line of `PublicKey`.
+    public_key_line: usize,
     preshared_key: Option<Key>,
     endpoint: Option<Endpoint>,
     allowed_ips: Vec<IpNet>,
@@ -221,12 +366,15 @@ impl WgConfig {
     /// Parses a wg-quick file.
     ///
     /// # Errors
-    /// The first problem, with its line and field.
+    /// The first problem, with its line and, when it can be told, the key's name; a config
+    /// past [`MAX_PEERS`] or [`MAX_ALLOWED_IPS`] at the line that goes past it; two peers with
+    /// one public key at the second's `PublicKey`.
     pub fn parse(text: &str) -> Result<WgConfig, WgConfigError> {
         let mut section = Section::None;
         let mut interface: Option<InterfaceDraft> = None;
         let mut peers: Vec<PeerDraft> = Vec::new();
         let mut ignored = Vec::new();
+        let mut prefixes = 0usize;
         for (index, raw) in text.lines().enumerate() {
             let line = index + 1;
             let content = raw.split('#').next().unwrap_or("").trim();
@@ -246,6 +394,13 @@ impl WgConfig {
                         Section::Interface
                     }
                     "[peer]" => {
+                        if peers.len() >= MAX_PEERS {
+                            return Err(error(
+                                line,
+                                "[Peer]",
+                                &format!("more than {MAX_PEERS} peers, the limit (MAX_PEERS)"),
+                            ));
+                        }
                         peers.push(PeerDraft {
                             line,
                             ..Default::default()
@@ -255,28 +410,43 @@ impl WgConfig {
                     _ => {
                         return Err(error(
                             line,
-                            content,
-                            "unknown section (expected [Interface] or [Peer])",
+                            "",
+                            &format!(
+                                "unknown section, expected [Interface] or [Peer] ({NOT_SHOWN})"
+                            ),
                         ))
                     }
                 };
                 continue;
             }
-            let Some((key, value)) = content.split_once('=') else {
-                return Err(error(line, content, "expected Key = Value"));
+            let Some((name, value)) = content.split_once('=') else {
+                return Err(damaged(line, content));
             };
-            let (key, value) = (key.trim(), value.trim());
-            let lower = key.to_ascii_lowercase();
-            if WG_QUICK_KEYS.contains(&lower.as_str()) {
-                ignored.push(format!("{key} (line {line})"));
-                continue;
-            }
-            match (&section, interface.as_mut(), peers.last_mut()) {
-                (Section::Interface, Some(draft), _) => {
-                    interface_key(draft, line, key, &lower, value)?;
+            let Some((key, place)) = known(name.trim()) else {
+                return Err(unknown(line, name.trim(), &section));
+            };
+            let value = value.trim();
+            match (place, &section, interface.as_mut(), peers.last_mut()) {
+                (Place::WgQuick, ..) => ignored.push(format!("{key} (line {line})")),
+                (Place::Interface, Section::Interface, Some(draft), _) => {
+                    interface_key(draft, line, key, value)?;
                 }
-                (Section::Peer, _, Some(draft)) => peer_key(draft, line, key, &lower, value)?,
-                _ => return Err(error(line, key, "outside any section")),
+                (Place::Peer, Section::Peer, _, Some(draft)) => {
+                    peer_key(draft, line, key, value, &mut prefixes)?;
+                }
+                (_, Section::None, ..) => {
+                    return Err(error(
+                        line,
+                        key,
+                        "outside any section (expected [Interface] or [Peer] before it)",
+                    ))
+                }
+                (Place::Interface, ..) => {
+                    return Err(error(line, key, "belongs in [Interface], not in [Peer]"))
+                }
+                (Place::Peer, ..) => {
+                    return Err(error(line, key, "belongs in [Peer], not in [Interface]"))
+                }
             }
         }
         let interface = interface.ok_or_else(|| error(0, "[Interface]", "missing"))?;
@@ -293,13 +463,22 @@ impl WgConfig {
         if peers.is_empty() {
             return Err(error(0, "[Peer]", "missing: a tunnel needs a peer"));
         }
+        let mut first_line = std::collections::HashMap::with_capacity(peers.len());
         let peers = peers
             .into_iter()
             .map(|p| {
+                let public_key = p
+                    .public_key
+                    .ok_or_else(|| error(p.line, "PublicKey", "missing in this [Peer]"))?;
+                if let Some(first) = first_line.insert(public_key.0, p.public_key_line) {
+                    return Err(error(
+                        p.public_key_line,
+                        "PublicKey",
+                        &format!("the same key as the PublicKey on line {first}: one peer per key"),
+                    ));
+                }
                 Ok(PeerConfig {
-                    public_key: p
-                        .public_key
-                        .ok_or_else(|| error(p.line, "PublicKey", "missing in this [Peer]"))?,
+                    public_key,
                     preshared_key: p.preshared_key,
                     endpoint: p.endpoint,
                     allowed_ips: p.allowed_ips,
@@ -314,11 +493,60 @@ impl WgConfig {
         })
     }
 
+    /// Checks what [`WgConfig::parse`] checks of the config as a whole, for a config changed
+    /// in code since: a peer at least, the limits ([`MAX_PEERS`], [`MAX_ALLOWED_IPS`]), and
+    /// one peer per public key. It builds nothing: a config at the limits is checked in
+    /// milliseconds.
+    ///
+    /// # Errors
+    /// The first problem, naming the peer by its position (the config has no lines now).
+    pub fn check(&self) -> Result<(), WgConfigError> {
+        if self.peers.is_empty() {
+            return Err(error(0, "[Peer]", "missing: a tunnel needs a peer"));
+        }
+        if self.peers.len() > MAX_PEERS {
+            return Err(error(
+                0,
+                "[Peer]",
+                &format!(
+                    "{} peers, more than {MAX_PEERS}, the limit (MAX_PEERS)",
+                    self.peers.len()
+                ),
+            ));
+        }
+        let prefixes: usize = self.peers.iter().map(|p| p.allowed_ips.len()).sum();
+        if prefixes > MAX_ALLOWED_IPS {
+            return Err(error(
+                0,
+                "AllowedIPs",
+                &format!(
+                    "{prefixes} prefixes, more than {MAX_ALLOWED_IPS}, the limit (MAX_ALLOWED_IPS)"
+                ),
+            ));
+        }
+        let mut first = std::collections::HashMap::with_capacity(self.peers.len());
+        for (index, peer) in self.peers.iter().enumerate() {
+            if let Some(earlier) = first.insert(peer.public_key.0, index) {
+                return Err(error(
+                    0,
+                    "PublicKey",
+                    &format!(
+                        "peer {} has the same key as peer {}: one peer per key",
+                        index + 1,
+                        earlier + 1
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Resolves every peer endpoint given as a host name (a blocking DNS lookup), keeping the
     /// first address the resolver gives.
     ///
     /// # Errors
-    /// A name that does not resolve, naming the peer's line-free position and the name.
+    /// A name that does not resolve, naming the peer by its position (not the name: errors
+    /// quote nothing of the config).
     pub fn resolve(&mut self) -> Result<(), WgConfigError> {
         for (i, peer) in self.peers.iter_mut().enumerate() {
             if let Some(Endpoint::Host(host, port)) = &peer.endpoint {
@@ -330,7 +558,7 @@ impl WgConfig {
                         error(
                             0,
                             "Endpoint",
-                            &format!("peer {}: {host} does not resolve", i + 1),
+                            &format!("peer {}: its host name does not resolve", i + 1),
                         )
                     })?;
                 peer.endpoint = Some(Endpoint::Addr(addr));
@@ -348,7 +576,12 @@ fn error(line: usize, field: &str, reason: &str) -> WgConfigError {
     }
 }
 
-fn once<T>(slot: &mut Option<T>, line: usize, key: &str, value: T) -> Result<(), WgConfigError> {
+fn once<T>(
+    slot: &mut Option<T>,
+    line: usize,
+    key: &'static str,
+    value: T,
+) -> Result<(), WgConfigError> {
     if slot.is_some() {
         return Err(error(line, key, "given twice"));
     }
@@ -356,107 +589,172 @@ fn once<T>(slot: &mut Option<T>, line: usize, key: &str, value: T) -> Result<(),
     Ok(())
 }
 
-fn key_value(line: usize, key: &str, value: &str) -> Result<Key, WgConfigError> {
-    Key::from_base64(value)
-        .ok_or_else(|| error(line, key, "not a key (44 characters of base64, 32 bytes)"))
+fn key_value(line: usize, key: &'static str, value: &str) -> Result<Key, WgConfigError> {
+    Key::from_base64(value).ok_or_else(|| {
+        let hint = if value.is_empty() {
+            ": it is empty"
+        } else if value.starts_with(['"', '\'']) {
+            ": write it without quotes"
+        } else if value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            ": this one looks like hex, and wg-quick files write keys in base64"
+        } else {
+            ""
+        };
+        error(
+            line,
+            key,
+            &format!("not a key (44 characters of base64, 32 bytes){hint}; the value is not shown"),
+        )
+    })
 }
 
-fn list(value: &str) -> impl Iterator<Item = &str> {
-    value.split(',').map(str::trim).filter(|v| !v.is_empty())
+fn list(value: &str) -> impl Iterator<Item = (usize, &str)> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .enumerate()
+        .map(|(i, v)| (i + 1, v))
 }
 
-fn prefix(line: usize, key: &str, text: &str) -> Result<IpNet, WgConfigError> {
+fn prefix(
+    line: usize,
+    key: &'static str,
+    entry: usize,
+    text: &str,
+) -> Result<IpNet, WgConfigError> {
     // A bare address is a host route, as wg-quick reads it.
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| error(line, key, &format!("{text:?} is not an address or prefix")))
+        .map_err(|_| {
+            error(
+                line,
+                key,
+                &format!("entry {entry} is not an address or prefix (the value is not shown)"),
+            )
+        })
 }
 
 fn number<T: std::str::FromStr>(
     line: usize,
-    key: &str,
+    key: &'static str,
     value: &str,
     what: &str,
 ) -> Result<T, WgConfigError> {
     value
         .parse()
-        .map_err(|_| error(line, key, &format!("{value:?} is not {what}")))
+        .map_err(|_| error(line, key, &format!("not {what} (the value is not shown)")))
+}
+
+/// A DNS search domain: labels of letters, digits, `-` and `_`, as resolvers take them.
+fn domain_name(text: &str) -> bool {
+    text.len() <= 253
+        && text.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn interface_key(
     draft: &mut InterfaceDraft,
     line: usize,
-    key: &str,
-    lower: &str,
+    key: &'static str,
     value: &str,
 ) -> Result<(), WgConfigError> {
-    match lower {
-        "privatekey" => once(
+    match key {
+        "PrivateKey" => once(
             &mut draft.private_key,
             line,
             key,
             key_value(line, key, value)?,
         ),
-        "address" => {
-            for item in list(value) {
-                draft.addresses.push(prefix(line, key, item)?);
+        "Address" => {
+            for (entry, item) in list(value) {
+                draft.addresses.push(prefix(line, key, entry, item)?);
             }
             Ok(())
         }
-        "listenport" => once(
+        "ListenPort" => once(
             &mut draft.listen_port,
             line,
             key,
             number(line, key, value, "a port (0-65535)")?,
         ),
-        "mtu" => {
-            let mtu: u16 = number(line, key, value, "an MTU")?;
+        "MTU" => {
+            let mtu: u16 = number(line, key, value, "an MTU (576-65535)")?;
             if mtu < 576 {
-                return Err(error(line, key, &format!("{mtu} is below 576")));
+                return Err(error(line, key, "below 576, the least an MTU may be"));
             }
             once(&mut draft.mtu, line, key, mtu)
         }
-        "dns" => {
-            for item in list(value) {
+        "DNS" => {
+            for (entry, item) in list(value) {
                 match item.parse::<IpAddr>() {
                     Ok(addr) => draft.dns.push(addr),
-                    Err(_) => draft.dns_search.push(item.to_string()),
+                    Err(_) if domain_name(item) => draft.dns_search.push(item.to_string()),
+                    Err(_) => {
+                        return Err(error(
+                            line,
+                            key,
+                            &format!(
+                                "entry {entry} is neither an address nor a domain name (the value \
+                                 is not shown)"
+                            ),
+                        ))
+                    }
                 }
             }
             Ok(())
         }
-        _ => Err(error(line, key, "unknown key in [Interface]")),
+        _ => Err(error(line, key, "belongs in [Peer], not in [Interface]")),
     }
 }
 
 fn peer_key(
     draft: &mut PeerDraft,
     line: usize,
-    key: &str,
-    lower: &str,
+    key: &'static str,
     value: &str,
+    prefixes: &mut usize,
 ) -> Result<(), WgConfigError> {
-    match lower {
-        "publickey" => once(
-            &mut draft.public_key,
-            line,
-            key,
-            key_value(line, key, value)?,
-        ),
-        "presharedkey" => once(
+    match key {
+        "PublicKey" => {
+            draft.public_key_line = line;
+            once(
+                &mut draft.public_key,
+                line,
+                key,
+                key_value(line, key, value)?,
+            )
+        }
+        "PresharedKey" => once(
             &mut draft.preshared_key,
             line,
             key,
             key_value(line, key, value)?,
         ),
-        "endpoint" => once(&mut draft.endpoint, line, key, endpoint(line, key, value)?),
-        "allowedips" => {
-            for item in list(value) {
-                draft.allowed_ips.push(prefix(line, key, item)?);
+        "Endpoint" => once(&mut draft.endpoint, line, key, endpoint(line, key, value)?),
+        "AllowedIPs" => {
+            for (entry, item) in list(value) {
+                if *prefixes >= MAX_ALLOWED_IPS {
+                    return Err(error(
+                        line,
+                        key,
+                        &format!(
+                            "more than {MAX_ALLOWED_IPS} prefixes in all, the limit \
+                             (MAX_ALLOWED_IPS)"
+                        ),
+                    ));
+                }
+                draft.allowed_ips.push(prefix(line, key, entry, item)?);
+                *prefixes += 1;
             }
             Ok(())
         }
-        "persistentkeepalive" => {
+        "PersistentKeepalive" => {
             let seconds: u16 = if value.eq_ignore_ascii_case("off") {
                 0
             } else {
@@ -468,24 +766,26 @@ fn peer_key(
             }
             Ok(())
         }
-        _ => Err(error(line, key, "unknown key in [Peer]")),
+        _ => Err(error(line, key, "belongs in [Interface], not in [Peer]")),
     }
 }
 
 /// `1.2.3.4:51820`, `[2001:db8::1]:51820`, or `vpn.example.com:51820`.
-fn endpoint(line: usize, key: &str, value: &str) -> Result<Endpoint, WgConfigError> {
+fn endpoint(line: usize, key: &'static str, value: &str) -> Result<Endpoint, WgConfigError> {
     if let Ok(addr) = value.parse::<SocketAddr>() {
         return Ok(Endpoint::Addr(addr));
     }
-    let bad = || error(line, key, &format!("{value:?} is not HOST:PORT"));
+    let bad = || {
+        error(
+            line,
+            key,
+            "not HOST:PORT, an address or host name and a port (the value is not shown)",
+        )
+    };
     let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let valid_name = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-    if !valid_name {
+    if !domain_name(host) {
         return Err(bad());
     }
     Ok(Endpoint::Host(host.to_string(), port))
@@ -517,7 +817,7 @@ mod tests {
              AllowedIPs = ::/0\n\
              PersistentKeepalive = 25\n\
              [peer]\n\
-             publickey = {PUBLIC}\n\
+             publickey = {PRIVATE}\n\
              endpoint = vpn.example.com:443\n"
         );
         let c = WgConfig::parse(&text).unwrap();
@@ -545,7 +845,8 @@ mod tests {
     #[test]
     fn errors_name_the_line_and_field_and_never_a_key() {
         let cases = [
-            (format!("[Interface]\nPrivateKey = {PRIVATE}\nFoo = 1\n[Peer]\nPublicKey = {PUBLIC}\n"), 3, "Foo"),
+            // An unknown key is not named: its text could be anything, a key among others.
+            (format!("[Interface]\nPrivateKey = {PRIVATE}\nFoo = 1\n[Peer]\nPublicKey = {PUBLIC}\n"), 3, ""),
             (format!("[Interface]\nPrivateKey = {PRIVATE}x\n[Peer]\nPublicKey = {PUBLIC}\n"), 2, "PrivateKey"),
             (format!("[Interface]\nPrivateKey = {PRIVATE}\n[Peer]\nPublicKey = {PUBLIC}\nEndpoint = nowhere\n"), 5, "Endpoint"),
             (format!("[Interface]\nPrivateKey = {PRIVATE}\n[Peer]\nAllowedIPs = 10.0.0.0/33\nPublicKey = {PUBLIC}\n"), 4, "AllowedIPs"),
@@ -554,7 +855,9 @@ mod tests {
             (format!("[Interface]\nPrivateKey = {PRIVATE}\nMTU = 9\n[Peer]\nPublicKey = {PUBLIC}\n"), 3, "MTU"),
             (format!("[Interface]\nPrivateKey = {PRIVATE}\n"), 0, "[Peer]"),
             (format!("[Interface]\nPrivateKey = {PRIVATE}\nPrivateKey = {PRIVATE}\n[Peer]\nPublicKey = {PUBLIC}\n"), 3, "PrivateKey"),
-            (format!("[Tunnel]\nPrivateKey = {PRIVATE}\n"), 1, "[Tunnel]"),
+            (format!("[Tunnel]\nPrivateKey = {PRIVATE}\n"), 1, ""),
+            (format!("[Interface]\nPrivateKey: {PRIVATE}\n[Peer]\nPublicKey = {PUBLIC}\n"), 2, "PrivateKey"),
+            (format!("[Interface]\nPrivateKey = {PRIVATE}\n[Peer]\nPublicKey = {PUBLIC}\n[Peer]\nPublicKey = {PUBLIC}\n"), 6, "PublicKey"),
         ];
         for (text, line, field) in cases {
             let err = WgConfig::parse(&text).unwrap_err();

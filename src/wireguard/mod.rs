@@ -22,7 +22,10 @@ mod config;
 mod stats;
 mod timers;
 
-pub use config::{Endpoint, Interface, Key, PeerConfig, WgConfig, WgConfigError, DEFAULT_MTU};
+pub use config::{
+    Endpoint, Interface, Key, PeerConfig, WgConfig, WgConfigError, DEFAULT_MTU, MAX_ALLOWED_IPS,
+    MAX_PEERS,
+};
 pub use stats::{DropReason, WireGuardCounters, WireGuardStats};
 
 use crate::pool::PacketBuf;
@@ -46,6 +49,10 @@ pub const OVERHEAD: usize = 32;
 pub fn tunnel_reserved_bytes(config: &crate::Config) -> usize {
     crate::engine::tunnel_reserved(config, OVERHEAD, QUEUE_DEPTH)
 }
+
+// A peer's index is the top 24 bits of its session indices (`peer_of`): every peer a config
+// may hold must fit.
+const _: () = assert!(MAX_PEERS < 1 << 24);
 
 /// How many packets `Tunn` queues while it waits for a handshake (boringtun's private
 /// `MAX_QUEUE_DEPTH`): the stage's burst, when the handshake completes and they all go out.
@@ -95,17 +102,10 @@ impl WireGuard {
     /// [`WgConfig::resolve`]).
     ///
     /// # Errors
-    /// An endpoint still given as a host name, two peers with the same key, or more peers
-    /// than WireGuard's session indices can tell apart.
+    /// What [`WgConfig::check`] finds (no peer, a limit passed, two peers with one key), or an
+    /// endpoint still given as a host name.
     pub fn new(config: &WgConfig) -> Result<WireGuard, WgConfigError> {
-        let invalid = |field: &str, reason: String| WgConfigError {
-            line: 0,
-            field: field.to_string(),
-            reason,
-        };
-        if config.peers.len() >= 1 << 24 {
-            return Err(invalid("[Peer]", "too many peers".into()));
-        }
+        config.check()?;
         let private = StaticSecret::from(*config.interface.private_key.as_bytes());
         let public = PublicKey::from(&private);
         let now = Instant::now();
@@ -115,23 +115,18 @@ impl WireGuard {
             let endpoint = match &p.endpoint {
                 None => None,
                 Some(Endpoint::Addr(addr)) => Some(*addr),
-                Some(Endpoint::Host(host, _)) => {
-                    return Err(invalid(
-                        "Endpoint",
-                        format!(
-                            "peer {}: {host} is not resolved yet (WgConfig::resolve)",
+                Some(Endpoint::Host(..)) => {
+                    return Err(WgConfigError {
+                        line: 0,
+                        field: "Endpoint".to_string(),
+                        reason: format!(
+                            "peer {}: a host name not resolved yet (WgConfig::resolve)",
                             index + 1
                         ),
-                    ))
+                    })
                 }
             };
             let key = *p.public_key.as_bytes();
-            if peers.iter().any(|peer: &Peer| peer.public_key == key) {
-                return Err(invalid(
-                    "PublicKey",
-                    format!("peer {} repeats an earlier peer", index + 1),
-                ));
-            }
             let tunn = Tunn::new(
                 private.clone(),
                 PublicKey::from(key),

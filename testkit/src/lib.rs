@@ -18,7 +18,9 @@
 //! - [`config`] and [`bridge`]: an engine config with N workers, and two engines that join
 //!   two devices;
 //! - [`wg`]: WireGuard keys and wg-quick texts, and two tunpipe tunnels joined over loopback;
-//!   [`wgpeer`] (Linux, root): a real peer, wireguard-go in a second namespace behind a veth.
+//!   [`wgpeer`] (Linux, root): a real peer, wireguard-go in a second namespace behind a veth;
+//! - [`secrets`]: damaged wg-quick texts holding known keys, and the check that no output
+//!   shows any 16-character part of them; texts at the peer and prefix limits.
 
 pub mod alloc;
 pub mod check;
@@ -31,6 +33,7 @@ pub mod ping;
 pub mod proc;
 pub mod report;
 pub mod running;
+pub mod secrets;
 pub mod thread;
 pub mod trials;
 pub mod tun;
