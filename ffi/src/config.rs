@@ -6,7 +6,7 @@ use super::stage::{CallbackShared, StageFn, TunpipeStageCallback};
 use super::util::{check_ptr, HostContext};
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::Arc;
-use tunpipe::wireguard::{Endpoint, WgConfig, WireGuard};
+use tunpipe::wireguard::WgConfig;
 use tunpipe::{Builder, BuiltinStage, Config, Engine};
 
 /// Stage: answer ICMP/ICMPv6 echo requests and reflect UDP (the default).
@@ -234,22 +234,17 @@ pub(crate) enum StagePlan {
 }
 
 impl Plan {
-    /// Checks the engine config, and a tunnel's config as building its stage would (two
-    /// peers with one key, say); host names in endpoints are resolved only at start.
+    /// Checks the engine config, and a tunnel's config as a whole (a peer at least, the
+    /// limits, one peer per key: [`WgConfig::check`]). It builds no per-peer state, so a
+    /// config at the limits is checked in milliseconds; host names in endpoints are resolved
+    /// only at start.
     pub(crate) fn validate(&self) -> FfiResult {
         self.config
             .validate()
             .map_err(|e| FfiError::from(tunpipe::EngineError::Config(e)))?;
         if let StagePlan::WireGuard(tunnel) = &self.stage {
-            let mut resolved = (**tunnel).clone();
-            for peer in &mut resolved.peers {
-                if let Some(Endpoint::Host(_, port)) = peer.endpoint {
-                    peer.endpoint = Some(Endpoint::Addr(
-                        (std::net::Ipv4Addr::UNSPECIFIED, port).into(),
-                    ));
-                }
-            }
-            WireGuard::new(&resolved)
+            tunnel
+                .check()
                 .map_err(|e| FfiError::new(TUNPIPE_ERR_CONFIG, e.to_string()))?;
         }
         Ok(())
