@@ -96,6 +96,18 @@ fn main() {
             "wg_refuses_allowed_ips_that_contain_the_endpoint",
             wg_endpoint_in_allowed_ips,
         ),
+        Trial::test(
+            "wg_a_damaged_config_names_its_line_and_never_shows_a_key",
+            wg_damaged_configs_show_no_key,
+        ),
+        Trial::test(
+            "wg_warns_when_others_may_read_the_private_key",
+            wg_warns_about_loose_permissions,
+        ),
+        Trial::test(
+            "wg_check_takes_a_config_at_the_limits_and_refuses_one_past",
+            wg_check_at_the_limits,
+        ),
         root_only(
             Trial::test(
                 "root_wg_against_wireguard_go_ping_iperf3_and_sigint",
@@ -470,9 +482,16 @@ fn run_with_an_unassignable_address() -> Result<(), Failed> {
 struct ConfigFile(std::path::PathBuf);
 
 impl ConfigFile {
+    /// A file only its owner may read, as a wg-quick file should be.
     fn new(name: &str, text: &str) -> Result<ConfigFile, Failed> {
+        ConfigFile::with_mode(name, text, 0o600)
+    }
+
+    fn with_mode(name: &str, text: &str, mode: u32) -> Result<ConfigFile, Failed> {
+        use std::os::unix::fs::PermissionsExt as _;
         let path = std::env::temp_dir().join(format!("tunpipe-{}-{name}.conf", std::process::id()));
         std::fs::write(&path, text)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
         Ok(ConfigFile(path))
     }
 
@@ -515,6 +534,90 @@ fn wg_endpoint_in_allowed_ips() -> Result<(), Failed> {
         "AllowedIPs 0.0.0.0/0 contains the endpoint 192.0.2.1 of peer 1",
     )?;
     one_line_failure(&["wg", "--config", file.path()], "0.0.0.0/1, 128.0.0.0/2")
+}
+
+/// Every damaged text of `tunpipe_testkit::secrets::cases` through `tunpipe wg --check` (which
+/// makes no device, should a text parse): a one-line error that names the line, and no
+/// 16-character run of a key in anything printed.
+fn wg_damaged_configs_show_no_key() -> Result<(), Failed> {
+    use tunpipe_testkit::secrets::{cases, leak};
+    let mut failures = Vec::new();
+    for (i, case) in cases().into_iter().enumerate() {
+        let file = ConfigFile::new(&format!("damaged-{i}"), &case.text)?;
+        let out = tunpipe(&["wg", "--config", file.path(), "--check"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            failures.push(format!("{}: accepted: {stdout}", case.name));
+        }
+        if let Some(leak) = leak(&format!("{stdout}{stderr}")) {
+            failures.push(format!("{}: {leak}", case.name));
+        }
+        let needle = format!("line {}", case.line);
+        if stderr.trim_end().lines().count() != 1 || !stderr.contains(&needle) {
+            failures.push(format!(
+                "{}: stderr should be one line naming {needle}: {stderr}",
+                case.name
+            ));
+        }
+    }
+    check(failures.is_empty(), || failures.join("\n"))
+}
+
+/// Like wg-quick: a file holding a private key that its group or others may read is named in a
+/// warning (with its mode, never its content); one only its owner may read is not.
+fn wg_warns_about_loose_permissions() -> Result<(), Failed> {
+    use tunpipe_testkit::secrets::{good_text, leak};
+    let open = ConfigFile::with_mode("readable", &good_text(), 0o644)?;
+    let out = tunpipe(&["wg", "--config", open.path(), "--check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(out.status.success(), || {
+        format!("a valid config should pass the check: {stdout}{stderr}")
+    })?;
+    check(
+        stderr.contains("warn")
+            && stderr.contains(open.path())
+            && stderr.contains("mode 644")
+            && stderr.contains("chmod 600"),
+        || format!("expected a warning naming the file and its mode: {stderr}"),
+    )?;
+    check(leak(&format!("{stdout}{stderr}")).is_none(), || {
+        format!("a key was shown: {stdout}{stderr}")
+    })?;
+    let closed = ConfigFile::with_mode("private", &good_text(), 0o600)?;
+    let out = tunpipe(&["wg", "--config", closed.path(), "--check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(out.status.success() && stderr.trim().is_empty(), || {
+        format!("mode 600: no warning expected: {stderr}")
+    })
+}
+
+/// `--check` on a file exactly at MAX_PEERS and MAX_ALLOWED_IPS passes; one peer more is a
+/// one-line error naming the limit and the line.
+fn wg_check_at_the_limits() -> Result<(), Failed> {
+    use tunpipe::wireguard::{MAX_ALLOWED_IPS, MAX_PEERS};
+    use tunpipe_testkit::secrets::many_peers_text;
+    let at = ConfigFile::new("at-limits", &many_peers_text(MAX_PEERS, MAX_ALLOWED_IPS))?;
+    let out = tunpipe(&["wg", "--config", at.path(), "--check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success() && stdout.contains(&format!("{MAX_PEERS} peer(s)")),
+        || {
+            format!(
+                "at the limits: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        },
+    )?;
+    let past = ConfigFile::new("past-limits", &many_peers_text(MAX_PEERS + 1, 0))?;
+    one_line_failure(
+        &["wg", "--config", past.path(), "--check"],
+        &format!(
+            "line {} ([Peer]): more than {MAX_PEERS} peers",
+            5 + 3 * MAX_PEERS
+        ),
+    )
 }
 
 fn wg_against_wireguard_go() -> Result<(), Failed> {

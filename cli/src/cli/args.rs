@@ -50,6 +50,10 @@ pub struct WgArgs {
     /// Print a progress line every SECS seconds (0: off).
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     pub stats_interval: u64,
+    /// Check the file and exit: parse it, check its limits and keys as a start would, and
+    /// make no device (host names in Endpoint are not resolved).
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Args, Debug)]

@@ -11,13 +11,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 use tunpipe::stage::Direction;
-use tunpipe::wireguard::{Endpoint, WgConfig, WireGuard, WireGuardCounters, WireGuardStats};
+use tunpipe::wireguard::{
+    Endpoint, WgConfig, WireGuard, WireGuardCounters, WireGuardStats, MAX_ALLOWED_IPS, MAX_PEERS,
+};
 use tunpipe::{Config, Engine, UdpDevice};
 
 pub fn wg(a: WgArgs) -> CliResult {
     let path = a.config.display().to_string();
     let text = std::fs::read_to_string(&a.config)
         .map_err(|e| format!("cannot read the config {path}: {e}"))?;
+    warn_if_others_may_read(&a.config, &path, &text);
     let mut config = WgConfig::parse(&text).map_err(|e| format!("{path}: {e}"))?;
     if !config.ignored.is_empty() {
         log::warn!(
@@ -25,15 +28,25 @@ pub fn wg(a: WgArgs) -> CliResult {
             config.ignored.join(", ")
         );
     }
-    config.resolve().map_err(|e| format!("{path}: {e}"))?;
-    refuse_endpoint_in_allowed_ips(&config)?;
-
     let mut engine_config = Config::default();
     if let Some(workers) = a.workers {
         engine_config.workers = workers;
     }
     engine_config.mtu = usize::from(config.interface.mtu);
     engine_config.validate().map_err(|e| e.to_string())?;
+    if a.check {
+        config.check().map_err(|e| format!("{path}: {e}"))?;
+        refuse_endpoint_in_allowed_ips(&config)?;
+        let prefixes: usize = config.peers.iter().map(|p| p.allowed_ips.len()).sum();
+        println!(
+            "tunpipe: {path}: a valid config: {} peer(s), {prefixes} AllowedIPs prefix(es) \
+             (limits {MAX_PEERS} and {MAX_ALLOWED_IPS}); host names are resolved at start",
+            config.peers.len()
+        );
+        return Ok(());
+    }
+    config.resolve().map_err(|e| format!("{path}: {e}"))?;
+    refuse_endpoint_in_allowed_ips(&config)?;
 
     let signals = session::signals()?;
     let (ipv4, ipv6) = interface_addresses(&config.interface.addresses);
@@ -153,33 +166,54 @@ fn interface_addresses(addresses: &[IpNet]) -> (Vec<Net<Ipv4Addr>>, Vec<Net<Ipv6
 /// NetworkExtension's); this command routes plainly, so it refuses, and says which narrower
 /// prefixes leave the endpoint out.
 fn refuse_endpoint_in_allowed_ips(config: &WgConfig) -> CliResult {
-    for peer in &config.peers {
-        for net in &peer.allowed_ips {
-            for (i, other) in config.peers.iter().enumerate() {
-                let Some(Endpoint::Addr(endpoint)) = other.endpoint else {
-                    continue;
-                };
-                if net.contains(&endpoint.ip()) {
-                    let narrower: Vec<String> = without(*net, endpoint.ip())
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect();
-                    return Err(format!(
-                        "AllowedIPs {net} contains the endpoint {} of peer {}: the tunnel's own \
-                         datagrams would be routed into it. Routing all but the endpoint is the \
-                         OS's job (tunpipe wg adds plain routes); use prefixes that leave it \
-                         out, such as: AllowedIPs = {}",
-                        endpoint.ip(),
-                        i + 1,
-                        narrower.join(", ")
-                    )
-                    .into());
-                }
-            }
+    // Every literal endpoint, by address (the first peer that has it), so that each prefix
+    // asks one range query: a config at the limits is checked in milliseconds.
+    let mut endpoints = std::collections::BTreeMap::new();
+    for (i, peer) in config.peers.iter().enumerate() {
+        if let Some(Endpoint::Addr(endpoint)) = peer.endpoint {
+            endpoints.entry(endpoint.ip()).or_insert(i);
         }
+    }
+    for net in config.peers.iter().flat_map(|p| &p.allowed_ips) {
+        let Some((&endpoint, &i)) = endpoints.range(net.network()..=net.broadcast()).next() else {
+            continue;
+        };
+        let narrower: Vec<String> = without(*net, endpoint)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        return Err(format!(
+            "AllowedIPs {net} contains the endpoint {endpoint} of peer {}: the tunnel's own \
+             datagrams would be routed into it. Routing all but the endpoint is the OS's job \
+             (tunpipe wg adds plain routes); use prefixes that leave it out, such as: \
+             AllowedIPs = {}",
+            i + 1,
+            narrower.join(", ")
+        )
+        .into());
     }
     Ok(())
 }
+
+/// Like wg-quick, warns when a file that holds a private key may be read by others than its
+/// owner (mode & 0o077), naming the file and its mode, never its content.
+#[cfg(unix)]
+fn warn_if_others_may_read(file: &std::path::Path, path: &str, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(metadata) = std::fs::metadata(file) else {
+        return;
+    };
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 && text.to_ascii_lowercase().contains("privatekey") {
+        log::warn!(
+            "{path} holds a private key and its group or others may access it (mode {mode:03o}): \
+             chmod 600 {path}"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_others_may_read(_file: &std::path::Path, _path: &str, _text: &str) {}
 
 /// The prefixes that together cover `net` except `addr`: `net` halved again and again,
 /// keeping each half that does not hold `addr`.
