@@ -10,13 +10,16 @@
 //! - Writing, [`Coalescer`]: consecutive packets of one TCP flow, in order and of one size
 //!   (the last may be shorter), become one segment in one 64 KiB buffer per writer, written
 //!   with one system call; anything else is written as it is. A write carries a known run of
-//!   packets, so a failure belongs to its first packet and the rest are sent again: drops
-//!   stay exact.
+//!   packets. A failed write of a run says nothing of which packet was bad, so the run then
+//!   goes one packet per write: only the bad packet is lost (a write error for that packet),
+//!   the others are written, and the run costs one failed write more than its packets.
 //!
 //! An adopted fd never has a virtio-net header (validation refuses one), so hosts' TUNs keep
 //! the plain path.
 
+use super::ErrorClass;
 use crate::wire::{fold, ones_sum};
+use std::io;
 use tun_rs::{
     gso_split, VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEN,
 };
@@ -129,6 +132,8 @@ fn complete_checksum(packet: &mut [u8], start: u16, offset: u16) -> bool {
 /// The writing side: one frame buffer, into which a run of packets is built.
 pub(crate) struct Coalescer {
     frame: Box<[u8]>,
+    /// Packets of a run whose coalesced write failed that are still to go one per write.
+    singles: usize,
 }
 
 /// A TCP packet that may join a run: where its headers end, its payload, and what must
@@ -206,6 +211,47 @@ impl Coalescer {
     pub(crate) fn new() -> Self {
         Coalescer {
             frame: vec![0; MAX_FRAME].into_boxed_slice(),
+            singles: 0,
+        }
+    }
+
+    /// Writes the first packets of `packets` (through `data`, which gives a packet's bytes)
+    /// with one call of `write`, which must write the whole frame or fail: a run of one TCP
+    /// flow as one segment, or one packet. Returns how many packets went (0 for no packets);
+    /// an error is `packets[0]`'s, as [`super::TxHalf::send_batch`] says.
+    ///
+    /// A run whose write fails with a per-packet error (`classify`) is not retried whole: its
+    /// first packet is written alone at once (that write's result is this call's), and the
+    /// rest of the run goes one packet per call, so a bad packet costs itself only, and the
+    /// run one failed write and one copy of each packet more.
+    pub(crate) fn write<'a, P>(
+        &mut self,
+        packets: &'a [P],
+        data: impl Fn(&'a P) -> &'a [u8],
+        mut write: impl FnMut(&[u8]) -> io::Result<()>,
+        classify: impl Fn(&io::Error) -> ErrorClass,
+    ) -> io::Result<usize> {
+        if self.singles > 0 {
+            let (frame, carried) = self.build(&packets[..packets.len().min(1)], &data);
+            if carried == 0 {
+                return Ok(0);
+            }
+            let written = write(frame);
+            if !matches!(&written, Err(e) if classify(e) == ErrorClass::Retry) {
+                self.singles -= 1;
+            }
+            return written.map(|()| 1);
+        }
+        let (frame, carried) = self.build(packets, &data);
+        match write(frame) {
+            Ok(()) => Ok(carried),
+            Err(e) if carried > 1 && classify(&e) == ErrorClass::PerPacket => {
+                log::debug!("TUN offload: a write of {carried} packets failed ({e}); one by one");
+                self.singles = carried - 1;
+                let (frame, _) = self.build(&packets[..1], &data);
+                write(frame).map(|()| 1)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -388,6 +434,89 @@ mod tests {
                 };
                 assert!(ok, "segment {i}: TCP checksum");
                 assert_eq!(got, want, "segment {i}, v6 {v6}");
+            }
+        }
+    }
+
+    /// A write that fails, as a kernel refusing a packet would (EINVAL), when the frame holds
+    /// the bad packet, and otherwise delivers the frame's packets; it counts writes and bytes.
+    struct FaultyWrite {
+        bad: Vec<u8>,
+        delivered: Vec<Vec<u8>>,
+        writes: usize,
+        bytes: usize,
+    }
+
+    impl FaultyWrite {
+        fn write(&mut self, frame: &[u8]) -> io::Result<()> {
+            self.writes += 1;
+            self.bytes += frame.len();
+            let packets = split(frame, 1500);
+            if packets.contains(&self.bad) {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            self.delivered.extend(packets);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_bad_packet_in_a_coalesced_run_costs_only_itself() {
+        let n = 40;
+        for v6 in [false, true] {
+            for bad in [0, 1, 17, n - 2, n - 1] {
+                let packets = stream(v6, n, 1400, 1400);
+                let mut coalescer = Coalescer::new();
+                let mut sink = FaultyWrite {
+                    bad: packets[bad].clone(),
+                    delivered: Vec::new(),
+                    writes: 0,
+                    bytes: 0,
+                };
+                // The writer's loop (`actor::writer`): an error is the first packet's, which
+                // is counted lost; the others go again with the next call.
+                let (mut next, mut lost, mut calls) = (0, Vec::new(), 0);
+                while next < n {
+                    calls += 1;
+                    assert!(calls <= 4 * n, "the writer loops (bad {bad})");
+                    match coalescer.write(
+                        &packets[next..],
+                        |p| p.as_slice(),
+                        |frame| sink.write(frame),
+                        crate::device::classify,
+                    ) {
+                        Ok(k) => {
+                            assert!(k > 0);
+                            next += k;
+                        }
+                        Err(e) => {
+                            assert_eq!(crate::device::classify(&e), ErrorClass::PerPacket);
+                            lost.push(next);
+                            next += 1;
+                        }
+                    }
+                }
+                let want: Vec<Vec<u8>> = packets
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| i != bad)
+                    .map(|(_, p)| p.clone())
+                    .collect();
+                assert_eq!(lost, vec![bad], "v6 {v6}: only the bad packet is lost");
+                assert_eq!(sink.delivered, want, "v6 {v6}, bad {bad}: the rest arrive");
+                // Linear: the failed run once, then each packet once; the frames' bytes at
+                // most twice the packets' (plus a virtio-net header per write).
+                let total: usize = packets.iter().map(Vec::len).sum();
+                assert!(
+                    sink.writes <= n + 2,
+                    "{} writes for {n} packets",
+                    sink.writes
+                );
+                assert!(
+                    sink.bytes <= 2 * total + sink.writes * VIRTIO_NET_HDR_LEN,
+                    "{} bytes written for {total}",
+                    sink.bytes
+                );
             }
         }
     }

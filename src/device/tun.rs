@@ -334,7 +334,8 @@ impl TxHalf for TunTx {
 
     /// With offload, the first packets of `packets` go in one write: a run of one TCP flow
     /// as one segment, or one packet behind an empty virtio-net header. A failed write is the
-    /// first packet's; the rest of the run goes again with the next call.
+    /// first packet's; after a failed write of a run, the rest of that run goes one packet
+    /// per write (`offload::Coalescer::write`), so only the bad packet is lost.
     #[cfg(target_os = "linux")]
     fn send_batch(&mut self, packets: &[PacketBuf]) -> io::Result<usize> {
         let fd = self.run.fd();
@@ -344,12 +345,13 @@ impl TxHalf for TunTx {
                 None => Ok(0),
             };
         };
-        let (frame, carried) = coalesce.build(packets, PacketBuf::data);
-        if carried == 0 {
-            return Ok(0);
-        }
-        whole_write(self.run.io.write(fd, frame), frame.len())?;
-        Ok(carried)
+        let io = &self.run.io;
+        coalesce.write(
+            packets,
+            PacketBuf::data,
+            |frame| whole_write(io.write(fd, frame), frame.len()),
+            super::classify,
+        )
     }
 
     #[cfg(target_vendor = "apple")]
