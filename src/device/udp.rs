@@ -9,7 +9,8 @@
 //!   datagram, never the engine: a phone moves between Wi-Fi and cellular.
 //! - [`UdpDevice::rebind`] replaces the socket while the engine runs (the same port if it can
 //!   be had): WireGuardKit's `wgBumpSockets`, for when the host's path monitor says the path
-//!   changed.
+//!   changed. The reader and writer never wait for it beyond a pointer swap: sockets are made
+//!   and bound on the rebind's caller's thread.
 //! - A dual-stack socket (`[::]`) carries IPv4 and IPv6 peers alike.
 
 use super::{Capabilities, Device, ErrorClass, Interrupter, Medium, Rebinder, RxHalf, TxHalf};
@@ -21,8 +22,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Receive and send buffer asked for: enough for a burst at a gigabit while the reader is
 /// away (the receiver's buffer overflows first in a TCP stream through the tunnel).
@@ -37,11 +39,17 @@ pub struct UdpDevice {
 }
 
 struct Shared {
-    /// The socket; replaced by a rebind. Each call holds the read lock for the one system
-    /// call it makes (never while waiting), so a rebind waits microseconds at most.
-    socket: RwLock<Socket>,
-    /// Where the socket is bound; a rebind asks for the same address again.
+    /// The socket, replaced by a rebind. The reader and writer hold the lock only to clone
+    /// the `Arc` (each system call, and the reader's `poll`, then holds its own reference),
+    /// and a rebind only to swap it: neither ever waits for the other beyond that.
+    socket: RwLock<Current>,
+    /// Where the socket is bound; a rebind asks for the same address again. A rebind holds
+    /// it throughout (rebinds take turns); the reader and writer never take it.
     bound: Mutex<SocketAddr>,
+    /// How long a rebind waits for its old port (see [`REBIND_PORT_WAIT`]).
+    port_wait: Duration,
+    /// Binds a rebind tried at its old port (all rebinds), for tests and logs.
+    bind_attempts: AtomicU64,
     v6: bool,
     buffer_bytes: usize,
     /// The buffer sizes the kernel granted the current socket (receive, send).
@@ -50,6 +58,13 @@ struct Shared {
     rebound: WakePipe,
     /// One run at a time.
     open: AtomicBool,
+}
+
+/// The socket in use, and which it is: each replacement counts one, so that a half sees that
+/// its socket changed (and asks the new one about GSO).
+struct Current {
+    socket: Arc<Socket>,
+    generation: u64,
 }
 
 /// The reader's half of a [`UdpDevice`].
@@ -99,8 +114,13 @@ impl UdpDevice {
         let bound = local_addr(&socket)?;
         Ok(UdpDevice {
             shared: Arc::new(Shared {
-                socket: RwLock::new(socket),
+                socket: RwLock::new(Current {
+                    socket: Arc::new(socket),
+                    generation: 0,
+                }),
                 bound: Mutex::new(bound),
+                port_wait: REBIND_PORT_WAIT,
+                bind_attempts: AtomicU64::new(0),
                 v6: addr.is_ipv6(),
                 buffer_bytes,
                 granted: Mutex::new(granted),
@@ -115,7 +135,7 @@ impl UdpDevice {
     /// # Errors
     /// What `getsockname` failed with.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        local_addr(&self.shared.socket.read())
+        local_addr(&self.shared.current().0)
     }
 
     /// The receive and send buffer sizes the kernel granted (as it reports them: Linux
@@ -128,51 +148,91 @@ impl UdpDevice {
     /// port is taken meanwhile, any port), while a run may be using it: for when the network
     /// path changed. Datagrams in the old socket's queue are lost.
     ///
+    /// Everything slow happens on the caller's thread, with no lock the reader or writer
+    /// takes: a socket on any port is made first and swapped in (the reader and writer move
+    /// to it at once), the old socket is released, and the old port is bound again, retried
+    /// for up to [`REBIND_PORT_WAIT`] while a reader still leaving its `poll` holds it, then
+    /// swapped in. If the port stays taken, the socket on another port stays.
+    ///
     /// # Errors
-    /// What making the new socket failed with; the old socket is then closed all the same.
+    /// What making the first new socket failed with; the old socket then stays in use.
     pub fn rebind(&self) -> io::Result<()> {
         self.shared.rebind()
     }
 }
 
 impl Shared {
+    /// The socket in use and its generation; the lock is held for the clone only.
+    fn current(&self) -> (Arc<Socket>, u64) {
+        let current = self.socket.read();
+        (current.socket.clone(), current.generation)
+    }
+
+    /// Puts `socket` in use (the lock held for the swap only) and wakes a reader waiting on
+    /// the one it replaces; returns that one.
+    fn install(&self, socket: Socket, granted: (usize, usize)) -> Arc<Socket> {
+        let old = {
+            let mut current = self.socket.write();
+            current.generation += 1;
+            std::mem::replace(&mut current.socket, Arc::new(socket))
+        };
+        *self.granted.lock() = granted;
+        // A reader waiting in `poll` on the old socket holds it (and its port) until it
+        // wakes: wake it, and it waits on the new one.
+        self.rebound.wake();
+        old
+    }
+
     fn rebind(&self) -> io::Result<()> {
         let mut bound = self.bound.lock();
-        let mut socket = self.socket.write();
-        // The old socket must go first, or the new one cannot have its port.
-        let placeholder = Socket::new(Domain::for_address(*bound), Type::DGRAM, None)?;
-        drop(std::mem::replace(&mut *socket, placeholder));
-        // A reader waiting in `poll` on the old socket still holds it open (and its port)
-        // until it wakes: wake it. It then waits for this lock and never polls the old
-        // socket again.
-        self.rebound.wake();
-        let (new, granted) = bind_again(*bound, self.buffer_bytes)?;
-        *bound = local_addr(&new)?;
-        *socket = new;
-        *self.granted.lock() = granted;
-        drop(socket);
-        log::info!("rebound the UDP socket to {bound}");
+        let mut any_port = *bound;
+        any_port.set_port(0);
+        let (interim, granted) = new_socket(any_port, self.buffer_bytes)?;
+        let interim_addr = local_addr(&interim)?;
+        // The old socket is released here, or by the reader or writer as soon as its call on
+        // it returns.
+        drop(self.install(interim, granted));
+        match bind_again(
+            *bound,
+            self.buffer_bytes,
+            self.port_wait,
+            &self.bind_attempts,
+        ) {
+            Ok((new, granted)) => {
+                *bound = local_addr(&new)?;
+                drop(self.install(new, granted));
+                log::info!("rebound the UDP socket to {bound}");
+            }
+            Err(e) => {
+                log::warn!(
+                    "rebind: port {} cannot be had again ({e}); using {interim_addr}",
+                    bound.port()
+                );
+                *bound = interim_addr;
+            }
+        }
         Ok(())
     }
 }
 
 /// How long a rebind waits for the old socket's port to be released (by a reader leaving its
-/// `poll`: microseconds) before it takes any port.
-const REBIND_PORT_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// `poll`: microseconds) before it keeps a socket on another port. The wait is the rebind
+/// caller's; the reader and writer go on meanwhile, on that other port.
+const REBIND_PORT_WAIT: Duration = Duration::from_millis(100);
 
-/// A new socket at `addr`, or, if its port stays taken, at any port.
-fn bind_again(addr: SocketAddr, buffer_bytes: usize) -> io::Result<(Socket, (usize, usize))> {
-    let deadline = std::time::Instant::now() + REBIND_PORT_WAIT;
+/// A new socket at `addr`, retried while its port is taken, for up to `wait`.
+fn bind_again(
+    addr: SocketAddr,
+    buffer_bytes: usize,
+    wait: Duration,
+    attempts: &AtomicU64,
+) -> io::Result<(Socket, (usize, usize))> {
+    let deadline = Instant::now() + wait;
     loop {
+        attempts.fetch_add(1, Ordering::Relaxed);
         match new_socket(addr, buffer_bytes) {
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                if std::time::Instant::now() >= deadline {
-                    let mut any_port = addr;
-                    any_port.set_port(0);
-                    log::warn!("rebind: port {} is taken; binding another", addr.port());
-                    return new_socket(any_port, buffer_bytes);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
             }
             made => return made,
         }
@@ -275,7 +335,7 @@ pub fn classify_socket(error: &io::Error) -> ErrorClass {
 
 impl UdpRx {
     fn fd(&self) -> RawFd {
-        self.shared.socket.read().as_raw_fd()
+        self.shared.current().0.as_raw_fd()
     }
 }
 
@@ -289,7 +349,7 @@ impl RxHalf for UdpRx {
     }
 
     fn recv_batch(&mut self, packets: &mut [PacketBuf]) -> io::Result<usize> {
-        let socket = self.shared.socket.read();
+        let (socket, _) = self.shared.current();
         match self.io.recv(socket.as_raw_fd(), packets)? {
             0 => Err(io::ErrorKind::WouldBlock.into()),
             n => Ok(n),
@@ -297,8 +357,10 @@ impl RxHalf for UdpRx {
     }
 
     fn wait_readable(&mut self) -> io::Result<()> {
-        // The socket is looked up afresh for each wait: a rebind wakes a wait on the old one.
-        match net::wait_readable(self.fd(), &[&self.stop, &self.shared.rebound])? {
+        // The socket is looked up afresh for each wait, and held through it: a rebind wakes a
+        // wait on the old one.
+        let (socket, _) = self.shared.current();
+        match net::wait_readable(socket.as_raw_fd(), &[&self.stop, &self.shared.rebound])? {
             Woken::Socket => Ok(()),
             Woken::Pipe(0) => Err(io::Error::new(io::ErrorKind::Interrupted, "stopped")),
             Woken::Pipe(_) => {
@@ -333,7 +395,7 @@ impl TxHalf for UdpTx {
     }
 
     fn send_batch(&mut self, packets: &[PacketBuf]) -> io::Result<usize> {
-        let socket = self.shared.socket.read();
+        let (socket, _) = self.shared.current();
         self.io.send(socket.as_raw_fd(), packets)
     }
 
@@ -442,6 +504,22 @@ mod tests {
         assert_eq!(classify_socket(&gone), ErrorClass::Fatal);
     }
 
+    /// How many hold the socket in use besides the device itself (a reader in its wait, a
+    /// call in progress).
+    fn socket_users(dev: &UdpDevice) -> usize {
+        Arc::strong_count(&dev.shared.socket.read().socket) - 1
+    }
+
+    /// Waits (without a clock) until `done`; a hang guard of minutes turns a hang into a
+    /// failure.
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let guard = Instant::now() + Duration::from_secs(120);
+        while !done() {
+            assert!(Instant::now() < guard, "never happened: {what}");
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
     fn rebind_keeps_the_port_and_wakes_a_waiting_reader() {
         let dev = UdpDevice::bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -451,8 +529,8 @@ mod tests {
             rx.wait_readable().unwrap();
             rx
         });
-        // Let the reader reach its poll (it then holds the old socket, and its port, open).
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        // The reader reaches its wait: it then holds the old socket, and its port, open.
+        wait_for("the reader waits on the socket", || socket_users(&dev) == 1);
         dev.rebind().unwrap();
         let mut rx = waiter.join().unwrap();
         assert_eq!(dev.local_addr().unwrap().port(), port);
@@ -460,6 +538,86 @@ mod tests {
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         peer.send_to(b"after", ("127.0.0.1", port)).unwrap();
         assert_eq!(recv_one(&mut rx).data(), b"after");
+    }
+
+    /// A batch of `n` datagrams of `len` bytes to `to`, numbered from `first` (its first 8
+    /// bytes), which UDP GSO sends as one message.
+    fn numbered(first: u64, n: u64, len: usize, to: SocketAddr) -> Vec<PacketBuf> {
+        (first..first + n)
+            .map(|i| {
+                let mut bytes = vec![0xa5; len];
+                bytes[..8].copy_from_slice(&i.to_be_bytes());
+                datagram(&bytes, to)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rebind_waiting_for_its_port_never_stops_the_writer() {
+        let mut dev = UdpDevice::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        // The test, not a clock, ends the rebind's wait for its port.
+        Arc::get_mut(&mut dev.shared).unwrap().port_wait = Duration::from_secs(3600);
+        let port = dev.local_addr().unwrap().port();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let to = peer.local_addr().unwrap();
+        let (_rx, mut tx) = dev.open().unwrap();
+        let stop = AtomicBool::new(false);
+        let sent = AtomicU64::new(0);
+        // The longest a send call took (lock, clone and system call), in nanoseconds.
+        let longest = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut i = 0;
+                while !stop.load(Ordering::Acquire) {
+                    let batch = numbered(i, 4, 64, to);
+                    let t0 = Instant::now();
+                    let went = tx.send_batch(&batch);
+                    longest.fetch_max(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    i += went.unwrap() as u64;
+                    sent.store(i, Ordering::Release);
+                }
+            });
+            wait_for("the writer sends", || sent.load(Ordering::Acquire) > 0);
+            // Hold the old socket, as a reader slow to leave its poll would: its port stays
+            // taken, and the rebind retries.
+            let held = dev.shared.current().0;
+            let rebind = s.spawn(|| dev.rebind());
+            let attempts = &dev.shared.bind_attempts;
+            wait_for("the rebind retries", || {
+                attempts.load(Ordering::Relaxed) >= 2
+            });
+            // The writer goes on meanwhile: a datagram from another port than the old one
+            // comes from the socket the rebind made first, used only while it retries.
+            let mut buf = [0u8; 2048];
+            loop {
+                let (_, from) = peer.recv_from(&mut buf).expect("the writer's datagrams");
+                if from.port() != port {
+                    break;
+                }
+            }
+            assert!(!rebind.is_finished(), "still retrying: the port is held");
+            let during = attempts.load(Ordering::Relaxed);
+            drop(held);
+            rebind.join().unwrap().unwrap();
+            assert!(attempts.load(Ordering::Relaxed) > during);
+            assert_eq!(dev.local_addr().unwrap().port(), port, "the old port again");
+            // And the writer sends from it again.
+            loop {
+                let (_, from) = peer.recv_from(&mut buf).expect("the writer's datagrams");
+                if from.port() == port {
+                    break;
+                }
+            }
+            stop.store(true, Ordering::Release);
+        });
+        eprintln!(
+            "rebind under load: {} sends, longest send call {:.1} us, {} binds tried",
+            sent.load(Ordering::Relaxed),
+            longest.load(Ordering::Relaxed) as f64 / 1e3,
+            dev.shared.bind_attempts.load(Ordering::Relaxed)
+        );
     }
 
     #[test]
