@@ -78,6 +78,8 @@ pub struct UdpRx {
 pub struct UdpTx {
     shared: Arc<Shared>,
     io: DatagramIo,
+    /// The socket generation `io` last sent on.
+    generation: u64,
 }
 
 impl UdpDevice {
@@ -294,6 +296,7 @@ impl Device for UdpDevice {
             UdpTx {
                 shared: self.shared.clone(),
                 io: DatagramIo::new(MAX_BATCH, v6),
+                generation: self.shared.current().1,
             },
         ))
     }
@@ -395,7 +398,12 @@ impl TxHalf for UdpTx {
     }
 
     fn send_batch(&mut self, packets: &[PacketBuf]) -> io::Result<usize> {
-        let (socket, _) = self.shared.current();
+        let (socket, generation) = self.shared.current();
+        if generation != self.generation {
+            // A rebind: the new socket may take GSO again.
+            self.generation = generation;
+            self.io.socket_replaced();
+        }
         self.io.send(socket.as_raw_fd(), packets)
     }
 
@@ -550,6 +558,59 @@ mod tests {
                 datagram(&bytes, to)
             })
             .collect()
+    }
+
+    fn number(bytes: &[u8]) -> u64 {
+        u64::from_be_bytes(bytes[..8].try_into().unwrap())
+    }
+
+    #[test]
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn a_gso_refusal_costs_no_datagram_and_turns_gso_off_only_when_repeated() {
+        use crate::sys::GSO_REFUSALS_BEFORE_OFF as N;
+        let dev = UdpDevice::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let to = peer.local_addr().unwrap();
+        let (_rx, mut tx) = dev.open().unwrap();
+        let mut next = 0;
+        let mut received = 0;
+        let mut send = |tx: &mut UdpTx, refused: u32| {
+            tx.io.refuse_gso(refused);
+            let batch = numbered(next, 8, 1200, to);
+            assert_eq!(tx.send_batch(&batch).unwrap(), 8, "the whole batch went");
+            next += 8;
+            let mut buf = [0u8; 2048];
+            for _ in 0..8 {
+                let (len, _) = peer.recv_from(&mut buf).expect("a datagram");
+                assert_eq!(len, 1200);
+                assert_eq!(number(&buf), received, "in order, none lost");
+                received += 1;
+            }
+        };
+        send(&mut tx, 0);
+        if tx.io.uses_gso() != Some(true) {
+            eprintln!("this kernel has no UDP GSO: nothing to refuse");
+            return;
+        }
+        // Refusals not in a row (a GSO message goes between) never turn GSO off.
+        for _ in 0..2 * N {
+            send(&mut tx, 1);
+            assert_eq!(tx.io.uses_gso(), Some(true), "one refusal keeps GSO");
+            send(&mut tx, 0);
+        }
+        for i in 1..=N {
+            send(&mut tx, 1);
+            assert_eq!(tx.io.uses_gso(), Some(i < N), "{i} refusals in a row");
+        }
+        // Off: the batches go without it (the seam would refuse them, were they GSO).
+        send(&mut tx, 1);
+        assert_eq!(tx.io.uses_gso(), Some(false));
+        // A rebind gives GSO another chance.
+        dev.rebind().unwrap();
+        send(&mut tx, 0);
+        assert_eq!(tx.io.uses_gso(), Some(true), "asked again after a rebind");
     }
 
     #[test]

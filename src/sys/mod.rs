@@ -34,6 +34,9 @@ pub(crate) mod net;
 /// Many packets per call on a utun (Apple: `recvmsg_x`/`sendmsg_x`).
 #[cfg(target_vendor = "apple")]
 pub(crate) use imp::TunBatchIo;
+/// GSO refusals in a row after which a UDP half sends without GSO (until a rebind).
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+pub(crate) use imp::GSO_REFUSALS_BEFORE_OFF;
 pub(crate) use imp::{
     place_current_thread, set_socket_buffers, tun_identity, tune_tun, validate_tun_fd, DatagramIo,
     TunIo,

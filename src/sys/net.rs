@@ -160,6 +160,9 @@ impl SingleDatagramIo {
         SingleDatagramIo { v6 }
     }
 
+    /// The socket was replaced (a rebind): nothing to forget without GSO.
+    pub(crate) fn socket_replaced(&mut self) {}
+
     pub(crate) fn max_batch(&self) -> usize {
         1
     }

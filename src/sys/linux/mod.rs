@@ -4,6 +4,8 @@ mod rtnetlink;
 mod udp;
 
 pub(crate) use udp::MmsgIo as DatagramIo;
+#[cfg(test)]
+pub(crate) use udp::GSO_REFUSALS_BEFORE_OFF;
 
 use super::{byte_count, check, TunIdentity};
 use std::io;

@@ -19,6 +19,11 @@ const UDP_SEGMENT: libc::c_int = 103;
 const MAX_SEGMENTS: usize = 64;
 /// The most bytes one GSO message may carry: a UDP payload's limit, with room for headers.
 const MAX_GSO_BYTES: usize = 65_000;
+/// GSO refusals in a row (messages the kernel refused, with no GSO message sent between)
+/// after which a half sends without GSO until its socket is replaced (a rebind). One refusal
+/// is not enough: EINVAL also means "a segment larger than the path MTU", which a path
+/// change causes and the next batches (of another size, to another peer) need not meet.
+pub(crate) const GSO_REFUSALS_BEFORE_OFF: u32 = 3;
 
 /// Space for one control message carrying a `u16` (the GSO segment size), aligned for it.
 #[repr(C, align(8))]
@@ -36,8 +41,15 @@ pub(crate) struct MmsgIo {
     controls: Box<[SegmentControl]>,
     carries: Box<[usize]>,
     /// Whether sends use GSO: unknown until the first send asks the socket, off after the
-    /// kernel refuses a GSO message.
+    /// kernel refused [`GSO_REFUSALS_BEFORE_OFF`] GSO messages in a row; unknown again after
+    /// [`MmsgIo::socket_replaced`].
     gso: Option<bool>,
+    /// GSO messages refused since the last one sent.
+    refusals: u32,
+    /// Tests: the next sends whose first message carries more than one datagram fail as the
+    /// kernel refusing GSO would (EINVAL), before the system call.
+    #[cfg(test)]
+    refuse_gso: u32,
     v6: bool,
 }
 
@@ -63,8 +75,24 @@ impl MmsgIo {
             controls: vec![SegmentControl([0; 24]); max].into_boxed_slice(),
             carries: vec![0; max].into_boxed_slice(),
             gso: None,
+            refusals: 0,
+            #[cfg(test)]
+            refuse_gso: 0,
             v6,
         }
+    }
+
+    /// The half's socket was replaced (a rebind): whether it takes GSO is asked again, and
+    /// earlier refusals are forgotten.
+    pub(crate) fn socket_replaced(&mut self) {
+        self.gso = None;
+        self.refusals = 0;
+    }
+
+    /// Tests: the next `count` sends that lead with a GSO message are refused with EINVAL.
+    #[cfg(test)]
+    pub(crate) fn refuse_gso(&mut self, count: u32) {
+        self.refuse_gso = count;
     }
 
     /// Whether sends on this half use UDP GSO (known after the first send).
@@ -136,8 +164,35 @@ impl MmsgIo {
     /// batch, is the error). With GSO, a run of datagrams of one size to one peer (the last
     /// may be shorter) is one message; a message sent is all its datagrams sent, and an error
     /// belongs to the first datagram of the first message not sent.
+    ///
+    /// A GSO message the kernel refuses (EINVAL, EIO, EOPNOTSUPP: a path that cannot segment,
+    /// or a segment larger than the path's MTU) is sent again at once without GSO, one
+    /// datagram per message, with the rest of the batch: a refusal costs no datagram. GSO is
+    /// off for this half only after [`GSO_REFUSALS_BEFORE_OFF`] refusals in a row, until the
+    /// socket is replaced.
     pub(crate) fn send<B: DatagramBuf>(&mut self, fd: RawFd, bufs: &[B]) -> io::Result<usize> {
         let gso = *self.gso.get_or_insert_with(|| supports_gso(fd));
+        match self.send_with(fd, bufs, gso) {
+            Err(e) if gso && self.carries[0] > 1 && gso_refused(&e) => {
+                self.refusals += 1;
+                if self.refusals >= GSO_REFUSALS_BEFORE_OFF {
+                    log::info!(
+                        "UDP GSO refused {} times in a row ({e}); sending without it until \
+                         a rebind",
+                        self.refusals
+                    );
+                    self.gso = Some(false);
+                } else {
+                    log::debug!("UDP GSO refused ({e}); this batch goes without it");
+                }
+                self.send_with(fd, bufs, false)
+            }
+            sent => sent,
+        }
+    }
+
+    /// [`MmsgIo::send`], with or without GSO, once.
+    fn send_with<B: DatagramBuf>(&mut self, fd: RawFd, bufs: &[B], gso: bool) -> io::Result<usize> {
         let mut messages = 0;
         let mut group: Option<(SocketAddr, usize, usize)> = None; // (peer, segment, bytes)
         for (datagrams, buf) in bufs.iter().take(self.vectors.len()).enumerate() {
@@ -195,6 +250,11 @@ impl MmsgIo {
                 Err(no_destination())
             };
         }
+        #[cfg(test)]
+        if self.carries[0] > 1 && self.refuse_gso > 0 {
+            self.refuse_gso -= 1;
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         // SAFETY: the first `messages` headers point at the datagrams of `bufs` (borrowed for
         // the call, gathered by `vectors`), at this struct's addresses and control messages;
         // the kernel only reads them.
@@ -206,17 +266,12 @@ impl MmsgIo {
                 libc::MSG_DONTWAIT,
             )
         };
-        match byte_count(sent as isize) {
-            Ok(sent) => Ok(self.carries[..sent].iter().sum()),
-            Err(e) if self.carries[0] > 1 && gso_refused(&e) => {
-                // The path cannot segment (a device without checksum offload, say): from now
-                // on, one datagram per message.
-                log::info!("UDP GSO refused ({e}); sending without it");
-                self.gso = Some(false);
-                self.send(fd, bufs)
-            }
-            Err(e) => Err(e),
+        let sent = byte_count(sent as isize)?;
+        if self.carries[..sent].iter().any(|&c| c > 1) {
+            // A GSO message went: the refusals were not in a row.
+            self.refusals = 0;
         }
+        Ok(self.carries[..sent].iter().sum())
     }
 }
 
