@@ -538,8 +538,8 @@ int32_t stop_tun(void);
 //
 // Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` when no `start_tun` engine runs,
 // `TUNPIPE_ERR_UNSUPPORTED` when it runs no tunnel (no `wireguard_config`), or
-// `TUNPIPE_ERR_DEVICE` when no new socket could be made (the tunnel then drops what it
-// sends until a later rebind works).
+// `TUNPIPE_ERR_DEVICE` when no new socket could be made (the tunnel then runs on with
+// the old one).
 int32_t tunpipe_rebind(void);
 
 // Copies the `start_tun` tunnel's figures (the running one, or the last one after it

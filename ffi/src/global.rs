@@ -242,8 +242,8 @@ ffi_fn! {
     ///
     /// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` when no `start_tun` engine runs,
     /// `TUNPIPE_ERR_UNSUPPORTED` when it runs no tunnel (no `wireguard_config`), or
-    /// `TUNPIPE_ERR_DEVICE` when no new socket could be made (the tunnel then drops what it
-    /// sends until a later rebind works).
+    /// `TUNPIPE_ERR_DEVICE` when no new socket could be made (the tunnel then runs on with
+    /// the old one).
     fn tunpipe_rebind() -> i32 {
         running()?.rebind().map(|()| TUNPIPE_OK)
     }

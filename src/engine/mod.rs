@@ -383,8 +383,9 @@ impl Engine {
     /// # Errors
     /// [`EngineError::Unsupported`] when the engine has no outside device that can be
     /// rebound (a one-way engine, say); [`EngineError::Device`] when no new socket could be
-    /// made (the old one is then gone too, and the stage's next packets fail per packet
-    /// until a later rebind works); [`EngineError::Stopping`] once a stop is under way.
+    /// made (the old one then stays in use); [`EngineError::Stopping`] once a stop is under
+    /// way. The reader and writer never wait for a rebind beyond a pointer swap: the new
+    /// socket is made and bound on the caller's thread ([`crate::device::UdpDevice::rebind`]).
     pub fn rebind(&self) -> Result<(), EngineError> {
         if self.ctl.stopping() {
             return Err(EngineError::Stopping);
