@@ -193,6 +193,8 @@ impl MmsgIo {
 
     /// [`MmsgIo::send`], with or without GSO, once.
     fn send_with<B: DatagramBuf>(&mut self, fd: RawFd, bufs: &[B], gso: bool) -> io::Result<usize> {
+        // No message yet: an error before the system call is never taken for a refusal.
+        self.carries[0] = 0;
         let mut messages = 0;
         let mut group: Option<(SocketAddr, usize, usize)> = None; // (peer, segment, bytes)
         for (datagrams, buf) in bufs.iter().take(self.vectors.len()).enumerate() {
