@@ -220,8 +220,14 @@ typedef struct TunpipeConfig {
   // (reflect, 1500) is not a conflict. An Endpoint given as a host name is resolved when
   // the engine starts (a blocking DNS lookup).
   const char *wireguard_config;
+  // Most bytes the engine may reserve at start (buffers, rings, histograms and a tunnel's
+  // per-peer state, what `tunpipe_config_reserved_bytes` says). Past it, validation and
+  // start fail with `TUNPIPE_ERR_CONFIG` and a last error naming what to shrink. 0: the
+  // default, 40 MiB on iOS, tvOS, watchOS and visionOS (an extension may use 50 MB), none
+  // elsewhere; `UINT64_MAX`: none.
+  uint64_t memory_budget;
   // Zero; room for fields added later.
-  uint8_t reserved[56];
+  uint8_t reserved[48];
 } TunpipeConfig;
 
 // One direction of a tunnel: outbound is TUN → UDP (sealed toward the peers), inbound is
@@ -448,7 +454,8 @@ int32_t tunpipe_config_default(struct TunpipeConfig *config);
 int32_t tunpipe_config_validate(const struct TunpipeConfig *config);
 
 // Stores in `*out` the bytes an engine with `*config` would reserve at start (pool, rings,
-// histograms), so a host can check it against its memory limit first.
+// histograms, and a tunnel's per-peer state), so a host can check it against its memory
+// limit first. It does not check `memory_budget` (`tunpipe_config_validate` does).
 //
 // # Safety
 // `config` must be NULL or readable; `out` NULL or writable.
@@ -667,7 +674,8 @@ int32_t tunpipe_engine_last_error(const struct TunpipeEngine *engine,
                                   char *buf,
                                   size_t len);
 
-// Stores the bytes the engine reserved at start (pool, rings, histograms) in `*out`.
+// Stores the bytes the engine reserved at start (pool, rings, histograms, a tunnel's
+// per-peer state) in `*out`.
 //
 // # Safety
 // `engine` must be NULL or a live handle; `out` NULL or writable.

@@ -22,6 +22,15 @@ pub mod limits {
     pub const MAX_BATCH: usize = 1024;
     /// Most memory the pool may reserve, in bytes.
     pub const MAX_POOL_BYTES: usize = 1 << 30;
+    /// The default [`crate::Config::memory_budget`]: on iOS, tvOS, watchOS and visionOS,
+    /// 40 MiB, so that an extension (which iOS stops at 50 MB) keeps 10 MB for its own code
+    /// and the host's; elsewhere none.
+    pub const DEFAULT_MEMORY_BUDGET: Option<usize> =
+        if cfg!(all(target_vendor = "apple", not(target_os = "macos"))) {
+            Some(40 << 20)
+        } else {
+            None
+        };
 }
 
 /// How the engine runs. Build one with `Config::default()` and set fields; call
@@ -69,6 +78,11 @@ pub struct Config {
     /// its packet and rebuilds the stage instance. A two-way stage (a tunnel) is not rebuilt:
     /// its first panic stops the engine ([`crate::EngineError::DuplexStagePanicked`]).
     pub max_stage_panics: u64,
+    /// Most bytes the engine may reserve at start: its buffers, rings and histograms, and a
+    /// tunnel's per-peer state ([`crate::Engine::reserved_bytes`]). A start, or a host's
+    /// validation, past it fails with an error naming what to shrink. `None`: no budget.
+    /// Default: [`limits::DEFAULT_MEMORY_BUDGET`].
+    pub memory_budget: Option<usize>,
 }
 
 impl Default for Config {
@@ -87,6 +101,7 @@ impl Default for Config {
             latency: true,
             pin: false,
             max_stage_panics: 1000,
+            memory_budget: limits::DEFAULT_MEMORY_BUDGET,
         }
     }
 }
@@ -170,10 +185,65 @@ impl Config {
             .saturating_add(self.batch.saturating_mul(actors))
     }
 
+    /// Checks what an engine would reserve against [`Config::memory_budget`]: `engine` bytes
+    /// of buffers, rings and histograms, and `stage` bytes of a tunnel's own state (its
+    /// peers).
+    ///
+    /// # Errors
+    /// Past the budget, a [`ConfigError`] for `memory_budget` that says how much each part
+    /// needs and what to shrink: the largest part first.
+    pub fn check_memory_budget(&self, engine: usize, stage: usize) -> Result<(), ConfigError> {
+        let needed = engine.saturating_add(stage);
+        let Some(budget) = self.memory_budget else {
+            if needed > LARGE {
+                log::warn!(
+                    "the engine will reserve {} (mtu {}, {} of it for the tunnel's peers)",
+                    mib(needed),
+                    self.mtu,
+                    mib(stage)
+                );
+            }
+            return Ok(());
+        };
+        if needed <= budget {
+            return Ok(());
+        }
+        let buffers = format!(
+            "the buffers and rings need {} (lower mtu, now {}, or ring_capacity, batch, workers)",
+            mib(engine),
+            self.mtu
+        );
+        let peers = format!("the tunnel's peers need {} (fewer peers)", mib(stage));
+        let parts = if stage > engine {
+            format!("{peers}; {buffers}")
+        } else if stage > 0 {
+            format!("{buffers}; {peers}")
+        } else {
+            buffers
+        };
+        Err(ConfigError::new(
+            "memory_budget",
+            format!(
+                "memory_budget {} is too small: the engine would reserve {}: {parts}",
+                mib(budget),
+                mib(needed)
+            ),
+        ))
+    }
+
     /// Bytes of one pool buffer.
     pub fn buffer_size(&self) -> usize {
         self.headroom + self.mtu + 1 + self.tailroom
     }
+}
+
+/// Reserving more than this without a budget is worth a warning: it is more than an iOS
+/// extension may use in all.
+const LARGE: usize = 64 << 20;
+
+/// `bytes` in MiB, to one decimal place, for messages.
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
 #[cfg(test)]

@@ -74,8 +74,14 @@ pub struct TunpipeConfig {
     /// (reflect, 1500) is not a conflict. An Endpoint given as a host name is resolved when
     /// the engine starts (a blocking DNS lookup).
     pub wireguard_config: *const c_char,
+    /// Most bytes the engine may reserve at start (buffers, rings, histograms and a tunnel's
+    /// per-peer state, what `tunpipe_config_reserved_bytes` says). Past it, validation and
+    /// start fail with `TUNPIPE_ERR_CONFIG` and a last error naming what to shrink. 0: the
+    /// default, 40 MiB on iOS, tvOS, watchOS and visionOS (an extension may use 50 MB), none
+    /// elsewhere; `UINT64_MAX`: none.
+    pub memory_budget: u64,
     /// Zero; room for fields added later.
-    pub reserved: [u8; 56],
+    pub reserved: [u8; 48],
 }
 
 impl TunpipeConfig {
@@ -100,7 +106,8 @@ impl TunpipeConfig {
             callback: None,
             callback_context: std::ptr::null_mut(),
             wireguard_config: std::ptr::null(),
-            reserved: [0; 56],
+            memory_budget: 0,
+            reserved: [0; 48],
         }
     }
 
@@ -166,6 +173,11 @@ impl TunpipeConfig {
         config.pin = self.pin != 0;
         config.latency = self.latency != 0;
         config.max_stage_panics = self.max_stage_panics;
+        config.memory_budget = match self.memory_budget {
+            0 => tunpipe::config::limits::DEFAULT_MEMORY_BUDGET,
+            u64::MAX => None,
+            bytes => Some(usize::try_from(bytes).unwrap_or(usize::MAX)),
+        };
         // Spin and yield windows are tuned by measurement, not exposed to C (yet).
         config
     }
@@ -237,8 +249,17 @@ impl Plan {
     /// Checks the engine config, and a tunnel's config as a whole (a peer at least, the
     /// limits, one peer per key: [`WgConfig::check`]). It builds no per-peer state, so a
     /// config at the limits is checked in milliseconds; host names in endpoints are resolved
-    /// only at start.
+    /// only at start. Then what it would reserve against its memory budget.
     pub(crate) fn validate(&self) -> FfiResult {
+        self.validate_fields()?;
+        let (engine, stage) = self.reserved_parts();
+        self.config
+            .check_memory_budget(engine, stage)
+            .map_err(|e| FfiError::from(tunpipe::EngineError::Config(e)))
+    }
+
+    /// [`Plan::validate`] without the memory budget: enough to say what it would reserve.
+    pub(crate) fn validate_fields(&self) -> FfiResult {
         self.config
             .validate()
             .map_err(|e| FfiError::from(tunpipe::EngineError::Config(e)))?;
@@ -250,11 +271,21 @@ impl Plan {
         Ok(())
     }
 
-    /// Bytes an engine with this plan reserves at start (pool, rings, histograms).
+    /// Bytes an engine with this plan reserves at start (buffers, rings, histograms, and a
+    /// tunnel's per-peer state).
     pub(crate) fn reserved_bytes(&self) -> usize {
-        match self.stage {
-            StagePlan::WireGuard(_) => tunpipe::wireguard::tunnel_reserved_bytes(&self.config),
-            _ => tunpipe::reserved_bytes(&self.config),
+        let (engine, stage) = self.reserved_parts();
+        engine + stage
+    }
+
+    /// The engine's part of the reserved bytes, and the stage's.
+    fn reserved_parts(&self) -> (usize, usize) {
+        match &self.stage {
+            StagePlan::WireGuard(tunnel) => (
+                tunpipe::wireguard::engine_reserved_bytes(&self.config),
+                tunpipe::wireguard::state_bytes(tunnel.peers.len(), tunnel.prefixes()),
+            ),
+            _ => (tunpipe::reserved_bytes(&self.config), 0),
         }
     }
 

@@ -184,7 +184,8 @@ ffi_fn! {
 }
 
 ffi_fn! {
-    /// Stores the bytes the engine reserved at start (pool, rings, histograms) in `*out`.
+    /// Stores the bytes the engine reserved at start (pool, rings, histograms, a tunnel's
+    /// per-peer state) in `*out`.
     ///
     /// # Safety
     /// `engine` must be NULL or a live handle; `out` NULL or writable.

@@ -108,7 +108,8 @@ ffi_fn! {
 
 ffi_fn! {
 /// Stores in `*out` the bytes an engine with `*config` would reserve at start (pool, rings,
-/// histograms), so a host can check it against its memory limit first.
+/// histograms, and a tunnel's per-peer state), so a host can check it against its memory
+/// limit first. It does not check `memory_budget` (`tunpipe_config_validate` does).
 ///
 /// # Safety
 /// `config` must be NULL or readable; `out` NULL or writable.
@@ -116,7 +117,7 @@ ffi_fn! {
         // SAFETY: the caller promises `config` is NULL or readable, and its text pointer NULL
         // or a readable C string.
         let plan = unsafe { TunpipeConfig::read(config)?.to_plan() }?;
-        plan.validate()?;
+        plan.validate_fields()?;
         let bytes = plan.reserved_bytes() as u64;
         // SAFETY: the caller promises `out` is NULL or writable.
         unsafe { write_out(out, "out", bytes) }?;

@@ -185,9 +185,10 @@ pub fn reserved_bytes(c: &Config) -> usize {
     wiring::one_way_reserved(c)
 }
 
-/// Bytes a tunnel with `c` and `stage` reserves up front (its pools, rings and histograms).
+/// Bytes a tunnel with `c` and `stage` reserves up front: its pools, rings and histograms,
+/// and the stage's own state ([`DuplexStage::state_bytes`]).
 pub fn tunnel_reserved_bytes(c: &Config, stage: &dyn DuplexStage) -> usize {
-    tunnel_reserved(c, stage.overhead(), stage.burst())
+    tunnel_reserved(c, stage.overhead(), stage.burst()) + stage.state_bytes()
 }
 
 /// Bytes a tunnel with `c` and a stage of this `overhead` and `burst` reserves.
@@ -401,7 +402,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Bytes the engine reserved at start: pool, rings and histograms.
+    /// Bytes the engine reserved at start: pool, rings and histograms, and a tunnel stage's
+    /// own state (its peers).
     pub fn reserved_bytes(&self) -> usize {
         self.reserved_bytes
     }

@@ -231,6 +231,7 @@ pub(super) fn one_way<R: RxHalf, T: TxHalf>(
     rx: R,
     tx: T,
 ) -> Result<Wired, EngineError> {
+    c.check_memory_budget(one_way_reserved(c), 0)?;
     let (rx_caps, tx_caps) = (rx.capabilities(), tx.capabilities());
     let ctl = Arc::new(Control::new(
         c.workers,
@@ -387,11 +388,13 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
     stage: SharedDuplex,
     halves: TunnelHalves<IR, IT, OR, OT>,
 ) -> Result<Wired, EngineError> {
-    let (overhead, burst) = {
+    let (overhead, burst, state) = {
         let stage = stage.lock();
-        (stage.overhead(), stage.burst())
+        (stage.overhead(), stage.burst(), stage.state_bytes())
     };
     let sizes = TunnelSizes::new(c, overhead, burst);
+    let engine_bytes = sizes.reserved_bytes(c);
+    c.check_memory_budget(engine_bytes, state)?;
     let TunnelHalves {
         inside_rx,
         inside_tx,
@@ -579,7 +582,7 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
         threads: spawner.finish(),
         ctl,
         mail,
-        reserved_bytes: sizes.reserved_bytes(c),
+        reserved_bytes: engine_bytes + state,
         rebinder,
     })
 }

@@ -153,6 +153,13 @@ pub trait DuplexStage: Send {
     fn burst(&self) -> usize {
         0
     }
+
+    /// Bytes the stage itself holds for as long as it runs (a tunnel's per-peer state): the
+    /// engine counts them in [`crate::Engine::reserved_bytes`] and checks them against
+    /// [`crate::Config::memory_budget`]. The default, 0, is for a stage that holds little.
+    fn state_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// What a duplex stage uses to send packets of its own: buffers from a reserve the engine

@@ -493,6 +493,11 @@ impl WgConfig {
         })
     }
 
+    /// AllowedIPs prefixes over all peers.
+    pub fn prefixes(&self) -> usize {
+        self.peers.iter().map(|p| p.allowed_ips.len()).sum()
+    }
+
     /// Checks what [`WgConfig::parse`] checks of the config as a whole, for a config changed
     /// in code since: a peer at least, the limits ([`MAX_PEERS`], [`MAX_ALLOWED_IPS`]), and
     /// one peer per public key. It builds nothing: a config at the limits is checked in
@@ -514,7 +519,7 @@ impl WgConfig {
                 ),
             ));
         }
-        let prefixes: usize = self.peers.iter().map(|p| p.allowed_ips.len()).sum();
+        let prefixes = self.prefixes();
         if prefixes > MAX_ALLOWED_IPS {
             return Err(error(
                 0,

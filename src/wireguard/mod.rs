@@ -44,11 +44,39 @@ use timers::PeerTimers;
 /// Bytes WireGuard adds to a packet: a 16-byte header and a 16-byte authentication tag.
 pub const OVERHEAD: usize = 32;
 
-/// Bytes a WireGuard tunnel with engine config `config` reserves at start (its pools, rings
-/// and histograms), whatever its peers: for a host to check against its memory limit.
-pub fn tunnel_reserved_bytes(config: &crate::Config) -> usize {
+/// Bytes a WireGuard tunnel for `tunnel` with engine config `config` reserves at start: its
+/// pools, rings and histograms, and its per-peer state ([`state_bytes`]); what
+/// [`crate::Engine::reserved_bytes`] will say, for a host to check before it starts.
+pub fn tunnel_reserved_bytes(config: &crate::Config, tunnel: &WgConfig) -> usize {
+    engine_reserved_bytes(config) + state_bytes(tunnel.peers.len(), tunnel.prefixes())
+}
+
+/// The engine's part of [`tunnel_reserved_bytes`]: pools, rings and histograms.
+pub fn engine_reserved_bytes(config: &crate::Config) -> usize {
     crate::engine::tunnel_reserved(config, OVERHEAD, QUEUE_DEPTH)
 }
+
+/// Bytes a WireGuard stage holds for `peers` peers with `prefixes` AllowedIPs prefixes in
+/// all. A peer's `Tunn` is about 11 KiB, most of it room for its sessions, held inline; each
+/// also has a rate limiter, and each prefix is kept twice (the peer's list and the routes).
+/// tests/sizes.rs holds this within 20% of the memory a started tunnel adds.
+pub fn state_bytes(peers: usize, prefixes: usize) -> usize {
+    use std::mem::size_of;
+    // What the allocator adds to a heap block, about.
+    const BLOCK: usize = 16;
+    let per_peer = size_of::<Peer>()
+        + size_of::<boringtun::noise::rate_limiter::RateLimiter>()
+        + 2 * size_of::<usize>()
+        + 2 * BLOCK;
+    let per_prefix = size_of::<IpNet>() + size_of::<(IpNet, usize)>();
+    size_of::<WireGuard>()
+        + SCRATCH
+        + peers.saturating_mul(per_peer)
+        + prefixes.saturating_mul(per_prefix)
+}
+
+/// Bytes of the scratch buffer `Tunn` writes into: as large as any datagram.
+const SCRATCH: usize = u16::MAX as usize + 2 * OVERHEAD;
 
 // A peer's index is the top 24 bits of its session indices (`peer_of`): every peer a config
 // may hold must fit.
@@ -153,7 +181,7 @@ impl WireGuard {
         Ok(WireGuard {
             peers,
             routes,
-            scratch: vec![0; u16::MAX as usize + 2 * OVERHEAD].into_boxed_slice(),
+            scratch: vec![0; SCRATCH].into_boxed_slice(),
             counters,
             private,
             public,
@@ -445,6 +473,10 @@ impl DuplexStage for WireGuard {
 
     fn burst(&self) -> usize {
         QUEUE_DEPTH
+    }
+
+    fn state_bytes(&self) -> usize {
+        state_bytes(self.peers.len(), self.routes.len())
     }
 }
 

@@ -90,6 +90,9 @@ public struct TunPipeConfiguration: @unchecked Sendable {
     public var pin: Bool
     public var latency: Bool
     public var maxStagePanics: UInt64
+    /// Most bytes the engine may reserve at start (`reservedBytes()`); past it, start fails
+    /// naming what to shrink. 0: the default (40 MiB on iOS and tvOS); `UInt64.max`: none.
+    public var memoryBudget: UInt64
     /// A WireGuard tunnel: the wg-quick text (from `providerConfiguration`, say), or nil for
     /// no tunnel. With it, `stage` and `mtu` are not used: the text's MTU (1420 by default)
     /// is the inside MTU. The host applies the addresses, DNS and routes itself
@@ -109,6 +112,7 @@ public struct TunPipeConfiguration: @unchecked Sendable {
         pin = c.pin != 0
         latency = c.latency != 0
         maxStagePanics = c.max_stage_panics
+        memoryBudget = c.memory_budget
     }
 
     /// Calls `body` with the C struct (the defaults, which set `size` and zero `reserved`,
@@ -126,6 +130,7 @@ public struct TunPipeConfiguration: @unchecked Sendable {
         c.pin = pin ? 1 : 0
         c.latency = latency ? 1 : 0
         c.max_stage_panics = maxStagePanics
+        c.memory_budget = memoryBudget
         switch stage {
         case .reflect:
             c.stage = UInt32(TUNPIPE_STAGE_REFLECT)
