@@ -357,3 +357,66 @@ fn one_end_with_two_peers_routes_by_allowed_ips_and_knows_who_initiates() {
         stop_and_check(end);
     }
 }
+
+#[test]
+fn overlapping_allowed_ips_route_by_the_longest_prefix_and_a_peer_speaks_only_for_its_own() {
+    // A has B with 10.0.0.0/8 and C with 10.1.0.0/16; both name 192.168.7.0/24, which so
+    // belongs to C, the later. B and C route everything to A.
+    let (udp_a, udp_b, udp_c) = (loopback_udp(), loopback_udp(), loopback_udp());
+    let (addr_a, addr_b, addr_c) = (
+        udp_a.local_addr().unwrap(),
+        udp_b.local_addr().unwrap(),
+        udp_c.local_addr().unwrap(),
+    );
+    let (ka, kb, kc) = (
+        KeyPair::generate(),
+        KeyPair::generate(),
+        KeyPair::generate(),
+    );
+    let peer = |public, endpoint, allowed_ips| PeerText {
+        public,
+        endpoint: Some(endpoint),
+        allowed_ips,
+    };
+    let text_a = config_text(
+        &ka.private,
+        "10.0.0.1/32",
+        &[
+            peer(&kb.public, addr_b, "10.0.0.0/8, 192.168.7.0/24"),
+            peer(&kc.public, addr_c, "10.1.0.0/16, 192.168.7.0/24"),
+        ],
+    );
+    let to_a = |own: &KeyPair, address| {
+        config_text(
+            &own.private,
+            address,
+            &[peer(&ka.public, addr_a, "0.0.0.0/0")],
+        )
+    };
+    let mut a = End::start(&text_a, udp_a, 0);
+    let mut b = End::start(&to_a(&kb, "10.0.0.2/32"), udp_b, 0);
+    let mut c = End::start(&to_a(&kc, "10.1.2.3/32"), udp_c, 0);
+    const IN_B: [u8; 4] = [10, 2, 0, 1];
+    const IN_C: [u8; 4] = [10, 1, 2, 3];
+    const TWICE: [u8; 4] = [192, 168, 7, 5];
+    // Outbound: the longest prefix picks the peer, and the prefix named twice is C's.
+    carry(&mut a, &mut b, A, IN_B, 3);
+    carry(&mut a, &mut c, A, IN_C, 3);
+    carry(&mut a, &mut c, A, TWICE, 3);
+    assert_eq!(b.app_rx.pending(), 0, "B got nothing meant for C");
+    // Inbound: each may speak for its own addresses...
+    carry(&mut b, &mut a, IN_B, A, 3);
+    carry(&mut c, &mut a, IN_C, A, 3);
+    carry(&mut c, &mut a, TWICE, A, 3);
+    // ...and B, whose 10.0.0.0/8 contains 10.1.2.3, not for C's: its longest match is C's.
+    let before = a.counters.snapshot().drop_not_allowed;
+    send(&mut b.app_tx, &packet(IN_C, A, 99));
+    send(&mut b.app_tx, &packet(TWICE, A, 100));
+    assert!(eventually(
+        || a.counters.snapshot().drop_not_allowed == before + 2
+    ));
+    assert_eq!(a.app_rx.pending(), 0);
+    for end in [&a, &b, &c] {
+        stop_and_check(end);
+    }
+}

@@ -463,6 +463,7 @@ impl WgConfig {
         if peers.is_empty() {
             return Err(error(0, "[Peer]", "missing: a tunnel needs a peer"));
         }
+        let own = interface.private_key.public_key();
         let mut first_line = std::collections::HashMap::with_capacity(peers.len());
         let peers = peers
             .into_iter()
@@ -470,6 +471,9 @@ impl WgConfig {
                 let public_key = p
                     .public_key
                     .ok_or_else(|| error(p.line, "PublicKey", "missing in this [Peer]"))?;
+                if public_key.0 == own.0 {
+                    return Err(error(p.public_key_line, "PublicKey", OWN_KEY));
+                }
                 if let Some(first) = first_line.insert(public_key.0, p.public_key_line) {
                     return Err(error(
                         p.public_key_line,
@@ -529,8 +533,16 @@ impl WgConfig {
                 ),
             ));
         }
+        let own = self.interface.private_key.public_key();
         let mut first = std::collections::HashMap::with_capacity(self.peers.len());
         for (index, peer) in self.peers.iter().enumerate() {
+            if peer.public_key.0 == own.0 {
+                return Err(error(
+                    0,
+                    "PublicKey",
+                    &format!("peer {}: {OWN_KEY}", index + 1),
+                ));
+            }
             if let Some(earlier) = first.insert(peer.public_key.0, index) {
                 return Err(error(
                     0,
@@ -621,6 +633,9 @@ fn list(value: &str) -> impl Iterator<Item = (usize, &str)> {
         .enumerate()
         .map(|(i, v)| (i + 1, v))
 }
+
+/// Why a peer with the interface's own public key is refused.
+const OWN_KEY: &str = "this interface's own public key: a peer is another end";
 
 fn prefix(
     line: usize,
@@ -802,6 +817,29 @@ mod tests {
 
     const PRIVATE: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
     const PUBLIC: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+    #[test]
+    fn a_peer_with_the_interfaces_own_key_is_refused_at_its_line() {
+        let text = |second: &str| {
+            format!(
+                "[Interface]\nPrivateKey = {PRIVATE}\n\n[Peer]\nPublicKey = {PUBLIC}\n\
+                 AllowedIPs = 10.0.0.2/32\n\n[Peer]\nPublicKey = {second}\n\
+                 AllowedIPs = 10.0.0.3/32\n"
+            )
+        };
+        let mut config = WgConfig::parse(&text(&Key::generate().to_base64())).unwrap();
+        let own = config.interface.private_key.public_key();
+        let e = WgConfig::parse(&text(&own.to_base64())).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (9, "PublicKey"), "{e}");
+        assert!(e.to_string().contains("own public key"), "{e}");
+        // And in a config changed in code since.
+        config.peers[1].public_key = own;
+        let e = config.check().unwrap_err();
+        assert!(
+            e.to_string().contains("peer 2: this interface's own"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn parses_what_wg_quick_files_contain() {

@@ -18,6 +18,7 @@
 //! ([`WireGuard::counters`]) say how many handshakes completed or failed and why packets
 //! were dropped. Keys never reach a log.
 
+mod allowed_ips;
 mod config;
 mod stats;
 mod timers;
@@ -31,6 +32,7 @@ pub use stats::{DropReason, WireGuardCounters, WireGuardStats};
 use crate::pool::PacketBuf;
 use crate::stage::{Action, Direction, DuplexStage, Emitter, Side};
 use crate::wire::{check_ip, IpVersion, Ipv4Packet, Ipv6Packet};
+use allowed_ips::AllowedIps;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
@@ -58,7 +60,8 @@ pub fn engine_reserved_bytes(config: &crate::Config) -> usize {
 
 /// Bytes a WireGuard stage holds for `peers` peers with `prefixes` AllowedIPs prefixes in
 /// all. A peer's `Tunn` is about 11 KiB, most of it room for its sessions, held inline; each
-/// also has a rate limiter, and each prefix is kept twice (the peer's list and the routes).
+/// also has a rate limiter, and each prefix an entry in the AllowedIPs trie (counted as two
+/// prefix-and-peer pairs, for the trie's nodes).
 /// tests/sizes.rs holds this within 20% of the memory a started tunnel adds.
 pub fn state_bytes(peers: usize, prefixes: usize) -> usize {
     use std::mem::size_of;
@@ -68,7 +71,7 @@ pub fn state_bytes(peers: usize, prefixes: usize) -> usize {
         + size_of::<boringtun::noise::rate_limiter::RateLimiter>()
         + 2 * size_of::<usize>()
         + 2 * BLOCK;
-    let per_prefix = size_of::<IpNet>() + size_of::<(IpNet, usize)>();
+    let per_prefix = 2 * size_of::<(IpNet, usize)>();
     size_of::<WireGuard>()
         + SCRATCH
         + peers.saturating_mul(per_peer)
@@ -101,9 +104,8 @@ const DATA: u8 = 4;
 /// run it with [`crate::Builder::start_tunnel`] between a TUN and a [`crate::UdpDevice`].
 pub struct WireGuard {
     peers: Vec<Peer>,
-    /// Every peer's AllowedIPs, longest prefix first: the first that contains a destination
-    /// routes it.
-    routes: Vec<(IpNet, usize)>,
+    /// Every peer's AllowedIPs: routes outbound packets, checks inbound sources.
+    allowed_ips: AllowedIps,
     /// Where `Tunn` writes what it makes (it cannot work in place): as large as any packet.
     scratch: Box<[u8]>,
     counters: Arc<WireGuardCounters>,
@@ -114,7 +116,6 @@ pub struct WireGuard {
 struct Peer {
     tunn: Tunn,
     endpoint: Option<SocketAddr>,
-    allowed: Vec<IpNet>,
     timers: PeerTimers,
     public_key: [u8; 32],
     /// When the packets `Tunn` holds for a completed handshake go out, if no outbound packet
@@ -138,7 +139,7 @@ impl WireGuard {
         let public = PublicKey::from(&private);
         let now = Instant::now();
         let mut peers = Vec::with_capacity(config.peers.len());
-        let mut routes = Vec::new();
+        let mut allowed_ips = AllowedIps::default();
         for (index, p) in config.peers.iter().enumerate() {
             let endpoint = match &p.endpoint {
                 None => None,
@@ -163,24 +164,33 @@ impl WireGuard {
                 index as u32,
                 None,
             );
-            routes.extend(p.allowed_ips.iter().map(|net| (*net, index)));
+            for net in &p.allowed_ips {
+                if let Some(before) = allowed_ips.insert(*net, index) {
+                    log::warn!(
+                        "AllowedIPs {}: named by peer {} and peer {}; it belongs to peer {}, \
+                         the later, as in WireGuard",
+                        net.trunc(),
+                        before + 1,
+                        index + 1,
+                        index + 1
+                    );
+                }
+            }
             peers.push(Peer {
                 tunn,
                 endpoint,
-                allowed: p.allowed_ips.clone(),
                 timers: PeerTimers::new(now, p.persistent_keepalive),
                 public_key: key,
                 flush_due: None,
                 queued: 0,
             });
         }
-        routes.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         let counters = Arc::new(WireGuardCounters::new(
             peers.iter().map(|p| p.endpoint).collect(),
         ));
         Ok(WireGuard {
             peers,
-            routes,
+            allowed_ips,
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             counters,
             private,
@@ -194,16 +204,21 @@ impl WireGuard {
     }
 
     fn route(&self, destination: IpAddr) -> Option<usize> {
-        self.routes
-            .iter()
-            .find(|(net, _)| net.contains(&destination))
-            .map(|(_, peer)| *peer)
+        self.allowed_ips.peer_for(destination)
     }
 
-    /// Peer `index`, with what processing its packets borrows besides: the scratch buffer and
-    /// the counters.
-    fn peer_parts(&mut self, index: usize) -> (&mut Peer, &mut [u8], &WireGuardCounters) {
-        (&mut self.peers[index], &mut self.scratch, &self.counters)
+    /// Peer `index`, with what processing its packets borrows besides: the scratch buffer,
+    /// the counters and the AllowedIPs table.
+    fn peer_parts(
+        &mut self,
+        index: usize,
+    ) -> (&mut Peer, &mut [u8], &WireGuardCounters, &AllowedIps) {
+        (
+            &mut self.peers[index],
+            &mut self.scratch,
+            &self.counters,
+            &self.allowed_ips,
+        )
     }
 
     /// The peer an inbound datagram is for.
@@ -248,7 +263,7 @@ impl WireGuard {
     /// a handshake left queued.
     fn tick(&mut self, index: usize, out: &mut Emitter<'_>) {
         let now = out.now();
-        let (peer, scratch, counters) = self.peer_parts(index);
+        let (peer, scratch, counters, _) = self.peer_parts(index);
         let awaiting = peer.timers.awaiting_response();
         match peer.tunn.update_timers(scratch) {
             TunnResult::WriteToNetwork(message) => {
@@ -283,7 +298,7 @@ impl WireGuard {
         };
         self.tick_if_stale(peer, out);
         let now = out.now();
-        let (p, scratch, counters) = self.peer_parts(peer);
+        let (p, scratch, counters, _) = self.peer_parts(peer);
         let Some(endpoint) = p.endpoint else {
             counters.dropped(DropReason::NoEndpoint);
             return Action::Drop;
@@ -358,7 +373,7 @@ impl WireGuard {
         };
         self.tick_if_stale(peer, out);
         let now = out.now();
-        let (p, scratch, counters) = self.peer_parts(peer);
+        let (p, scratch, counters, allowed_ips) = self.peer_parts(peer);
         match p.tunn.decapsulate(Some(from.ip()), packet.data(), scratch) {
             TunnResult::WriteToNetwork(reply) => {
                 if reply.first() != Some(&COOKIE_REPLY) {
@@ -381,26 +396,14 @@ impl WireGuard {
                     Err(()) => Action::Consume,
                 }
             }
-            TunnResult::WriteToTunnelV4(inner, source) => deliver(
-                p,
-                peer,
-                packet,
-                inner,
-                IpAddr::V4(source),
-                from,
-                now,
-                counters,
-            ),
-            TunnResult::WriteToTunnelV6(inner, source) => deliver(
-                p,
-                peer,
-                packet,
-                inner,
-                IpAddr::V6(source),
-                from,
-                now,
-                counters,
-            ),
+            TunnResult::WriteToTunnelV4(inner, source) => {
+                let sent_by_owner = allowed_ips.peer_for(IpAddr::V4(source)) == Some(peer);
+                deliver(p, peer, packet, inner, sent_by_owner, from, now, counters)
+            }
+            TunnResult::WriteToTunnelV6(inner, source) => {
+                let sent_by_owner = allowed_ips.peer_for(IpAddr::V6(source)) == Some(peer);
+                deliver(p, peer, packet, inner, sent_by_owner, from, now, counters)
+            }
             TunnResult::Done => {
                 if kind == DATA {
                     // A keepalive: authenticated, carrying nothing.
@@ -476,7 +479,7 @@ impl DuplexStage for WireGuard {
     }
 
     fn state_bytes(&self) -> usize {
-        state_bytes(self.peers.len(), self.routes.len())
+        state_bytes(self.peers.len(), self.allowed_ips.len())
     }
 }
 
@@ -516,7 +519,7 @@ fn deliver(
     index: usize,
     packet: &mut PacketBuf,
     inner: &[u8],
-    source: IpAddr,
+    sent_by_owner: bool,
     from: SocketAddr,
     now: Instant,
     counters: &WireGuardCounters,
@@ -524,7 +527,8 @@ fn deliver(
     // Authenticated by now: the datagram is the peer's, wherever it came from.
     roam(p, index, from, counters);
     p.timers.data_received(now);
-    if !p.allowed.iter().any(|net| net.contains(&source)) {
+    // Cryptokey routing: the source's longest match in the whole table must be this peer.
+    if !sent_by_owner {
         counters.dropped(DropReason::NotAllowed);
         return Action::Drop;
     }
