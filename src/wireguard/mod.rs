@@ -453,19 +453,15 @@ impl DuplexStage for WireGuard {
     }
 
     fn path_changed(&mut self, out: &mut Emitter<'_>) {
-        // Tell every peer where this end now is: a keepalive (or, without a session, a
-        // handshake initiation) from the new socket.
-        let now = out.now();
-        let WireGuard {
-            peers,
-            scratch,
-            counters,
-            ..
-        } = self;
-        for (index, peer) in peers.iter_mut().enumerate() {
+        // Run every peer's timers first: a path change (a wake, a new network) is when
+        // overdue ones matter most, and it brings `Tunn`'s clock up to date. Then tell every
+        // peer where this end now is: a keepalive (or, without a session, a handshake
+        // initiation) from the new socket.
+        for index in 0..self.peers.len() {
+            self.tick(index, out);
+            let (peer, scratch, counters, _) = self.peer_parts(index);
             if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
                 send_own(peer, index, message, counters, out);
-                peer.timers.ticked(now);
             }
         }
     }
