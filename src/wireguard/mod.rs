@@ -20,6 +20,7 @@
 
 mod allowed_ips;
 mod config;
+mod deadlines;
 mod stats;
 mod timers;
 
@@ -37,6 +38,7 @@ use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use deadlines::Deadlines;
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -70,7 +72,8 @@ pub fn state_bytes(peers: usize, prefixes: usize) -> usize {
     let per_peer = size_of::<Peer>()
         + size_of::<boringtun::noise::rate_limiter::RateLimiter>()
         + 2 * size_of::<usize>()
-        + 2 * BLOCK;
+        + 2 * BLOCK
+        + Deadlines::PER_PEER;
     let per_prefix = 2 * size_of::<(IpNet, usize)>();
     size_of::<WireGuard>()
         + SCRATCH
@@ -106,6 +109,11 @@ pub struct WireGuard {
     peers: Vec<Peer>,
     /// Every peer's AllowedIPs: routes outbound packets, checks inbound sources.
     allowed_ips: AllowedIps,
+    /// Every peer's next deadline, in order.
+    deadlines: Deadlines,
+    /// The peer the packet being processed went to or came from: its deadline is updated
+    /// once the packet is done.
+    touched: Option<usize>,
     /// Where `Tunn` writes what it makes (it cannot work in place): as large as any packet.
     scratch: Box<[u8]>,
     counters: Arc<WireGuardCounters>,
@@ -188,9 +196,15 @@ impl WireGuard {
         let counters = Arc::new(WireGuardCounters::new(
             peers.iter().map(|p| p.endpoint).collect(),
         ));
+        let mut deadlines = Deadlines::new(peers.len());
+        for (index, peer) in peers.iter().enumerate() {
+            deadlines.set(index, peer.next_deadline());
+        }
         Ok(WireGuard {
             peers,
             allowed_ips,
+            deadlines,
+            touched: None,
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             counters,
             private,
@@ -205,6 +219,12 @@ impl WireGuard {
 
     fn route(&self, destination: IpAddr) -> Option<usize> {
         self.allowed_ips.peer_for(destination)
+    }
+
+    /// Records peer `index`'s next deadline after its state changed.
+    fn reindex(&mut self, index: usize) {
+        let at = self.peers[index].next_deadline();
+        self.deadlines.set(index, at);
     }
 
     /// Peer `index`, with what processing its packets borrows besides: the scratch buffer,
@@ -296,6 +316,7 @@ impl WireGuard {
             self.counters.dropped(DropReason::NoPeer);
             return Action::Drop;
         };
+        self.touched = Some(peer);
         self.tick_if_stale(peer, out);
         let now = out.now();
         let (p, scratch, counters, _) = self.peer_parts(peer);
@@ -362,7 +383,10 @@ impl WireGuard {
         let kind = packet.data().first().copied().unwrap_or(0);
         let handshake = kind == HANDSHAKE_INIT || kind == HANDSHAKE_RESPONSE;
         let peer = match self.peer_of(packet.data()) {
-            Ok(peer) => peer,
+            Ok(peer) => {
+                self.touched = Some(peer);
+                peer
+            }
             Err(reason) => {
                 self.counters.dropped(reason);
                 if handshake && reason == DropReason::AuthFailure {
@@ -430,26 +454,31 @@ impl DuplexStage for WireGuard {
         packet: &mut PacketBuf,
         out: &mut Emitter<'_>,
     ) -> Action {
-        match direction {
+        let action = match direction {
             Direction::Outbound => self.outbound(packet, out),
             Direction::Inbound => self.inbound(packet, out),
+        };
+        if let Some(index) = self.touched.take() {
+            self.reindex(index);
         }
+        action
     }
 
     fn on_deadline(&mut self, out: &mut Emitter<'_>) {
         let now = out.now();
-        for index in 0..self.peers.len() {
-            let due = self.peers[index]
-                .next_deadline()
-                .is_some_and(|at| at <= now);
-            if due {
-                self.tick(index, out);
-            }
+        // Running a peer's timers moves its deadline past `now` (or clears it), so each due
+        // peer comes up once; the bound is only a guard.
+        for _ in 0..self.peers.len() {
+            let Some(index) = self.deadlines.first_due(now) else {
+                break;
+            };
+            self.tick(index, out);
+            self.reindex(index);
         }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.peers.iter().filter_map(Peer::next_deadline).min()
+        self.deadlines.first()
     }
 
     fn path_changed(&mut self, out: &mut Emitter<'_>) {
@@ -463,6 +492,7 @@ impl DuplexStage for WireGuard {
             if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
                 send_own(peer, index, message, counters, out);
             }
+            self.reindex(index);
         }
     }
 
