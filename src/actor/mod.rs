@@ -394,7 +394,6 @@ fn run_duplex<'p>(
 ) {
     let (this, other) = (counters.of(direction), counters.of(direction.reverse()));
     let mut tally = EmitTally::default();
-    let now = Instant::now();
     let emitted_before = emit.emitted.len();
     let mut stamp = 0;
     for packet in packets {
@@ -407,22 +406,25 @@ fn run_duplex<'p>(
             packet.route = Route::Recycle;
             continue;
         }
-        let mut out = Emitter {
-            spare: emit.spare,
-            emitted: emit.emitted,
-            now,
-            headroom: emit.headroom,
-            capacity: emit.area,
-            room: emit.room,
-            tally: &mut tally,
-        };
         let action = {
             let mut stage = stage.lock();
-            catch_unwind(AssertUnwindSafe(|| {
+            // The clock is read once the lock is held: a stage's timers stamped with a time
+            // from before a wait for the lock would come due early.
+            let mut out = Emitter {
+                spare: emit.spare,
+                emitted: emit.emitted,
+                now: Instant::now(),
+                headroom: emit.headroom,
+                capacity: emit.area,
+                room: emit.room,
+                tally: &mut tally,
+            };
+            let action = catch_unwind(AssertUnwindSafe(|| {
                 stage.process(direction, packet, &mut out)
-            }))
+            }));
+            emit.room = out.room;
+            action
         };
-        emit.room = out.room;
         packet.route = match action {
             Ok(Action::Forward) => Route::Forward,
             Ok(Action::Replace) => {
