@@ -311,8 +311,14 @@ typedef struct TunpipeTunnelStats {
   uint64_t outbound_held;
   // Inbound packets held now (0 for WireGuard, which holds only outbound packets).
   uint64_t inbound_held;
+  // Dropped: a handshake message with a bad mac1 (not made with this end's public key),
+  // before any Diffie-Hellman: junk, or a peer holding another key for this end.
+  uint64_t drop_bad_mac1;
+  // Cookie replies sent: handshake messages that came while the device was past its rate
+  // limit without a valid mac2, and got a cookie instead of an answer.
+  uint64_t cookie_replies;
   // Zero; room for counters added later.
-  uint64_t reserved[14];
+  uint64_t reserved[12];
 } TunpipeTunnelStats;
 
 // The engine's counters. Set `size = sizeof(TunpipeStats)` before the call; tunpipe writes

@@ -5,7 +5,9 @@
 //!
 //! The same stage against wireguard-go, on a real TUN, is in tests/wireguard/ (root).
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tunpipe::stage::Direction;
 use tunpipe_testkit::check::{assert_conserved, eventually, eventually_within};
@@ -202,9 +204,11 @@ fn garbage_and_replayed_datagrams_are_counted_and_change_nothing() {
 
     let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
     let before = b.counters.snapshot();
-    // Garbage: too short for any message, an unknown type, a data message for no session, a
-    // handshake initiation of random bytes.
-    let garbage: [&[u8]; 5] = [b"", b"x", &[9u8; 40], &[4u8; 40], &[1u8; 148]];
+    // Garbage: too short for any message, an unknown type, a data message for no session,
+    // 148 bytes of 1 (no message type), a handshake initiation of zeros (its mac1 wrong).
+    let mut zeros = [0u8; 148];
+    zeros[0] = 1;
+    let garbage: [&[u8]; 6] = [b"", b"x", &[9u8; 40], &[4u8; 40], &[1u8; 148], &zeros];
     for junk in garbage {
         attacker.send_to(junk, addr_b).unwrap();
     }
@@ -219,7 +223,11 @@ fn garbage_and_replayed_datagrams_are_counted_and_change_nothing() {
         eventually(|| {
             let s = b.counters.snapshot();
             let drops = |s: &tunpipe::wireguard::WireGuardStats| {
-                s.drop_garbage + s.drop_no_session + s.drop_auth_failure + s.drop_replay
+                s.drop_garbage
+                    + s.drop_no_session
+                    + s.drop_auth_failure
+                    + s.drop_replay
+                    + s.drop_bad_mac1
             };
             drops(&s) - drops(&before) >= expected
         }),
@@ -227,6 +235,12 @@ fn garbage_and_replayed_datagrams_are_counted_and_change_nothing() {
         b.counters.snapshot()
     );
     let after = b.counters.snapshot();
+    // The initiation of zeros was dropped for its mac1: no Diffie-Hellman, no failure.
+    assert_eq!(after.drop_bad_mac1 - before.drop_bad_mac1, 1, "{after:?}");
+    assert_eq!(
+        after.drop_auth_failure, before.drop_auth_failure,
+        "{after:?}"
+    );
     // The 5 data datagrams and the initiation come back as replays.
     assert!(after.drop_replay - before.drop_replay >= 6, "{after:?}");
     assert_eq!(
@@ -419,4 +433,160 @@ fn overlapping_allowed_ips_route_by_the_longest_prefix_and_a_peer_speaks_only_fo
     for end in [&a, &b, &c] {
         stop_and_check(end);
     }
+}
+
+/// Whether `datagram` is a WireGuard cookie reply (type 3, 64 bytes).
+fn is_cookie_reply(datagram: &[u8]) -> bool {
+    datagram.len() == 64 && datagram[0] == 3
+}
+
+/// A handshake initiation from a key nobody configured, made for `to` (its mac1 is valid: it
+/// takes only the responder's public key).
+fn strangers_initiation(to: &tunpipe::wireguard::Key) -> Vec<u8> {
+    use boringtun::noise::{Tunn, TunnResult};
+    use boringtun::x25519::{PublicKey, StaticSecret};
+    let stranger = KeyPair::generate();
+    let mut tunn = Tunn::new(
+        StaticSecret::from(*stranger.private.as_bytes()),
+        PublicKey::from(*to.as_bytes()),
+        None,
+        None,
+        1,
+        None,
+    );
+    let mut buf = [0u8; 256];
+    match tunn.format_handshake_initiation(&mut buf, false) {
+        TunnResult::WriteToNetwork(message) => message.to_vec(),
+        _ => panic!("no initiation"),
+    }
+}
+
+/// Sends `datagram` to `to` from `from`, a few thousand times a second, until dropped.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Flood {
+    fn start(from: UdpSocket, datagram: Vec<u8>, to: SocketAddr) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if from.send_to(&datagram, to).is_ok() {
+                        sent += 1;
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                sent
+            })
+        };
+        Flood {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap())
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn under_a_flood_of_valid_initiations_cookies_answer_and_a_peer_gets_through_with_one() {
+    // X has two peers: A, a tunpipe end that reaches X through a relay keeping a copy of
+    // what X sends it, and C, never heard from.
+    const X: [u8; 4] = [10, 0, 0, 2];
+    let (udp_a, udp_x) = (loopback_udp(), loopback_udp());
+    let (addr_a, addr_x) = (udp_a.local_addr().unwrap(), udp_x.local_addr().unwrap());
+    let relay = Relay::start(addr_a, addr_x);
+    let (ka, kx, kc) = (
+        KeyPair::generate(),
+        KeyPair::generate(),
+        KeyPair::generate(),
+    );
+    let peer = |public, endpoint, allowed_ips| PeerText {
+        public,
+        endpoint,
+        allowed_ips,
+    };
+    let text_x = config_text(
+        &kx.private,
+        "10.0.0.2/24",
+        &[
+            peer(&ka.public, None, "10.0.0.1/32"),
+            peer(&kc.public, None, "10.0.0.3/32"),
+        ],
+    );
+    let text_a = config_text(
+        &ka.private,
+        "10.0.0.1/24",
+        &[peer(&kx.public, Some(relay.addr()), "10.0.0.2/32")],
+    );
+    let mut x = End::start(&text_x, udp_x, 0);
+    let mut a = End::start(&text_a, udp_a, 0);
+
+    // A stranger floods X with one initiation made for X's key (a valid mac1), again and
+    // again, from another loopback address: past the device's limit, X answers each with a
+    // cookie, and does no Diffie-Hellman for it.
+    let attacker = UdpSocket::bind("127.0.0.2:0").unwrap_or_else(|_| loopback_socket());
+    let mut flood = Flood::start(attacker, strangers_initiation(&kx.public), addr_x);
+    assert!(
+        eventually(|| x.counters.snapshot().cookie_replies >= 1),
+        "{:?}",
+        x.counters.snapshot()
+    );
+
+    // While the flood lasts, A's first initiation is answered with a cookie (unless it came
+    // just after the limiter's count started again: then A starts over), and its next one,
+    // with a mac2 made with that cookie, completes the handshake.
+    let mut through_a_cookie = false;
+    for attempt in 0..5 {
+        send(&mut a.app_tx, &packet(A, X, attempt));
+        // The packet waits in A for the handshake, and arrives when it completes.
+        assert!(
+            eventually(|| x.app_rx.recv_with(|p| p.to_vec()).is_some()),
+            "A: {:?}, X: {:?}",
+            a.counters.snapshot(),
+            x.counters.snapshot()
+        );
+        if relay
+            .captured_from(addr_x)
+            .iter()
+            .any(|d| is_cookie_reply(d))
+        {
+            through_a_cookie = true;
+            break;
+        }
+        a.restart(&text_a, 0);
+    }
+    assert!(through_a_cookie, "A never got a cookie from X");
+    carry(&mut a, &mut x, A, X, 5);
+    carry(&mut x, &mut a, X, A, 5);
+    let before = x.counters.snapshot().cookie_replies;
+    assert!(eventually(|| x.counters.snapshot().cookie_replies > before));
+    let sent = flood.stop();
+    let s = x.counters.snapshot();
+    eprintln!("flood: {sent} initiations sent; X: {s:?}");
+    assert!(s.handshakes_completed >= 1, "{s:?}");
+    assert!(
+        s.cookie_replies <= sent,
+        "{} cookies for {sent} initiations",
+        s.cookie_replies
+    );
+    stop_and_check(&a);
+    stop_and_check(&x);
+}
+
+fn loopback_socket() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").unwrap()
 }

@@ -170,8 +170,14 @@ pub struct TunpipeTunnelStats {
     pub outbound_held: u64,
     /// Inbound packets held now (0 for WireGuard, which holds only outbound packets).
     pub inbound_held: u64,
+    /// Dropped: a handshake message with a bad mac1 (not made with this end's public key),
+    /// before any Diffie-Hellman: junk, or a peer holding another key for this end.
+    pub drop_bad_mac1: u64,
+    /// Cookie replies sent: handshake messages that came while the device was past its rate
+    /// limit without a valid mac2, and got a cookie instead of an answer.
+    pub cookie_replies: u64,
     /// Zero; room for counters added later.
-    pub reserved: [u64; 14],
+    pub reserved: [u64; 12],
 }
 
 impl Default for TunpipeTunnelStats {
@@ -200,7 +206,9 @@ impl Default for TunpipeTunnelStats {
             drop_garbage: 0,
             outbound_held: 0,
             inbound_held: 0,
-            reserved: [0; 14],
+            drop_bad_mac1: 0,
+            cookie_replies: 0,
+            reserved: [0; 12],
         }
     }
 }
@@ -341,7 +349,9 @@ impl TunpipeTunnelStats {
             drop_no_endpoint: w.drop_no_endpoint,
             drop_no_handshake: w.drop_no_handshake,
             drop_garbage: w.drop_garbage,
-            reserved: [0; 14],
+            drop_bad_mac1: w.drop_bad_mac1,
+            cookie_replies: w.cookie_replies,
+            reserved: [0; 12],
         }
     }
 }

@@ -14,6 +14,13 @@
 //! its latest authenticated datagram came from (roaming), and flushes the packets `Tunn`
 //! queued during a handshake once it completes.
 //!
+//! Handshake messages are the attack surface: anyone can send them, and answering one costs
+//! Diffie-Hellman operations. So each passes a door first (`WireGuard::screen`): its mac1 (a
+//! keyed hash with this end's public key) is checked before any Diffie-Hellman, then one rate
+//! limiter for the whole device (boringtun's, shared by every peer's `Tunn`) counts it; past
+//! [`HANDSHAKE_RATE_LIMIT`] a second, a message must carry a mac2 made with a cookie for its
+//! sender's address, and one without gets that cookie in reply instead of an answer.
+//!
 //! Its config is the standard wg-quick file ([`WgConfig`]). Its counters
 //! ([`WireGuard::counters`]) say how many handshakes completed or failed and why packets
 //! were dropped. Keys never reach a log.
@@ -36,13 +43,14 @@ use crate::wire::{check_ip, IpVersion, Ipv4Packet, Ipv6Packet};
 use allowed_ips::AllowedIps;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use deadlines::Deadlines;
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use timers::PeerTimers;
 
 /// Bytes WireGuard adds to a packet: a 16-byte header and a 16-byte authentication tag.
@@ -61,21 +69,21 @@ pub fn engine_reserved_bytes(config: &crate::Config) -> usize {
 }
 
 /// Bytes a WireGuard stage holds for `peers` peers with `prefixes` AllowedIPs prefixes in
-/// all. A peer's `Tunn` is about 11 KiB, most of it room for its sessions, held inline; each
-/// also has a rate limiter, and each prefix an entry in the AllowedIPs trie (counted as two
-/// prefix-and-peer pairs, for the trie's nodes).
+/// all. A peer's `Tunn` is about 11 KiB, most of it room for its sessions, held inline; the
+/// device has one rate limiter, and each prefix is an entry in the AllowedIPs trie (counted as
+/// two prefix-and-peer pairs, for the trie's nodes).
 /// tests/sizes.rs holds this within 20% of the memory a started tunnel adds.
 pub fn state_bytes(peers: usize, prefixes: usize) -> usize {
     use std::mem::size_of;
     // What the allocator adds to a heap block, about.
     const BLOCK: usize = 16;
-    let per_peer = size_of::<Peer>()
-        + size_of::<boringtun::noise::rate_limiter::RateLimiter>()
-        + 2 * size_of::<usize>()
-        + 2 * BLOCK
-        + Deadlines::PER_PEER;
+    // A peer, and its place among the deadlines.
+    let per_peer = size_of::<Peer>() + Deadlines::PER_PEER;
     let per_prefix = 2 * size_of::<(IpNet, usize)>();
+    // The device's one rate limiter, in its `Arc` block.
+    let limiter = size_of::<RateLimiter>() + 2 * size_of::<usize>() + BLOCK;
     size_of::<WireGuard>()
+        + limiter
         + SCRATCH
         + peers.saturating_mul(per_peer)
         + prefixes.saturating_mul(per_prefix)
@@ -103,6 +111,22 @@ const HANDSHAKE_RESPONSE: u8 = 2;
 const COOKIE_REPLY: u8 = 3;
 const DATA: u8 = 4;
 
+/// Handshake messages (initiations and responses, with a valid mac1) a second the device
+/// answers before it asks for cookies: boringtun's own device's figure. One limit for the
+/// whole device, whatever the number of peers.
+pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// The limit given to the [`RateLimiter`]: it counts each handshake message twice, once at
+/// the stage's door (`WireGuard::screen`) and once inside `Tunn::decapsulate`, which checks
+/// again with the same limiter.
+const LIMITER_COUNT: u64 = 2 * HANDSHAKE_RATE_LIMIT;
+
+/// How often the rate limiter's count starts again (boringtun's `RESET_PERIOD`).
+const LIMITER_PERIOD: Duration = Duration::from_secs(1);
+
+/// The bytes of a cookie reply.
+const COOKIE_REPLY_SIZE: usize = 64;
+
 /// The WireGuard stage: one tunnel end and its peers. Build it from a wg-quick config and
 /// run it with [`crate::Builder::start_tunnel`] between a TUN and a [`crate::UdpDevice`].
 pub struct WireGuard {
@@ -119,6 +143,15 @@ pub struct WireGuard {
     counters: Arc<WireGuardCounters>,
     private: StaticSecret,
     public: PublicKey,
+    /// The device's one rate limiter, shared by every peer's `Tunn`.
+    limiter: Arc<RateLimiter>,
+    /// When the limiter's count last started again. It is reset when a handshake message
+    /// arrives a period or more after that, never by a timer: an idle tunnel does not wake
+    /// for it.
+    limiter_reset: Instant,
+    /// Diffie-Hellman operations the stage did to learn who sent an initiation (only with
+    /// several peers; each `Tunn` does its own after its own checks).
+    anonymous_opens: u64,
 }
 
 struct Peer {
@@ -146,6 +179,7 @@ impl WireGuard {
         let private = StaticSecret::from(*config.interface.private_key.as_bytes());
         let public = PublicKey::from(&private);
         let now = Instant::now();
+        let limiter = Arc::new(RateLimiter::new(&public, LIMITER_COUNT));
         let mut peers = Vec::with_capacity(config.peers.len());
         let mut allowed_ips = AllowedIps::default();
         for (index, p) in config.peers.iter().enumerate() {
@@ -170,7 +204,7 @@ impl WireGuard {
                 p.preshared_key.as_ref().map(|k| *k.as_bytes()),
                 p.persistent_keepalive,
                 index as u32,
-                None,
+                Some(limiter.clone()),
             );
             for net in &p.allowed_ips {
                 if let Some(before) = allowed_ips.insert(*net, index) {
@@ -209,6 +243,9 @@ impl WireGuard {
             counters,
             private,
             public,
+            limiter,
+            limiter_reset: now,
+            anonymous_opens: 0,
         })
     }
 
@@ -241,8 +278,48 @@ impl WireGuard {
         )
     }
 
+    /// The door every handshake message passes before any Diffie-Hellman: its mac1, then the
+    /// device's rate limiter, which under load wants a mac2 made with a cookie for the
+    /// sender's address and answers a message without one with that cookie. `None` lets the
+    /// message on; otherwise what became of it (dropped, or a cookie reply in its place).
+    fn screen(&mut self, packet: &mut PacketBuf, from: SocketAddr, now: Instant) -> Option<Action> {
+        if now.saturating_duration_since(self.limiter_reset) >= LIMITER_PERIOD {
+            // The count starts again (boringtun checks the period once more on its clock).
+            self.limiter.reset_count();
+            self.limiter_reset = now;
+        }
+        let mut cookie = [0u8; COOKIE_REPLY_SIZE];
+        let verdict = match self
+            .limiter
+            .verify_packet(Some(from.ip()), packet.data(), &mut cookie)
+        {
+            Ok(_) => return None,
+            Err(TunnResult::WriteToNetwork(reply)) => Ok(reply.len()),
+            Err(TunnResult::Err(e)) => Err(e),
+            Err(_) => Err(WireGuardError::InvalidPacket),
+        };
+        Some(match verdict {
+            Ok(len) => {
+                self.counters.cookie_sent();
+                match place(packet, &cookie[..len], Some(from)) {
+                    Ok(()) => Action::Reply,
+                    Err(()) => Action::Consume,
+                }
+            }
+            Err(WireGuardError::InvalidMac) => {
+                // Not made for this end's key: junk, or a peer that has another key for us.
+                self.counters.dropped(DropReason::BadMac1);
+                Action::Drop
+            }
+            Err(e) => {
+                self.counters.dropped(reason_of(&e));
+                Action::Drop
+            }
+        })
+    }
+
     /// The peer an inbound datagram is for.
-    fn peer_of(&self, datagram: &[u8]) -> Result<usize, DropReason> {
+    fn peer_of(&mut self, datagram: &[u8]) -> Result<usize, DropReason> {
         let by_index = |receiver: u32| {
             let index = (receiver >> 8) as usize;
             if index < self.peers.len() {
@@ -258,7 +335,9 @@ impl WireGuard {
                     return Ok(0);
                 }
                 // Which peer initiates is known only from its static key, encrypted in the
-                // message: open that much of it (a Diffie-Hellman, once per handshake).
+                // message: open that much of it (a Diffie-Hellman, once per handshake; its
+                // mac1 and the rate limit were checked first, in `screen`).
+                self.anonymous_opens += 1;
                 let half = parse_handshake_anon(&self.private, &self.public, &init)
                     .map_err(|_| DropReason::AuthFailure)?;
                 self.peers
@@ -382,6 +461,11 @@ impl WireGuard {
         };
         let kind = packet.data().first().copied().unwrap_or(0);
         let handshake = kind == HANDSHAKE_INIT || kind == HANDSHAKE_RESPONSE;
+        if handshake {
+            if let Some(action) = self.screen(packet, from, out.now()) {
+                return action;
+            }
+        }
         let peer = match self.peer_of(packet.data()) {
             Ok(peer) => {
                 self.touched = Some(peer);
@@ -400,7 +484,10 @@ impl WireGuard {
         let (p, scratch, counters, allowed_ips) = self.peer_parts(peer);
         match p.tunn.decapsulate(Some(from.ip()), packet.data(), scratch) {
             TunnResult::WriteToNetwork(reply) => {
-                if reply.first() != Some(&COOKIE_REPLY) {
+                if reply.first() == Some(&COOKIE_REPLY) {
+                    // The load came between the door and here.
+                    counters.cookie_sent();
+                } else {
                     // An authenticated handshake message: a session now exists.
                     roam(p, peer, from, counters);
                     p.timers
@@ -706,15 +793,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A stage with one peer, and a place for what it emits.
+    /// A stage, a place for what it emits, and a clock that stands still (so the rate
+    /// limiter's count never starts again during a test).
     struct Rig {
         stage: WireGuard,
         spare: Vec<PacketBuf>,
         emitted: Vec<(Side, PacketBuf)>,
         tally: crate::stage::EmitTally,
+        now: Instant,
     }
 
+    /// Where the first peer of [`Rig::two_peers`] is, and where a flood comes from.
+    const PEER_A: ([u8; 4], u16) = ([192, 0, 2, 1], 51820);
+    const ATTACKER: ([u8; 4], u16) = ([198, 51, 100, 7], 40000);
+
     impl Rig {
+        /// A stage with one peer.
         fn new() -> Rig {
             let text = format!(
                 "[Interface]\nPrivateKey = {}\n[Peer]\nPublicKey = {}\n\
@@ -722,13 +816,52 @@ mod tests {
                 Key::generate().to_base64(),
                 Key::generate().public_key().to_base64()
             );
-            let stage = WireGuard::new(&WgConfig::parse(&text).unwrap()).unwrap();
+            Rig::with(&text)
+        }
+
+        /// A stage with private key `own` and two peers, `a` (at [`PEER_A`]) and `b`.
+        fn two_peers(own: &Key, a: &Key, b: &Key) -> Rig {
+            let text = format!(
+                "[Interface]\nPrivateKey = {}\n\
+                 [Peer]\nPublicKey = {}\nEndpoint = 192.0.2.1:51820\nAllowedIPs = 10.1.0.0/16\n\
+                 [Peer]\nPublicKey = {}\nEndpoint = 192.0.2.2:51820\nAllowedIPs = 10.2.0.0/16\n",
+                own.to_base64(),
+                a.public_key().to_base64(),
+                b.public_key().to_base64()
+            );
+            Rig::with(&text)
+        }
+
+        fn with(text: &str) -> Rig {
+            let stage = WireGuard::new(&WgConfig::parse(text).unwrap()).unwrap();
             Rig {
                 stage,
                 spare: (0..8).map(|_| PacketBuf::new(64, 2048, 64)).collect(),
                 emitted: Vec::with_capacity(8),
                 tally: Default::default(),
+                now: Instant::now(),
             }
+        }
+
+        /// Hands the stage a datagram from `from`: what it did, and the bytes it left in the
+        /// buffer (its reply, for `Action::Reply`).
+        fn receive(&mut self, bytes: &[u8], from: ([u8; 4], u16)) -> (Action, Vec<u8>) {
+            let mut packet = PacketBuf::new(64, 2048, 64);
+            packet.fill(64, bytes).unwrap();
+            packet.set_endpoint(Some(from.into()));
+            let mut out = Emitter {
+                spare: &mut self.spare,
+                emitted: &mut self.emitted,
+                now: self.now,
+                headroom: 64,
+                capacity: 2048,
+                room: [8, 8],
+                tally: &mut self.tally,
+            };
+            let action = self
+                .stage
+                .process(Direction::Inbound, &mut packet, &mut out);
+            (action, packet.data().to_vec())
         }
 
         fn process(
@@ -743,7 +876,7 @@ mod tests {
             let mut out = Emitter {
                 spare: &mut self.spare,
                 emitted: &mut self.emitted,
-                now: Instant::now(),
+                now: self.now,
                 headroom: 64,
                 capacity: 2048,
                 room: [8, 8],
@@ -799,5 +932,143 @@ mod tests {
             Action::Drop
         );
         assert_eq!(rig.stage.counters.snapshot().drop_garbage, 1);
+    }
+
+    /// A peer's side of a handshake: boringtun's `Tunn` with private key `key`, for the stage
+    /// whose private key is `stage`.
+    fn peer_tunn(key: &Key, stage: &Key, index: u32) -> Tunn {
+        Tunn::new(
+            StaticSecret::from(*key.as_bytes()),
+            PublicKey::from(*stage.public_key().as_bytes()),
+            None,
+            None,
+            index,
+            None,
+        )
+    }
+
+    /// A handshake initiation from `tunn` (a new one, even if one is under way).
+    fn initiation(tunn: &mut Tunn) -> Vec<u8> {
+        let mut buf = [0u8; 256];
+        match tunn.format_handshake_initiation(&mut buf, true) {
+            TunnResult::WriteToNetwork(message) => message.to_vec(),
+            _ => panic!("no initiation"),
+        }
+    }
+
+    #[test]
+    fn handshake_messages_with_a_bad_mac1_are_dropped_before_any_diffie_hellman() {
+        let (own, a, b) = (Key::generate(), Key::generate(), Key::generate());
+        let mut rig = Rig::two_peers(&own, &a, &b);
+        let mut tunn_a = peer_tunn(&a, &own, 1);
+        // An initiation and a response shape followed by zeros, and a real initiation from
+        // a known peer with one bit of its mac1 (the 16 bytes before the last 16) flipped.
+        let mut junk_init = vec![0u8; 148];
+        junk_init[0] = HANDSHAKE_INIT;
+        let mut junk_response = vec![0u8; 92];
+        junk_response[0] = HANDSHAKE_RESPONSE;
+        let real = initiation(&mut tunn_a);
+        let mut flipped = real.clone();
+        flipped[real.len() - 32] ^= 1;
+        for datagram in [&junk_init, &junk_response, &flipped] {
+            for _ in 0..50 {
+                let (action, _) = rig.receive(datagram, PEER_A);
+                assert_eq!(action, Action::Drop);
+            }
+        }
+        let s = rig.stage.counters.snapshot();
+        assert_eq!(s.drop_bad_mac1, 150, "{s:?}");
+        assert_eq!(rig.stage.anonymous_opens, 0, "a Diffie-Hellman for junk");
+        assert_eq!(s.drop_auth_failure, 0, "{s:?}");
+        assert_eq!(s.handshake_failures, 0, "{s:?}");
+        assert_eq!(s.cookie_replies, 0, "{s:?}");
+        assert!(rig.emitted.is_empty());
+        // The same initiation unflipped is opened (once) and answered.
+        let (action, reply) = rig.receive(&real, PEER_A);
+        assert_eq!(action, Action::Reply);
+        assert_eq!(reply[0], HANDSHAKE_RESPONSE);
+        assert_eq!(rig.stage.anonymous_opens, 1);
+        assert_eq!(rig.stage.counters.snapshot().handshakes_completed, 1);
+    }
+
+    #[test]
+    fn with_one_peer_too_a_bad_mac1_is_dropped_as_such() {
+        let mut rig = Rig::new();
+        let mut junk = vec![0u8; 148];
+        junk[0] = HANDSHAKE_INIT;
+        assert_eq!(rig.receive(&junk, PEER_A).0, Action::Drop);
+        let s = rig.stage.counters.snapshot();
+        assert_eq!((s.drop_bad_mac1, s.drop_auth_failure), (1, 0), "{s:?}");
+    }
+
+    #[test]
+    fn past_the_rate_limit_initiations_get_cookies_and_a_peer_completes_through_one() {
+        let (own, a, b) = (Key::generate(), Key::generate(), Key::generate());
+        let mut rig = Rig::two_peers(&own, &a, &b);
+        // A flood of initiations made for this end's key (a valid mac1) by a stranger: the
+        // same datagram again and again. Each counts once against the device's limit (it
+        // reaches no peer's `Tunn`); the clock stands still, so the count never starts again.
+        let stranger = Key::generate();
+        let flood = initiation(&mut peer_tunn(&stranger, &own, 9));
+        for _ in 0..LIMITER_COUNT {
+            let (action, _) = rig.receive(&flood, ATTACKER);
+            assert_eq!(action, Action::Drop);
+        }
+        assert_eq!(rig.stage.counters.snapshot().cookie_replies, 0);
+        let opened = rig.stage.anonymous_opens;
+        assert_eq!(opened, LIMITER_COUNT);
+        // Under load now: each gets a cookie reply instead, with no Diffie-Hellman.
+        for _ in 0..100 {
+            let (action, reply) = rig.receive(&flood, ATTACKER);
+            assert_eq!(action, Action::Reply);
+            assert_eq!((reply[0], reply.len()), (COOKIE_REPLY, COOKIE_REPLY_SIZE));
+        }
+        assert_eq!(rig.stage.anonymous_opens, opened);
+        assert_eq!(rig.stage.counters.snapshot().cookie_replies, 100);
+        // A known peer's initiation gets a cookie too; its next one carries a mac2 made with
+        // that cookie, and the handshake completes while the flood's load lasts.
+        let mut tunn_a = peer_tunn(&a, &own, 1);
+        let (action, cookie) = rig.receive(&initiation(&mut tunn_a), PEER_A);
+        assert_eq!(action, Action::Reply);
+        assert_eq!(cookie[0], COOKIE_REPLY);
+        let mut buf = [0u8; 256];
+        let stage_ip = Some(IpAddr::from([192, 0, 2, 100]));
+        assert!(matches!(
+            tunn_a.decapsulate(stage_ip, &cookie, &mut buf),
+            TunnResult::Done
+        ));
+        let (action, response) = rig.receive(&initiation(&mut tunn_a), PEER_A);
+        assert_eq!(action, Action::Reply);
+        assert_eq!(response[0], HANDSHAKE_RESPONSE);
+        // The peer takes the response: its session is up (it answers with a keepalive).
+        match tunn_a.decapsulate(stage_ip, &response, &mut buf) {
+            TunnResult::WriteToNetwork(keepalive) => assert_eq!(keepalive[0], DATA),
+            other => panic!("{other:?}"),
+        }
+        let s = rig.stage.counters.snapshot();
+        assert_eq!(s.handshakes_completed, 1, "{s:?}");
+        assert_eq!(s.cookie_replies, 101, "{s:?}");
+        assert_eq!(s.drop_bad_mac1, 0, "{s:?}");
+    }
+
+    #[test]
+    fn the_limit_starts_again_when_a_handshake_message_comes_a_second_later_without_a_timer() {
+        let own = Key::generate();
+        let mut rig = Rig::two_peers(&own, &Key::generate(), &Key::generate());
+        let flood = initiation(&mut peer_tunn(&Key::generate(), &own, 9));
+        for _ in 0..=LIMITER_COUNT {
+            rig.receive(&flood, ATTACKER);
+        }
+        assert_eq!(rig.stage.counters.snapshot().cookie_replies, 1);
+        // The limiter asks for no wake-up: an idle stage has no deadline.
+        assert_eq!(DuplexStage::next_deadline(&rig.stage), None);
+        // A second later (on boringtun's clock too: it checks the period again on its own),
+        // the next handshake message starts the count again and is answered, not cookied.
+        std::thread::sleep(LIMITER_PERIOD + Duration::from_millis(100));
+        rig.now = Instant::now();
+        let (action, _) = rig.receive(&flood, ATTACKER);
+        assert_eq!(action, Action::Drop, "an unknown key: opened and refused");
+        assert_eq!(rig.stage.counters.snapshot().cookie_replies, 1);
+        assert_eq!(rig.stage.anonymous_opens, LIMITER_COUNT + 1);
     }
 }

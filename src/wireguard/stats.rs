@@ -27,9 +27,12 @@ pub enum DropReason {
     /// An outbound packet waited for a handshake that never completed (given up after 90 s),
     /// or found the queue of waiting packets full (256).
     NoHandshake,
+    /// A handshake message whose mac1 is not made with this end's public key: junk, or a
+    /// peer that holds another key for this end. Dropped before any Diffie-Hellman.
+    BadMac1,
 }
 
-const REASONS: usize = 8;
+const REASONS: usize = 9;
 
 /// The WireGuard stage's counters, shared with whoever asked for them
 /// ([`crate::wireguard::WireGuard::counters`]).
@@ -38,6 +41,7 @@ pub struct WireGuardCounters {
     handshakes_completed: AtomicU64,
     handshake_failures: AtomicU64,
     handshake_initiations: AtomicU64,
+    cookie_replies: AtomicU64,
     /// Seconds since the Unix epoch of the last completed handshake (0: none).
     last_handshake: AtomicU64,
     /// Data packets and their bytes (inner, decrypted sizes): sent, received.
@@ -61,6 +65,10 @@ pub struct WireGuardStats {
     pub handshake_failures: u64,
     /// Handshake initiations sent.
     pub handshake_initiations: u64,
+    /// Cookie replies sent: handshake messages with a valid mac1 that came while the device
+    /// was under load (past its rate limit) without a valid mac2, and got a cookie instead of
+    /// an answer.
+    pub cookie_replies: u64,
     /// How long ago the last handshake completed; `None` if none has.
     pub since_last_handshake: Option<Duration>,
     /// Data packets sent to the peers (keepalives not counted), and their inner bytes.
@@ -87,6 +95,9 @@ pub struct WireGuardStats {
     pub drop_garbage: u64,
     /// Dropped: waited for a handshake that never completed, or found the wait queue full.
     pub drop_no_handshake: u64,
+    /// Dropped: a handshake message with a bad mac1 (not made with this end's public key),
+    /// before any Diffie-Hellman. Not counted as a handshake failure.
+    pub drop_bad_mac1: u64,
     /// Each peer's current endpoint, in the config's order.
     pub endpoints: Vec<Option<SocketAddr>>,
 }
@@ -102,6 +113,7 @@ impl WireGuardStats {
             + self.drop_no_endpoint
             + self.drop_garbage
             + self.drop_no_handshake
+            + self.drop_bad_mac1
     }
 }
 
@@ -111,6 +123,7 @@ impl WireGuardCounters {
             handshakes_completed: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
             handshake_initiations: AtomicU64::new(0),
+            cookie_replies: AtomicU64::new(0),
             last_handshake: AtomicU64::new(0),
             tx_packets: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
@@ -144,6 +157,10 @@ impl WireGuardCounters {
 
     pub(crate) fn initiation_sent(&self) {
         self.handshake_initiations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn cookie_sent(&self) {
+        self.cookie_replies.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn data_sent(&self, bytes: usize) {
@@ -180,6 +197,7 @@ impl WireGuardCounters {
             handshakes_completed: get(&self.handshakes_completed),
             handshake_failures: get(&self.handshake_failures),
             handshake_initiations: get(&self.handshake_initiations),
+            cookie_replies: get(&self.cookie_replies),
             since_last_handshake,
             tx_packets: get(&self.tx_packets),
             tx_bytes: get(&self.tx_bytes),
@@ -193,6 +211,7 @@ impl WireGuardCounters {
             drop_no_endpoint: drop(DropReason::NoEndpoint),
             drop_garbage: drop(DropReason::Garbage),
             drop_no_handshake: drop(DropReason::NoHandshake),
+            drop_bad_mac1: drop(DropReason::BadMac1),
             endpoints: self.endpoints.lock().clone(),
         }
     }

@@ -319,10 +319,12 @@ fn tunnel_rows(s: &WireGuardStats, udp: &UdpDevice) {
     row(
         "handshakes",
         format!(
-            "{} completed, {} failed, {} initiations sent; last {}",
+            "{} completed, {} failed, {} initiations sent, {} cookie replies sent (under \
+             load); last {}",
             s.handshakes_completed,
             s.handshake_failures,
             s.handshake_initiations,
+            s.cookie_replies,
             s.since_last_handshake
                 .map_or("never".to_string(), |d| format!("{} s ago", d.as_secs()))
         ),
@@ -349,8 +351,8 @@ fn tunnel_rows(s: &WireGuardStats, udp: &UdpDevice) {
         "tunnel drops",
         format!(
             "{} in all: authentication {}, replay {}, not allowed {}, no session {}, no peer \
-             {}, no endpoint {}, no handshake {}, garbage {} (why the stage dropped: most \
-             are among the stage drops above)",
+             {}, no endpoint {}, no handshake {}, garbage {}, bad mac1 {} (why the stage \
+             dropped: most are among the stage drops above)",
             group(s.dropped()),
             s.drop_auth_failure,
             s.drop_replay,
@@ -359,7 +361,8 @@ fn tunnel_rows(s: &WireGuardStats, udp: &UdpDevice) {
             s.drop_no_peer,
             s.drop_no_endpoint,
             s.drop_no_handshake,
-            s.drop_garbage
+            s.drop_garbage,
+            s.drop_bad_mac1
         ),
     );
     let endpoints: Vec<String> = s

@@ -275,6 +275,11 @@ public struct TunPipeTunnelStats: Codable, Sendable {
     public var outboundHeld: UInt64
     /// Inbound packets held now (0 for WireGuard).
     public var inboundHeld: UInt64
+    /// Dropped: a handshake message with a bad mac1, before any Diffie-Hellman.
+    public var dropBadMac1: UInt64
+    /// Cookie replies sent: handshake messages that came past the rate limit without a valid
+    /// mac2.
+    public var cookieReplies: UInt64
 
     init(_ t: TunpipeTunnelStats) {
         peers = t.peers
@@ -303,6 +308,8 @@ public struct TunPipeTunnelStats: Codable, Sendable {
         dropGarbage = t.drop_garbage
         outboundHeld = t.outbound_held
         inboundHeld = t.inbound_held
+        dropBadMac1 = t.drop_bad_mac1
+        cookieReplies = t.cookie_replies
     }
 
     static func read(_ fill: (UnsafeMutablePointer<TunpipeTunnelStats>) -> Int32) throws -> TunPipeTunnelStats {
