@@ -590,3 +590,60 @@ fn under_a_flood_of_valid_initiations_cookies_answer_and_a_peer_gets_through_wit
 fn loopback_socket() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").unwrap()
 }
+
+#[test]
+fn a_persistent_keepalive_of_5_s_goes_out_every_5_s_for_a_minute() {
+    // A keeps its tunnel to B open with PersistentKeepalive = 5 and sends nothing else; the
+    // relay between them records when each datagram from A passed. (WireGuard says the gap is
+    // the interval; the issue asks 5 ± 1 s over 60 s.)
+    let (udp_a, udp_b) = (loopback_udp(), loopback_udp());
+    let (addr_a, addr_b) = (udp_a.local_addr().unwrap(), udp_b.local_addr().unwrap());
+    let relay = Relay::start(addr_a, addr_b);
+    let (ka, kb) = (KeyPair::generate(), KeyPair::generate());
+    let text_a = config_text(
+        &ka.private,
+        "10.0.0.1/32",
+        &[PeerText {
+            public: &kb.public,
+            endpoint: Some(relay.addr()),
+            allowed_ips: "10.0.0.2/32",
+        }],
+    ) + "PersistentKeepalive = 5\n";
+    let text_b = config_text(
+        &kb.private,
+        "10.0.0.2/32",
+        &[PeerText {
+            public: &ka.public,
+            endpoint: None,
+            allowed_ips: "10.0.0.1/32",
+        }],
+    );
+    let started = std::time::Instant::now();
+    let a = End::start(&text_a, udp_a, 0);
+    let b = End::start(&text_b, udp_b, 0);
+    // Keepalives: data messages (type 4) carrying nothing, 32 bytes. The first seconds hold
+    // the handshake and the keepalive that confirms it; the rhythm is counted after them.
+    let keepalives = || {
+        relay
+            .arrivals_from(addr_a)
+            .into_iter()
+            .filter(|(at, d)| d.len() == 32 && d[0] == 4 && *at > started + Duration::from_secs(3))
+            .map(|(at, _)| at)
+            .collect::<Vec<_>>()
+    };
+    assert!(eventually_within(Duration::from_secs(90), || {
+        keepalives()
+            .last()
+            .is_some_and(|&at| at > started + Duration::from_secs(63))
+    }));
+    let times = keepalives();
+    let gaps: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    println!("persistent keepalive gaps (s): {gaps:.3?}");
+    assert!(gaps.len() >= 11, "{gaps:?}");
+    assert!(gaps.iter().all(|g| (4.0..=6.0).contains(g)), "{gaps:?}");
+    stop_and_check(&a);
+    stop_and_check(&b);
+}

@@ -182,8 +182,8 @@ pub fn loopback_udp() -> UdpDevice {
     UdpDevice::bind("127.0.0.1:0".parse().expect("an address")).expect("bind on loopback")
 }
 
-/// A datagram a [`Relay`] passed, and where it came from.
-type Captured = (SocketAddr, Vec<u8>);
+/// A datagram a [`Relay`] passed, where it came from, and when.
+type Captured = (SocketAddr, Vec<u8>, std::time::Instant);
 
 /// A UDP relay on loopback between two ends that keeps a copy of every datagram it passes:
 /// what an attacker on the path sees, to replay later.
@@ -225,7 +225,8 @@ impl Relay {
                     };
                     let to = if from == a { b } else { a };
                     let _ = socket.send_to(&buf[..n], to);
-                    captured.lock().push((from, buf[..n].to_vec()));
+                    let at = std::time::Instant::now();
+                    captured.lock().push((from, buf[..n].to_vec(), at));
                 }
             })
         };
@@ -247,8 +248,18 @@ impl Relay {
         let captured = self.captured.lock();
         captured
             .iter()
-            .filter(|(f, _)| *f == from)
-            .map(|(_, d)| d.clone())
+            .filter(|(f, _, _)| *f == from)
+            .map(|(_, d, _)| d.clone())
+            .collect()
+    }
+
+    /// When each datagram from `from` passed, with its bytes.
+    pub fn arrivals_from(&self, from: SocketAddr) -> Vec<(std::time::Instant, Vec<u8>)> {
+        let captured = self.captured.lock();
+        captured
+            .iter()
+            .filter(|(f, _, _)| *f == from)
+            .map(|(_, d, at)| (*at, d.clone()))
             .collect()
     }
 }
