@@ -426,8 +426,7 @@ impl WireGuard {
                 if queue_full {
                     // `Tunn` had no room to hold the packet, yet starts a handshake: the
                     // initiation goes out on its own and the packet is dropped.
-                    let message = packet.data().to_vec();
-                    send_own(p, peer, &message, counters, out);
+                    send_own(p, peer, packet.data(), counters, out);
                     counters.dropped(DropReason::NoHandshake);
                     return Action::Drop;
                 }
