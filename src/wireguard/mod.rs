@@ -384,7 +384,7 @@ impl WireGuard {
             }
             _ => {}
         }
-        peer.timers.ticked(now);
+        peer.timers.ticked(now, Instant::now());
         if peer.flush_due.is_some_and(|due| due <= now) {
             flush(peer, index, scratch, counters, out);
         }

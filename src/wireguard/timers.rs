@@ -108,9 +108,13 @@ impl PeerTimers {
         ];
     }
 
-    /// The timers ran (`update_timers`) at `now`: every timer due has fired, and the
-    /// persistent keepalive (if any) starts its next interval.
-    pub(crate) fn ticked(&mut self, now: Instant) {
+    /// The timers ran (`update_timers`): every timer due at `now` (read before the call) has
+    /// fired, and the persistent keepalive, if it was due, starts its next interval from
+    /// `ran` (read after the call). boringtun counts that interval from its own clock at the
+    /// call; counted from `now`, which may be earlier (many peers run on one reading), our
+    /// next deadline could come before boringtun's, find it not due, and so slip a whole
+    /// interval.
+    pub(crate) fn ticked(&mut self, now: Instant, ran: Instant) {
         self.last_tick = now;
         let due = |t: &mut Option<Instant>| {
             if t.is_some_and(|t| t <= now) {
@@ -123,7 +127,7 @@ impl PeerTimers {
         self.session.iter_mut().for_each(due);
         if let (Some(every), Some(at)) = (self.persistent_keepalive, self.persistent) {
             if at <= now {
-                self.persistent = Some(now + every + SLACK);
+                self.persistent = Some(ran.max(now) + every + SLACK);
             }
         }
     }
@@ -175,7 +179,7 @@ mod tests {
         t.initiation_sent(t0);
         let retry = t.next_deadline().unwrap();
         assert!(retry >= t0 + REKEY_TIMEOUT);
-        t.ticked(retry);
+        t.ticked(retry, retry);
         // No new initiation was seen: the timer is spent, nothing repeats by itself.
         assert_eq!(t.next_deadline(), None);
         t.initiation_sent(retry);
@@ -218,9 +222,13 @@ mod tests {
             Some(t0),
             "the first one goes out at once"
         );
-        t.ticked(t0);
+        t.ticked(t0, t0);
         let next = t.next_deadline().unwrap();
         assert!(next >= t0 + secs(25) && next < t0 + secs(26));
+        // boringtun ran later than the reading the deadline was found due on: the next
+        // interval counts from when it ran, as boringtun's does.
+        t.ticked(next, next + secs(2));
+        assert!(t.next_deadline().unwrap() >= next + secs(2) + secs(25));
     }
 
     #[test]
@@ -236,7 +244,7 @@ mod tests {
         let mut now = t0 + secs(1);
         while let Some(d) = t.next_deadline().filter(|d| *d < t0 + secs(61)) {
             now = d.max(now);
-            t.ticked(now);
+            t.ticked(now, now);
             wakes += 1;
         }
         assert!(wakes <= 3, "{wakes} wake-ups in the quiet minute");
