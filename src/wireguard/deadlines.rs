@@ -5,7 +5,7 @@
 //! An indexed binary min-heap over vectors sized for every peer at start: an update moves one
 //! entry up or down, and nothing is allocated while packets flow.
 
-use std::time::Instant;
+use super::clock::Instant;
 
 /// Not in the heap.
 const ABSENT: usize = usize::MAX;

@@ -26,6 +26,7 @@
 //! were dropped. Keys never reach a log.
 
 mod allowed_ips;
+mod clock;
 mod config;
 mod deadlines;
 mod stats;
@@ -46,11 +47,12 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use clock::Instant;
 use deadlines::Deadlines;
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use timers::PeerTimers;
 
 /// Bytes WireGuard adds to a packet: a 16-byte header and a 16-byte authentication tag.
@@ -353,7 +355,7 @@ impl WireGuard {
 
     /// Runs peer `index`'s timers now if its clock is stale, before it stamps a packet.
     fn tick_if_stale(&mut self, index: usize, out: &mut Emitter<'_>) {
-        if self.peers[index].timers.stale(out.now()) {
+        if self.peers[index].timers.stale(Instant::now()) {
             self.tick(index, out);
         }
     }
@@ -361,7 +363,7 @@ impl WireGuard {
     /// Runs peer `index`'s timers (`update_timers`), sends what they make, and flushes what
     /// a handshake left queued.
     fn tick(&mut self, index: usize, out: &mut Emitter<'_>) {
-        let now = out.now();
+        let now = Instant::now();
         let (peer, scratch, counters, _) = self.peer_parts(index);
         let awaiting = peer.timers.awaiting_response();
         match peer.tunn.update_timers(scratch) {
@@ -397,7 +399,7 @@ impl WireGuard {
         };
         self.touched = Some(peer);
         self.tick_if_stale(peer, out);
-        let now = out.now();
+        let now = Instant::now();
         let (p, scratch, counters, _) = self.peer_parts(peer);
         let Some(endpoint) = p.endpoint else {
             counters.dropped(DropReason::NoEndpoint);
@@ -461,7 +463,7 @@ impl WireGuard {
         let kind = packet.data().first().copied().unwrap_or(0);
         let handshake = kind == HANDSHAKE_INIT || kind == HANDSHAKE_RESPONSE;
         if handshake {
-            if let Some(action) = self.screen(packet, from, out.now()) {
+            if let Some(action) = self.screen(packet, from, Instant::now()) {
                 return action;
             }
         }
@@ -479,7 +481,7 @@ impl WireGuard {
             }
         };
         self.tick_if_stale(peer, out);
-        let now = out.now();
+        let now = Instant::now();
         let (p, scratch, counters, allowed_ips) = self.peer_parts(peer);
         match p.tunn.decapsulate(Some(from.ip()), packet.data(), scratch) {
             TunnResult::WriteToNetwork(reply) => {
@@ -551,7 +553,7 @@ impl DuplexStage for WireGuard {
     }
 
     fn on_deadline(&mut self, out: &mut Emitter<'_>) {
-        let now = out.now();
+        let now = Instant::now();
         // Running a peer's timers moves its deadline past `now` (or clears it), so each due
         // peer comes up once; the bound is only a guard.
         for _ in 0..self.peers.len() {
@@ -563,8 +565,8 @@ impl DuplexStage for WireGuard {
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first()
+    fn next_deadline(&self) -> Option<std::time::Instant> {
+        self.deadlines.first().map(Instant::to_std)
     }
 
     fn path_changed(&mut self, out: &mut Emitter<'_>) {
@@ -676,7 +678,7 @@ fn send_own(
         return;
     };
     if out.emit(Side::Outside, |buf| fill_message(buf, message, endpoint)) {
-        note_sent(p, message, out.now(), counters);
+        note_sent(p, message, Instant::now(), counters);
     }
 }
 
@@ -695,7 +697,7 @@ fn send_held(
         return;
     };
     if out.release(Side::Outside, |buf| fill_message(buf, message, endpoint)) {
-        note_sent(p, message, out.now(), counters);
+        note_sent(p, message, Instant::now(), counters);
     }
 }
 
@@ -739,7 +741,7 @@ fn flush(
     p.flush_due = None;
     while p.endpoint.is_some() {
         if out.spare(Side::Outside) == 0 {
-            p.flush_due = Some(out.now() + FLUSH_DELAY);
+            p.flush_due = Some(Instant::now() + FLUSH_DELAY);
             return;
         }
         match p.tunn.decapsulate(None, &[], scratch) {
@@ -791,6 +793,7 @@ impl std::fmt::Debug for WireGuard {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::time::Instant;
 
     /// A stage, a place for what it emits, and a clock that stands still (so the rate
     /// limiter's count never starts again during a test).

@@ -11,7 +11,8 @@
 //! of its last tick, which is never later than ours), so a tick at a derived moment finds the
 //! timer due; at worst it runs up to one tick late.
 
-use std::time::{Duration, Instant};
+use super::clock::Instant;
+use std::time::Duration;
 
 /// Retry a handshake initiation that got no response.
 pub(crate) const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -195,7 +196,8 @@ mod tests {
         let mut t = PeerTimers::new(t0, None);
         t.data_received(t0 + secs(3));
         assert_eq!(
-            t.next_deadline().map(|d| d.duration_since(t0).as_secs()),
+            t.next_deadline()
+                .map(|d| d.saturating_duration_since(t0).as_secs()),
             Some(10)
         );
         t.sent(t0 + secs(4));
