@@ -647,3 +647,46 @@ fn a_persistent_keepalive_of_5_s_goes_out_every_5_s_for_a_minute() {
     stop_and_check(&a);
     stop_and_check(&b);
 }
+
+#[test]
+fn an_unanswered_handshake_is_retried_every_5_s() {
+    // A has a packet for B, whose end never answers: A's initiation goes out at once and is
+    // retried after REKEY_TIMEOUT (5 s), again and again (WireGuard gives up after 90 s). The
+    // relay records when each initiation passed.
+    let udp_a = loopback_udp();
+    let addr_a = udp_a.local_addr().unwrap();
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let relay = Relay::start(addr_a, silent.local_addr().unwrap());
+    let (ka, kb) = (KeyPair::generate(), KeyPair::generate());
+    let text_a = config_text(
+        &ka.private,
+        "10.0.0.1/32",
+        &[PeerText {
+            public: &kb.public,
+            endpoint: Some(relay.addr()),
+            allowed_ips: "10.0.0.2/32",
+        }],
+    );
+    let mut a = End::start(&text_a, udp_a, 0);
+    send(&mut a.app_tx, &packet(A, B, 1));
+    let initiations = || {
+        relay
+            .arrivals_from(addr_a)
+            .into_iter()
+            .filter(|(_, d)| d.len() == 148 && d[0] == 1)
+            .map(|(at, _)| at)
+            .collect::<Vec<_>>()
+    };
+    assert!(eventually_within(Duration::from_secs(40), || initiations()
+        .len()
+        >= 5));
+    let times = initiations();
+    let gaps: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    println!("handshake retry gaps (s): {gaps:.3?}");
+    assert!(gaps.iter().all(|g| (5.0..=5.5).contains(g)), "{gaps:?}");
+    assert!(a.counters.snapshot().handshake_failures >= 4);
+    stop_and_check(&a);
+}
