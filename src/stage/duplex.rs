@@ -193,7 +193,7 @@ pub(crate) struct EmitTally {
 }
 
 impl Emitter<'_> {
-    /// When the batch (or deadline) being handled began.
+    /// When the stage took its lock for this packet (or for this deadline): `std` time.
     pub fn now(&self) -> Instant {
         self.now
     }
