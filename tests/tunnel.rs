@@ -5,16 +5,15 @@
 //!
 //! The same stage against wireguard-go, on a real TUN, is in tests/wireguard/ (root).
 
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::UdpSocket;
 use std::time::Duration;
 use tunpipe::stage::Direction;
 use tunpipe_testkit::check::{assert_conserved, eventually, eventually_within};
 use tunpipe_testkit::memory::send;
 use tunpipe_testkit::packets::udp4_packet;
 use tunpipe_testkit::wg::{
-    config_text, loopback_udp, pair, pair_texts, End, KeyPair, Pair, PeerText, Relay,
+    config_text, loopback_udp, pair, pair_texts, stranger_initiation, End, Flood, KeyPair, Pair,
+    PeerText, Relay,
 };
 
 const A: [u8; 4] = [10, 0, 0, 1];
@@ -440,67 +439,6 @@ fn is_cookie_reply(datagram: &[u8]) -> bool {
     datagram.len() == 64 && datagram[0] == 3
 }
 
-/// A handshake initiation from a key nobody configured, made for `to` (its mac1 is valid: it
-/// takes only the responder's public key).
-fn strangers_initiation(to: &tunpipe::wireguard::Key) -> Vec<u8> {
-    use boringtun::noise::{Tunn, TunnResult};
-    use boringtun::x25519::{PublicKey, StaticSecret};
-    let stranger = KeyPair::generate();
-    let mut tunn = Tunn::new(
-        StaticSecret::from(*stranger.private.as_bytes()),
-        PublicKey::from(*to.as_bytes()),
-        None,
-        None,
-        1,
-        None,
-    );
-    let mut buf = [0u8; 256];
-    match tunn.format_handshake_initiation(&mut buf, false) {
-        TunnResult::WriteToNetwork(message) => message.to_vec(),
-        _ => panic!("no initiation"),
-    }
-}
-
-/// Sends `datagram` to `to` from `from`, a few thousand times a second, until dropped.
-struct Flood {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
-}
-
-impl Flood {
-    fn start(from: UdpSocket, datagram: Vec<u8>, to: SocketAddr) -> Flood {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut sent = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    if from.send_to(&datagram, to).is_ok() {
-                        sent += 1;
-                    }
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                sent
-            })
-        };
-        Flood {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(&mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().map_or(0, |t| t.join().unwrap())
-    }
-}
-
-impl Drop for Flood {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[test]
 fn under_a_flood_of_valid_initiations_cookies_answer_and_a_peer_gets_through_with_one() {
     // X has two peers: A, a tunpipe end that reaches X through a relay keeping a copy of
@@ -539,7 +477,7 @@ fn under_a_flood_of_valid_initiations_cookies_answer_and_a_peer_gets_through_wit
     // again, from another loopback address: past the device's limit, X answers each with a
     // cookie, and does no Diffie-Hellman for it.
     let attacker = UdpSocket::bind("127.0.0.2:0").unwrap_or_else(|_| loopback_socket());
-    let mut flood = Flood::start(attacker, strangers_initiation(&kx.public), addr_x);
+    let mut flood = Flood::start(attacker, stranger_initiation(&kx.public), addr_x);
     assert!(
         eventually(|| x.counters.snapshot().cookie_replies >= 1),
         "{:?}",

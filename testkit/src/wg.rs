@@ -272,3 +272,67 @@ impl Drop for Relay {
         }
     }
 }
+
+/// A handshake initiation from a key nobody configured, made for `to` (its mac1 is valid: it
+/// takes only the responder's public key).
+pub fn stranger_initiation(to: &Key) -> Vec<u8> {
+    use boringtun::noise::{Tunn, TunnResult};
+    use boringtun::x25519::{PublicKey, StaticSecret};
+    let stranger = KeyPair::generate();
+    let mut tunn = Tunn::new(
+        StaticSecret::from(*stranger.private.as_bytes()),
+        PublicKey::from(*to.as_bytes()),
+        None,
+        None,
+        1,
+        None,
+    );
+    let mut buf = [0u8; 256];
+    match tunn.format_handshake_initiation(&mut buf, false) {
+        TunnResult::WriteToNetwork(message) => message.to_vec(),
+        _ => panic!("no initiation"),
+    }
+}
+
+/// Sends `datagram` to `to` from `from`, a few thousand times a second, until dropped.
+#[derive(Debug)]
+pub struct Flood {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Flood {
+    /// Starts sending.
+    pub fn start(from: UdpSocket, datagram: Vec<u8>, to: SocketAddr) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if from.send_to(&datagram, to).is_ok() {
+                        sent += 1;
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                sent
+            })
+        };
+        Flood {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops, and says how many datagrams went out.
+    pub fn stop(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap())
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -8,7 +8,7 @@ use tunpipe_testkit::check::{check, eventually};
 use tunpipe_testkit::netns::{iperf3, iperf3_installed, iperf3_result};
 use tunpipe_testkit::ping::ping;
 use tunpipe_testkit::trials::Test;
-use tunpipe_testkit::wg::{KeyPair, Relay};
+use tunpipe_testkit::wg::{stranger_initiation, Flood, KeyPair, Relay};
 use tunpipe_testkit::wgpeer::{
     PeerOptions, TunnelEnd, WgRig, END_PORT, END_V4, END_V6, PEER_PORT, PEER_UNDERLAY, PEER_V4,
     PEER_V6,
@@ -20,7 +20,7 @@ pub const WATCHDOG: Duration = Duration::from_secs(120);
 /// The tunnel's TUN (namespaces keep tests apart).
 const TUN: &str = "tpw0";
 
-pub const TESTS: [(&str, Test); 10] = [
+pub const TESTS: [(&str, Test); 11] = [
     (
         "tunpipe_starts_the_handshake_and_ping_crosses_both_ways_v4_and_v6",
         ping_both_ways,
@@ -51,6 +51,10 @@ pub const TESTS: [(&str, Test); 10] = [
     (
         "a_destination_outside_every_allowed_ips_has_no_peer",
         destination_without_peer,
+    ),
+    (
+        "under_initiation_floods_bad_mac1_costs_nothing_and_wireguard_go_gets_through_a_cookie",
+        flood_of_valid_initiations,
     ),
 ];
 
@@ -330,5 +334,61 @@ fn destination_without_peer() -> Result<(), Failed> {
         got == 0 && s.drop_no_peer >= 2 && s.handshake_initiations == 0,
         || format!("{got} answered; {s:?}"),
     )?;
+    end.stop_conserved()
+}
+
+fn flood_of_valid_initiations() -> Result<(), Failed> {
+    // A two-peer tunnel (the second peer is never there), and wireguard-go, which knows where
+    // tunpipe is, as the first.
+    let rig = WgRig::up(&PeerOptions {
+        knows_endpoint: true,
+        ..PeerOptions::default()
+    })?;
+    let absent = KeyPair::generate();
+    let text = format!(
+        "{}\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.99.0.0/24\n",
+        rig.config_text(),
+        absent.public.to_base64()
+    );
+    let end = TunnelEnd::start(TUN, &text, 0)?;
+    // From the peer's namespace, a stranger's initiation made for tunpipe's key (its mac1 is
+    // valid), a few thousand times a second.
+    let attacker = rig.peer.run(|| UdpSocket::bind("0.0.0.0:0"))??;
+    let target = format!("{}:{END_PORT}", tunpipe_testkit::wgpeer::END_UNDERLAY).parse()?;
+    let mut flood = Flood::start(attacker, stranger_initiation(&rig.end_keys.public), target);
+    // And initiations with a bad mac1 (type 1, then zeros), dropped before any work.
+    let junk_sender = rig.peer.run(|| UdpSocket::bind("0.0.0.0:0"))??;
+    let mut junk = [0u8; 148];
+    junk[0] = 1;
+    let mut junk_flood = Flood::start(junk_sender, junk.to_vec(), target);
+    check(
+        eventually(|| end.counters.snapshot().cookie_replies > 0),
+        || format!("no cookie under load: {:?}", end.counters.snapshot()),
+    )?;
+    // wireguard-go starts the handshake: its first initiation gets a cookie, its retry (5 s
+    // later) carries a mac2 made with it and completes. Its pings wait for the session.
+    let (sent, got) = rig.ping_from_peer(END_V4, 200)?;
+    let s = end.counters.snapshot();
+    check(s.handshakes_completed == 1 && got > 0, || {
+        format!("{got} of {sent} answered: {s:?}")
+    })?;
+    // Once the session is up, ping answers while the flood goes on.
+    rig.ping_all_from_peer(END_V4, 40)?;
+    rig.ping_all_from_end(PEER_V4, 40)?;
+    let flooded = flood.stop();
+    let junked = junk_flood.stop();
+    let s = end.counters.snapshot();
+    check(
+        s.drop_bad_mac1 >= junked.saturating_sub(junked / 10),
+        || format!("{junked} bad-mac1 initiations sent: {s:?}"),
+    )?;
+    println!(
+        "{flooded} initiations sent; {} cookies; {} let past the limit, opened and dropped \
+         (unknown key); {junked} with a bad mac1, {} dropped for it",
+        s.cookie_replies, s.drop_auth_failure, s.drop_bad_mac1
+    );
+    check(s.cookie_replies > 0 && s.handshakes_completed == 1, || {
+        format!("{s:?}")
+    })?;
     end.stop_conserved()
 }
