@@ -628,3 +628,75 @@ fn an_unanswered_handshake_is_retried_every_5_s() {
     assert!(a.counters.snapshot().handshake_failures >= 4);
     stop_and_check(&a);
 }
+
+/// Sends a packet from `from`'s app every 100 ms until `to`'s app gets one; returns how long
+/// that took. (The pacing is the traffic a pinging app makes, not a measurement.)
+fn resume_time(from: &mut End, to: &mut End, limit: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        send(&mut from.app_tx, &packet(A, B, 7));
+        std::thread::sleep(Duration::from_millis(100));
+        let mut got = false;
+        while to.app_rx.recv_with(|_| ()).is_some() {
+            got = true;
+        }
+        if got {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
+/// Packets from `from` every 100 ms for `absence`, none of which reach `to`'s app.
+fn send_into_the_void(from: &mut End, absence: Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < absence {
+        send(&mut from.app_tx, &packet(A, B, 7));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_peer_that_goes_away_and_comes_back_gets_traffic_again_within_10_s() {
+    // 20 s away is past WireGuard's 15 s without an answer, so A has started handshakes
+    // that nobody answers by the time B is back.
+    let absence = Duration::from_secs(20);
+    let (udp_a, udp_b) = (loopback_udp(), loopback_udp());
+    let (addr_a, addr_b) = (udp_a.local_addr().unwrap(), udp_b.local_addr().unwrap());
+    let relay = Relay::start(addr_a, addr_b);
+    let keys = (KeyPair::generate(), KeyPair::generate());
+    // Both ends reach each other through the relay.
+    let (text_a, text_b) = pair_texts(&keys, relay.addr(), relay.addr());
+    let mut a = End::start(&text_a, udp_a, 0);
+    let mut b = End::start(&text_b, udp_b, 0);
+    carry(&mut a, &mut b, A, B, 3);
+    carry(&mut b, &mut a, B, A, 3);
+
+    // The path goes away (its datagrams dropped, as by a firewall), then comes back.
+    relay.set_down(true);
+    send_into_the_void(&mut a, absence);
+    assert_eq!(b.app_rx.pending(), 0, "the path was down");
+    relay.set_down(false);
+    let back = resume_time(&mut a, &mut b, Duration::from_secs(30));
+    println!("path back: traffic again after {back:?}");
+    assert!(
+        back.is_some_and(|t| t <= Duration::from_secs(10)),
+        "{back:?}"
+    );
+
+    // B's process goes away (its socket closed) and a new one comes back on the same port
+    // with the same key: a fresh stage, no session.
+    stop_and_check(&b);
+    drop(b);
+    send_into_the_void(&mut a, absence);
+    let udp_b = tunpipe::UdpDevice::bind(addr_b).unwrap();
+    let mut b = End::start(&text_b, udp_b, 0);
+    let back = resume_time(&mut a, &mut b, Duration::from_secs(30));
+    println!("peer restarted: traffic again after {back:?}");
+    assert!(
+        back.is_some_and(|t| t <= Duration::from_secs(10)),
+        "{back:?}"
+    );
+    stop_and_check(&a);
+    stop_and_check(&b);
+}

@@ -192,6 +192,8 @@ pub struct Relay {
     socket: UdpSocket,
     /// Every datagram relayed, in order, with where it came from.
     captured: Arc<Mutex<Vec<Captured>>>,
+    /// While set, datagrams are dropped (a path that went away), not relayed or kept.
+    down: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -210,11 +212,13 @@ impl Relay {
             .set_read_timeout(Some(Duration::from_millis(20)))
             .expect("a read timeout");
         let captured = Arc::new(Mutex::new(Vec::new()));
+        let down = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (socket, captured, stop) = (
+            let (socket, captured, down, stop) = (
                 socket.try_clone().expect("clone the relay socket"),
                 captured.clone(),
+                down.clone(),
                 stop.clone(),
             );
             std::thread::spawn(move || {
@@ -223,6 +227,9 @@ impl Relay {
                     let Ok((n, from)) = socket.recv_from(&mut buf) else {
                         continue;
                     };
+                    if down.load(Ordering::Relaxed) {
+                        continue;
+                    }
                     let to = if from == a { b } else { a };
                     let _ = socket.send_to(&buf[..n], to);
                     let at = std::time::Instant::now();
@@ -233,9 +240,16 @@ impl Relay {
         Relay {
             socket,
             captured,
+            down,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Drops every datagram from now on (`true`), or relays them again (`false`): the path
+    /// between the ends goes away and comes back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
     }
 
     /// Where the ends send to.
