@@ -79,6 +79,9 @@ fn the_reserved_figure_is_within_20_percent_of_what_a_tunnel_adds() {
         };
         let (reserved, added) = (number("reserved="), number("added="));
         let ratio = reserved / added;
+        println!(
+            "{peers} peers: reserved {reserved} B, resident memory added {added} B ({ratio:.3})"
+        );
         assert!(
             (0.8..=1.2).contains(&ratio),
             "{peers} peers: reserved {reserved}, added {added} (ratio {ratio:.2})"
