@@ -3,11 +3,13 @@
 //! A test binary installs it with
 //! `#[global_allocator] static GLOBAL: Counting = Counting;` and reads [`allocations`]
 //! around the part that must not allocate. The count is process-wide: every thread counts
-//! unless it called [`ignore_this_thread`].
+//! unless it called [`ignore_this_thread`], or, once a test called [`count_only_the_engine_and_me`],
+//! only the engine's threads and that test's thread count (libtest's own threads allocate
+//! when they report a test running past 60 s, which a slow machine makes a false failure).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The system allocator, counting every allocation and reallocation.
 #[derive(Debug)]
@@ -15,9 +17,14 @@ pub struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
+/// Set once a test counts only the engine's threads and its own.
+static ONLY_MARKED: AtomicBool = AtomicBool::new(false);
+
 thread_local! {
     /// Set on threads whose allocations are not part of what is measured.
     static IGNORED: Cell<bool> = const { Cell::new(false) };
+    /// Set on a test's thread whose allocations count when only marked threads do.
+    static MARKED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Allocations counted so far, in the whole process.
@@ -31,8 +38,20 @@ pub fn ignore_this_thread() {
     IGNORED.with(|i| i.set(true));
 }
 
+/// From now on, counts only the allocations of the engine's threads (every engine's) and of
+/// the calling thread, the one that drives the packets.
+pub fn count_only_the_engine_and_me() {
+    MARKED.with(|m| m.set(true));
+    ONLY_MARKED.store(true, Ordering::SeqCst);
+}
+
 fn count() {
-    if !IGNORED.with(Cell::get) {
+    let counted = if ONLY_MARKED.load(Ordering::Relaxed) {
+        MARKED.with(Cell::get) || tunpipe::on_engine_thread()
+    } else {
+        !IGNORED.with(Cell::get)
+    };
+    if counted {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
     }
 }
