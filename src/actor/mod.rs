@@ -408,12 +408,12 @@ fn run_duplex<'p>(
         }
         let action = {
             let mut stage = stage.lock();
-            // The clock is read once the lock is held: a stage's timers stamped with a time
-            // from before a wait for the lock would come due early.
+            // The clock is read (if the stage asks) once the lock is held: a stage's timers
+            // stamped with a time from before a wait for the lock would come due early.
             let mut out = Emitter {
                 spare: emit.spare,
                 emitted: emit.emitted,
-                now: Instant::now(),
+                now: std::cell::Cell::new(None),
                 headroom: emit.headroom,
                 capacity: emit.area,
                 room: emit.room,
@@ -521,7 +521,7 @@ pub(crate) fn run_duplex_timers(
         let mut out = Emitter {
             spare: emit.spare,
             emitted: emit.emitted,
-            now: Instant::now(),
+            now: std::cell::Cell::new(None),
             headroom: emit.headroom,
             capacity: emit.area,
             room: emit.room,

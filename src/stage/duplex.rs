@@ -163,12 +163,13 @@ pub trait DuplexStage: Send {
 }
 
 /// What a duplex stage uses to send packets of its own: buffers from a reserve the engine
-/// gave the thread that runs it, and the time of the current batch (the engine's clock, read
-/// once per batch).
+/// gave the thread that runs it, and the time (`std`), read when the stage first asks for it
+/// under its lock for this packet or deadline.
 pub struct Emitter<'a> {
     pub(crate) spare: &'a mut Vec<PacketBuf>,
     pub(crate) emitted: &'a mut Vec<(Side, PacketBuf)>,
-    pub(crate) now: Instant,
+    /// The time, once read ([`Emitter::now`]): a stage that never asks costs no clock read.
+    pub(crate) now: std::cell::Cell<Option<Instant>>,
     pub(crate) headroom: usize,
     pub(crate) capacity: usize,
     /// Slots left, by side, in the rings toward the writers (after the batch's own packets):
@@ -193,9 +194,15 @@ pub(crate) struct EmitTally {
 }
 
 impl Emitter<'_> {
-    /// When the stage took its lock for this packet (or for this deadline): `std` time.
+    /// Now, `std` time: read the first time the stage asks, under its lock for this packet
+    /// (or this deadline), and the same for the rest of it.
     pub fn now(&self) -> Instant {
-        self.now
+        if let Some(now) = self.now.get() {
+            return now;
+        }
+        let now = Instant::now();
+        self.now.set(Some(now));
+        now
     }
 
     /// How many packets can still be emitted toward `side` now: spare buffers, and room to

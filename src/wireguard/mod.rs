@@ -151,6 +151,9 @@ pub struct WireGuard {
     /// arrives a period or more after that, never by a timer: an idle tunnel does not wake
     /// for it.
     limiter_reset: Instant,
+    /// The stage's clock, read once as it takes a packet, a deadline or a path change (so,
+    /// under the stage's lock).
+    now: Instant,
     /// Diffie-Hellman operations the stage did to learn who sent an initiation (only with
     /// several peers; each `Tunn` does its own after its own checks).
     anonymous_opens: u64,
@@ -247,6 +250,7 @@ impl WireGuard {
             public,
             limiter,
             limiter_reset: now,
+            now,
             anonymous_opens: 0,
         })
     }
@@ -355,7 +359,7 @@ impl WireGuard {
 
     /// Runs peer `index`'s timers now if its clock is stale, before it stamps a packet.
     fn tick_if_stale(&mut self, index: usize, out: &mut Emitter<'_>) {
-        if self.peers[index].timers.stale(Instant::now()) {
+        if self.peers[index].timers.stale(self.now) {
             self.tick(index, out);
         }
     }
@@ -363,7 +367,7 @@ impl WireGuard {
     /// Runs peer `index`'s timers (`update_timers`), sends what they make, and flushes what
     /// a handshake left queued.
     fn tick(&mut self, index: usize, out: &mut Emitter<'_>) {
-        let now = Instant::now();
+        let now = self.now;
         let (peer, scratch, counters, _) = self.peer_parts(index);
         let awaiting = peer.timers.awaiting_response();
         match peer.tunn.update_timers(scratch) {
@@ -372,7 +376,7 @@ impl WireGuard {
                     // The last initiation got no answer in time: this is its retry.
                     counters.handshake_failed();
                 }
-                send_own(peer, index, message, counters, out);
+                send(peer, index, message, Whose::Own, now, counters, out);
             }
             TunnResult::Err(WireGuardError::ConnectionExpired) => {
                 log::debug!(
@@ -388,7 +392,7 @@ impl WireGuard {
         }
         peer.timers.ticked(now, Instant::now());
         if peer.flush_due.is_some_and(|due| due <= now) {
-            flush(peer, index, scratch, counters, out);
+            flush(peer, index, scratch, now, counters, out);
         }
     }
 
@@ -399,7 +403,7 @@ impl WireGuard {
         };
         self.touched = Some(peer);
         self.tick_if_stale(peer, out);
-        let now = Instant::now();
+        let now = self.now;
         let (p, scratch, counters, _) = self.peer_parts(peer);
         let Some(endpoint) = p.endpoint else {
             counters.dropped(DropReason::NoEndpoint);
@@ -408,7 +412,7 @@ impl WireGuard {
         if p.flush_due.is_some() {
             // Packets a handshake held go first, through this same path: a flow keeps its
             // order.
-            flush(p, peer, scratch, counters, out);
+            flush(p, peer, scratch, now, counters, out);
         }
         let inner = packet.len();
         // Without a session, `Tunn` queues the packet (or, when its queue is full, drops it).
@@ -428,7 +432,7 @@ impl WireGuard {
                 if queue_full {
                     // `Tunn` had no room to hold the packet, yet starts a handshake: the
                     // initiation goes out on its own and the packet is dropped.
-                    send_own(p, peer, packet.data(), counters, out);
+                    send(p, peer, packet.data(), Whose::Own, now, counters, out);
                     counters.dropped(DropReason::NoHandshake);
                     return Action::Drop;
                 }
@@ -463,7 +467,7 @@ impl WireGuard {
         let kind = packet.data().first().copied().unwrap_or(0);
         let handshake = kind == HANDSHAKE_INIT || kind == HANDSHAKE_RESPONSE;
         if handshake {
-            if let Some(action) = self.screen(packet, from, Instant::now()) {
+            if let Some(action) = self.screen(packet, from, self.now) {
                 return action;
             }
         }
@@ -481,7 +485,7 @@ impl WireGuard {
             }
         };
         self.tick_if_stale(peer, out);
-        let now = Instant::now();
+        let now = self.now;
         let (p, scratch, counters, allowed_ips) = self.peer_parts(peer);
         match p.tunn.decapsulate(Some(from.ip()), packet.data(), scratch) {
             TunnResult::WriteToNetwork(reply) => {
@@ -542,6 +546,7 @@ impl DuplexStage for WireGuard {
         packet: &mut PacketBuf,
         out: &mut Emitter<'_>,
     ) -> Action {
+        self.now = Instant::now();
         let action = match direction {
             Direction::Outbound => self.outbound(packet, out),
             Direction::Inbound => self.inbound(packet, out),
@@ -553,7 +558,8 @@ impl DuplexStage for WireGuard {
     }
 
     fn on_deadline(&mut self, out: &mut Emitter<'_>) {
-        let now = Instant::now();
+        self.now = Instant::now();
+        let now = self.now;
         // Running a peer's timers moves its deadline past `now` (or clears it), so each due
         // peer comes up once; the bound is only a guard.
         for _ in 0..self.peers.len() {
@@ -574,11 +580,13 @@ impl DuplexStage for WireGuard {
         // overdue ones matter most, and it brings `Tunn`'s clock up to date. Then tell every
         // peer where this end now is: a keepalive (or, without a session, a handshake
         // initiation) from the new socket.
+        self.now = Instant::now();
+        let now = self.now;
         for index in 0..self.peers.len() {
             self.tick(index, out);
             let (peer, scratch, counters, _) = self.peer_parts(index);
             if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
-                send_own(peer, index, message, counters, out);
+                send(peer, index, message, Whose::Own, now, counters, out);
             }
             self.reindex(index);
         }
@@ -664,40 +672,40 @@ fn roam(p: &mut Peer, index: usize, from: SocketAddr, counters: &WireGuardCounte
     }
 }
 
-/// Sends a message of the stage's own (a timer's, a flushed packet, a keepalive) to the peer.
-fn send_own(
-    p: &mut Peer,
-    index: usize,
-    message: &[u8],
-    counters: &WireGuardCounters,
-    out: &mut Emitter<'_>,
-) {
-    let Some(endpoint) = p.endpoint else {
-        log::debug!("wireguard peer {}: nowhere to send to yet", index + 1);
-        counters.dropped(DropReason::NoEndpoint);
-        return;
-    };
-    if out.emit(Side::Outside, |buf| fill_message(buf, message, endpoint)) {
-        note_sent(p, message, Instant::now(), counters);
-    }
+/// Whose a message going to a peer is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Whose {
+    /// The stage's own: a handshake message, a keepalive, a timer's.
+    Own,
+    /// A packet the stage held for a handshake, now sealed: it leaves the hold.
+    Held,
 }
 
-/// Sends a packet the stage held for a handshake, now sealed, to the peer.
-fn send_held(
+/// Sends `message` to the peer, and notes it for the peer's timers at `now`.
+fn send(
     p: &mut Peer,
     index: usize,
     message: &[u8],
+    whose: Whose,
+    now: Instant,
     counters: &WireGuardCounters,
     out: &mut Emitter<'_>,
 ) {
     let Some(endpoint) = p.endpoint else {
         log::debug!("wireguard peer {}: nowhere to send to yet", index + 1);
         counters.dropped(DropReason::NoEndpoint);
-        out.drop_held(Side::Outside, 1);
+        if whose == Whose::Held {
+            out.drop_held(Side::Outside, 1);
+        }
         return;
     };
-    if out.release(Side::Outside, |buf| fill_message(buf, message, endpoint)) {
-        note_sent(p, message, Instant::now(), counters);
+    let fill = |buf: &mut PacketBuf| fill_message(buf, message, endpoint);
+    let sent = match whose {
+        Whose::Own => out.emit(Side::Outside, fill),
+        Whose::Held => out.release(Side::Outside, fill),
+    };
+    if sent {
+        note_sent(p, message, now, counters);
     }
 }
 
@@ -735,13 +743,14 @@ fn flush(
     p: &mut Peer,
     index: usize,
     scratch: &mut [u8],
+    now: Instant,
     counters: &WireGuardCounters,
     out: &mut Emitter<'_>,
 ) {
     p.flush_due = None;
     while p.endpoint.is_some() {
         if out.spare(Side::Outside) == 0 {
-            p.flush_due = Some(Instant::now() + FLUSH_DELAY);
+            p.flush_due = Some(now + FLUSH_DELAY);
             return;
         }
         match p.tunn.decapsulate(None, &[], scratch) {
@@ -749,9 +758,9 @@ fn flush(
                 if message.first() == Some(&DATA) && message.len() > OVERHEAD && p.queued > 0 {
                     // A packet the stage held (an empty one would be a keepalive of its own).
                     p.queued -= 1;
-                    send_held(p, index, message, counters, out);
+                    send(p, index, message, Whose::Held, now, counters, out);
                 } else {
-                    send_own(p, index, message, counters, out);
+                    send(p, index, message, Whose::Own, now, counters, out);
                 }
             }
             // The queue is empty (or, without a session, `Tunn` keeps it for the next one).
@@ -854,7 +863,7 @@ mod tests {
             let mut out = Emitter {
                 spare: &mut self.spare,
                 emitted: &mut self.emitted,
-                now: self.now,
+                now: std::cell::Cell::new(Some(self.now)),
                 headroom: 64,
                 capacity: 2048,
                 room: [8, 8],
@@ -878,7 +887,7 @@ mod tests {
             let mut out = Emitter {
                 spare: &mut self.spare,
                 emitted: &mut self.emitted,
-                now: self.now,
+                now: std::cell::Cell::new(Some(self.now)),
                 headroom: 64,
                 capacity: 2048,
                 room: [8, 8],
