@@ -5,6 +5,9 @@
 //! come as late as the sleep was long. The engine's timer thread sleeps on `std` time; a
 //! deadline is handed to it as the `std` moment the same distance from now
 //! ([`Instant::to_std`]), and a wake (a path change) runs every overdue timer at once.
+//!
+//! With the test-only feature `mock-clock`, both this clock and boringtun's read
+//! mock_instant's, which tests/mock_clock advances to simulate a sleep.
 
 use std::ops::Add;
 use std::time::Duration;
@@ -13,14 +16,20 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Instant(Duration);
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const CLOCK: libc::clockid_t = libc::CLOCK_BOOTTIME;
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
-
 impl Instant {
     /// Now.
+    #[cfg(feature = "mock-clock")]
     pub fn now() -> Instant {
+        Instant(mock_instant::MockClock::time())
+    }
+
+    /// Now.
+    #[cfg(not(feature = "mock-clock"))]
+    pub fn now() -> Instant {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        const CLOCK: libc::clockid_t = libc::CLOCK_BOOTTIME;
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
         let mut t = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
