@@ -63,7 +63,18 @@ pub struct WgRig {
     pub end_keys: KeyPair,
     /// The peer's keys.
     pub peer_keys: KeyPair,
-    daemon: Child,
+    /// The peer's wg config (`wg setconf`), kept to start it again.
+    peer_conf: String,
+    /// The peer's daemon, while it runs.
+    daemon: Option<Child>,
+}
+
+/// Whether nft is installed (for [`WgRig::block_peer_udp`]), as an error saying how to get it.
+pub fn nft_installed() -> Result<(), String> {
+    match Command::new("nft").arg("--version").output() {
+        Ok(_) => Ok(()),
+        Err(_) => Err("needs nft (apt-get install --no-install-recommends nftables)".into()),
+    }
 }
 
 /// Whether wireguard-go and wg are installed (the rig's reason to be ignored if not).
@@ -122,32 +133,65 @@ impl WgRig {
         peer.output(&["ip", "link", "set", "tpvb", "up"], "")?;
 
         let ifname = unique_ifname("tpg");
-        let daemon = start_uapi_daemon(Some(&peer), &["wireguard-go", "-f"], &ifname)?;
-        let rig = WgRig {
-            peer,
-            ifname,
-            end_keys: KeyPair::generate(),
-            peer_keys: KeyPair::generate(),
-            daemon,
-        };
-        let expected = options.expects_key.as_ref().unwrap_or(&rig.end_keys.public);
-        let mut conf = format!(
+        let end_keys = KeyPair::generate();
+        let peer_keys = KeyPair::generate();
+        let expected = options.expects_key.as_ref().unwrap_or(&end_keys.public);
+        let mut peer_conf = format!(
             "[Interface]\nPrivateKey = {}\nListenPort = {PEER_PORT}\n\n[Peer]\nPublicKey = {}\n\
              AllowedIPs = {END_V4}/32, {END_V6}/128\n",
-            rig.peer_keys.private.to_base64(),
+            peer_keys.private.to_base64(),
             expected.to_base64()
         );
         if options.knows_endpoint {
-            conf.push_str(&format!("Endpoint = {END_UNDERLAY}:{END_PORT}\n"));
+            peer_conf.push_str(&format!("Endpoint = {END_UNDERLAY}:{END_PORT}\n"));
         }
         if let Some(secs) = options.keepalive {
-            conf.push_str(&format!("PersistentKeepalive = {secs}\n"));
+            peer_conf.push_str(&format!("PersistentKeepalive = {secs}\n"));
         }
-        rig.peer
-            .output(&["wg", "setconf", &rig.ifname, "/dev/stdin"], &conf)?;
-        let addresses = [format!("{PEER_V4}/24"), format!("{PEER_V6}/64")];
-        address_interface(&rig.ifname, &addresses, |argv| rig.peer.output(argv, ""))?;
+        let mut rig = WgRig {
+            peer,
+            ifname,
+            end_keys,
+            peer_keys,
+            peer_conf,
+            daemon: None,
+        };
+        rig.start_peer()?;
         Ok(rig)
+    }
+
+    /// Starts the peer's daemon, configured and addressed (its interface goes with it when it
+    /// stops): the peer's process comes back, with the same key and no memory of sessions.
+    pub fn start_peer(&mut self) -> Result<(), String> {
+        let daemon = start_uapi_daemon(Some(&self.peer), &["wireguard-go", "-f"], &self.ifname)?;
+        self.daemon = Some(daemon);
+        self.peer.output(
+            &["wg", "setconf", &self.ifname, "/dev/stdin"],
+            &self.peer_conf,
+        )?;
+        let addresses = [format!("{PEER_V4}/24"), format!("{PEER_V6}/64")];
+        address_interface(&self.ifname, &addresses, |argv| self.peer.output(argv, ""))
+    }
+
+    /// Stops the peer's daemon: the peer's process goes away.
+    pub fn stop_peer(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            stop_uapi_daemon(&mut daemon, &self.ifname);
+        }
+    }
+
+    /// Drops every UDP datagram to the peer's port in its namespace (nftables), or lets them
+    /// through again: a path that goes away and comes back, the peer's process untouched.
+    pub fn block_peer_udp(&self, blocked: bool) -> Result<(), String> {
+        let rules = if blocked {
+            format!(
+                "table inet tpblock {{\n chain input {{\n type filter hook input priority 0;\n \
+                 udp dport {PEER_PORT} drop\n }}\n}}\n"
+            )
+        } else {
+            "delete table inet tpblock\n".to_string()
+        };
+        self.peer.output(&["nft", "-f", "-"], &rules).map(|_| ())
     }
 
     /// The end under test's wg-quick text: its key, addresses and port, and the peer.
@@ -188,8 +232,11 @@ impl WgRig {
     }
 
     /// The peer daemon's process id (for its CPU time).
+    ///
+    /// # Panics
+    /// If the peer is stopped ([`WgRig::stop_peer`]).
     pub fn peer_pid(&self) -> u32 {
-        self.daemon.id()
+        self.daemon.as_ref().expect("the peer runs").id()
     }
 
     /// What the peer says about the end under test (`wg show NAME dump`).
@@ -262,7 +309,7 @@ fn all_answered(what: &str, count: u32, sent: u64, got: u64) -> Result<(), Strin
 
 impl Drop for WgRig {
     fn drop(&mut self) {
-        stop_uapi_daemon(&mut self.daemon, &self.ifname);
+        self.stop_peer();
     }
 }
 

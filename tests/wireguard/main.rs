@@ -5,9 +5,10 @@
 //! Handshakes started by either end; ping both ways over IPv4 and IPv6; TCP both ways; a
 //! restart; a rebind under traffic; a stop while a handshake is pending; a wrong key;
 //! garbage and replayed datagrams; a source outside AllowedIPs; floods of initiations
-//! (bad mac1: dropped; valid mac1: cookies, which wireguard-go gets through with); conservation in each
-//! direction after every test. Tests that cannot run here (not root, or no wireguard-go)
-//! show as ignored, with the reason.
+//! (bad mac1: dropped; valid mac1: cookies, which wireguard-go gets through with); persistent
+//! keepalives counted where they arrive; a peer that goes away (nftables, then its process)
+//! and comes back; conservation in each direction after every test. Tests that cannot run
+//! here (not root, or no wireguard-go) show as ignored, with the reason.
 
 #[cfg(target_os = "linux")]
 mod peer;

@@ -3,15 +3,15 @@
 
 use libtest_mimic::Failed;
 use std::net::UdpSocket;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tunpipe_testkit::check::{check, eventually};
 use tunpipe_testkit::netns::{iperf3, iperf3_installed, iperf3_result};
 use tunpipe_testkit::ping::ping;
 use tunpipe_testkit::trials::Test;
 use tunpipe_testkit::wg::{stranger_initiation, Flood, KeyPair, Relay};
 use tunpipe_testkit::wgpeer::{
-    PeerOptions, TunnelEnd, WgRig, END_PORT, END_V4, END_V6, PEER_PORT, PEER_UNDERLAY, PEER_V4,
-    PEER_V6,
+    nft_installed, PeerOptions, TunnelEnd, WgRig, END_PORT, END_V4, END_V6, PEER_PORT,
+    PEER_UNDERLAY, PEER_V4, PEER_V6,
 };
 
 /// Far longer than any test here takes: the bound on a hang, not a timing assertion.
@@ -20,7 +20,7 @@ pub const WATCHDOG: Duration = Duration::from_secs(120);
 /// The tunnel's TUN (namespaces keep tests apart).
 const TUN: &str = "tpw0";
 
-pub const TESTS: [(&str, Test); 11] = [
+pub const TESTS: [(&str, Test); 13] = [
     (
         "tunpipe_starts_the_handshake_and_ping_crosses_both_ways_v4_and_v6",
         ping_both_ways,
@@ -55,6 +55,14 @@ pub const TESTS: [(&str, Test); 11] = [
     (
         "under_initiation_floods_bad_mac1_costs_nothing_and_wireguard_go_gets_through_a_cookie",
         flood_of_valid_initiations,
+    ),
+    (
+        "a_persistent_keepalive_of_5_s_reaches_wireguard_go_every_5_s_for_a_minute",
+        persistent_keepalive,
+    ),
+    (
+        "a_peer_that_goes_away_and_comes_back_gets_pings_again_within_10_s",
+        peer_away_and_back,
     ),
 ];
 
@@ -389,6 +397,94 @@ fn flood_of_valid_initiations() -> Result<(), Failed> {
     );
     check(s.cookie_replies > 0 && s.handshakes_completed == 1, || {
         format!("{s:?}")
+    })?;
+    end.stop_conserved()
+}
+
+fn persistent_keepalive() -> Result<(), Failed> {
+    // tunpipe keeps the path open (PersistentKeepalive = 5); nothing else crosses. wireguard-go
+    // counts what it receives: a keepalive is 32 bytes (a data message carrying nothing).
+    let rig = WgRig::up(&PeerOptions::default())?;
+    let text = format!("{}PersistentKeepalive = 5\n", rig.config_text());
+    let end = TunnelEnd::start(TUN, &text, 0)?;
+    rig.await_handshake(Duration::from_secs(10))?;
+    // Past the handshake and the keepalive that confirms it.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut last = rig.peer_view()?.rx_bytes;
+    let started = Instant::now();
+    let mut arrivals = Vec::new();
+    while started.elapsed() < Duration::from_secs(62) {
+        std::thread::sleep(Duration::from_millis(20));
+        let rx = rig.peer_view()?.rx_bytes;
+        if rx != last {
+            check(rx - last == 32, || {
+                format!("{} bytes arrived at once: not one keepalive", rx - last)
+            })?;
+            arrivals.push(Instant::now());
+            last = rx;
+        }
+    }
+    let gaps: Vec<f64> = arrivals
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    println!("keepalives at wireguard-go, gaps (s): {gaps:.3?}");
+    check(gaps.len() >= 11, || format!("{gaps:?}"))?;
+    check(gaps.iter().all(|g| (4.0..=6.0).contains(g)), || {
+        format!("{gaps:?}")
+    })?;
+    end.stop_conserved()
+}
+
+/// Pings the peer from tunpipe's side, one at a time (each waits up to 1 s), until one is
+/// answered or `limit` passes; how long that took.
+fn pings_resume_within(limit: Duration) -> Result<Option<Duration>, Failed> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        let (_, got) = ping(&["-n", "-c", "1", "-W", "1", PEER_V4])?;
+        if got == 1 {
+            return Ok(Some(started.elapsed()));
+        }
+    }
+    Ok(None)
+}
+
+/// Pings the peer for `absence` (10 a second), none of which may be answered.
+fn ping_into_the_void(absence: Duration) -> Result<(), Failed> {
+    let count = (absence.as_millis() / 100).to_string();
+    let (sent, got) = ping(&["-n", "-q", "-c", &count, "-i", "0.1", "-W", "1", PEER_V4])?;
+    check(got == 0, || format!("{got} of {sent} answered while away"))
+}
+
+fn peer_away_and_back() -> Result<(), Failed> {
+    nft_installed()?;
+    // 20 s away is past WireGuard's 15 s without an answer: tunpipe has started handshakes
+    // nobody answers by the time the peer is back. The peer knows no endpoint, so it is
+    // tunpipe that must find it again.
+    let absence = Duration::from_secs(20);
+    let mut rig = WgRig::up(&PeerOptions::default())?;
+    let end = TunnelEnd::start(TUN, &rig.config_text(), 0)?;
+    rig.ping_all_from_end(PEER_V4, 3)?;
+
+    // The path goes away (the peer's UDP dropped by nftables), then comes back.
+    rig.block_peer_udp(true)?;
+    ping_into_the_void(absence)?;
+    rig.block_peer_udp(false)?;
+    let back = pings_resume_within(Duration::from_secs(30))?;
+    println!("path back: pings answered again after {back:?}");
+    check(back.is_some_and(|t| t <= Duration::from_secs(10)), || {
+        format!("{back:?}; {:?}", end.counters.snapshot())
+    })?;
+
+    // The peer's process goes away, and a new one comes back with the same key and no
+    // session.
+    rig.stop_peer();
+    ping_into_the_void(absence)?;
+    rig.start_peer()?;
+    let back = pings_resume_within(Duration::from_secs(30))?;
+    println!("peer restarted: pings answered again after {back:?}");
+    check(back.is_some_and(|t| t <= Duration::from_secs(10)), || {
+        format!("{back:?}; {:?}", end.counters.snapshot())
     })?;
     end.stop_conserved()
 }
