@@ -196,11 +196,24 @@ impl WgRig {
 
     /// The end under test's wg-quick text: its key, addresses and port, and the peer.
     pub fn config_text(&self) -> String {
+        self.config_text_with("")
+    }
+
+    /// As [`WgRig::config_text`], with `other_peers` (`[Peer]` sections) before the peer.
+    pub fn config_text_with(&self, other_peers: &str) -> String {
         format!(
             "[Interface]\nPrivateKey = {}\nAddress = {END_V4}/24, {END_V6}/64\n\
-             ListenPort = {END_PORT}\n\n[Peer]\nPublicKey = {}\n\
-             Endpoint = {PEER_UNDERLAY}:{PEER_PORT}\nAllowedIPs = {PEER_V4}/32, {PEER_V6}/128\n",
+             ListenPort = {END_PORT}\n\n{other_peers}{}",
             self.end_keys.private.to_base64(),
+            self.peer_section()
+        )
+    }
+
+    /// The end's `[Peer]` section for the peer (the same in wg-quick and `wg setconf` text).
+    fn peer_section(&self) -> String {
+        format!(
+            "[Peer]\nPublicKey = {}\nEndpoint = {PEER_UNDERLAY}:{PEER_PORT}\n\
+             AllowedIPs = {PEER_V4}/32, {PEER_V6}/128\n",
             self.peer_keys.public.to_base64()
         )
     }
@@ -412,13 +425,13 @@ pub fn address_interface(
 }
 
 /// Sets up a userspace WireGuard end in this namespace (boringtun-cli or wireguard-go, its
-/// daemon already up as `ifname`) as the rig's end under test.
-pub fn configure_uapi_end(rig: &WgRig, ifname: &str) -> Result<(), String> {
+/// daemon already up as `ifname`) as the rig's end under test, with `other_peers` (`[Peer]`
+/// sections) configured before the rig's peer.
+pub fn configure_uapi_end(rig: &WgRig, ifname: &str, other_peers: &str) -> Result<(), String> {
     let conf = format!(
-        "[Interface]\nPrivateKey = {}\nListenPort = {END_PORT}\n\n[Peer]\nPublicKey = {}\n\
-         Endpoint = {PEER_UNDERLAY}:{PEER_PORT}\nAllowedIPs = {PEER_V4}/32, {PEER_V6}/128\n",
+        "[Interface]\nPrivateKey = {}\nListenPort = {END_PORT}\n\n{other_peers}{}",
         rig.end_keys.private.to_base64(),
-        rig.peer_keys.public.to_base64()
+        rig.peer_section()
     );
     let argv: Vec<String> = ["wg", "setconf", ifname, "/dev/stdin"]
         .iter()

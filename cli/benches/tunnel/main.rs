@@ -13,7 +13,10 @@
 //! boringtun-cli and wireguard-go; CPU of each side, TCP retransmits, peak RSS, the time from
 //! SIGINT or SIGTERM to exit), `idle` (voluntary context switches of every thread of `tunpipe
 //! wg` in the 60 s after its last packet), and `stop` (the library's stop, timed, 100 times
-//! with the tunnel idle and 100 times with a handshake pending).
+//! with the tunnel idle and 100 times with a handshake pending). Under attack (attack.rs):
+//! `flood` (ping and TCP through a two-peer tunnel while 100,000 initiation-shaped datagrams a
+//! second arrive, with a bad and with a valid mac1; tunpipe and wireguard-go) and `peers`
+//! (ping's round trip with 1 peer and with 10,000).
 //!
 //! `cargo bench -p tunpipe-cli --bench tunnel [quick] [SECTION...]` as root on Linux with
 //! wireguard-go, wireguard-tools, iperf3 and boringtun-cli (`cargo install boringtun-cli
@@ -21,7 +24,11 @@
 //! `target/bench-results/tunnel.json` and `tunnel.md`.
 
 #[cfg(target_os = "linux")]
+mod attack;
+
+#[cfg(target_os = "linux")]
 mod linux {
+    use super::attack;
     use serde_json::{json, Value};
     use std::process::{Child, Command};
     use std::time::{Duration, Instant};
@@ -43,7 +50,7 @@ mod linux {
     const SMALL: usize = 100;
 
     #[derive(Clone, Copy, Debug, PartialEq)]
-    enum Contender {
+    pub(crate) enum Contender {
         /// `tunpipe wg`, with `--workers N` if given.
         Tunpipe(Option<usize>),
         /// Another build of `tunpipe wg` (`TUNPIPE_BENCH_ALT=/path/to/tunpipe`), with its
@@ -63,7 +70,7 @@ mod linux {
     ];
 
     impl Contender {
-        fn name(self) -> String {
+        pub(crate) fn name(self) -> String {
             match self {
                 Contender::Tunpipe(None) => "tunpipe".into(),
                 Contender::Tunpipe(Some(n)) => format!("tunpipe-w{n}"),
@@ -80,7 +87,7 @@ mod linux {
     }
 
     /// A running end under test.
-    enum End {
+    pub(crate) enum End {
         Cli(Running),
         Daemon(Child, String),
     }
@@ -89,7 +96,16 @@ mod linux {
         std::env::var("TUNPIPE_BORINGTUN").unwrap_or_else(|_| "boringtun-cli".into())
     }
 
-    fn start(c: Contender, rig: &WgRig, config: &str, n: usize) -> Result<End, String> {
+    /// Starts end `c` (the `n`th of the run): tunpipe from the wg-quick file `config`, a
+    /// daemon from the rig with `other_peers` (`[Peer]` sections, those of `config`) before
+    /// the rig's peer.
+    pub(crate) fn start(
+        c: Contender,
+        rig: &WgRig,
+        config: &str,
+        other_peers: &str,
+        n: usize,
+    ) -> Result<End, String> {
         match c {
             Contender::Tunpipe(_) | Contender::TunpipeAlt => {
                 let name = format!("tpb{n}");
@@ -120,20 +136,20 @@ mod linux {
                     "error",
                 ];
                 let child = start_uapi_daemon(None, &argv, &ifname)?;
-                configure_uapi_end(rig, &ifname)?;
+                configure_uapi_end(rig, &ifname, other_peers)?;
                 Ok(End::Daemon(child, ifname))
             }
             Contender::WireguardGo => {
                 let ifname = unique_ifname("tpc");
                 let child = start_uapi_daemon(None, &["wireguard-go", "-f"], &ifname)?;
-                configure_uapi_end(rig, &ifname)?;
+                configure_uapi_end(rig, &ifname, other_peers)?;
                 Ok(End::Daemon(child, ifname))
             }
         }
     }
 
     impl End {
-        fn pid(&self) -> u32 {
+        pub(crate) fn pid(&self) -> u32 {
             match self {
                 End::Cli(r) => r.pid(),
                 End::Daemon(child, _) => child.id(),
@@ -141,7 +157,7 @@ mod linux {
         }
 
         /// Stops the end; the time from the signal to its exit.
-        fn stop(self) -> Result<Duration, String> {
+        pub(crate) fn stop(self) -> Result<Duration, String> {
             match self {
                 End::Cli(running) => {
                     let ended = running.interrupt().map_err(|e| format!("{e:?}"))?;
@@ -232,7 +248,7 @@ mod linux {
         })
     }
 
-    fn median(mut v: Vec<f64>) -> f64 {
+    pub(crate) fn median(mut v: Vec<f64>) -> f64 {
         v.sort_by(|a, b| a.total_cmp(b));
         if v.is_empty() {
             f64::NAN
@@ -242,7 +258,11 @@ mod linux {
     }
 
     /// A wg-quick file for the end under test, in the temp directory.
-    fn config_file(rig: &WgRig, name: &str, text: Option<String>) -> Result<String, String> {
+    pub(crate) fn config_file(
+        rig: &WgRig,
+        name: &str,
+        text: Option<String>,
+    ) -> Result<String, String> {
         let path =
             std::env::temp_dir().join(format!("tunpipe-bench-{}-{name}.conf", std::process::id()));
         std::fs::write(&path, text.unwrap_or_else(|| rig.config_text()))
@@ -282,7 +302,7 @@ mod linux {
                 // replay for a while.
                 rig.rekey_end()?;
                 let config = config_file(&rig, "throughput", None)?;
-                let end = start(c, &rig, &config, n);
+                let end = start(c, &rig, &config, "", n);
                 // Read at start: the key need not stay on disk.
                 let _ = std::fs::remove_file(&config);
                 let end = end?;
@@ -397,7 +417,7 @@ mod linux {
     fn idle(secs: u64) -> Result<Value, String> {
         let rig = WgRig::up(&PeerOptions::default())?;
         let config = config_file(&rig, "idle", None)?;
-        let end = start(Contender::Tunpipe(None), &rig, &config, 90)?;
+        let end = start(Contender::Tunpipe(None), &rig, &config, "", 90)?;
         rig.ping_all_from_end(PEER_V4, 3)?;
         let before = process_cpu(end.pid());
         std::thread::sleep(Duration::from_secs(secs));
@@ -478,7 +498,7 @@ mod linux {
     pub fn main() {
         let args = BenchArgs::from_env();
         if args.list {
-            for s in ["throughput", "idle", "stop"] {
+            for s in ["throughput", "idle", "stop", "flood", "peers"] {
                 println!("{s}: bench");
             }
             return;
@@ -493,6 +513,11 @@ mod linux {
         } else {
             (4, 3, 60, 100)
         };
+        let (flood_secs, flood_rounds, pings) = if args.quick {
+            (1, 1, 50)
+        } else {
+            (10, 3, 1000)
+        };
         let started = Instant::now();
         let mut out = serde_json::Map::new();
         out.insert("machine".into(), machine());
@@ -501,6 +526,11 @@ mod linux {
             ("throughput", Box::new(move || throughput(secs, rounds))),
             ("idle", Box::new(move || idle(idle_secs))),
             ("stop", Box::new(move || stop_times(cycles))),
+            (
+                "flood",
+                Box::new(move || attack::flood(flood_secs, flood_rounds)),
+            ),
+            ("peers", Box::new(move || attack::peers(pings))),
         ];
         for (name, section) in sections {
             if !args.runs(name) {
