@@ -47,6 +47,12 @@ impl Instant {
         self.0.saturating_sub(earlier.0)
     }
 
+    /// The moment `d` before this one (for tests that simulate a stale reading).
+    #[cfg(test)]
+    pub fn earlier(self, d: Duration) -> Instant {
+        Instant(self.0.saturating_sub(d))
+    }
+
     /// The `std` moment as far from now as this one is (now, if it has passed).
     pub fn to_std(self) -> std::time::Instant {
         std::time::Instant::now() + self.saturating_duration_since(Instant::now())

@@ -725,7 +725,11 @@ fn fill_message(buf: &mut PacketBuf, message: &[u8], endpoint: SocketAddr) -> bo
 fn note_sent(p: &mut Peer, message: &[u8], now: Instant, counters: &WireGuardCounters) {
     match message.first() {
         Some(&HANDSHAKE_INIT) => {
-            p.timers.initiation_sent(now);
+            // boringtun counts its retry from its own clock when it formatted the message,
+            // which can be later than the packet's reading (a wait for the CPU between): a
+            // retry counted from that reading could come before boringtun's is due, find it
+            // not due, and be lost. A reading taken now is never earlier.
+            p.timers.initiation_sent(Instant::now().max(now));
             counters.initiation_sent();
         }
         Some(&DATA) if message.len() > OVERHEAD => {
@@ -933,6 +937,37 @@ mod tests {
             // anything else is dropped as having no peer.
             prop_assert!(matches!(action, Action::Replace | Action::Drop), "{action:?}");
         }
+    }
+
+    #[test]
+    fn a_retry_is_counted_from_after_boringtun_stamped_its_initiation() {
+        // The packet's clock reading is 3 ms older than the moment boringtun formats the
+        // initiation (as when the thread waited for the CPU in between).
+        let mut rig = Rig::new();
+        let before = clock::Instant::now();
+        rig.stage.now = before.earlier(Duration::from_millis(3));
+        let ipv4_udp = [
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, 0, 1, 0, 2, 0, 8,
+            0, 0,
+        ];
+        let mut packet = PacketBuf::new(64, 2048, 64);
+        packet.fill(64, &ipv4_udp).unwrap();
+        let mut out = Emitter {
+            spare: &mut rig.spare,
+            emitted: &mut rig.emitted,
+            now: std::cell::Cell::new(Some(rig.now)),
+            headroom: 64,
+            capacity: 2048,
+            room: [8, 8],
+            tally: &mut rig.tally,
+        };
+        assert_eq!(rig.stage.outbound(&mut packet, &mut out), Action::Replace);
+        assert_eq!(packet.data()[0], HANDSHAKE_INIT);
+        let retry = rig.stage.peers[0].timers.next_deadline().unwrap();
+        assert!(
+            retry >= before + timers::REKEY_TIMEOUT,
+            "{retry:?} {before:?}"
+        );
     }
 
     #[test]

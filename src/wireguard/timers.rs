@@ -7,9 +7,12 @@
 //! is one-shot: armed by an event, disarmed once its moment has passed (whether or not boringtun
 //! then acted), so a deadline never repeats without a new event.
 //!
-//! The derived moments are never earlier than boringtun's own (it stamps events with the time
-//! of its last tick, which is never later than ours), so a tick at a derived moment finds the
-//! timer due; at worst it runs up to one tick late.
+//! The derived moments are never earlier than boringtun's own: it stamps events with the time
+//! of its last tick, which is never later than ours, and an initiation with its clock when it
+//! formats it, which the stage reads again after (`note_sent`). The clock is read inside the
+//! stage, after any wait for its lock. So a tick at a derived moment finds the timer due in
+//! boringtun too, and a timer it then does not act on had nothing to do; at worst a timer runs
+//! up to one tick late.
 
 use super::clock::Instant;
 use std::time::Duration;
