@@ -65,7 +65,8 @@ pub use device::{
     Device, FaultPlan, FaultyDevice, MemoryDevice, RxHalf, TunDevice, TxHalf, UdpDevice,
 };
 pub use engine::{
-    on_engine_thread, reserved_bytes, tunnel_reserved_bytes, Builder, Engine, IntoStageFactory,
+    on_engine_thread, reserved_bytes, tunnel_engine_bytes, tunnel_reserved_bytes, Builder, Engine,
+    IntoStageFactory,
 };
 pub use error::{ConfigError, EngineError};
 pub use pool::{NoRoom, PacketBuf};

@@ -282,7 +282,11 @@ impl Plan {
     fn reserved_parts(&self) -> (usize, usize) {
         match &self.stage {
             StagePlan::WireGuard(tunnel) => (
-                tunpipe::wireguard::engine_reserved_bytes(&self.config),
+                tunpipe::tunnel_engine_bytes(
+                    &self.config,
+                    tunpipe::wireguard::OVERHEAD,
+                    tunpipe::wireguard::QUEUE_DEPTH,
+                ),
                 tunpipe::wireguard::state_bytes(tunnel.peers.len(), tunnel.prefixes()),
             ),
             _ => (tunpipe::reserved_bytes(&self.config), 0),

@@ -188,11 +188,13 @@ pub fn reserved_bytes(c: &Config) -> usize {
 /// Bytes a tunnel with `c` and `stage` reserves up front: its pools, rings and histograms,
 /// and the stage's own state ([`DuplexStage::state_bytes`]).
 pub fn tunnel_reserved_bytes(c: &Config, stage: &dyn DuplexStage) -> usize {
-    tunnel_reserved(c, stage.overhead(), stage.burst()) + stage.state_bytes()
+    tunnel_engine_bytes(c, stage.overhead(), stage.burst()) + stage.state_bytes()
 }
 
-/// Bytes a tunnel with `c` and a stage of this `overhead` and `burst` reserves.
-pub(crate) fn tunnel_reserved(c: &Config, overhead: usize, burst: usize) -> usize {
+/// The engine's part of [`tunnel_reserved_bytes`] (pools, rings and histograms) for a stage
+/// that declares this `overhead` ([`DuplexStage::overhead`]) and `burst`
+/// ([`DuplexStage::burst`]): what a host can check before it builds the stage.
+pub fn tunnel_engine_bytes(c: &Config, overhead: usize, burst: usize) -> usize {
     wiring::tunnel_reserved(c, overhead, burst)
 }
 

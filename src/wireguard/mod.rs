@@ -58,18 +58,6 @@ use timers::PeerTimers;
 /// Bytes WireGuard adds to a packet: a 16-byte header and a 16-byte authentication tag.
 pub const OVERHEAD: usize = 32;
 
-/// Bytes a WireGuard tunnel for `tunnel` with engine config `config` reserves at start: its
-/// pools, rings and histograms, and its per-peer state ([`state_bytes`]); what
-/// [`crate::Engine::reserved_bytes`] will say, for a host to check before it starts.
-pub fn tunnel_reserved_bytes(config: &crate::Config, tunnel: &WgConfig) -> usize {
-    engine_reserved_bytes(config) + state_bytes(tunnel.peers.len(), tunnel.prefixes())
-}
-
-/// The engine's part of [`tunnel_reserved_bytes`]: pools, rings and histograms.
-pub fn engine_reserved_bytes(config: &crate::Config) -> usize {
-    crate::engine::tunnel_reserved(config, OVERHEAD, QUEUE_DEPTH)
-}
-
 /// Bytes a WireGuard stage holds for `peers` peers with `prefixes` AllowedIPs prefixes in
 /// all. A peer's `Tunn` is about 11 KiB, most of it room for its sessions, held inline; the
 /// device has one rate limiter, and each prefix is an entry in the AllowedIPs trie (counted as
@@ -99,8 +87,10 @@ const SCRATCH: usize = u16::MAX as usize + 2 * OVERHEAD;
 const _: () = assert!(MAX_PEERS < 1 << 24);
 
 /// How many packets `Tunn` queues while it waits for a handshake (boringtun's private
-/// `MAX_QUEUE_DEPTH`): the stage's burst, when the handshake completes and they all go out.
-const QUEUE_DEPTH: usize = 256;
+/// `MAX_QUEUE_DEPTH`): the stage's burst ([`DuplexStage::burst`]), when the handshake
+/// completes and they all go out. With [`OVERHEAD`], what the engine sizes a tunnel by
+/// ([`crate::tunnel_engine_bytes`]).
+pub const QUEUE_DEPTH: usize = 256;
 
 /// How long the packets `Tunn` held for a completed handshake wait for an outbound packet to
 /// carry them out (ahead of it, in order) before the timer sends them; also how soon they are
