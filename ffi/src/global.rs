@@ -14,9 +14,8 @@ use super::error::{
     FfiError, FfiResult, TUNPIPE_ERR_ALREADY_RUNNING, TUNPIPE_ERR_ENGINE_THREAD,
     TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_OK,
 };
-use super::report::{latency_base64, TunpipeLatency, TunpipeStats, TunpipeTunnelStats};
+use super::report::{TunpipeLatency, TunpipeStats, TunpipeTunnelStats};
 use super::session::Session;
-use super::util::{check_ptr, write_sized, write_string};
 use parking_lot::{Condvar, Mutex};
 use std::ffi::c_char;
 use std::sync::Arc;
@@ -258,10 +257,8 @@ ffi_fn! {
     /// # Safety
     /// `out` must be NULL or a writable `TunpipeTunnelStats` whose `size` field is set.
     unsafe fn tunpipe_tunnel_stats(out: *mut TunpipeTunnelStats) -> i32 {
-        check_ptr(out.cast_const(), "out")?;
-        let stats = current()?.tunnel_stats()?;
-        // SAFETY: the caller promises `out` holds `size` writable bytes.
-        unsafe { write_sized(out, stats) }
+        // SAFETY: the caller's promise, passed on.
+        unsafe { current()?.copy_tunnel_stats(out) }
     }
 }
 
@@ -282,10 +279,8 @@ ffi_fn! {
     /// # Safety
     /// `out` must be NULL or a writable `TunpipeStats` whose `size` field is set.
     unsafe fn tunpipe_stats(out: *mut TunpipeStats) -> i32 {
-        check_ptr(out.cast_const(), "out")?;
-        let stats = current()?.stats();
-        // SAFETY: the caller promises `out` holds `size` writable bytes.
-        unsafe { write_sized(out, stats) }
+        // SAFETY: the caller's promise, passed on.
+        unsafe { current()?.copy_stats(out) }
     }
 }
 
@@ -295,10 +290,8 @@ ffi_fn! {
     /// # Safety
     /// `out` must be NULL or a writable `TunpipeLatency` whose `size` field is set.
     unsafe fn tunpipe_latency(out: *mut TunpipeLatency) -> i32 {
-        check_ptr(out.cast_const(), "out")?;
-        let latency = TunpipeLatency::from_snapshot(&current()?.latency()?);
-        // SAFETY: the caller promises `out` holds `size` writable bytes.
-        unsafe { write_sized(out, latency) }
+        // SAFETY: the caller's promise, passed on.
+        unsafe { current()?.copy_latency(out) }
     }
 }
 
@@ -313,8 +306,7 @@ ffi_fn! {
         len: usize,
         needed: *mut usize,
     ) -> i32 {
-        let text = latency_base64(&current()?.latency()?, which)?;
-        // SAFETY: the pointers are checked inside; the caller promises their extent.
-        unsafe { write_string(&text, buf, len, needed) }
+        // SAFETY: the caller's promise, passed on.
+        unsafe { current()?.copy_latency_base64(which, buf, len, needed) }
     }
 }

@@ -2,9 +2,9 @@
 
 use super::config::TunpipeConfig;
 use super::error::{FfiError, TUNPIPE_OK};
-use super::report::{latency_base64, TunpipeLatency, TunpipeStats, TunpipeTunnelStats};
+use super::report::{TunpipeLatency, TunpipeStats, TunpipeTunnelStats};
 use super::session::Session;
-use super::util::{check_ptr, copy_text, write_out, write_sized, write_string};
+use super::util::{check_ptr, copy_text, write_out};
 use parking_lot::Mutex;
 use std::ffi::c_char;
 
@@ -118,8 +118,8 @@ ffi_fn! {
     /// `engine` must be NULL or a live handle; `out` NULL or a writable `TunpipeStats` whose
     /// `size` field is set.
     unsafe fn tunpipe_engine_stats(engine: &TunpipeEngine, out: *mut TunpipeStats) -> i32 {
-        // SAFETY: the caller promises `out` is NULL or holds `size` writable bytes.
-        unsafe { write_sized(out, engine.session.stats()) }
+        // SAFETY: the caller's promise, passed on.
+        unsafe { engine.session.copy_stats(out) }
     }
 }
 
@@ -133,10 +133,8 @@ ffi_fn! {
     /// `engine` must be NULL or a live handle; `out` NULL or a writable `TunpipeLatency` whose
     /// `size` field is set.
     unsafe fn tunpipe_engine_latency(engine: &TunpipeEngine, out: *mut TunpipeLatency) -> i32 {
-        check_ptr(out.cast_const(), "out")?;
-        let latency = TunpipeLatency::from_snapshot(&engine.session.latency()?);
-        // SAFETY: the caller promises `out` holds `size` writable bytes.
-        unsafe { write_sized(out, latency) }
+        // SAFETY: the caller's promise, passed on.
+        unsafe { engine.session.copy_latency(out) }
     }
 }
 
@@ -157,9 +155,8 @@ ffi_fn! {
         len: usize,
         needed: *mut usize,
     ) -> i32 {
-        let text = latency_base64(&engine.session.latency()?, which)?;
-        // SAFETY: the pointers are checked inside; the caller promises their extent.
-        unsafe { write_string(&text, buf, len, needed) }
+        // SAFETY: the caller's promise, passed on.
+        unsafe { engine.session.copy_latency_base64(which, buf, len, needed) }
     }
 }
 
@@ -220,9 +217,7 @@ ffi_fn! {
         engine: &TunpipeEngine,
         out: *mut TunpipeTunnelStats,
     ) -> i32 {
-        check_ptr(out.cast_const(), "out")?;
-        let stats = engine.session.tunnel_stats()?;
-        // SAFETY: the caller promises `out` holds `size` writable bytes.
-        unsafe { write_sized(out, stats) }
+        // SAFETY: the caller's promise, passed on.
+        unsafe { engine.session.copy_tunnel_stats(out) }
     }
 }

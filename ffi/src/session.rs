@@ -6,14 +6,16 @@ use super::error::{
     TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_ERR_NO_UTUN_FD, TUNPIPE_ERR_RESOURCES,
     TUNPIPE_ERR_UNSUPPORTED,
 };
-use super::report::{TunpipeStats, TunpipeTunnelStats};
+use super::report::{latency_base64, TunpipeLatency, TunpipeStats, TunpipeTunnelStats};
 use super::stage::CallbackShared;
+use super::util::{check_ptr, write_sized, write_string};
 use parking_lot::Mutex;
+use std::ffi::c_char;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tunpipe::wireguard::{WgConfig, WireGuard, WireGuardCounters};
-use tunpipe::{Engine, EngineError, LatencySnapshot, TunDevice, UdpDevice};
+use tunpipe::{Engine, EngineError, TunDevice, UdpDevice};
 
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -96,18 +98,6 @@ impl Session {
         Ok(self.engine.rebind()?)
     }
 
-    /// The tunnel's figures.
-    pub(crate) fn tunnel_stats(&self) -> FfiResult<TunpipeTunnelStats> {
-        let tunnel = self
-            .tunnel
-            .as_ref()
-            .ok_or_else(|| FfiError::new(TUNPIPE_ERR_UNSUPPORTED, "this engine runs no tunnel"))?;
-        Ok(TunpipeTunnelStats::from_tunnel(
-            &tunnel.counters.snapshot(),
-            &self.engine,
-        ))
-    }
-
     /// Stops and joins the engine, then closes its dup of the fd.
     pub(crate) fn stop(&self) -> FfiResult {
         self.after_join(self.engine.stop())
@@ -129,16 +119,65 @@ impl Session {
         result.map_err(FfiError::from)
     }
 
-    pub(crate) fn stats(&self) -> TunpipeStats {
+    // What the figures' C calls copy out: one body each for the handle call and its
+    // `start_tun` twin.
+
+    /// Copies the engine's counters into `*out`.
+    ///
+    /// # Safety
+    /// `out` must be NULL or a writable `TunpipeStats` whose `size` field is set.
+    pub(crate) unsafe fn copy_stats(&self, out: *mut TunpipeStats) -> FfiResult<i32> {
+        check_ptr(out.cast_const(), "out")?;
         let errors = self
             .callback
             .as_ref()
             .map_or(0, |c| c.errors.load(Ordering::Relaxed));
-        TunpipeStats::from_stats(&self.engine.stats(), errors, self.engine.reserved_bytes())
+        let stats =
+            TunpipeStats::from_stats(&self.engine.stats(), errors, self.engine.reserved_bytes());
+        // SAFETY: the caller promises `out` holds `size` writable bytes.
+        unsafe { write_sized(out, stats) }
     }
 
-    pub(crate) fn latency(&self) -> FfiResult<LatencySnapshot> {
-        Ok(self.engine.latency()?)
+    /// Copies the latency percentiles into `*out`.
+    ///
+    /// # Safety
+    /// `out` must be NULL or a writable `TunpipeLatency` whose `size` field is set.
+    pub(crate) unsafe fn copy_latency(&self, out: *mut TunpipeLatency) -> FfiResult<i32> {
+        check_ptr(out.cast_const(), "out")?;
+        let latency = TunpipeLatency::from_snapshot(&self.engine.latency()?);
+        // SAFETY: the caller promises `out` holds `size` writable bytes.
+        unsafe { write_sized(out, latency) }
+    }
+
+    /// Writes latency histogram `which` in base64 into `buf[0..len]` (`*needed`: the size).
+    ///
+    /// # Safety
+    /// `buf` must be NULL or writable for `len` bytes; `needed` NULL or writable.
+    pub(crate) unsafe fn copy_latency_base64(
+        &self,
+        which: u32,
+        buf: *mut c_char,
+        len: usize,
+        needed: *mut usize,
+    ) -> FfiResult<i32> {
+        let text = latency_base64(&self.engine.latency()?, which)?;
+        // SAFETY: the pointers are checked inside; the caller promises their extent.
+        unsafe { write_string(&text, buf, len, needed) }
+    }
+
+    /// Copies the tunnel's figures into `*out`.
+    ///
+    /// # Safety
+    /// `out` must be NULL or a writable `TunpipeTunnelStats` whose `size` field is set.
+    pub(crate) unsafe fn copy_tunnel_stats(&self, out: *mut TunpipeTunnelStats) -> FfiResult<i32> {
+        check_ptr(out.cast_const(), "out")?;
+        let tunnel = self
+            .tunnel
+            .as_ref()
+            .ok_or_else(|| FfiError::new(TUNPIPE_ERR_UNSUPPORTED, "this engine runs no tunnel"))?;
+        let stats = TunpipeTunnelStats::from_tunnel(&tunnel.counters.snapshot(), &self.engine);
+        // SAFETY: the caller promises `out` holds `size` writable bytes.
+        unsafe { write_sized(out, stats) }
     }
 
     pub(crate) fn reserved_bytes(&self) -> usize {
