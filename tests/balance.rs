@@ -126,3 +126,40 @@ fn replies_in_flight_at_stop_are_counted_in_the_direction_they_travel() {
         assert_eq!(inb.originated, out.consumed, "{out:?} {inb:?}");
     }
 }
+
+/// Forwards every packet, and claims to give up five held packets it never held: a stage
+/// that miscounts.
+struct Miscounts;
+
+impl DuplexStage for Miscounts {
+    fn process(&mut self, _: Direction, _: &mut PacketBuf, out: &mut Emitter<'_>) -> Action {
+        out.drop_held(tunpipe::Side::Outside, 5);
+        Action::Forward
+    }
+    fn on_deadline(&mut self, _: &mut Emitter<'_>) {}
+    fn next_deadline(&self) -> Option<std::time::Instant> {
+        None
+    }
+}
+
+#[test]
+fn an_engine_that_stops_unbalanced_says_so_and_fails_the_test() {
+    let (inside, mut app_tx, _app_rx) = MemoryDevice::new(64, 256);
+    let (outside, _, _) = MemoryDevice::new(64, 256);
+    let engine = Engine::builder()
+        .config(Config::default())
+        .start_tunnel(Miscounts, &inside, &outside)
+        .unwrap();
+    assert_eq!(engine.balanced(), None, "not stopped yet");
+    app_tx
+        .send(&udp4_packet([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, b"x"))
+        .unwrap();
+    assert!(eventually(|| engine.stats().tx_packets == 1));
+    // The test kit turns on `strict-balance`: the stop that finds the books wrong panics, so
+    // any test whose engine stops unbalanced fails without a check of its own.
+    let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.stop()));
+    let message = stop.expect_err("the unbalanced stop panics");
+    let message = message.downcast_ref::<String>().expect("a message");
+    assert!(message.contains("unbalanced"), "{message}");
+    assert_eq!(engine.balanced(), Some(false));
+}

@@ -222,6 +222,8 @@ pub struct Engine {
     /// How to rebind the outside device; released at the end of the join, so that a stopped
     /// engine holds no socket (and no port).
     rebinder: Mutex<Option<Rebinder>>,
+    /// Whether every direction balanced when the engine was joined ([`Engine::balanced`]).
+    balanced: Mutex<Option<bool>>,
 }
 
 impl Engine {
@@ -249,7 +251,15 @@ impl Engine {
             return Err(EngineError::StopFromEngineThread);
         }
         self.ctl.request_stop();
-        self.join();
+        let _joined_here = self.join();
+        #[cfg(feature = "strict-balance")]
+        if _joined_here && self.balanced() == Some(false) && !thread::panicking() {
+            panic!(
+                "the engine stopped unbalanced: outbound {:?}, inbound {:?}",
+                self.direction_stats(Direction::Outbound),
+                self.direction_stats(Direction::Inbound)
+            );
+        }
         match self.ctl.fatal_error() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -268,23 +278,47 @@ impl Engine {
         self.stop()
     }
 
+    /// Whether the engine kept its books: once it is stopped and joined, `Some(true)` when in
+    /// each direction every packet read or made was written, dropped with a reason, or
+    /// consumed, and none is still held ([`Stats::balanced`]); `None` before. Checked at every
+    /// stop, in every build: `Some(false)` is a bug in the engine (logged as an error; with
+    /// the test-only feature `strict-balance`, the stop panics).
+    pub fn balanced(&self) -> Option<bool> {
+        *self.balanced.lock()
+    }
+
     /// True once a stop has been requested (by a caller or by a fatal error).
     pub fn is_stopping(&self) -> bool {
         self.ctl.stopping()
     }
 
-    fn join(&self) {
+    /// Joins the engine's threads, unless another call already has; true if this one did.
+    fn join(&self) -> bool {
         // Holding the lock while joining makes concurrent stoppers wait for the one that joins.
         let mut threads = self.threads.lock();
-        if let Some(threads) = threads.take() {
-            *self.joiner.lock() = Some(thread::current().id());
-            let snapshots = join_in_order(&self.ctl, threads);
-            self.ctl.counters.settle_held_at_stop();
-            self.rebinder.lock().take();
-            *self.final_latency.lock() = Some(snapshots);
-            log::info!("tunpipe engine stopped: {:?}", self.stats());
-            *self.joiner.lock() = None;
+        let Some(threads) = threads.take() else {
+            return false;
+        };
+        *self.joiner.lock() = Some(thread::current().id());
+        let snapshots = join_in_order(&self.ctl, threads);
+        self.ctl.counters.settle_held_at_stop();
+        self.rebinder.lock().take();
+        *self.final_latency.lock() = Some(snapshots);
+        log::info!("tunpipe engine stopped: {:?}", self.stats());
+        let balanced = Direction::BOTH.iter().all(|&d| {
+            let s = self.direction_stats(d);
+            s.balanced() && s.held == 0
+        });
+        if !balanced {
+            log::error!(
+                "tunpipe engine stopped unbalanced (a bug): outbound {:?}, inbound {:?}",
+                self.direction_stats(Direction::Outbound),
+                self.direction_stats(Direction::Inbound)
+            );
         }
+        *self.balanced.lock() = Some(balanced);
+        *self.joiner.lock() = None;
+        true
     }
 
     /// The counters now, of both directions together (a one-way engine has only the

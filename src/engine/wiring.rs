@@ -60,6 +60,7 @@ impl Wired {
             workers,
             tunnel,
             rebinder: Mutex::new(self.rebinder),
+            balanced: Mutex::new(None),
         }
     }
 }
