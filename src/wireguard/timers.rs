@@ -33,6 +33,9 @@ pub(crate) const TICK: Duration = Duration::from_millis(250);
 /// moment, so that the comparison has surely turned.
 const SLACK: Duration = Duration::from_millis(1);
 
+// boringtun keeps these (and `QUEUE_DEPTH`) private: tests/mock_clock/tests/boringtun.rs
+// probes a `Tunn` on a mocked clock and fails if its moments move.
+
 /// One peer's timer events and the one-shot timers they arm.
 #[derive(Debug, Clone)]
 pub(crate) struct PeerTimers {
@@ -45,7 +48,7 @@ pub(crate) struct PeerTimers {
     keepalive: Option<Instant>,
     handshake_on_silence: Option<Instant>,
     persistent: Option<Instant>,
-    session: [Option<Instant>; 3],
+    session: [Option<Instant>; 4],
 }
 
 impl PeerTimers {
@@ -62,7 +65,7 @@ impl PeerTimers {
             // A persistent keepalive goes out at once: the tunnel is then up before the
             // first packet needs it (as wg does).
             persistent: persistent_keepalive.map(|_| now),
-            session: [None; 3],
+            session: [None; 4],
         }
     }
 
@@ -106,6 +109,10 @@ impl PeerTimers {
         self.retry = None;
         self.session = [
             initiator.then_some(now + REKEY_AFTER_TIME + SLACK),
+            // The initiator also starts a new handshake once a session it receives on is
+            // this old, before its keys stop being accepted.
+            initiator
+                .then_some(now + (REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT) + SLACK),
             Some(now + REJECT_AFTER_TIME + SLACK),
             // Keys are erased after three times REJECT_AFTER_TIME without a new session.
             Some(now + REJECT_AFTER_TIME * 3 + SLACK),
@@ -191,6 +198,19 @@ mod tests {
         // Only the session's own timers are left: rekey, reject, erase.
         let next = t.next_deadline().unwrap();
         assert!(next >= retry + secs(1) + REKEY_AFTER_TIME);
+    }
+
+    #[test]
+    fn an_initiator_that_only_receives_rekeys_before_its_keys_expire() {
+        let t0 = Instant::now();
+        let mut t = PeerTimers::new(t0, None);
+        t.session_established(t0, true);
+        let rekey = t.next_deadline().unwrap();
+        assert_eq!(rekey.saturating_duration_since(t0).as_secs(), 120);
+        // Nothing was sent, so boringtun did not rekey at 120 s; 165 s is its next moment.
+        t.ticked(rekey, rekey);
+        let next = t.next_deadline().unwrap();
+        assert_eq!(next.saturating_duration_since(t0).as_secs(), 165);
     }
 
     #[test]
