@@ -481,8 +481,9 @@ int32_t tunpipe_last_error(char *buf,
 // A static, NUL-terminated description of a `TUNPIPE_*` code (never NULL).
 const char *tunpipe_error_string(int32_t code);
 
-// Finds the utun fd of the packet tunnel by scanning descriptors 0..=1024 for a utun
-// control socket (Apple; the same scan as the tun-rs iOS guide). Returns the fd,
+// Finds the utun fd of the packet tunnel by scanning every descriptor the process may have
+// (0 up to `getdtablesize()`), skipping the ones tunpipe holds for running engines, for a
+// utun control socket (Apple; the scan of the tun-rs iOS guide). Returns the fd,
 // `TUNPIPE_ERR_NO_UTUN_FD` when none is found, or `TUNPIPE_ERR_UNSUPPORTED` off Apple.
 int32_t tunpipe_find_utun_fd(void);
 

@@ -5,7 +5,11 @@
 //! Network Extension's memory limit, asleep when idle, and able to stop at once. The same
 //! engine runs on a Linux TUN device, where it is tested and benchmarked.
 //!
+//! Two pipelines share the actors. The one-way engine runs a [`Stage`] on packets read from
+//! a device and writes them back out (to the same device, or to another for a bridge):
+//!
 //! ```text
+//!  one-way: Engine::builder().stage(..).start(&device)
 //!               ┌──────────── free buffers (writer → reader) ◄───────────┐
 //!               ▼                                                         │
 //!  rx half ──► Reader ══ring══► Worker[i]: Stage ══ring══► Writer ──► tx half
@@ -13,12 +17,41 @@
 //! ```
 //!
 //! - The **reader** waits once in the kernel, then drains every ready packet into pooled
-//!   buffers and hands them on in batches over lock-free SPSC rings.
+//!   buffers and hands them on in batches over lock-free SPSC rings; when the device runs dry
+//!   it reads again for the spin window before it waits again.
 //! - **Workers** each run their own [`Stage`] instance; the flow hash keeps each flow on one
-//!   worker, in order. With `workers = 0` the stage runs inline on the reader.
+//!   worker, in order. With `workers = 0` (the default) the stage runs inline on the reader.
 //! - The **writer** sends, records latency, and returns every buffer to the reader.
-//! - Idle actors spin briefly, yield, then park; a producer rings a parked consumer's doorbell.
-//!   An idle engine uses no CPU, and `stop()` returns promptly, with every thread joined.
+//!
+//! A tunnel joins two devices, an inside one (the TUN/utun) and an outside one (a
+//! [`UdpDevice`]), through a [`DuplexStage`] (WireGuard, behind the `wireguard` feature) that
+//! sees both directions:
+//!
+//! ```text
+//!  tunnel: Engine::builder().start_tunnel(stage, &inside, &outside)
+//!  inside rx ──► Reader-in ══ring══► Worker[i]: DuplexStage ══ring══► Writer-out ──► outside tx
+//!  inside tx ◄── Writer-in ◄══ring══ Worker[i]: DuplexStage ◄══ring══ Reader-out ◄── outside rx
+//!    (TUN)                             │ emits toward either side                         (UDP)
+//!                                      └ names its next deadline ─► Timer ══ring══► both writers
+//! ```
+//!
+//! - Each device has its own **reader** and **writer**. With `workers = 0` (the default) both
+//!   readers run the one stage inline, under a lock taken per packet; with workers, both
+//!   readers feed them (the inside reader by flow hash, the outside one by the peer's
+//!   address), and the workers share the stage under the same lock.
+//! - The stage sees each packet with its direction and may emit packets of its own toward
+//!   either side (a handshake response goes back the way the initiation came), from a reserve
+//!   of buffers it is given at start: it never allocates or blocks.
+//! - The **timer** sleeps until the deadline the stage names (or until a
+//!   [`Engine::rebind`] says the path changed), runs the stage's timers (handshake retries,
+//!   keepalives) and sends what they emit through either writer. With nothing due it sleeps:
+//!   an idle tunnel wakes nobody.
+//! - Every writer returns each buffer to the pool it came from: a reader's, the timer's, or a
+//!   worker's reserve.
+//!
+//! In both, idle actors spin briefly, yield, then park; a producer rings a parked consumer's
+//! doorbell. An idle engine uses no CPU, and `stop()` returns promptly, with every thread
+//! joined.
 //!
 //! ```
 //! use tunpipe::{BuiltinStage, Config, Engine, MemoryDevice};

@@ -148,8 +148,9 @@ pub extern "C" fn tunpipe_error_string(code: i32) -> *const c_char {
 }
 
 ffi_fn! {
-/// Finds the utun fd of the packet tunnel by scanning descriptors 0..=1024 for a utun
-/// control socket (Apple; the same scan as the tun-rs iOS guide). Returns the fd,
+/// Finds the utun fd of the packet tunnel by scanning every descriptor the process may have
+/// (0 up to `getdtablesize()`), skipping the ones tunpipe holds for running engines, for a
+/// utun control socket (Apple; the scan of the tun-rs iOS guide). Returns the fd,
 /// `TUNPIPE_ERR_NO_UTUN_FD` when none is found, or `TUNPIPE_ERR_UNSUPPORTED` off Apple.
     fn tunpipe_find_utun_fd() -> i32 {
         session::resolve_fd(-1)

@@ -10,7 +10,7 @@
 //! - [`UdpDevice::rebind`] replaces the socket while the engine runs (the same port if it can
 //!   be had): WireGuardKit's `wgBumpSockets`, for when the host's path monitor says the path
 //!   changed. The reader and writer never wait for it beyond a pointer swap: sockets are made
-//!   and bound on the rebind's caller's thread.
+//!   and bound on the rebind's caller's thread, which may wait up to 100 ms for the old port.
 //! - A dual-stack socket (`[::]`) carries IPv4 and IPv6 peers alike.
 
 use super::{Capabilities, Device, ErrorClass, Interrupter, Medium, Rebinder, RxHalf, TxHalf};
@@ -153,8 +153,10 @@ impl UdpDevice {
     /// Everything slow happens on the caller's thread, with no lock the reader or writer
     /// takes: a socket on any port is made first and swapped in (the reader and writer move
     /// to it at once), the old socket is released, and the old port is bound again, retried
-    /// for up to [`REBIND_PORT_WAIT`] while a reader still leaving its `poll` holds it, then
-    /// swapped in. If the port stays taken, the socket on another port stays.
+    /// every 1 ms for up to [`REBIND_PORT_WAIT`] (100 ms) while a reader still leaving its
+    /// `poll` holds it, then swapped in. If the port stays taken, the socket on another port
+    /// stays. So this call may take up to about 100 ms; the reader and writer never wait for
+    /// it.
     ///
     /// # Errors
     /// What making the first new socket failed with; the old socket then stays in use.
@@ -217,9 +219,11 @@ impl Shared {
     }
 }
 
-/// How long a rebind waits for the old socket's port to be released (by a reader leaving its
-/// `poll`: microseconds) before it keeps a socket on another port. The wait is the rebind
-/// caller's; the reader and writer go on meanwhile, on that other port.
+/// How long a rebind keeps trying (every 1 ms, sleeping between tries) to bind the old
+/// socket's port again while a reader still leaving its `poll` on the old socket holds it,
+/// before it keeps the socket on another port: a rebind may so take up to 100 ms. The wait is
+/// the rebind caller's, holding only the `bound` lock, which the reader and writer never take;
+/// they go on meanwhile, on that other port.
 const REBIND_PORT_WAIT: Duration = Duration::from_millis(100);
 
 /// A new socket at `addr`, retried while its port is taken, for up to `wait`.
