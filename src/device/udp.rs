@@ -153,7 +153,7 @@ impl UdpDevice {
     /// Everything slow happens on the caller's thread, with no lock the reader or writer
     /// takes: a socket on any port is made first and swapped in (the reader and writer move
     /// to it at once), the old socket is released, and the old port is bound again, retried
-    /// every 1 ms for up to [`REBIND_PORT_WAIT`] (100 ms) while a reader still leaving its
+    /// every 1 ms for up to `REBIND_PORT_WAIT` (100 ms) while a reader still leaving its
     /// `poll` holds it, then swapped in. If the port stays taken, the socket on another port
     /// stays. So this call may take up to about 100 ms; the reader and writer never wait for
     /// it.

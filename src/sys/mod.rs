@@ -3,7 +3,7 @@
 //! Each platform module provides:
 //! - `validate_tun_fd(fd)`: is this fd a TUN (Linux) / utun control socket (Apple) that the
 //!   engine can run on?
-//! - `tun_identity(fd)`: who the TUN behind `fd` is, the same for all its dups ([`TunIdentity`]);
+//! - `tun_identity(fd)`: who the TUN behind `fd` is, the same for all its dups (`TunIdentity`);
 //! - `TunIo`: reads and writes of one packet that never block, whatever `O_NONBLOCK` says;
 //! - `tune_tun(fd)`: best-effort throughput settings for a fresh run (logged on failure);
 //! - Apple only, `TunBatchIo`: many utun packets per call (`recvmsg_x`/`sendmsg_x`); a Linux
