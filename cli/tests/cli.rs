@@ -637,11 +637,26 @@ fn wg_session() -> Result<(), Failed> {
     use tunpipe_testkit::netns::{iperf3, iperf3_installed, iperf3_result};
     use tunpipe_testkit::wgpeer::{PeerOptions, WgRig, END_V4, PEER_V4, PEER_V6};
     let rig = WgRig::up(&PeerOptions::default())?;
-    let file = ConfigFile::new("session", &rig.config_text())?;
+    // A second peer (never there) whose AllowedIPs are the interface's own subnets, which the
+    // kernel routes when the addresses are set: each must be routed once, not again.
+    let subnets = format!(
+        "[Peer]\nPublicKey = {}\nAllowedIPs = 10.77.0.0/24, fd77::/64\n\n",
+        tunpipe_testkit::wg::KeyPair::generate().public.to_base64()
+    );
+    let file = ConfigFile::new("session", &rig.config_text_with(&subnets))?;
     let running = Running::start(
         Command::new(BIN).args(["wg", "--config", file.path(), "--name", "tpwg7"]),
         READY,
     )?;
+    for (family, subnet) in [("-4", "10.77.0.0/24"), ("-6", "fd77::/64")] {
+        let routes = tunpipe_testkit::netns::run_here(&["ip", family, "route", "show", subnet])?;
+        check(routes.lines().count() == 1, || {
+            format!(
+                "{subnet} is routed {} times:\n{routes}",
+                routes.lines().count()
+            )
+        })?;
+    }
     rig.ping_all_from_end(PEER_V4, 5)?;
     rig.ping_all_from_peer(END_V4, 5)?;
     rig.ping_all_from_end(PEER_V6, 5)?;

@@ -242,7 +242,9 @@ pub fn kernel_rows(ifname: &str, k: Result<KernelCounters, String>) {
                 &format!("kernel {ifname} → engine"),
                 format!(
                     "{} packets, dropped {}, errors {}  (tx side: drops here mean the engine \
-                     did not read fast enough)",
+                     did not read fast enough; on a TUN with offload the kernel counts a TCP \
+                     segment of up to 64 KiB as one packet, which the engine counts as the \
+                     packets it cuts it into)",
                     group(k.tx_packets),
                     k.tx_dropped,
                     k.tx_errors
@@ -251,7 +253,8 @@ pub fn kernel_rows(ifname: &str, k: Result<KernelCounters, String>) {
             row(
                 &format!("engine → kernel {ifname}"),
                 format!(
-                    "{} packets, dropped {}, errors {}  (rx side)",
+                    "{} packets, dropped {}, errors {}  (rx side; with offload, coalesced \
+                     segments count once)",
                     group(k.rx_packets),
                     k.rx_dropped,
                     k.rx_errors

@@ -251,8 +251,20 @@ fn add_routes(config: &WgConfig, ifname: &str) -> CliResult<String> {
     let ifindex = ifindex(ifname)?;
     let mut new = Vec::new();
     let mut existed = Vec::new();
+    // The kernel routes each Address's own subnet when the address is set: routing it again
+    // would add a second route (for IPv6, beside the kernel's, at another metric).
+    let connected: Vec<_> = config
+        .interface
+        .addresses
+        .iter()
+        .map(|a| a.trunc())
+        .collect();
     for net in config.peers.iter().flat_map(|p| &p.allowed_ips) {
         let net = net.trunc();
+        if connected.contains(&net) {
+            existed.push(net.to_string());
+            continue;
+        }
         match super::route::add(net.network(), net.prefix_len(), ifindex) {
             Ok(super::route::Added::New) => new.push(net.to_string()),
             Ok(super::route::Added::Existed) => existed.push(net.to_string()),
@@ -352,7 +364,9 @@ fn tunnel_rows(s: &WireGuardStats, udp: &UdpDevice) {
         format!(
             "{} in all: authentication {}, replay {}, not allowed {}, no session {}, no peer \
              {}, no endpoint {}, no handshake {}, garbage {}, bad mac1 {} (why the stage \
-             dropped: most are among the stage drops above)",
+             dropped: most are among the stage drops above; \"no peer\" is a packet to an \
+             address no peer's AllowedIPs cover, on Linux mostly the kernel's own IPv6 \
+             multicast: router solicitations, MLD reports)",
             group(s.dropped()),
             s.drop_auth_failure,
             s.drop_replay,
