@@ -16,6 +16,7 @@ use super::error::{
 };
 use super::report::{TunpipeLatency, TunpipeStats, TunpipeTunnelStats};
 use super::session::Session;
+use super::util::check_ptr;
 use parking_lot::{Condvar, Mutex};
 use std::ffi::c_char;
 use std::sync::Arc;
@@ -257,6 +258,8 @@ ffi_fn! {
     /// # Safety
     /// `out` must be NULL or a writable `TunpipeTunnelStats` whose `size` field is set.
     unsafe fn tunpipe_tunnel_stats(out: *mut TunpipeTunnelStats) -> i32 {
+        // A NULL `out` is the caller's first error, whether or not an engine ran.
+        check_ptr(out.cast_const(), "out")?;
         // SAFETY: the caller's promise, passed on.
         unsafe { current()?.copy_tunnel_stats(out) }
     }
@@ -279,6 +282,7 @@ ffi_fn! {
     /// # Safety
     /// `out` must be NULL or a writable `TunpipeStats` whose `size` field is set.
     unsafe fn tunpipe_stats(out: *mut TunpipeStats) -> i32 {
+        check_ptr(out.cast_const(), "out")?;
         // SAFETY: the caller's promise, passed on.
         unsafe { current()?.copy_stats(out) }
     }
@@ -290,6 +294,7 @@ ffi_fn! {
     /// # Safety
     /// `out` must be NULL or a writable `TunpipeLatency` whose `size` field is set.
     unsafe fn tunpipe_latency(out: *mut TunpipeLatency) -> i32 {
+        check_ptr(out.cast_const(), "out")?;
         // SAFETY: the caller's promise, passed on.
         unsafe { current()?.copy_latency(out) }
     }
