@@ -2,7 +2,7 @@
 //! hands them on in batches. A one-way engine has one (outbound); a tunnel has one per
 //! device, each feeding its direction.
 
-use super::{route_side, run_stage_batch, send_emitted, Control, EmitPlace, Outs, StageHost};
+use super::{route_side, run_stage_batch, Control, Emits, Outs, StageHost};
 use crate::device::{ErrorClass, Medium, RxHalf};
 use crate::error::EngineError;
 use crate::link::{Backoff, Idle, RetryWindow, Waited};
@@ -31,16 +31,13 @@ pub(crate) struct Reader<R: RxHalf> {
     pub downstream: Downstream,
     /// The packets of the current drain, reused every time (allocated once).
     pub batch: Vec<PacketBuf>,
-    /// A duplex stage's packets emitted during a batch (allocated once, with room for what
-    /// it may emit per batch).
-    pub emitted: Vec<(Side, PacketBuf)>,
+    /// Where a duplex stage run inline puts what it emits during a batch.
+    pub emits: Emits,
     pub batch_size: usize,
     /// The largest packet this device carries: the reader receives `mtu + 1` bytes, so it
     /// sees an oversize packet.
     pub mtu: usize,
     pub headroom: usize,
-    /// The area of a packet a duplex stage emits (the larger of both devices' packets).
-    pub emit_area: usize,
     pub latency: bool,
     pub backoff: Backoff,
     /// From the device: what it carries, and the most packets one receive call moves.
@@ -234,13 +231,7 @@ impl<R: RxHalf> Reader<R> {
         let free = &mut self.pool.free;
         match &mut self.downstream {
             Downstream::Inline { host, outs } => {
-                let mut place = EmitPlace {
-                    spare: free,
-                    emitted: &mut self.emitted,
-                    headroom: self.headroom,
-                    area: self.emit_area,
-                    room: outs.room_after(self.batch.len()),
-                };
+                let mut place = self.emits.place(free, outs.room_after(self.batch.len()));
                 run_stage_batch(
                     host,
                     direction,
@@ -252,7 +243,7 @@ impl<R: RxHalf> Reader<R> {
                 );
                 // What the stage emitted goes first: packets a handshake held go out before
                 // those that came after them.
-                send_emitted(&mut self.emitted, outs, free, &counters.stage, ctl);
+                self.emits.send(outs, free, &counters.stage, ctl);
                 let mut rung = [false; 2];
                 for buf in self.batch.drain(..) {
                     if buf.recycled() {
@@ -363,11 +354,10 @@ mod tests {
                 },
             },
             batch: Vec::with_capacity(4),
-            emitted: Vec::new(),
+            emits: Emits::new(0, 0, 1501),
             batch_size: 4,
             mtu: 1500,
             headroom: 0,
-            emit_area: 1501,
             latency: false,
             backoff: Backoff {
                 spin: Duration::ZERO,

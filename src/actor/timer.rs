@@ -2,10 +2,8 @@
 //! when the host changed the network path. It sleeps until then: an idle tunnel with nothing
 //! pending wakes nobody.
 
-use super::{run_duplex_timers, send_emitted, Control, EmitPlace, Outs, SharedDuplex, NO_DEADLINE};
-use crate::pool::PacketBuf;
+use super::{run_duplex_timers, Control, Emits, Outs, SharedDuplex, NO_DEADLINE};
 use crate::pool::Pool;
-use crate::stage::Side;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +13,7 @@ pub(crate) struct Timer {
     /// Spare buffers for what the stage's timers send.
     pub pool: Pool,
     pub outs: Outs,
-    pub emitted: Vec<(Side, PacketBuf)>,
-    pub headroom: usize,
-    pub emit_area: usize,
+    pub emits: Emits,
 }
 
 impl Timer {
@@ -56,20 +52,11 @@ impl Timer {
     ) {
         let ctl = &*self.ctl;
         let counters = &ctl.counters.timer;
-        let mut place = EmitPlace {
-            spare: &mut self.pool.free,
-            emitted: &mut self.emitted,
-            headroom: self.headroom,
-            area: self.emit_area,
-            room: self.outs.room_after(0),
-        };
+        let mut place = self
+            .emits
+            .place(&mut self.pool.free, self.outs.room_after(0));
         run_duplex_timers(&self.stage, counters, ctl, &mut place, now, work);
-        send_emitted(
-            &mut self.emitted,
-            &mut self.outs,
-            &mut self.pool.free,
-            counters,
-            ctl,
-        );
+        self.emits
+            .send(&mut self.outs, &mut self.pool.free, counters, ctl);
     }
 }

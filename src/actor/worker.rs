@@ -2,9 +2,7 @@
 //! owns its own instance and has one input (from the reader); with a duplex stage it shares
 //! the one instance and has an input from each reader.
 
-use super::{
-    phase, route_side, run_stage_batch, send_emitted, Control, EmitPlace, Outs, StageHost,
-};
+use super::{phase, route_side, run_stage_batch, Control, Emits, Outs, StageHost};
 use crate::link::{Backoff, Idle, Waited};
 use crate::pool::{PacketBuf, Pool};
 use crate::stage::{Direction, Side};
@@ -20,9 +18,7 @@ pub(crate) struct Worker {
     pub host: StageHost,
     /// Spare buffers for what a duplex stage emits (empty for a one-way stage).
     pub pool: Pool,
-    pub emitted: Vec<(Side, PacketBuf)>,
-    pub headroom: usize,
-    pub emit_area: usize,
+    pub emits: Emits,
     pub batch_size: usize,
     pub latency: bool,
     pub backoff: Backoff,
@@ -90,13 +86,9 @@ impl Worker {
             return;
         };
         let (first, second) = chunk.as_mut_slices();
-        let mut place = EmitPlace {
-            spare: &mut self.pool.free,
-            emitted: &mut self.emitted,
-            headroom: self.headroom,
-            area: self.emit_area,
-            room: self.outs.room_after(n),
-        };
+        let mut place = self
+            .emits
+            .place(&mut self.pool.free, self.outs.room_after(n));
         run_stage_batch(
             &mut self.host,
             direction,
@@ -108,13 +100,8 @@ impl Worker {
         );
         // What the stage emitted goes first: packets a handshake held go out before those
         // that came after them.
-        send_emitted(
-            &mut self.emitted,
-            &mut self.outs,
-            &mut self.pool.free,
-            counters,
-            ctl,
-        );
+        self.emits
+            .send(&mut self.outs, &mut self.pool.free, counters, ctl);
         // Recycled packets travel on too, to the writer of their direction, so that the
         // writers are every buffer's one way home.
         let mut rung = [false; 2];

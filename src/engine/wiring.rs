@@ -17,7 +17,7 @@ use crate::actor::reader::{Downstream, Reader};
 use crate::actor::timer::Timer;
 use crate::actor::worker::Worker;
 use crate::actor::writer::{Mail, Writer};
-use crate::actor::{phase, Control, Outs, SharedDuplex, StageHost, StageRunner};
+use crate::actor::{phase, Control, Emits, Outs, SharedDuplex, StageHost, StageRunner};
 use crate::config::Config;
 use crate::device::{Capabilities, Rebinder, RxHalf, TxHalf};
 use crate::error::EngineError;
@@ -172,6 +172,24 @@ pub(super) fn join_in_order(
     latency
 }
 
+/// Room for what a duplex stage emits per batch (a reply per packet, and as many released
+/// from its hold), each packet of `area` bytes.
+fn duplex_emits(c: &Config, area: usize) -> Emits {
+    Emits::new(2 * c.batch, c.headroom, area)
+}
+
+/// Starts `worker` on its own thread.
+fn spawn_worker(spawner: &mut Spawner, worker: Worker) -> Result<(), EngineError> {
+    spawner.spawn(
+        &format!("tunpipe-worker-{}", worker.index),
+        Role::Worker,
+        move || {
+            worker.run();
+            None
+        },
+    )
+}
+
 fn backoff(c: &Config) -> Backoff {
     Backoff {
         spin: c.spin,
@@ -260,6 +278,7 @@ pub(super) fn one_way<R: RxHalf, T: TxHalf>(
             let (output, from_worker) = RingBuffer::new(c.ring_capacity);
             outs.push(to_worker);
             writer_inputs.push(from_worker);
+            // A one-way stage emits nothing: no spare buffers, no room for emits.
             let worker = Worker {
                 index,
                 ctl: ctl.clone(),
@@ -267,21 +286,12 @@ pub(super) fn one_way<R: RxHalf, T: TxHalf>(
                 outs: toward(Side::Outside, output),
                 host: StageHost::OneWay(StageRunner::new(stage.clone(), index)),
                 pool: Pool::empty(),
-                emitted: Vec::new(),
-                headroom: c.headroom,
-                emit_area: area,
+                emits: Emits::new(0, c.headroom, area),
                 batch_size: c.batch,
                 latency: c.latency,
                 backoff: backoff(c),
             };
-            spawner.spawn(
-                &format!("tunpipe-worker-{index}"),
-                Role::Worker,
-                move || {
-                    worker.run();
-                    None
-                },
-            )?;
+            spawn_worker(&mut spawner, worker)?;
         }
         Downstream::Workers(outs)
     };
@@ -478,21 +488,12 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
                 outs,
                 host: StageHost::Duplex(stage.clone()),
                 pool,
-                emitted: Vec::with_capacity(2 * c.batch),
-                headroom: c.headroom,
-                emit_area: sizes.area,
+                emits: duplex_emits(c, sizes.area),
                 batch_size: c.batch,
                 latency: c.latency,
                 backoff: backoff(c),
             };
-            spawner.spawn(
-                &format!("tunpipe-worker-{index}"),
-                Role::Worker,
-                move || {
-                    worker.run();
-                    None
-                },
-            )?;
+            spawn_worker(&mut spawner, worker)?;
         }
         let [outbound, inbound] = to_workers;
         downstreams.push(Downstream::Workers(outbound));
@@ -540,9 +541,7 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
         stage,
         pool: timer_pool,
         outs: timer_outs,
-        emitted: Vec::with_capacity(2 * c.batch),
-        headroom: c.headroom,
-        emit_area: sizes.area,
+        emits: duplex_emits(c, sizes.area),
     };
     spawner.spawn("tunpipe-timer", Role::Timer, move || {
         timer.run();
@@ -642,11 +641,10 @@ fn reader<R: RxHalf>(
         pool,
         downstream,
         batch: Vec::with_capacity(c.batch),
-        emitted: Vec::with_capacity(2 * c.batch),
+        emits: duplex_emits(c, emit_area),
         batch_size: c.batch,
         mtu,
         headroom: c.headroom,
-        emit_area,
         latency: c.latency,
         backoff: backoff(c),
         medium: caps.medium,
