@@ -21,10 +21,10 @@ use tunpipe_testkit::packets::udp4_packet;
 struct ReplyToAll;
 
 impl DuplexStage for ReplyToAll {
-    fn process(&mut self, _: Direction, _: &mut PacketBuf, _: &mut Emitter<'_>) -> Action {
+    fn process(&self, _: Direction, _: &mut PacketBuf, _: &mut Emitter<'_>) -> Action {
         Action::Reply
     }
-    fn on_deadline(&mut self, _: &mut Emitter<'_>) {}
+    fn on_deadline(&self, _: &mut Emitter<'_>) {}
     fn next_deadline(&self) -> Option<std::time::Instant> {
         None
     }
@@ -132,11 +132,11 @@ fn replies_in_flight_at_stop_are_counted_in_the_direction_they_travel() {
 struct Miscounts;
 
 impl DuplexStage for Miscounts {
-    fn process(&mut self, _: Direction, _: &mut PacketBuf, out: &mut Emitter<'_>) -> Action {
+    fn process(&self, _: Direction, _: &mut PacketBuf, out: &mut Emitter<'_>) -> Action {
         out.drop_held(tunpipe::Side::Outside, 5);
         Action::Forward
     }
-    fn on_deadline(&mut self, _: &mut Emitter<'_>) {}
+    fn on_deadline(&self, _: &mut Emitter<'_>) {}
     fn next_deadline(&self) -> Option<std::time::Instant> {
         None
     }

@@ -421,14 +421,14 @@ const HOLD: usize = 60;
 const PANIC: usize = 100;
 
 impl DuplexStage for Fragile {
-    fn process(&mut self, _: Direction, p: &mut PacketBuf, _: &mut Emitter<'_>) -> Action {
+    fn process(&self, _: Direction, p: &mut PacketBuf, _: &mut Emitter<'_>) -> Action {
         match p.data().len() {
             HOLD => Action::Hold,
             PANIC => panic!("tunnel bug on purpose"),
             _ => Action::Forward,
         }
     }
-    fn on_deadline(&mut self, _: &mut Emitter<'_>) {
+    fn on_deadline(&self, _: &mut Emitter<'_>) {
         panic!("timer bug on purpose");
     }
     fn next_deadline(&self) -> Option<std::time::Instant> {

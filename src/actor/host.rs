@@ -9,7 +9,6 @@ use crate::stage::{
     Action, Direction, DuplexStage, EmitTally, Emitter, Side, Stage, StageFactory, Verdict,
 };
 use crate::stats::StageCounters;
-use parking_lot::Mutex;
 use rtrb::PushError;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -104,9 +103,9 @@ impl EmitPlace<'_> {
         let mut out = Emitter {
             spare: self.spare,
             emitted: self.emitted,
-            // The clock is read (if the stage asks) inside the call, after any wait for the
-            // stage's lock: timers stamped with a time from before that wait would come due
-            // early.
+            // The clock is read (if the stage asks) inside the call, after any wait for a lock
+            // of the stage's own: timers stamped with a time from before that wait would come
+            // due early.
             now: std::cell::Cell::new(None),
             headroom: self.headroom,
             capacity: self.area,
@@ -123,12 +122,12 @@ impl EmitPlace<'_> {
 pub(crate) enum StageHost {
     /// A one-way stage: one instance per worker, rebuilt if it panics.
     OneWay(StageRunner),
-    /// A duplex stage: one instance for every thread, behind a lock taken per packet.
+    /// A duplex stage: one instance for every thread, which guards its own state.
     Duplex(SharedDuplex),
 }
 
 /// A duplex stage shared by the threads that run it.
-pub(crate) type SharedDuplex = Arc<Mutex<Box<dyn DuplexStage>>>;
+pub(crate) type SharedDuplex = Arc<dyn DuplexStage>;
 
 /// Runs a one-way stage on packets, containing its panics.
 pub(crate) struct StageRunner {
@@ -266,12 +265,9 @@ fn run_duplex<'p>(
             packet.route = Route::Recycle;
             continue;
         }
-        let action = {
-            let mut stage = stage.lock();
-            emit.with_emitter(&mut tally, |out| {
-                catch_unwind(AssertUnwindSafe(|| stage.process(direction, packet, out)))
-            })
-        };
+        let action = emit.with_emitter(&mut tally, |out| {
+            catch_unwind(AssertUnwindSafe(|| stage.process(direction, packet, out)))
+        });
         packet.route = match action {
             Ok(Action::Forward) => Route::Forward,
             Ok(Action::Replace) => {
@@ -311,7 +307,7 @@ fn run_duplex<'p>(
         };
     }
     count_emitted(emit, emitted_before, &tally, counters, stamp);
-    ctl.set_deadline(stage.lock().next_deadline());
+    ctl.publish_deadline(&**stage);
 }
 
 /// Counts, in the direction of the side each goes to, what a duplex stage emitted since
@@ -359,21 +355,18 @@ pub(crate) fn run_duplex_timers(
     ctl: &Control,
     emit: &mut EmitPlace<'_>,
     received_at: u64,
-    work: impl FnOnce(&mut dyn DuplexStage, &mut Emitter<'_>),
+    work: impl FnOnce(&dyn DuplexStage, &mut Emitter<'_>),
 ) {
     let mut tally = EmitTally::default();
     let before = emit.emitted.len();
-    {
-        let mut guard = stage.lock();
-        let ran = emit.with_emitter(&mut tally, |out| {
-            catch_unwind(AssertUnwindSafe(|| work(&mut **guard, out)))
+    let ran = emit.with_emitter(&mut tally, |out| {
+        catch_unwind(AssertUnwindSafe(|| work(&**stage, out)))
+    });
+    if ran.is_err() {
+        ctl.fail(EngineError::DuplexStagePanicked {
+            during: "in its timers",
         });
-        if ran.is_err() {
-            ctl.fail(EngineError::DuplexStagePanicked {
-                during: "in its timers",
-            });
-        }
-        ctl.set_deadline(guard.next_deadline());
     }
+    ctl.publish_deadline(&**stage);
     count_emitted(emit, before, &tally, counters, received_at);
 }

@@ -19,7 +19,7 @@ use crate::device::Interrupter;
 use crate::error::EngineError;
 use crate::link::Doorbell;
 use crate::pool::{PacketBuf, Route};
-use crate::stage::{Direction, Side};
+use crate::stage::{Direction, DuplexStage, Side};
 use crate::stats::Counters;
 use parking_lot::{Condvar, Mutex};
 use rtrb::Producer;
@@ -62,6 +62,9 @@ pub(crate) struct Control {
     max_stage_panics: u64,
     /// When the duplex stage's timers next need to run, in ns since `epoch`.
     deadline_ns: AtomicU64,
+    /// Taken to ask a duplex stage for its next deadline and store it, so that the stores
+    /// come in the order of the asking ([`Control::publish_deadline`]).
+    deadline_turn: Mutex<()>,
     /// The host said the network path changed (rebind): the timer tells the stage.
     path_changed: AtomicBool,
 }
@@ -87,6 +90,7 @@ impl Control {
             stage_panics: AtomicU64::new(0),
             max_stage_panics,
             deadline_ns: AtomicU64::new(NO_DEADLINE),
+            deadline_turn: Mutex::new(()),
             path_changed: AtomicBool::new(false),
         }
     }
@@ -186,9 +190,18 @@ impl Control {
         self.deadline_ns.load(Ordering::Acquire)
     }
 
-    /// Records the stage's next deadline (asked under the stage's lock, so that the stores are
-    /// in the order the stage named them), and wakes the timer when it moved earlier.
-    pub(crate) fn set_deadline(&self, deadline: Option<Instant>) {
+    /// Asks `stage` for its next deadline and records it (after a batch, a deadline or a path
+    /// change). Threads ask one at a time: each answer reflects every change made before it
+    /// was asked, so the last one stored is the stage's current deadline. (Unordered, an
+    /// older, later deadline stored after a newer, earlier one would hide it, and the timer
+    /// would sleep through it.) The stage's own lock is taken inside, never the other way.
+    pub(crate) fn publish_deadline(&self, stage: &dyn DuplexStage) {
+        let _turn = self.deadline_turn.lock();
+        self.set_deadline(stage.next_deadline());
+    }
+
+    /// Records a deadline, and wakes the timer when it moved earlier.
+    fn set_deadline(&self, deadline: Option<Instant>) {
         let ns = deadline.map_or(NO_DEADLINE, |d| {
             d.saturating_duration_since(self.epoch).as_nanos() as u64
         });

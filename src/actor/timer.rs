@@ -48,7 +48,7 @@ impl Timer {
     fn run_stage(
         &mut self,
         now: u64,
-        work: impl FnOnce(&mut dyn crate::stage::DuplexStage, &mut crate::stage::Emitter<'_>),
+        work: impl FnOnce(&dyn crate::stage::DuplexStage, &mut crate::stage::Emitter<'_>),
     ) {
         let ctl = &*self.ctl;
         let counters = &ctl.counters.timer;

@@ -131,14 +131,13 @@ impl Builder {
     ) -> Result<Engine, EngineError> {
         let c = &self.config;
         c.validate()?;
-        let stage: Box<dyn DuplexStage> = Box::new(stage);
         let halves = TunnelHalves {
             inside_rx: inside.0,
             inside_tx: inside.1,
             outside_rx: outside.0,
             outside_tx: outside.1,
         };
-        let wired = wiring::tunnel(c, Arc::new(Mutex::new(stage)), halves)?;
+        let wired = wiring::tunnel(c, Arc::new(stage), halves)?;
         log::info!(
             "tunpipe tunnel started: {} worker(s), inside mtu {}",
             c.workers,

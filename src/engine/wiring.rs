@@ -399,10 +399,7 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
     stage: SharedDuplex,
     halves: TunnelHalves<IR, IT, OR, OT>,
 ) -> Result<Wired, EngineError> {
-    let (overhead, burst, state) = {
-        let stage = stage.lock();
-        (stage.overhead(), stage.burst(), stage.state_bytes())
-    };
+    let (overhead, burst, state) = (stage.overhead(), stage.burst(), stage.state_bytes());
     let sizes = TunnelSizes::new(c, overhead, burst);
     let engine_bytes = sizes.reserved_bytes(c);
     c.check_memory_budget(engine_bytes, state)?;
@@ -423,7 +420,7 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
         c.max_stage_panics,
     ));
     // A deadline the stage names before any packet (say, a keepalive due at start) is kept.
-    ctl.set_deadline(stage.lock().next_deadline());
+    ctl.publish_deadline(&*stage);
     // Pools: 0 the inside reader's (outbound), 1 the outside reader's (inbound), 2 the
     // timer's, then one per worker.
     let mut pool_sizes = vec![sizes.reader_pool, sizes.reader_pool, sizes.reserve];

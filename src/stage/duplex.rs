@@ -12,7 +12,9 @@
 //! clocks. It sees each packet with its [`Direction`], says what becomes of it ([`Action`]),
 //! may emit packets of its own through the [`Emitter`] (buffers from a reserve the engine gave
 //! it: it never allocates or blocks), and names its next deadline. The engine runs one
-//! instance for both directions (behind a lock, taken per packet) and calls
+//! instance for both directions, called from several threads at once (the readers inline,
+//! the workers, the timer) with no lock of its own around it: the stage guards its own state,
+//! as finely as it can (the WireGuard stage keeps one lock for now). The engine calls
 //! [`DuplexStage::on_deadline`] from a timer thread that sleeps until the deadline: nothing
 //! wakes up periodically when nothing is pending.
 
@@ -113,14 +115,15 @@ pub enum Action {
 
 /// A two-way protocol: see the module documentation.
 ///
-/// Every method runs under the engine's lock on this instance, from the reader, worker or
-/// timer thread that has a packet or a deadline for it. It must not block.
-pub trait DuplexStage: Send {
+/// Every method may run on any of the reader, worker and timer threads that has a packet or
+/// a deadline for the stage, on several at once: the engine holds no lock around the stage,
+/// which guards its own state. No method may block beyond a short lock of its own.
+pub trait DuplexStage: Send + Sync {
     /// Processes one packet travelling `direction`, in place. A packet may grow into its
     /// head- and tailroom; a datagram's peer is its [`PacketBuf::endpoint`] (the sender, as
     /// received; set it on a packet going out).
     fn process(
-        &mut self,
+        &self,
         direction: Direction,
         packet: &mut PacketBuf,
         out: &mut Emitter<'_>,
@@ -128,7 +131,7 @@ pub trait DuplexStage: Send {
 
     /// Called when the deadline the stage named has come (or later): runs its timers, and
     /// emits what they send.
-    fn on_deadline(&mut self, out: &mut Emitter<'_>);
+    fn on_deadline(&self, out: &mut Emitter<'_>);
 
     /// The next time [`DuplexStage::on_deadline`] should run, or `None` while nothing is
     /// pending. Asked after every batch and every deadline; an earlier one wakes the timer.
@@ -136,7 +139,7 @@ pub trait DuplexStage: Send {
 
     /// The host says the network path changed and the outside device was rebound: a chance
     /// to tell the peers where this end now is (a keepalive, say). The default does nothing.
-    fn path_changed(&mut self, out: &mut Emitter<'_>) {
+    fn path_changed(&self, out: &mut Emitter<'_>) {
         let _ = out;
     }
 

@@ -50,6 +50,7 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use clock::Instant;
 use deadlines::Deadlines;
 use ipnet::IpNet;
+use parking_lot::Mutex;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,7 +122,77 @@ const COOKIE_REPLY_SIZE: usize = 64;
 
 /// The WireGuard stage: one tunnel end and its peers. Build it from a wg-quick config and
 /// run it with [`crate::Builder::start_tunnel`] between a TUN and a [`crate::UdpDevice`].
+///
+/// The engine calls it from several threads at once and holds no lock around it: its state
+/// is behind one lock of its own, taken per packet, deadline or path change, and its clock is
+/// read once that lock is held. (State per peer, so that different peers' packets need not
+/// wait for each other, is for the control plane to bring.)
 pub struct WireGuard {
+    state: Mutex<TunnelState>,
+    counters: Arc<WireGuardCounters>,
+    /// What [`DuplexStage::state_bytes`] says: fixed once built.
+    state_bytes: usize,
+}
+
+impl WireGuard {
+    /// Builds the stage for `config`. Peer endpoints must be addresses by now (see
+    /// [`WgConfig::resolve`]).
+    ///
+    /// # Errors
+    /// What [`WgConfig::check`] finds (no peer, a limit passed, two peers with one key), or an
+    /// endpoint still given as a host name.
+    pub fn new(config: &WgConfig) -> Result<WireGuard, WgConfigError> {
+        let state = TunnelState::new(config)?;
+        Ok(WireGuard {
+            counters: state.counters.clone(),
+            state_bytes: state_bytes(state.peers.len(), state.allowed_ips.len()),
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The stage's counters, readable from any thread while the tunnel runs and after.
+    pub fn counters(&self) -> Arc<WireGuardCounters> {
+        self.counters.clone()
+    }
+}
+
+impl DuplexStage for WireGuard {
+    fn process(
+        &self,
+        direction: Direction,
+        packet: &mut PacketBuf,
+        out: &mut Emitter<'_>,
+    ) -> Action {
+        self.state.lock().process(direction, packet, out)
+    }
+
+    fn on_deadline(&self, out: &mut Emitter<'_>) {
+        self.state.lock().on_deadline(out);
+    }
+
+    fn next_deadline(&self) -> Option<std::time::Instant> {
+        self.state.lock().next_deadline()
+    }
+
+    fn path_changed(&self, out: &mut Emitter<'_>) {
+        self.state.lock().path_changed(out);
+    }
+
+    fn overhead(&self) -> usize {
+        OVERHEAD
+    }
+
+    fn burst(&self) -> usize {
+        QUEUE_DEPTH
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.state_bytes
+    }
+}
+
+/// The stage's state: the tunnel end, its peers and their tables, behind the stage's lock.
+struct TunnelState {
     peers: Vec<Peer>,
     /// Every peer's AllowedIPs: routes outbound packets, checks inbound sources.
     allowed_ips: AllowedIps,
@@ -162,14 +233,8 @@ struct Peer {
     queued: usize,
 }
 
-impl WireGuard {
-    /// Builds the stage for `config`. Peer endpoints must be addresses by now (see
-    /// [`WgConfig::resolve`]).
-    ///
-    /// # Errors
-    /// What [`WgConfig::check`] finds (no peer, a limit passed, two peers with one key), or an
-    /// endpoint still given as a host name.
-    pub fn new(config: &WgConfig) -> Result<WireGuard, WgConfigError> {
+impl TunnelState {
+    fn new(config: &WgConfig) -> Result<TunnelState, WgConfigError> {
         config.check()?;
         let private = StaticSecret::from(*config.interface.private_key.as_bytes());
         let public = PublicKey::from(&private);
@@ -229,7 +294,7 @@ impl WireGuard {
         for (index, peer) in peers.iter().enumerate() {
             deadlines.set(index, peer.next_deadline());
         }
-        Ok(WireGuard {
+        Ok(TunnelState {
             peers,
             allowed_ips,
             deadlines,
@@ -243,11 +308,6 @@ impl WireGuard {
             now,
             anonymous_opens: 0,
         })
-    }
-
-    /// The stage's counters, readable from any thread while the tunnel runs and after.
-    pub fn counters(&self) -> Arc<WireGuardCounters> {
-        self.counters.clone()
     }
 
     fn route(&self, destination: IpAddr) -> Option<usize> {
@@ -529,7 +589,8 @@ impl WireGuard {
     }
 }
 
-impl DuplexStage for WireGuard {
+// What the stage does, under its lock.
+impl TunnelState {
     fn process(
         &mut self,
         direction: Direction,
@@ -580,18 +641,6 @@ impl DuplexStage for WireGuard {
             }
             self.reindex(index);
         }
-    }
-
-    fn overhead(&self) -> usize {
-        OVERHEAD
-    }
-
-    fn burst(&self) -> usize {
-        QUEUE_DEPTH
-    }
-
-    fn state_bytes(&self) -> usize {
-        state_bytes(self.peers.len(), self.allowed_ips.len())
     }
 }
 
@@ -787,7 +836,7 @@ fn reason_of(error: &WireGuardError) -> DropReason {
 impl std::fmt::Debug for WireGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WireGuard")
-            .field("peers", &self.peers.len())
+            .field("peers", &self.counters.snapshot().endpoints.len())
             .finish_non_exhaustive()
     }
 }
@@ -801,7 +850,7 @@ mod tests {
     /// A stage, a place for what it emits, and a clock that stands still (so the rate
     /// limiter's count never starts again during a test).
     struct Rig {
-        stage: WireGuard,
+        stage: TunnelState,
         spare: Vec<PacketBuf>,
         emitted: Vec<(Side, PacketBuf)>,
         tally: crate::stage::EmitTally,
@@ -838,7 +887,7 @@ mod tests {
         }
 
         fn with(text: &str) -> Rig {
-            let stage = WireGuard::new(&WgConfig::parse(text).unwrap()).unwrap();
+            let stage = TunnelState::new(&WgConfig::parse(text).unwrap()).unwrap();
             Rig {
                 stage,
                 spare: (0..8).map(|_| PacketBuf::new(64, 2048, 64)).collect(),
@@ -1097,7 +1146,7 @@ mod tests {
         }
         assert_eq!(rig.stage.counters.snapshot().cookie_replies, 1);
         // The limiter asks for no wake-up: an idle stage has no deadline.
-        assert_eq!(DuplexStage::next_deadline(&rig.stage), None);
+        assert_eq!(rig.stage.next_deadline(), None);
         // A second later (on boringtun's clock too: it checks the period again on its own),
         // the next handshake message starts the count again and is answered, not cookied.
         std::thread::sleep(LIMITER_PERIOD + Duration::from_millis(100));
