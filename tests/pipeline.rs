@@ -477,3 +477,59 @@ fn a_panicking_two_way_stage_stops_the_engine_with_an_error() {
         assert_eq!(app_rx.pending(), 0);
     }
 }
+
+/// For every packet it takes in, emits `BURST` copies toward the outside and consumes the
+/// packet: a burst past the default reserve (one batch).
+struct Burst;
+
+/// Past the default batch (64), so past the reserve a stage that names no burst gets.
+const BURST: usize = 3 * 64 + 1;
+
+impl DuplexStage for Burst {
+    fn process(&self, _: Direction, p: &mut PacketBuf, out: &mut Emitter<'_>) -> Action {
+        let bytes = p.data().to_vec();
+        for _ in 0..BURST {
+            out.emit(tunpipe::Side::Outside, |b| {
+                b.data_mut()[..bytes.len()].copy_from_slice(&bytes);
+                b.truncate(bytes.len()).is_ok()
+            });
+        }
+        Action::Consume
+    }
+    fn on_deadline(&self, _: &mut Emitter<'_>) {}
+    fn next_deadline(&self) -> Option<std::time::Instant> {
+        None
+    }
+    fn burst(&self) -> usize {
+        BURST
+    }
+}
+
+#[test]
+fn a_burst_the_stage_names_goes_out_whole_past_the_default_reserve() {
+    // The engine sizes each emitting thread's spare buffers and the room in its rings from the
+    // stage's burst: every packet of a burst larger than a batch goes out, none is dropped
+    // for want of a buffer or of ring room.
+    assert_eq!(Config::default().batch, 64);
+    for workers in [0, 1, 2] {
+        let (inside, mut app_tx, _app_rx) = MemoryDevice::new(64, 2048);
+        let (outside, _, mut net_rx) = MemoryDevice::new(2 * BURST, 2048);
+        let engine = Engine::builder()
+            .config(config(workers))
+            .start_tunnel_halves(Burst, inside.open().unwrap(), outside.open().unwrap())
+            .unwrap();
+        send(&mut app_tx, &udp4(1, 2, 7, 16));
+        assert!(eventually(|| engine.stats().tx_packets
+            + engine.stats().dropped()
+            >= BURST as u64));
+        engine.stop().unwrap();
+        let out = engine.direction_stats(Direction::Outbound);
+        let got = recv_n(&mut net_rx, out.tx_packets as usize);
+        assert_eq!(got.len() as u64, out.tx_packets, "{out:?}");
+        assert_eq!(
+            (out.originated, out.drop_no_buffer, out.drop_ring_full),
+            (BURST as u64, 0, 0),
+            "workers {workers}: {out:?}"
+        );
+    }
+}

@@ -172,12 +172,6 @@ pub(super) fn join_in_order(
     latency
 }
 
-/// Room for what a duplex stage emits per batch (a reply per packet, and as many released
-/// from its hold), each packet of `area` bytes.
-fn duplex_emits(c: &Config, area: usize) -> Emits {
-    Emits::new(2 * c.batch, c.headroom, area)
-}
-
 /// Starts `worker` on its own thread.
 fn spawn_worker(spawner: &mut Spawner, worker: Worker) -> Result<(), EngineError> {
     spawner.spawn(
@@ -234,6 +228,8 @@ fn home_rings(
 
 /// Bytes one slot of a ring takes.
 const SLOT: usize = std::mem::size_of::<PacketBuf>();
+/// Bytes one emitted packet takes while a batch runs (its side beside it).
+const EMITTED_SLOT: usize = std::mem::size_of::<(Side, PacketBuf)>();
 
 /// Bytes a one-way engine with `c` reserves: pool, rings and histograms.
 pub(super) fn one_way_reserved(c: &Config) -> usize {
@@ -317,7 +313,8 @@ pub(super) fn one_way<R: RxHalf, T: TxHalf>(
         Pool::new(free, from_writers.remove(0)),
         downstream,
         c.mtu,
-        area,
+        // A one-way stage emits nothing.
+        Emits::new(0, c.headroom, area),
     );
     spawner.spawn("tunpipe-reader", Role::Reader, move || {
         reader.run();
@@ -373,8 +370,22 @@ impl TunnelSizes {
         }
     }
 
+    /// Where a thread that runs the stage (a reader inline, a worker, the timer) keeps what it
+    /// emits during one batch: a reply for each of the batch's packets, and a whole reserve
+    /// (the stage's burst). The `Emitter` emits no more than this holds, so a burst the stage
+    /// names goes out whole only if it does.
+    fn emits(&self, c: &Config) -> Emits {
+        Emits::new(self.emits_capacity(c), c.headroom, self.area)
+    }
+
+    fn emits_capacity(&self, c: &Config) -> usize {
+        c.batch + self.reserve
+    }
+
     fn reserved_bytes(&self, c: &Config) -> usize {
         let buffer = c.headroom + self.area + c.tailroom + SLOT;
+        // The readers', the timer's and each worker's emits.
+        let emits = (3 + c.workers) * self.emits_capacity(c) * EMITTED_SLOT;
         let pools = 2 * self.reader_pool + (1 + c.workers) * self.reserve;
         let rings = if c.workers == 0 {
             2 * (c.ring_capacity + self.side_ring)
@@ -382,7 +393,7 @@ impl TunnelSizes {
             2 * c.workers * c.ring_capacity + 2 * c.workers * self.worker_out_ring
         } + 2 * self.side_ring;
         // Home rings: each writer has one back to every pool, as large as that pool.
-        pools * buffer + (rings + 2 * pools) * SLOT + 4 * LatencyRecorder::reserved_bytes()
+        pools * buffer + (rings + 2 * pools) * SLOT + emits + 4 * LatencyRecorder::reserved_bytes()
     }
 }
 
@@ -485,7 +496,7 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
                 outs,
                 host: StageHost::Duplex(stage.clone()),
                 pool,
-                emits: duplex_emits(c, sizes.area),
+                emits: sizes.emits(c),
                 batch_size: c.batch,
                 latency: c.latency,
                 backoff: backoff(c),
@@ -538,7 +549,7 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
         stage,
         pool: timer_pool,
         outs: timer_outs,
-        emits: duplex_emits(c, sizes.area),
+        emits: sizes.emits(c),
     };
     spawner.spawn("tunpipe-timer", Role::Timer, move || {
         timer.run();
@@ -554,7 +565,7 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
         outbound_pool,
         downstreams.next().expect("the outbound downstream"),
         c.mtu,
-        sizes.area,
+        sizes.emits(c),
     );
     let reader_out = reader(
         c,
@@ -565,7 +576,7 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
         inbound_pool,
         downstreams.next().expect("the inbound downstream"),
         c.mtu + overhead,
-        sizes.area,
+        sizes.emits(c),
     );
     spawner.spawn("tunpipe-reader-in", Role::Reader, move || {
         reader_in.run();
@@ -629,7 +640,7 @@ fn reader<R: RxHalf>(
     pool: Pool,
     downstream: Downstream,
     mtu: usize,
-    emit_area: usize,
+    emits: Emits,
 ) -> Reader<R> {
     Reader {
         rx,
@@ -638,7 +649,7 @@ fn reader<R: RxHalf>(
         pool,
         downstream,
         batch: Vec::with_capacity(c.batch),
-        emits: duplex_emits(c, emit_area),
+        emits,
         batch_size: c.batch,
         mtu,
         headroom: c.headroom,
