@@ -16,7 +16,9 @@
 //! with the tunnel idle and 100 times with a handshake pending). Under attack (attack.rs):
 //! `flood` (ping and TCP through a two-peer tunnel while 100,000 initiation-shaped datagrams a
 //! second arrive, with a bad and with a valid mac1; tunpipe and wireguard-go) and `peers`
-//! (ping's round trip with 1 peer and with 10,000).
+//! (ping's round trip with 1 peer and with 10,000). Energy (energy.rs): `paced` (CPU and
+//! wake-ups per datagram of paced UDP at 1 and 10 Mbit/s each way, against boringtun-cli
+//! with one thread and wireguard-go).
 //!
 //! `cargo bench -p tunpipe-cli --bench tunnel [quick] [SECTION...]` as root on Linux with
 //! wireguard-go, wireguard-tools, iperf3 and boringtun-cli (`cargo install boringtun-cli
@@ -25,10 +27,12 @@
 
 #[cfg(target_os = "linux")]
 mod attack;
+#[cfg(target_os = "linux")]
+mod energy;
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use super::attack;
+    use super::{attack, energy};
     use serde_json::{json, Value};
     use std::process::{Child, Command};
     use std::time::{Duration, Instant};
@@ -498,7 +502,7 @@ mod linux {
     pub fn main() {
         let args = BenchArgs::from_env();
         if args.list {
-            for s in ["throughput", "idle", "stop", "flood", "peers"] {
+            for s in ["throughput", "idle", "stop", "flood", "peers", "paced"] {
                 println!("{s}: bench");
             }
             return;
@@ -518,6 +522,7 @@ mod linux {
         } else {
             (10, 3, 1000)
         };
+        let (paced_secs, paced_rounds) = if args.quick { (2, 1) } else { (20, 3) };
         let started = Instant::now();
         let mut out = serde_json::Map::new();
         out.insert("machine".into(), machine());
@@ -531,6 +536,10 @@ mod linux {
                 Box::new(move || attack::flood(flood_secs, flood_rounds)),
             ),
             ("peers", Box::new(move || attack::peers(pings))),
+            (
+                "paced",
+                Box::new(move || energy::paced(paced_secs, paced_rounds)),
+            ),
         ];
         for (name, section) in sections {
             if !args.runs(name) {
