@@ -74,11 +74,7 @@ impl Emits {
                 }
             }
         }
-        for side in [Side::Inside, Side::Outside] {
-            if rung[side.index()] {
-                ctl.writer_bell(side).ring();
-            }
-        }
+        ctl.ring_writers(rung);
     }
 }
 

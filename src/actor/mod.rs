@@ -115,6 +115,15 @@ impl Control {
         &self.writer_bells[side.index()]
     }
 
+    /// Rings the writers of the sides marked in `rung` (those just given packets).
+    pub(crate) fn ring_writers(&self, rung: [bool; 2]) {
+        for side in [Side::Inside, Side::Outside] {
+            if rung[side.index()] {
+                self.writer_bell(side).ring();
+            }
+        }
+    }
+
     pub(crate) fn reader_bell(&self, direction: Direction) -> &Doorbell {
         &self.reader_bells[direction.index()]
     }
@@ -240,13 +249,15 @@ impl Outs {
             .map(|ring| ring.as_ref().map_or(0, |r| r.slots().saturating_sub(batch)))
     }
 
-    /// The ring toward the writer a packet of `direction` is routed to.
+    /// The side a packet read travelling `direction` goes to on `route`, and the ring toward
+    /// that side's writer (none: a reply in a one-way engine, which has no writer back).
     pub(crate) fn for_route(
         &mut self,
         direction: Direction,
         route: Route,
-    ) -> Option<&mut Producer<PacketBuf>> {
-        self.by_side[route_side(direction, route).index()].as_mut()
+    ) -> (Side, Option<&mut Producer<PacketBuf>>) {
+        let side = route_side(direction, route);
+        (side, self.by_side[side.index()].as_mut())
     }
 }
 
@@ -254,7 +265,7 @@ impl Outs {
 /// home through its direction's writer). Its counts belong to that side's direction: a reply
 /// travels, and is counted, the other way.
 #[inline]
-pub(crate) fn route_side(direction: Direction, route: Route) -> Side {
+fn route_side(direction: Direction, route: Route) -> Side {
     match route {
         Route::Back => direction.source(),
         Route::Forward | Route::Recycle => direction.destination(),

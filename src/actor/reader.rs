@@ -2,12 +2,12 @@
 //! hands them on in batches. A one-way engine has one (outbound); a tunnel has one per
 //! device, each feeding its direction.
 
-use super::{route_side, run_stage_batch, Control, Emits, Outs, StageHost};
+use super::{run_stage_batch, Control, Emits, Outs, StageHost};
 use crate::device::{ErrorClass, Medium, RxHalf};
 use crate::error::EngineError;
 use crate::link::{Backoff, Idle, RetryWindow, Waited};
 use crate::pool::{PacketBuf, Pool};
-use crate::stage::{Direction, Side};
+use crate::stage::Direction;
 use crate::wire;
 use rtrb::Producer;
 use std::io;
@@ -250,10 +250,10 @@ impl<R: RxHalf> Reader<R> {
                         free.push(buf);
                         continue;
                     }
-                    let side = route_side(direction, buf.route);
+                    let (side, ring) = outs.for_route(direction, buf.route);
                     // Counted in the direction the packet travels (a reply goes back).
                     let lost = &counters.stage.of(side.direction()).drop_ring_full;
-                    match outs.for_route(direction, buf.route).map(|r| r.push(buf)) {
+                    match ring.map(|r| r.push(buf)) {
                         Some(Ok(())) => rung[side.index()] = true,
                         Some(Err(rtrb::PushError::Full(buf))) => {
                             lost.add(1);
@@ -263,11 +263,7 @@ impl<R: RxHalf> Reader<R> {
                         None => lost.add(1),
                     }
                 }
-                for side in [Side::Inside, Side::Outside] {
-                    if rung[side.index()] {
-                        ctl.writer_bell(side).ring();
-                    }
-                }
+                ctl.ring_writers(rung);
             }
             Downstream::Workers(outs) => {
                 let mut touched = 0u64;

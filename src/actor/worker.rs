@@ -2,10 +2,10 @@
 //! owns its own instance and has one input (from the reader); with a duplex stage it shares
 //! the one instance and has an input from each reader.
 
-use super::{phase, route_side, run_stage_batch, Control, Emits, Outs, StageHost};
+use super::{phase, run_stage_batch, Control, Emits, Outs, StageHost};
 use crate::link::{Backoff, Idle, Waited};
 use crate::pool::{PacketBuf, Pool};
-use crate::stage::{Direction, Side};
+use crate::stage::Direction;
 use rtrb::{Consumer, PushError};
 use std::sync::Arc;
 
@@ -106,9 +106,8 @@ impl Worker {
         // writers are every buffer's one way home.
         let mut rung = [false; 2];
         for buf in chunk {
-            let route = buf.route;
-            let side = route_side(direction, route);
-            let Some(out) = self.outs.for_route(direction, route) else {
+            let (side, ring) = self.outs.for_route(direction, buf.route);
+            let Some(out) = ring else {
                 // A route with no writer (a reply in a one-way engine): dropped, buffer lost
                 // to this run only (a one-way stage cannot reply).
                 counters.of(direction).drop_ring_full.add(1);
@@ -134,10 +133,6 @@ impl Worker {
             }
             rung[side.index()] = true;
         }
-        for side in [Side::Inside, Side::Outside] {
-            if rung[side.index()] {
-                ctl.writer_bell(side).ring();
-            }
-        }
+        ctl.ring_writers(rung);
     }
 }
