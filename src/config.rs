@@ -60,6 +60,9 @@ pub struct Config {
     /// watching its rings, and a reader reading again before it waits in the kernel. A
     /// sleep and its wake-up cost about 35 µs on a small VM, so a short spin saves latency
     /// and CPU under load; an idle engine still sleeps in every thread after this window.
+    /// An actor spins (and yields) only while the gaps between its recent pieces of work
+    /// predict the next within this window: sparse traffic (a call, a stream) sleeps after
+    /// each packet instead of spinning for nothing. 0: never spin or yield.
     pub spin: Duration,
     /// How many times an idle consumer yields after spinning, before it parks.
     pub yields: u32,

@@ -104,9 +104,55 @@ pub(crate) struct Backoff {
     pub yield_while_spinning: bool,
 }
 
+/// How soon a consumer's next piece of work is likely to come, from the gaps between the
+/// last few: staying awake for it (spinning, yielding, reading again) pays only when it comes
+/// within the spin window; otherwise a sleep and a wake-up cost less. The memory is short
+/// (each new gap weighs half), and a gap counts for at most [`Cadence::CAP`] windows, so a
+/// burst after a long silence is recognised within a few pieces of work.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cadence {
+    last: Option<Instant>,
+    /// The predicted gap to the next piece of work.
+    gap: Duration,
+}
+
+impl Cadence {
+    /// How many spin windows a gap counts for at most.
+    const CAP: u32 = 4;
+
+    /// Nothing seen yet: a consumer stays awake for its window, as it would for busy work,
+    /// until the gaps between its first pieces of work show their cadence.
+    pub(crate) fn new() -> Self {
+        Cadence {
+            last: None,
+            gap: Duration::ZERO,
+        }
+    }
+
+    /// A piece of work came at `now`.
+    #[inline]
+    pub(crate) fn arrived(&mut self, now: Instant, window: Duration) {
+        if let Some(last) = self.last {
+            let gap = now.saturating_duration_since(last).min(window * Self::CAP);
+            self.gap = (self.gap + gap) / 2;
+        }
+        self.last = Some(now);
+    }
+
+    /// Whether the next piece of work is predicted within `window`. The gaps a consumer
+    /// that slept saw include its wake-up, which costs about a window (`Config::spin`): so a
+    /// gap up to two windows counts as within one. Else a consumer that slept would see its
+    /// own wake-ups as sparse traffic and sleep on (at one packet in flight, it did).
+    #[inline]
+    pub(crate) fn within(&self, window: Duration) -> bool {
+        !window.is_zero() && self.gap <= window * 2
+    }
+}
+
 /// One consumer's idle state between two pieces of work.
 pub(crate) struct Idle {
     backoff: Backoff,
+    cadence: Cadence,
     started: Option<Instant>,
     spins: u32,
     yields: u32,
@@ -127,33 +173,43 @@ impl Idle {
     pub(crate) fn new(backoff: Backoff) -> Self {
         Idle {
             backoff,
+            cadence: Cadence::new(),
             started: None,
             spins: 0,
             yields: 0,
         }
     }
 
-    /// Work was found: the next idle period starts from spinning again.
+    /// Work was found: it feeds the cadence, and the next idle period starts afresh.
     #[inline]
     pub(crate) fn reset(&mut self) {
+        self.cadence.arrived(Instant::now(), self.backoff.spin);
+        self.restart();
+    }
+
+    fn restart(&mut self) {
         self.started = None;
         self.spins = 0;
         self.yields = 0;
     }
 
-    /// One step of spin → yield → park. `has_work` is the full wake-up condition (ring not
-    /// empty, stop requested, mail waiting) and is checked after the sleeping flag is raised.
+    /// One step of spin → yield → park, where spinning and yielding happen only when the
+    /// cadence of recent work predicts the next piece within the spin window (else the
+    /// consumer parks at once). `has_work` is the full wake-up condition (ring not empty,
+    /// stop requested, mail waiting) and is checked after the sleeping flag is raised.
     pub(crate) fn wait(&mut self, doorbell: &Doorbell, has_work: impl Fn() -> bool) -> Waited {
-        if self.spin() {
-            return Waited::Spun;
-        }
-        if self.yields < self.backoff.yields {
-            self.yields += 1;
-            std::thread::yield_now();
-            return Waited::Yielded;
+        if self.cadence.within(self.backoff.spin) {
+            if self.spin() {
+                return Waited::Spun;
+            }
+            if self.yields < self.backoff.yields {
+                self.yields += 1;
+                std::thread::yield_now();
+                return Waited::Yielded;
+            }
         }
         let parked = doorbell.sleep_unless(has_work);
-        self.reset();
+        self.restart();
         Waited::Slept { parked }
     }
 
@@ -180,10 +236,12 @@ impl Idle {
 }
 
 /// The reader's spin window: after a receive finds the device empty, the reader tries again
-/// for [`Backoff::spin`] before it waits in the kernel. Each try is a receive (on a TUN, a
-/// syscall), so the clock is read on every try, and the yield comes every 16 tries.
+/// for [`Backoff::spin`] before it waits in the kernel, if the cadence of recent packets
+/// predicts the next within that window. Each try is a receive (on a TUN, a syscall), so the
+/// clock is read on every try, and the yield comes every 16 tries.
 pub(crate) struct RetryWindow {
     backoff: Backoff,
+    cadence: Cadence,
     started: Option<Instant>,
     tries: u32,
 }
@@ -192,24 +250,32 @@ impl RetryWindow {
     pub(crate) fn new(backoff: Backoff) -> Self {
         RetryWindow {
             backoff,
+            cadence: Cadence::new(),
             started: None,
             tries: 0,
         }
     }
 
-    /// Packets came: the next empty device starts a new window.
+    /// Packets came: they feed the cadence, and the next empty device starts a new window.
     #[inline]
     pub(crate) fn reset(&mut self) {
+        self.cadence.arrived(Instant::now(), self.backoff.spin);
         self.started = None;
         self.tries = 0;
     }
 
     /// After a receive that found nothing: true to try again (after a pause, or a yield), or
-    /// false once the window is over, to wait in the kernel (and start a new window after).
+    /// false once the window is over, or when the next packet is not expected within it, to
+    /// wait in the kernel (and start a new window after).
     pub(crate) fn try_again(&mut self) -> bool {
+        if !self.cadence.within(self.backoff.spin) {
+            return false;
+        }
         let started = *self.started.get_or_insert_with(Instant::now);
         if started.elapsed() >= self.backoff.spin {
-            self.reset();
+            // The window is over (no packet came): the next one starts afresh.
+            self.started = None;
+            self.tries = 0;
             return false;
         }
         self.tries = self.tries.wrapping_add(1);
@@ -225,6 +291,42 @@ impl RetryWindow {
 #[cfg(all(test, not(tunpipe_loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staying_awake_pays_only_for_work_that_comes_within_the_window() {
+        let window = Duration::from_micros(50);
+        let mut c = Cadence::new();
+        assert!(
+            c.within(window),
+            "nothing seen yet: awake, as for busy work"
+        );
+        let t0 = Instant::now();
+        // Packets 10 µs apart (a burst, a ping-pong): within a few, staying awake pays.
+        let mut at = t0;
+        for _ in 0..4 {
+            at += Duration::from_micros(10);
+            c.arrived(at, window);
+        }
+        assert!(c.within(window));
+        // Packets 1 ms apart (1,000 a second): sleep after each.
+        for _ in 0..3 {
+            at += Duration::from_millis(1);
+            c.arrived(at, window);
+        }
+        assert!(!c.within(window));
+        // After an hour of silence, a burst is recognised within a few packets.
+        at += Duration::from_secs(3600);
+        c.arrived(at, window);
+        let mut burst = 0;
+        while !c.within(window) {
+            at += Duration::from_micros(5);
+            c.arrived(at, window);
+            burst += 1;
+        }
+        assert!(burst <= 4, "{burst} packets to notice a burst");
+        // A window of zero (`Config::spin` = 0) never stays awake.
+        assert!(!c.within(Duration::ZERO));
+    }
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
 
@@ -293,7 +395,50 @@ mod tests {
     }
 
     #[test]
-    fn backoff_spins_then_yields_then_sleeps() {
+    fn backoff_spins_then_yields_then_sleeps_while_work_comes_often() {
+        let bell = Doorbell::default();
+        bell.register_current();
+        let mut idle = Idle::new(Backoff {
+            spin: Duration::from_millis(1),
+            yields: 2,
+            yield_while_spinning: false,
+        });
+        // Work that comes rarely (every 10 ms, against a 1 ms window): it sleeps at once.
+        let mut at = Instant::now();
+        for _ in 0..4 {
+            at += Duration::from_millis(10);
+            idle.cadence.arrived(at, idle.backoff.spin);
+        }
+        assert_eq!(idle.wait(&bell, || true), Waited::Slept { parked: false });
+        // Work back to back (well within the window): it spins the window, yields, sleeps.
+        for _ in 0..8 {
+            idle.reset();
+        }
+        let mut steps = Vec::new();
+        loop {
+            let waited = idle.wait(&bell, || true);
+            let slept = matches!(waited, Waited::Slept { .. });
+            if steps.last() != Some(&waited) {
+                steps.push(waited);
+            }
+            if slept {
+                break;
+            }
+        }
+        assert_eq!(
+            steps,
+            [
+                Waited::Spun,
+                Waited::Yielded,
+                Waited::Slept { parked: false }
+            ]
+        );
+        // After a sleep the next idle period starts over.
+        assert_eq!(idle.wait(&bell, || true), Waited::Spun);
+    }
+
+    #[test]
+    fn a_spin_window_of_zero_never_spins_or_yields() {
         let bell = Doorbell::default();
         bell.register_current();
         let mut idle = Idle::new(Backoff {
@@ -301,11 +446,9 @@ mod tests {
             yields: 2,
             yield_while_spinning: false,
         });
-        assert_eq!(idle.wait(&bell, || true), Waited::Yielded);
-        assert_eq!(idle.wait(&bell, || true), Waited::Yielded);
+        idle.reset();
+        idle.reset();
         assert_eq!(idle.wait(&bell, || true), Waited::Slept { parked: false });
-        // After a sleep the next idle period starts over.
-        assert_eq!(idle.wait(&bell, || true), Waited::Yielded);
     }
 }
 

@@ -13,11 +13,19 @@ use tunpipe_testkit::proc::process_cpu;
 use tunpipe_testkit::report::print_table;
 use tunpipe_testkit::wgpeer::{PeerOptions, WgRig, PEER_V4};
 
-const ENDS: [Contender; 3] = [
-    Contender::Tunpipe(None),
-    Contender::Boringtun(1),
-    Contender::WireguardGo,
-];
+/// tunpipe with its defaults, boringtun-cli with one thread, wireguard-go; and another build
+/// of tunpipe if `TUNPIPE_BENCH_ALT` names one (an A/B in the same run).
+fn ends() -> Vec<Contender> {
+    let alt = std::env::var_os("TUNPIPE_BENCH_ALT").map(|_| Contender::TunpipeAlt);
+    [
+        Contender::Tunpipe(None),
+        Contender::Boringtun(1),
+        Contender::WireguardGo,
+    ]
+    .into_iter()
+    .chain(alt)
+    .collect()
+}
 
 /// (name, iperf3 rate, reverse): A→B is toward the peer, B→A from it.
 const LOADS: [(&str, &str, bool); 4] = [
@@ -66,14 +74,15 @@ fn measure(rig: &WgRig, pid: u32, rate: &str, reverse: bool, secs: u32) -> Resul
 
 pub fn paced(secs: u32, rounds: usize) -> Result<Value, String> {
     let mut rig = WgRig::up(&PeerOptions::default())?;
+    let ends = ends();
     // costs[end][load][round]
-    let mut costs = vec![vec![Vec::<Cost>::new(); LOADS.len()]; ENDS.len()];
+    let mut costs = vec![vec![Vec::<Cost>::new(); LOADS.len()]; ends.len()];
     let mut n = 400;
     let started = Instant::now();
     for round in 0..rounds {
-        for k in 0..ENDS.len() {
-            let ei = (k + round) % ENDS.len();
-            let c = ENDS[ei];
+        for k in 0..ends.len() {
+            let ei = (k + round) % ends.len();
+            let c = ends[ei];
             n += 1;
             rig.rekey_end()?;
             let config = config_file(&rig, "paced", None)?;
@@ -102,11 +111,11 @@ pub fn paced(secs: u32, rounds: usize) -> Result<Value, String> {
     let mut out = Vec::new();
     for (li, (load, _, _)) in LOADS.iter().enumerate() {
         let cpu = |ei: usize| median(costs[ei][li].iter().map(|c| c.cpu_us).collect());
-        let thriftiest = (0..ENDS.len())
-            .filter(|&ei| ENDS[ei] != Contender::Tunpipe(None))
+        let thriftiest = (0..ends.len())
+            .filter(|&ei| ends[ei].is_anchor())
             .map(cpu)
             .fold(f64::INFINITY, f64::min);
-        for (ei, c) in ENDS.iter().enumerate() {
+        for (ei, c) in ends.iter().enumerate() {
             let col = |f: fn(&Cost) -> f64| median(costs[ei][li].iter().map(f).collect());
             rows.push(vec![
                 load.to_string(),

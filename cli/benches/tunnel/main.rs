@@ -85,7 +85,7 @@ mod linux {
         }
 
         /// The others, against whose best a tunpipe figure is set.
-        fn is_anchor(self) -> bool {
+        pub(crate) fn is_anchor(self) -> bool {
             !matches!(self, Contender::Tunpipe(_) | Contender::TunpipeAlt)
         }
     }
