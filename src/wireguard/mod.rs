@@ -903,6 +903,16 @@ mod tests {
             let mut packet = PacketBuf::new(64, 2048, 64);
             packet.fill(64, bytes).unwrap();
             packet.set_endpoint(Some(from.into()));
+            let action =
+                self.with_emitter(|stage, out| stage.process(Direction::Inbound, &mut packet, out));
+            (action, packet.data().to_vec())
+        }
+
+        /// Runs `work` on the stage with an emitter over the rig's spare buffers.
+        fn with_emitter<R>(
+            &mut self,
+            work: impl FnOnce(&mut TunnelState, &mut Emitter<'_>) -> R,
+        ) -> R {
             let mut out = Emitter {
                 spare: &mut self.spare,
                 emitted: &mut self.emitted,
@@ -912,10 +922,7 @@ mod tests {
                 room: [8, 8],
                 tally: &mut self.tally,
             };
-            let action = self
-                .stage
-                .process(Direction::Inbound, &mut packet, &mut out);
-            (action, packet.data().to_vec())
+            work(&mut self.stage, &mut out)
         }
 
         fn process(
@@ -927,16 +934,7 @@ mod tests {
             let mut packet = PacketBuf::new(64, 2048, 64);
             packet.fill(64, bytes).unwrap();
             packet.set_endpoint(from);
-            let mut out = Emitter {
-                spare: &mut self.spare,
-                emitted: &mut self.emitted,
-                now: std::cell::Cell::new(Some(self.now)),
-                headroom: 64,
-                capacity: 2048,
-                room: [8, 8],
-                tally: &mut self.tally,
-            };
-            self.stage.process(direction, &mut packet, &mut out)
+            self.with_emitter(|stage, out| stage.process(direction, &mut packet, out))
         }
 
         fn drops(&self) -> u64 {
@@ -991,16 +989,8 @@ mod tests {
         ];
         let mut packet = PacketBuf::new(64, 2048, 64);
         packet.fill(64, &ipv4_udp).unwrap();
-        let mut out = Emitter {
-            spare: &mut rig.spare,
-            emitted: &mut rig.emitted,
-            now: std::cell::Cell::new(Some(rig.now)),
-            headroom: 64,
-            capacity: 2048,
-            room: [8, 8],
-            tally: &mut rig.tally,
-        };
-        assert_eq!(rig.stage.outbound(&mut packet, &mut out), Action::Replace);
+        let action = rig.with_emitter(|stage, out| stage.outbound(&mut packet, out));
+        assert_eq!(action, Action::Replace);
         assert_eq!(packet.data()[0], HANDSHAKE_INIT);
         let retry = rig.stage.peers[0].timers.next_deadline().unwrap();
         assert!(
