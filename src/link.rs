@@ -187,7 +187,10 @@ impl Idle {
         self.restart();
     }
 
-    fn restart(&mut self) {
+    /// The next idle period starts afresh, without counting as work for the cadence (the
+    /// reader, whose every pass ends its stall waits, uses this: its idle state serves only
+    /// back-pressure, where it stays awake as for busy work).
+    pub(crate) fn restart(&mut self) {
         self.started = None;
         self.spins = 0;
         self.yields = 0;

@@ -95,7 +95,7 @@ impl<R: RxHalf> Reader<R> {
                 continue;
             }
             stalled = false;
-            idle.reset();
+            idle.restart();
             let drained = self.drain(room);
             if !self.batch.is_empty() {
                 retry.reset();
