@@ -19,6 +19,10 @@
 //! - `stop`: 1000 start/stop cycles of an idle engine on a TUN per worker count, and what the
 //!   guide's loops do when asked to stop while idle;
 //! - `idle`: CPU time and wake-ups per second of each contender with no traffic;
+//! - `paced`: open-loop UDP of 64-byte payloads at 200, 2,000 and 20,000 datagrams/s,
+//!   `guide-sync` against tunpipe at `Config::default()`, each in a child process: the whole
+//!   process's CPU time, wake-ups and preemptions per datagram sent, median of 3 alternated
+//!   rounds of 20 s;
 //! - `hostile`: stop time against the stage's time per packet, stop with the host's
 //!   `O_NONBLOCK` cleared, and the cost of each way to read a TUN without blocking (Linux);
 //! - `tcp`: iperf3 between two network namespaces joined by a bridge (two engines, or two
@@ -40,6 +44,7 @@ mod floor;
 mod hostile;
 mod idle;
 mod matrix;
+mod paced;
 mod plot;
 mod seal;
 mod spin;
@@ -63,6 +68,9 @@ struct Timing {
     idle: Duration,
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     iperf_secs: u32,
+    paced_warmup: Duration,
+    paced_measure: Duration,
+    paced_rounds: usize,
 }
 
 /// A section: what it measured, as JSON.
@@ -75,6 +83,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("spin", spin::spin_section),
     ("stop", stop::stop_section),
     ("idle", idle::idle_section),
+    ("paced", paced::paced_section),
     #[cfg(target_os = "linux")]
     ("hostile", hostile::hostile_section),
     #[cfg(target_os = "linux")]
@@ -82,6 +91,11 @@ const SECTIONS: &[(&str, Section)] = &[
 ];
 
 fn main() {
+    // A `paced` contender, started by the section in a process of its own.
+    if let Some(contender) = paced::child_contender() {
+        paced::serve(contender);
+        return;
+    }
     let args = BenchArgs::from_env();
     if args.list {
         for (name, _) in SECTIONS {
@@ -96,6 +110,9 @@ fn main() {
             stop_cycles: 50,
             idle: Duration::from_millis(500),
             iperf_secs: 1,
+            paced_warmup: Duration::from_millis(300),
+            paced_measure: Duration::from_secs(2),
+            paced_rounds: 1,
         }
     } else {
         Timing {
@@ -104,6 +121,9 @@ fn main() {
             stop_cycles: 1000,
             idle: Duration::from_secs(2),
             iperf_secs: 3,
+            paced_warmup: Duration::from_secs(2),
+            paced_measure: Duration::from_secs(20),
+            paced_rounds: 3,
         }
     });
     if let Some(why) = privilege_problem() {

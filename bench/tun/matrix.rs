@@ -163,7 +163,7 @@ pub fn matrix_reflect(t: &Timing) -> Value {
 
 /// Kernel drop counters of the interface (Linux): packets the TUN's queue toward user space
 /// dropped (`tx_dropped`), and packets user space wrote that the kernel dropped (`rx_dropped`).
-fn if_drops(name: &str) -> (u64, u64) {
+pub fn if_drops(name: &str) -> (u64, u64) {
     // /proc/thread-self/net/dev shows the calling thread's namespace (sysfs would show the
     // namespace it was mounted in). Fields after "name:": rx bytes packets errs drop ...,
     // then tx bytes packets errs drop ...
