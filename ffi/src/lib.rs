@@ -29,7 +29,8 @@ mod util;
 mod wireguard;
 
 pub use config::{
-    TunpipeConfig, TUNPIPE_STAGE_CALLBACK, TUNPIPE_STAGE_PASSTHROUGH, TUNPIPE_STAGE_REFLECT,
+    TunpipeConfig, TUNPIPE_SPIN_US_MAX, TUNPIPE_STAGE_CALLBACK, TUNPIPE_STAGE_PASSTHROUGH,
+    TUNPIPE_STAGE_REFLECT,
 };
 pub use error::{
     TUNPIPE_ERR_ALREADY_RUNNING, TUNPIPE_ERR_BAD_FD, TUNPIPE_ERR_BUFFER_TOO_SMALL,
@@ -79,8 +80,9 @@ pub extern "C" fn tunpipe_abi_version() -> u32 {
 
 ffi_fn! {
 /// Fills `*config` with the defaults: reflect stage, inline stage (0 workers), ring 256,
-/// MTU 1500, head- and tailroom 64, batch 64, latency on, no pinning, 1000 stage panics.
-/// The struct's `size` is set; `reserved` is zeroed.
+/// MTU 1500, head- and tailroom 64, batch 64, latency on, no pinning, 1000 stage panics,
+/// the platform's memory budget, a 50 µs spin window. The struct's `size` is set;
+/// `reserved` is zeroed.
 ///
 /// # Safety
 /// `config` must be NULL or writable for `sizeof(TunpipeConfig)` bytes.

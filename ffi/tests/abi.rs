@@ -37,6 +37,12 @@ fn defaults_are_valid_and_sized() {
     assert_eq!(c.size as usize, std::mem::size_of::<TunpipeConfig>());
     assert_eq!(c.stage, TUNPIPE_STAGE_REFLECT);
     assert_eq!(c.mtu, 1500);
+    // The spin window is the engine's default, the same on every target (the header says 50).
+    assert_eq!(c.spin_us, 50);
+    assert_eq!(
+        u128::from(c.spin_us),
+        tunpipe::Config::default().spin.as_micros()
+    );
     // SAFETY: `c` is a valid config.
     assert_eq!(unsafe { tunpipe_config_validate(&c) }, TUNPIPE_OK);
     let mut bytes = 0u64;
@@ -168,6 +174,17 @@ fn invalid_configs_are_error_codes_not_aborts() {
         ("headroom", |c| c.headroom = u32::MAX, TUNPIPE_ERR_CONFIG),
         ("batch", |c| c.batch = 0, TUNPIPE_ERR_CONFIG),
         (
+            "spin_us 10001 exceeds 10000",
+            |c| c.spin_us = TUNPIPE_SPIN_US_MAX + 1,
+            TUNPIPE_ERR_CONFIG,
+        ),
+        // A negative number cast to unsigned, as C lets a host write it.
+        (
+            "spin_us 4294967295",
+            |c| c.spin_us = -1i32 as u32,
+            TUNPIPE_ERR_CONFIG,
+        ),
+        (
             "unknown stage",
             |c| c.stage = 99,
             TUNPIPE_ERR_INVALID_ARGUMENT,
@@ -203,6 +220,68 @@ fn invalid_configs_are_error_codes_not_aborts() {
         // SAFETY: valid pointer.
         assert_eq!(unsafe { tunpipe_set_config(&c) }, expected, "{needle}");
     }
+}
+
+#[test]
+fn spin_windows_from_0_to_the_cap_are_valid() {
+    for spin_us in [0, 1, 50, 1000, TUNPIPE_SPIN_US_MAX] {
+        let mut c = default_config();
+        c.spin_us = spin_us;
+        // SAFETY: `c` is a readable config.
+        let code = unsafe { tunpipe_config_validate(&c) };
+        assert_eq!(code, TUNPIPE_OK, "spin_us {spin_us}: {}", last_error());
+    }
+}
+
+#[test]
+fn a_host_built_before_spin_us_gets_the_default_window() {
+    // Such a host fills its struct with tunpipe_config_default, sets the fields its header
+    // names, and leaves alone the bytes its header calls `reserved` (where spin_us now is):
+    // the size is the same, so it is read whole, and its window is the default.
+    let mut c = default_config();
+    c.workers = 1;
+    c.mtu = 1400;
+    let before = std::mem::offset_of!(TunpipeConfig, spin_us);
+    // SAFETY: TunpipeConfig is plain data; its bytes are readable.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&c as *const TunpipeConfig).cast::<u8>(),
+            std::mem::size_of::<TunpipeConfig>(),
+        )
+    };
+    // The bytes it knows as `reserved` hold the default window and zeroes after it.
+    assert_eq!(bytes[before..before + 4], 50u32.to_ne_bytes());
+    assert!(bytes[before + 4..].iter().all(|&b| b == 0));
+    // SAFETY: `c` is a readable config.
+    assert_eq!(unsafe { tunpipe_config_validate(&c) }, TUNPIPE_OK);
+    // A struct shorter than this version's was never published: still refused, whole.
+    c.size -= 4;
+    // SAFETY: as above.
+    let code = unsafe { tunpipe_config_validate(&c) };
+    assert_eq!(code, TUNPIPE_ERR_STRUCT_SIZE);
+    assert!(last_error().contains("TunpipeConfig.size"));
+}
+
+#[test]
+fn the_config_struct_keeps_its_size_and_spin_us_sits_where_reserved_began() {
+    // The growth rule: new fields take `reserved` bytes, sizeof stays. The header says so
+    // too: spin_us comes right after memory_budget, then 44 reserved bytes.
+    #[cfg(target_pointer_width = "64")]
+    assert_eq!(std::mem::size_of::<TunpipeConfig>(), 128);
+    assert_eq!(
+        std::mem::offset_of!(TunpipeConfig, spin_us),
+        std::mem::offset_of!(TunpipeConfig, memory_budget) + 8
+    );
+    assert_eq!(
+        std::mem::offset_of!(TunpipeConfig, reserved),
+        std::mem::offset_of!(TunpipeConfig, spin_us) + 4
+    );
+    let fields = header_fields("TunpipeConfig");
+    assert_eq!(
+        fields[fields.len() - 3..],
+        ["memory_budget", "spin_us", "reserved"]
+    );
+    assert!(include_str!("../tunpipe.h").contains("uint8_t reserved[44];"));
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! stage, free while running under load, two engines on one fd; and a config that passes
 //! validation but cannot be allocated. Each has a documented result (SECURITY.md), and none
 //! may crash, hang (watchdogs turn a hang into a failure), abort or leak threads and fds.
+//! Also the spin window at its ends (`spin_us` 0 and the cap), which only a real start
+//! exercises from C.
 //!
 //! The TUN tests run each in a fresh network namespace and are reported as ignored, never as
 //! passed, when the process cannot make one (not root). Null pointers, invalid configs and
@@ -40,7 +42,7 @@ pub fn main() {
         "a_valid_config_too_large_to_allocate_is_an_error_not_an_abort",
         too_large_to_allocate,
     )];
-    let root: [(&str, Test); 9] = [
+    let root: [(&str, Test); 10] = [
         (
             "engine_stop_from_many_threads_at_once",
             handle_stop_many_threads,
@@ -61,6 +63,10 @@ pub fn main() {
         (
             "running_out_of_fds_at_start_is_a_resource_error_not_a_bad_fd",
             out_of_fds_at_start,
+        ),
+        (
+            "every_spin_window_from_c_carries_packets_and_stops",
+            spin_windows_from_c,
         ),
     ];
     let mut trials = plain_trials(&plain);
@@ -795,6 +801,49 @@ fn two_engines_one_fd() -> Result<(), Failed> {
         })?;
     }
     Ok(())
+}
+
+/// `spin_us` 0 (every idle thread sleeps at once), the default and the cap (10 ms), with 0
+/// and 1 workers: round trips come back, a burst goes through, stop returns `TUNPIPE_OK`,
+/// and every packet is counted. Behaviour only; what each window costs is measured in the
+/// benches (PERFORMANCE.md).
+fn spin_windows_from_c() -> Result<(), Failed> {
+    let host = tun("tpm9", V4_LOCAL)?;
+    let fd = host.as_raw_fd();
+    let base = resources();
+    for spin_us in [0, 50, TUNPIPE_SPIN_US_MAX] {
+        for workers in [0, 1] {
+            let what = format!("spin_us {spin_us}, {workers} workers");
+            let mut c = default_config();
+            c.spin_us = spin_us;
+            c.workers = workers;
+            let h = start_handle(&c, fd)?;
+            for i in 0..20 {
+                check(udp_round_trip(), || format!("{what}: round trip {i} lost"))?;
+            }
+            let stop_load = Arc::new(AtomicBool::new(false));
+            let load = udp_load(stop_load.clone());
+            std::thread::sleep(Duration::from_millis(20));
+            stop_load.store(true, Ordering::Relaxed);
+            let sent = load.join().map_err(|_| "load panicked")?;
+            // SAFETY: a live handle.
+            let code = unsafe { tunpipe_engine_stop(h.raw()) };
+            check(code == TUNPIPE_OK, || {
+                format!("{what}: stop returned {code}")
+            })?;
+            let stats = handle_stats(h);
+            conserved(&stats)?;
+            check(stats.rx_packets >= 20 && sent > 0, || {
+                format!("{what}: {} packets in, {sent} sent", stats.rx_packets)
+            })?;
+            check(
+                // SAFETY: a live handle no other thread uses.
+                unsafe { tunpipe_engine_free(h.raw()) } == TUNPIPE_OK,
+                || format!("{what}: free"),
+            )?;
+        }
+    }
+    threads_and_fds_back(base)
 }
 
 // ---------------------------------------------------------------------------------------------

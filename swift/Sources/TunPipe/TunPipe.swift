@@ -93,6 +93,14 @@ public struct TunPipeConfiguration: @unchecked Sendable {
     /// Most bytes the engine may reserve at start (`reservedBytes()`); past it, start fails
     /// naming what to shrink. 0: the default (40 MiB on iOS and tvOS); `UInt64.max`: none.
     public var memoryBudget: UInt64
+    /// How long, in microseconds, an idle engine thread keeps looking for the next packet
+    /// before it sleeps (`spin_us`): 0 to `TUNPIPE_SPIN_US_MAX` (10000); 50 by default, on
+    /// every platform. 0: never, an idle thread sleeps at once. A thread spins only while
+    /// its recent packets came close together, so sparse traffic and an idle tunnel sleep
+    /// whatever this says; in bursts and quick request-reply exchanges a spin keeps a core
+    /// busy (battery) to save a sleep and a wake-up per packet (tens of µs of latency). What
+    /// each setting cost where it was measured (a Linux VM, not Apple hardware): the header.
+    public var spinMicroseconds: UInt32
     /// A WireGuard tunnel: the wg-quick text (from `providerConfiguration`, say), or nil for
     /// no tunnel. With it, `stage` and `mtu` are not used: the text's MTU (1420 by default)
     /// is the inside MTU. The host applies the addresses, DNS and routes itself
@@ -113,6 +121,7 @@ public struct TunPipeConfiguration: @unchecked Sendable {
         latency = c.latency != 0
         maxStagePanics = c.max_stage_panics
         memoryBudget = c.memory_budget
+        spinMicroseconds = c.spin_us
     }
 
     /// Calls `body` with the C struct (the defaults, which set `size` and zero `reserved`,
@@ -131,6 +140,7 @@ public struct TunPipeConfiguration: @unchecked Sendable {
         c.latency = latency ? 1 : 0
         c.max_stage_panics = maxStagePanics
         c.memory_budget = memoryBudget
+        c.spin_us = spinMicroseconds
         switch stage {
         case .reflect:
             c.stage = UInt32(TUNPIPE_STAGE_REFLECT)
