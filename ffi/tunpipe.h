@@ -412,8 +412,11 @@ typedef struct TunpipeStats {
   // Packets the tunnel holds now, waiting for a handshake (0 after stop: what it still
   // held then counts in `drop_stopped`).
   uint64_t held;
+  // Of `tx_packets`, those the thread that read (or made) them wrote itself because the
+  // writer thread slept: one thread wake-up per such packet instead of two.
+  uint64_t tx_direct;
   // Zero; room for counters added later.
-  uint64_t reserved[2];
+  uint64_t reserved[1];
 } TunpipeStats;
 
 // One latency distribution, in nanoseconds (all 0 when nothing was recorded).

@@ -91,6 +91,8 @@ pub(crate) struct WriterCounters {
     pub drop_write_error: Counter,
     pub stopped: Counter,
     pub wakeups: Counter,
+    /// Of `tx_packets`, those a producer sent itself while the writer slept.
+    pub tx_direct: Counter,
 }
 
 /// Every actor's counters, each group on its own cache lines. A one-way engine uses the
@@ -140,7 +142,9 @@ impl Counters {
         };
         let sum = |f: fn(&DirectionCounters) -> &Counter| stage_groups().map(|c| f(c).get()).sum();
         // Read the writer's side first: a packet counted out was counted in earlier, so a
-        // snapshot taken while running never shows more out than in.
+        // snapshot taken while running never shows more out than in (and, counted after
+        // them, no more sent directly than sent).
+        let tx_direct = w.tx_direct.get();
         let tx_packets = w.tx_packets.get();
         let tx_bytes = w.tx_bytes.get();
         let drop_write_error = w.drop_write_error.get();
@@ -177,6 +181,7 @@ impl Counters {
                 } else {
                     0
                 },
+            tx_direct,
         }
     }
 
@@ -257,6 +262,10 @@ pub struct Stats {
     pub read_errors: u64,
     /// Times an actor parked and was woken.
     pub wakeups: u64,
+    /// Of `tx_packets`, those the thread that read (or made) them sent to the device itself,
+    /// past the ring, because the writer slept: one thread wake-up for the packet instead of
+    /// two. Under load the writer is awake and sends them all.
+    pub tx_direct: u64,
 }
 
 impl Stats {
@@ -311,6 +320,7 @@ impl std::ops::Add for Stats {
             ring_stalls: self.ring_stalls + o.ring_stalls,
             read_errors: self.read_errors + o.read_errors,
             wakeups: self.wakeups + o.wakeups,
+            tx_direct: self.tx_direct + o.tx_direct,
         }
     }
 }

@@ -9,6 +9,8 @@ pub(crate) use loom::sync::atomic::{AtomicBool, Ordering};
 pub(crate) use loom::sync::{Mutex, MutexGuard};
 #[cfg(tunpipe_loom)]
 pub(crate) use loom::thread::{current, park, Thread};
+#[cfg(tunpipe_loom)]
+pub(crate) use std::sync::TryLockError;
 
 /// The timer's timed sleep is not modelled: under loom it parks like any consumer (the
 /// wake-up protocol is the same).
@@ -20,6 +22,6 @@ pub(crate) fn park_timeout(_timeout: std::time::Duration) {
 #[cfg(not(tunpipe_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, Ordering};
 #[cfg(not(tunpipe_loom))]
-pub(crate) use std::sync::{Mutex, MutexGuard};
+pub(crate) use std::sync::{Mutex, MutexGuard, TryLockError};
 #[cfg(not(tunpipe_loom))]
 pub(crate) use std::thread::{current, park, park_timeout, Thread};

@@ -81,8 +81,11 @@ pub struct TunpipeStats {
     /// Packets the tunnel holds now, waiting for a handshake (0 after stop: what it still
     /// held then counts in `drop_stopped`).
     pub held: u64,
+    /// Of `tx_packets`, those the thread that read (or made) them wrote itself because the
+    /// writer thread slept: one thread wake-up per such packet instead of two.
+    pub tx_direct: u64,
     /// Zero; room for counters added later.
-    pub reserved: [u64; 2],
+    pub reserved: [u64; 1],
 }
 
 /// One direction of a tunnel: outbound is TUN → UDP (sealed toward the peers), inbound is
@@ -291,7 +294,8 @@ impl TunpipeStats {
             drop_no_buffer: s.drop_no_buffer,
             ring_stalls: s.ring_stalls,
             held: s.held,
-            reserved: [0; 2],
+            tx_direct: s.tx_direct,
+            reserved: [0; 1],
         }
     }
 }

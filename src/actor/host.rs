@@ -9,7 +9,6 @@ use crate::stage::{
     Action, Direction, DuplexStage, EmitTally, Emitter, Side, Stage, StageFactory, Verdict,
 };
 use crate::stats::StageCounters;
-use rtrb::PushError;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
@@ -50,31 +49,21 @@ impl Emits {
         }
     }
 
-    /// Sends the emitted packets to the writers of their sides, and rings the writers it
-    /// used. A packet whose ring is full is dropped and counted (ring full, in its
-    /// direction), and its buffer goes back to `spare`.
+    /// Hands the emitted packets toward the writers of their sides, within a batch of
+    /// `outs` (between its `begin` and `finish`). A packet with no room is dropped and
+    /// counted (ring full, in its direction), and its buffer goes back to `spare`.
     pub(crate) fn send(
         &mut self,
         outs: &mut Outs,
         spare: &mut Vec<PacketBuf>,
         counters: &StageCounters,
-        ctl: &Control,
     ) {
-        let mut rung = [false; 2];
         for (side, packet) in self.emitted.drain(..) {
-            let pushed = match outs.by_side[side.index()].as_mut() {
-                Some(ring) => ring.push(packet),
-                None => Err(PushError::Full(packet)),
-            };
-            match pushed {
-                Ok(()) => rung[side.index()] = true,
-                Err(PushError::Full(packet)) => {
-                    counters.of(side.direction()).drop_ring_full.add(1);
-                    spare.push(packet);
-                }
+            if let Err(packet) = outs.push(side, packet) {
+                counters.of(side.direction()).drop_ring_full.add(1);
+                spare.push(packet);
             }
         }
-        ctl.ring_writers(rung);
     }
 }
 

@@ -1,11 +1,15 @@
 //! The actors: readers, workers, writers and (for a duplex stage) a timer. Each owns its
-//! state; nothing on the hot path is locked but a duplex stage's own lock. They share only the
-//! [`Control`] block: the stop phase, counters, doorbells and the timer's deadline.
+//! state. They share the [`Control`] block (the stop phase, counters, doorbells and the
+//! timer's deadline) and each writer's send half, which a producer borrows while the writer
+//! sleeps (`outs.rs`). On the hot path nothing is locked but a duplex stage's own lock and a
+//! writer's send token, which nobody else wants under load (producers try for it only while
+//! the writer sleeps).
 //!
 //! A one-way engine has one reader (outbound) and one writer (its destination, the "outside"
 //! of the device it writes). A tunnel has a reader and a writer on each side.
 
 mod host;
+mod outs;
 pub(crate) mod reader;
 pub(crate) mod timer;
 pub(crate) mod worker;
@@ -14,15 +18,14 @@ pub(crate) mod writer;
 pub(crate) use host::{
     run_duplex_timers, run_stage_batch, Emits, SharedDuplex, StageHost, StageRunner,
 };
+pub(crate) use outs::{route_side, Out, Outs, WriterEnd, STRAIGHT_MAX};
 
 use crate::device::Interrupter;
 use crate::error::EngineError;
 use crate::link::Doorbell;
-use crate::pool::{PacketBuf, Route};
 use crate::stage::{Direction, DuplexStage, Side};
 use crate::stats::Counters;
 use parking_lot::{Condvar, Mutex};
-use rtrb::Producer;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::Instant;
 
@@ -113,15 +116,6 @@ impl Control {
 
     pub(crate) fn writer_bell(&self, side: Side) -> &Doorbell {
         &self.writer_bells[side.index()]
-    }
-
-    /// Rings the writers of the sides marked in `rung` (those just given packets).
-    pub(crate) fn ring_writers(&self, rung: [bool; 2]) {
-        for side in [Side::Inside, Side::Outside] {
-            if rung[side.index()] {
-                self.writer_bell(side).ring();
-            }
-        }
     }
 
     pub(crate) fn reader_bell(&self, direction: Direction) -> &Doorbell {
@@ -231,43 +225,5 @@ impl Control {
 
     pub(crate) fn path_change_pending(&self) -> bool {
         self.path_changed.load(Ordering::Acquire)
-    }
-}
-
-/// How packets go to the writers: one ring per side (a one-way engine has only the
-/// outside's).
-pub(crate) struct Outs {
-    pub by_side: [Option<Producer<PacketBuf>>; 2],
-}
-
-impl Outs {
-    /// Slots, by side, left for emitted packets once a batch of `batch` packets (each of
-    /// which may go either way) is pushed.
-    pub(crate) fn room_after(&self, batch: usize) -> [usize; 2] {
-        self.by_side
-            .each_ref()
-            .map(|ring| ring.as_ref().map_or(0, |r| r.slots().saturating_sub(batch)))
-    }
-
-    /// The side a packet read travelling `direction` goes to on `route`, and the ring toward
-    /// that side's writer (none: a reply in a one-way engine, which has no writer back).
-    pub(crate) fn for_route(
-        &mut self,
-        direction: Direction,
-        route: Route,
-    ) -> (Side, Option<&mut Producer<PacketBuf>>) {
-        let side = route_side(direction, route);
-        (side, self.by_side[side.index()].as_mut())
-    }
-}
-
-/// The side a packet read travelling `direction` goes to on `route` (a recycled buffer goes
-/// home through its direction's writer). Its counts belong to that side's direction: a reply
-/// travels, and is counted, the other way.
-#[inline]
-fn route_side(direction: Direction, route: Route) -> Side {
-    match route {
-        Route::Back => direction.source(),
-        Route::Forward | Route::Recycle => direction.destination(),
     }
 }

@@ -169,15 +169,21 @@ impl<R: RxHalf> Reader<R> {
     }
 
     /// The rings a packet of this reader may go to.
-    fn downstream_rings(&self) -> impl Iterator<Item = &Producer<PacketBuf>> {
+    /// Their free slots and sizes.
+    fn downstream_rings(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         let (inline, workers) = match &self.downstream {
             Downstream::Inline { outs, .. } => (Some(outs.by_side.iter().flatten()), None),
             Downstream::Workers(rings) => (None, Some(rings.iter())),
         };
-        inline
+        let inline = inline
             .into_iter()
             .flatten()
-            .chain(workers.into_iter().flatten())
+            .map(|o| (o.slots(), o.capacity()));
+        let workers = workers
+            .into_iter()
+            .flatten()
+            .map(|r| (r.slots(), r.buffer().capacity()));
+        inline.chain(workers)
     }
 
     /// How many packets the next batch may hold so that each fits in whichever ring it goes
@@ -185,16 +191,8 @@ impl<R: RxHalf> Reader<R> {
     /// whole batch (or a whole ring, if a ring is smaller than a batch): then the reader
     /// waits, and reads in full batches again.
     fn downstream_room(&self) -> usize {
-        let room = self
-            .downstream_rings()
-            .map(|r| r.slots())
-            .min()
-            .unwrap_or(0);
-        let smallest = self
-            .downstream_rings()
-            .map(|r| r.buffer().capacity())
-            .min()
-            .unwrap_or(0);
+        let room = self.downstream_rings().map(|r| r.0).min().unwrap_or(0);
+        let smallest = self.downstream_rings().map(|r| r.1).min().unwrap_or(0);
         if room >= self.batch_size.min(smallest) {
             room.min(self.batch_size)
         } else {
@@ -243,27 +241,10 @@ impl<R: RxHalf> Reader<R> {
                 );
                 // What the stage emitted goes first: packets a handshake held go out before
                 // those that came after them.
-                self.emits.send(outs, free, &counters.stage, ctl);
-                let mut rung = [false; 2];
-                for buf in self.batch.drain(..) {
-                    if buf.recycled() {
-                        free.push(buf);
-                        continue;
-                    }
-                    let (side, ring) = outs.for_route(direction, buf.route);
-                    // Counted in the direction the packet travels (a reply goes back).
-                    let lost = &counters.stage.of(side.direction()).drop_ring_full;
-                    match ring.map(|r| r.push(buf)) {
-                        Some(Ok(())) => rung[side.index()] = true,
-                        Some(Err(rtrb::PushError::Full(buf))) => {
-                            lost.add(1);
-                            free.push(buf);
-                        }
-                        // A route with no writer (a reply in a one-way engine): dropped.
-                        None => lost.add(1),
-                    }
-                }
-                ctl.ring_writers(rung);
+                outs.begin(ctl);
+                self.emits.send(outs, free, &counters.stage);
+                outs.push_batch(direction, self.batch.drain(..), free, &counters.stage);
+                outs.finish();
             }
             Downstream::Workers(outs) => {
                 let mut touched = 0u64;
@@ -310,7 +291,8 @@ fn flow_hash(buf: &PacketBuf, medium: Medium) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actor::StageRunner;
+    use crate::actor::outs::AlwaysAwake;
+    use crate::actor::{Out, StageRunner};
     use crate::device::{Device, MemoryDevice};
     use crate::stage::BuiltinStage;
     use rtrb::RingBuffer;
@@ -346,7 +328,7 @@ mod tests {
             downstream: Downstream::Inline {
                 host: StageHost::OneWay(StageRunner::new(BuiltinStage::Passthrough.factory(), 0)),
                 outs: Outs {
-                    by_side: [None, Some(out)],
+                    by_side: [None, Some(Out::new(out, Arc::new(AlwaysAwake)))],
                 },
             },
             batch: Vec::with_capacity(4),

@@ -56,7 +56,9 @@ impl Timer {
             .emits
             .place(&mut self.pool.free, self.outs.room_after(0));
         run_duplex_timers(&self.stage, counters, ctl, &mut place, now, work);
+        self.outs.begin(ctl);
         self.emits
-            .send(&mut self.outs, &mut self.pool.free, counters, ctl);
+            .send(&mut self.outs, &mut self.pool.free, counters);
+        self.outs.finish();
     }
 }

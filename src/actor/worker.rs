@@ -2,11 +2,11 @@
 //! owns its own instance and has one input (from the reader); with a duplex stage it shares
 //! the one instance and has an input from each reader.
 
-use super::{phase, run_stage_batch, Control, Emits, Outs, StageHost};
+use super::{phase, route_side, run_stage_batch, Control, Emits, Outs, StageHost};
 use crate::link::{Backoff, Idle, Waited};
 use crate::pool::{PacketBuf, Pool};
 use crate::stage::Direction;
-use rtrb::{Consumer, PushError};
+use rtrb::Consumer;
 use std::sync::Arc;
 
 pub(crate) struct Worker {
@@ -100,24 +100,24 @@ impl Worker {
         );
         // What the stage emitted goes first: packets a handshake held go out before those
         // that came after them.
+        self.outs.begin(ctl);
         self.emits
-            .send(&mut self.outs, &mut self.pool.free, counters, ctl);
+            .send(&mut self.outs, &mut self.pool.free, counters);
         // Recycled packets travel on too, to the writer of their direction, so that the
         // writers are every buffer's one way home.
-        let mut rung = [false; 2];
         for buf in chunk {
-            let (side, ring) = self.outs.for_route(direction, buf.route);
-            let Some(out) = ring else {
-                // A route with no writer (a reply in a one-way engine): dropped, buffer lost
-                // to this run only (a one-way stage cannot reply).
-                counters.of(direction).drop_ring_full.add(1);
-                continue;
-            };
+            let side = route_side(direction, buf.route);
             let mut buf = buf;
             loop {
-                match out.push(buf) {
+                match self.outs.push(side, buf) {
                     Ok(()) => break,
-                    Err(PushError::Full(back)) => {
+                    Err(_) if self.outs.by_side[side.index()].is_none() => {
+                        // A route with no writer (a reply in a one-way engine): dropped,
+                        // buffer lost to this run only (a one-way stage cannot reply).
+                        counters.of(direction).drop_ring_full.add(1);
+                        break;
+                    }
+                    Err(back) => {
                         if ctl.stopping() {
                             // A packet the stage dropped or consumed is already counted.
                             if !back.recycled() {
@@ -131,8 +131,7 @@ impl Worker {
                     }
                 }
             }
-            rung[side.index()] = true;
         }
-        ctl.ring_writers(rung);
+        self.outs.finish();
     }
 }

@@ -1,11 +1,13 @@
 //! A writer: sends packets to its device half, records latency, and sends every buffer home.
 //! A one-way engine has one (toward the device it writes, its "outside"); a tunnel has one
-//! per side.
+//! per side. Its send half lives in an [`Outlet`], which a producer borrows to send a sparse
+//! packet itself while the writer sleeps (the send token, `crate::link`).
 
+use super::outs::WriterEnd;
 use super::{phase, Control};
 use crate::device::{ErrorClass, TxHalf};
 use crate::error::EngineError;
-use crate::link::{Backoff, Idle, Waited};
+use crate::link::{Backoff, Idle, SendToken, Waited};
 use crate::pool::PacketBuf;
 use crate::stage::Side;
 use crate::stats::{LatencyRecorder, LatencySnapshot};
@@ -19,35 +21,87 @@ pub(crate) enum Mail {
 }
 
 pub(crate) struct Writer<T: TxHalf> {
-    /// The side this writer sends to.
-    pub side: Side,
-    pub tx: T,
-    pub ctl: Arc<Control>,
+    pub outlet: Arc<Outlet<T>>,
     /// One ring per worker, or one per reader when the stage runs inline (and one from the
     /// timer in a tunnel).
     pub inputs: Vec<Consumer<PacketBuf>>,
-    /// Buffers going home, one ring per pool (indexed by the buffer's home). Each can hold
-    /// its whole pool, so none is ever full.
-    pub homes: Vec<Producer<PacketBuf>>,
     pub mailbox: Receiver<Mail>,
     pub batch_size: usize,
-    pub latency: bool,
     pub backoff: Backoff,
-    pub engine_time: LatencyRecorder,
-    pub stage_time: LatencyRecorder,
     /// The packets of the chunk being sent, out of their ring already so that its slots are
     /// free for the producer while the send calls run. Allocated once, `batch_size` long.
     pub sending: Vec<PacketBuf>,
+}
+
+/// A writer's send half behind the send token: the writer and the producers that send past
+/// their rings share it.
+pub(crate) struct Outlet<T: TxHalf> {
+    /// The side it sends to.
+    side: Side,
+    ctl: Arc<Control>,
+    token: SendToken<SendHalf<T>>,
+}
+
+/// What a send takes and updates: the device half, the rings home, the latency histograms.
+pub(crate) struct SendHalf<T: TxHalf> {
+    pub tx: T,
+    /// Buffers going home, one ring per pool (indexed by the buffer's home). Each can hold
+    /// its whole pool, so none is ever full.
+    pub homes: Vec<Producer<PacketBuf>>,
+    pub latency: bool,
+    pub engine_time: LatencyRecorder,
+    pub stage_time: LatencyRecorder,
     /// The most packets one send call moves (from the device).
     pub max_batch: usize,
+}
+
+impl<T: TxHalf> Outlet<T> {
+    pub(crate) fn new(side: Side, ctl: Arc<Control>, half: SendHalf<T>) -> Self {
+        Outlet {
+            side,
+            ctl,
+            token: SendToken::new(half),
+        }
+    }
+}
+
+impl<T: TxHalf> WriterEnd for Outlet<T> {
+    #[inline]
+    fn asleep(&self) -> bool {
+        self.ctl.writer_bell(self.side).asleep()
+    }
+
+    #[inline]
+    fn wake(&self) {
+        self.ctl.writer_bell(self.side).ring();
+    }
+
+    fn try_send(&self, packets: &mut Vec<PacketBuf>) -> bool {
+        let ctl = &*self.ctl;
+        let bell = ctl.writer_bell(self.side);
+        let Some(mut token) = self.token.try_bypass(bell, || !ctl.stopping()) else {
+            return false;
+        };
+        let Some(half) = token.as_mut() else {
+            return false;
+        };
+        let went = half.send_all(ctl, self.side, packets);
+        drop(token);
+        ctl.counters
+            .writer(self.side.direction())
+            .tx_direct
+            .add(went);
+        true
+    }
 }
 
 impl<T: TxHalf> Writer<T> {
     /// Runs until the stop protocol lets it leave; returns the final histograms.
     pub(crate) fn run(mut self) -> LatencySnapshot {
-        let ctl = self.ctl.clone();
-        let bell = ctl.writer_bell(self.side);
-        let counters = ctl.counters.writer(self.side.direction());
+        let ctl = self.outlet.ctl.clone();
+        let side = self.outlet.side;
+        let bell = ctl.writer_bell(side);
+        let counters = ctl.counters.writer(side.direction());
         bell.register_current();
         let mut idle = Idle::new(self.backoff);
         loop {
@@ -60,17 +114,17 @@ impl<T: TxHalf> Writer<T> {
                 moved += self.write_from(i, current_phase >= phase::STOP_REQUESTED);
             }
             if moved > 0 {
-                // Buffers went home: wake a reader that stalled on an empty pool.
-                ctl.reader_bells.iter().for_each(|bell| {
-                    bell.ring();
-                });
                 idle.reset();
                 continue;
             }
             if current_phase >= phase::WORKERS_DONE {
-                return LatencySnapshot {
-                    engine: self.engine_time.into_latency(),
-                    stage: self.stage_time.into_latency(),
+                // The send half leaves with the writer: no producer sends after this.
+                return match self.outlet.token.take() {
+                    Some(half) => LatencySnapshot {
+                        engine: half.engine_time.into_latency(),
+                        stage: half.stage_time.into_latency(),
+                    },
+                    None => LatencySnapshot::empty(),
                 };
             }
             let exit_phase = if current_phase >= phase::STOP_REQUESTED {
@@ -96,45 +150,71 @@ impl<T: TxHalf> Writer<T> {
         if n == 0 {
             return 0;
         }
+        let outlet = &*self.outlet;
+        let ctl = &*outlet.ctl;
+        // The send token, from before the packets leave their ring until they are written: a
+        // producer that finds its ring empty sends past it only once they went.
+        let mut token = outlet.token.hold();
+        let Some(half) = token.as_mut() else {
+            return 0;
+        };
         let Ok(chunk) = self.inputs[i].read_chunk(n) else {
             return 0;
         };
-        let counters = self.ctl.counters.writer(self.side.direction());
         if stopping {
             let (first, second) = chunk.as_slices();
             let in_flight = first.iter().chain(second).filter(|b| !b.recycled()).count();
+            let counters = ctl.counters.writer(outlet.side.direction());
             counters.stopped.add(in_flight as u64);
             for buf in chunk {
-                send_home(&mut self.homes, buf);
+                half.send_home(buf);
             }
             return n;
         }
         // Taking the packets out commits the read: the ring's slots are free before any send.
-        for buf in chunk {
-            if buf.recycled() {
-                send_home(&mut self.homes, buf);
-            } else {
-                self.sending.push(buf);
-            }
-        }
-        self.send_all();
+        self.sending.extend(chunk);
+        half.send_all(ctl, outlet.side, &mut self.sending);
         n
     }
 
-    /// Sends `self.sending` in calls of up to the device's batch size, counts what went and
-    /// what failed (a failure belongs to the first packet a call did not send), and sends
-    /// every buffer home.
-    fn send_all(&mut self) {
-        let ctl = &*self.ctl;
-        let counters = ctl.counters.writer(self.side.direction());
-        // One clock read per chunk: engine time ends when the writer takes the chunk, so it
-        // leaves out the send syscalls of the packets ahead in the same chunk.
+    fn latency_snapshot(&self) -> LatencySnapshot {
+        match self.outlet.token.hold().as_ref() {
+            Some(half) => LatencySnapshot {
+                engine: half.engine_time.snapshot(),
+                stage: half.stage_time.snapshot(),
+            },
+            None => LatencySnapshot::empty(),
+        }
+    }
+}
+
+impl<T: TxHalf> SendHalf<T> {
+    /// Sends `packets` toward `side` in calls of up to the device's batch size (a recycled
+    /// buffer among them only goes home), counts what went and what failed (a failure
+    /// belongs to the first packet a call did not send), sends every buffer home, and wakes
+    /// a reader that stalled on an empty pool. Returns how many packets went.
+    fn send_all(&mut self, ctl: &Control, side: Side, sending: &mut Vec<PacketBuf>) -> u64 {
+        let homed = !sending.is_empty();
+        // Recycled buffers to the end (those before keep their order), and home.
+        let mut kept = 0;
+        for i in 0..sending.len() {
+            if !sending[i].recycled() {
+                sending.swap(kept, i);
+                kept += 1;
+            }
+        }
+        for buf in sending.drain(kept..) {
+            self.send_home(buf);
+        }
+        let counters = ctl.counters.writer(side.direction());
+        // One clock read per chunk: engine time ends when the chunk is taken, so it leaves
+        // out the send syscalls of the packets ahead in the same chunk.
         let now = if self.latency { ctl.now_ns() } else { 0 };
         let (mut packets, mut bytes, mut errors) = (0, 0, 0);
         let mut next = 0;
-        while next < self.sending.len() {
-            let end = self.sending.len().min(next + self.max_batch);
-            let went = match self.tx.send_batch(&self.sending[next..end]) {
+        while next < sending.len() {
+            let end = sending.len().min(next + self.max_batch);
+            let went = match self.tx.send_batch(&sending[next..end]) {
                 // A device that claims to have sent nothing without an error would loop
                 // here forever: count its packet as failed instead.
                 Ok(0) => {
@@ -153,12 +233,12 @@ impl<T: TxHalf> Writer<T> {
                     ErrorClass::Fatal => {
                         // The device is gone: nothing after this will go either.
                         ctl.fail(EngineError::device(e));
-                        errors += (self.sending.len() - next) as u64;
+                        errors += (sending.len() - next) as u64;
                         break;
                     }
                 },
             };
-            for buf in &self.sending[next..next + went] {
+            for buf in &sending[next..next + went] {
                 packets += 1;
                 bytes += buf.len() as u64;
                 if self.latency {
@@ -172,23 +252,23 @@ impl<T: TxHalf> Writer<T> {
         counters.tx_packets.add(packets);
         counters.tx_bytes.add(bytes);
         counters.drop_write_error.add(errors);
-        for buf in self.sending.drain(..) {
-            send_home(&mut self.homes, buf);
+        for buf in sending.drain(..) {
+            self.send_home(buf);
         }
+        if homed {
+            // Buffers went home: wake a reader that stalled on an empty pool.
+            ctl.reader_bells.iter().for_each(|bell| {
+                bell.ring();
+            });
+        }
+        packets
     }
 
-    fn latency_snapshot(&self) -> LatencySnapshot {
-        LatencySnapshot {
-            engine: self.engine_time.snapshot(),
-            stage: self.stage_time.snapshot(),
-        }
+    /// Sends a buffer back to its pool. The ring home holds its whole pool, so there is
+    /// always room.
+    #[inline]
+    fn send_home(&mut self, buf: PacketBuf) {
+        let home = usize::from(buf.home);
+        let _ = self.homes[home].push(buf);
     }
-}
-
-/// Sends a buffer back to its pool. The ring home holds its whole pool, so there is always
-/// room.
-#[inline]
-fn send_home(homes: &mut [Producer<PacketBuf>], buf: PacketBuf) {
-    let home = usize::from(buf.home);
-    let _ = homes[home].push(buf);
 }

@@ -16,8 +16,10 @@ use super::Engine;
 use crate::actor::reader::{Downstream, Reader};
 use crate::actor::timer::Timer;
 use crate::actor::worker::Worker;
-use crate::actor::writer::{Mail, Writer};
-use crate::actor::{phase, Control, Emits, Outs, SharedDuplex, StageHost, StageRunner};
+use crate::actor::writer::{Mail, Outlet, SendHalf, Writer};
+use crate::actor::{
+    phase, Control, Emits, Out, Outs, SharedDuplex, StageHost, StageRunner, WriterEnd, STRAIGHT_MAX,
+};
 use crate::config::Config;
 use crate::device::{Capabilities, Rebinder, RxHalf, TxHalf};
 use crate::error::EngineError;
@@ -228,6 +230,8 @@ fn home_rings(
 
 /// Bytes one slot of a ring takes.
 const SLOT: usize = std::mem::size_of::<PacketBuf>();
+/// Bytes one producer's way to a writer keeps for packets going straight to the device.
+const STRAIGHT_BYTES: usize = STRAIGHT_MAX * SLOT;
 /// Bytes one emitted packet takes while a batch runs (its side beside it).
 const EMITTED_SLOT: usize = std::mem::size_of::<(Side, PacketBuf)>();
 
@@ -235,7 +239,9 @@ const EMITTED_SLOT: usize = std::mem::size_of::<(Side, PacketBuf)>();
 pub(super) fn one_way_reserved(c: &Config) -> usize {
     let pool = c.pool_size() * (c.buffer_size() + SLOT);
     let rings = (c.ring_count() * c.ring_capacity + c.pool_size()) * SLOT;
-    pool + rings + 2 * LatencyRecorder::reserved_bytes()
+    // A way to the writer per producer (the reader inline, or each worker).
+    let straight = c.workers.max(1) * STRAIGHT_BYTES;
+    pool + rings + straight + 2 * LatencyRecorder::reserved_bytes()
 }
 
 /// Starts a one-way engine: one reader (outbound), N workers running their own instance of
@@ -259,13 +265,14 @@ pub(super) fn one_way<R: RxHalf, T: TxHalf>(
     let (mut to_homes, mut from_writers) = home_rings(&[pool_size], 1);
     let (mail_tx, mailbox) = crossbeam_channel::bounded(1);
     let mut spawner = Spawner::new(ctl.clone(), c.pin);
+    let outlet = outlet(c, Side::Outside, tx, tx_caps, &ctl, to_homes.remove(0));
     let mut writer_inputs = Vec::new();
     let downstream = if c.workers == 0 {
         let (out, input) = RingBuffer::new(c.ring_capacity);
         writer_inputs.push(input);
         Downstream::Inline {
             host: StageHost::OneWay(StageRunner::new(stage, 0)),
-            outs: toward(Side::Outside, out),
+            outs: toward(Side::Outside, out, outlet.clone()),
         }
     } else {
         let mut outs = Vec::with_capacity(c.workers);
@@ -279,7 +286,7 @@ pub(super) fn one_way<R: RxHalf, T: TxHalf>(
                 index,
                 ctl: ctl.clone(),
                 inputs: vec![(Direction::Outbound, input)],
-                outs: toward(Side::Outside, output),
+                outs: toward(Side::Outside, output, outlet.clone()),
                 host: StageHost::OneWay(StageRunner::new(stage.clone(), index)),
                 pool: Pool::empty(),
                 emits: Emits::new(0, c.headroom, area),
@@ -291,16 +298,7 @@ pub(super) fn one_way<R: RxHalf, T: TxHalf>(
         }
         Downstream::Workers(outs)
     };
-    let writer = writer(
-        c,
-        Side::Outside,
-        tx,
-        tx_caps,
-        &ctl,
-        writer_inputs,
-        to_homes.remove(0),
-        mailbox,
-    );
+    let writer = writer(c, outlet, writer_inputs, mailbox);
     spawner.spawn("tunpipe-writer", Role::Writer, move || {
         Some((Side::Outside, writer.run()))
     })?;
@@ -392,8 +390,16 @@ impl TunnelSizes {
         } else {
             2 * c.workers * c.ring_capacity + 2 * c.workers * self.worker_out_ring
         } + 2 * self.side_ring;
+        // A way to each writer from each producer (the readers inline, or the workers; and
+        // the timer).
+        let producers = if c.workers == 0 { 3 } else { c.workers + 1 };
+        let straight = 2 * producers * STRAIGHT_BYTES;
         // Home rings: each writer has one back to every pool, as large as that pool.
-        pools * buffer + (rings + 2 * pools) * SLOT + emits + 4 * LatencyRecorder::reserved_bytes()
+        pools * buffer
+            + (rings + 2 * pools) * SLOT
+            + emits
+            + straight
+            + 4 * LatencyRecorder::reserved_bytes()
     }
 }
 
@@ -446,12 +452,30 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
         .zip(from_writers.drain(..))
         .map(|(free, returns)| Pool::new(free, returns))
         .collect();
+    let mut homes = to_homes.into_iter();
+    let outlet_in = outlet(
+        c,
+        Side::Inside,
+        inside_tx,
+        caps[0].1,
+        &ctl,
+        homes.next().expect("home rings of the inside writer"),
+    );
+    let outlet_out = outlet(
+        c,
+        Side::Outside,
+        outside_tx,
+        caps[1].1,
+        &ctl,
+        homes.next().expect("home rings of the outside writer"),
+    );
+    let ends: [Arc<dyn WriterEnd>; 2] = [outlet_in.clone(), outlet_out.clone()];
     // Inputs of each writer, by side.
     let mut writer_inputs: [Vec<Consumer<PacketBuf>>; 2] = Default::default();
     let mut ring_to = |side: Side, slots: usize| {
         let (producer, consumer) = RingBuffer::new(slots);
         writer_inputs[side.index()].push(consumer);
-        producer
+        Out::new(producer, ends[side.index()].clone())
     };
     let timer_outs = Outs {
         by_side: [
@@ -511,33 +535,14 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
     let inbound_pool = pools.remove(1);
     let outbound_pool = pools.remove(0);
     let [inside_inputs, outside_inputs] = writer_inputs;
-    let mut homes = to_homes.into_iter();
     let mut mail = Vec::new();
     let mut mailbox = |side: Side| {
         let (mail_tx, mailbox) = crossbeam_channel::bounded(1);
         mail.push((side, mail_tx));
         mailbox
     };
-    let writer_in = writer(
-        c,
-        Side::Inside,
-        inside_tx,
-        caps[0].1,
-        &ctl,
-        inside_inputs,
-        homes.next().expect("home rings of the inside writer"),
-        mailbox(Side::Inside),
-    );
-    let writer_out = writer(
-        c,
-        Side::Outside,
-        outside_tx,
-        caps[1].1,
-        &ctl,
-        outside_inputs,
-        homes.next().expect("home rings of the outside writer"),
-        mailbox(Side::Outside),
-    );
+    let writer_in = writer(c, outlet_in, inside_inputs, mailbox(Side::Inside));
+    let writer_out = writer(c, outlet_out, outside_inputs, mailbox(Side::Outside));
     spawner.spawn("tunpipe-writer-in", Role::Writer, move || {
         Some((Side::Inside, writer_in.run()))
     })?;
@@ -595,38 +600,46 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
     })
 }
 
-/// Outs with one ring, toward `side`.
-fn toward(side: Side, ring: Producer<PacketBuf>) -> Outs {
+/// Outs with one ring, toward `side`'s writer (`end`).
+fn toward(side: Side, ring: Producer<PacketBuf>, end: Arc<dyn WriterEnd>) -> Outs {
     let mut by_side = [None, None];
-    by_side[side.index()] = Some(ring);
+    by_side[side.index()] = Some(Out::new(ring, end));
     Outs { by_side }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn writer<T: TxHalf>(
+/// The send half of the writer toward `side`.
+fn outlet<T: TxHalf>(
     c: &Config,
     side: Side,
     tx: T,
     caps: Capabilities,
     ctl: &Arc<Control>,
-    inputs: Vec<Consumer<PacketBuf>>,
     homes: Vec<Producer<PacketBuf>>,
+) -> Arc<Outlet<T>> {
+    let half = SendHalf {
+        tx,
+        homes,
+        latency: c.latency,
+        engine_time: LatencyRecorder::new(),
+        stage_time: LatencyRecorder::new(),
+        max_batch: caps.max_batch,
+    };
+    Arc::new(Outlet::new(side, ctl.clone(), half))
+}
+
+fn writer<T: TxHalf>(
+    c: &Config,
+    outlet: Arc<Outlet<T>>,
+    inputs: Vec<Consumer<PacketBuf>>,
     mailbox: Receiver<Mail>,
 ) -> Writer<T> {
     Writer {
-        side,
-        tx,
-        ctl: ctl.clone(),
+        outlet,
         inputs,
-        homes,
         mailbox,
         batch_size: c.batch,
-        latency: c.latency,
         backoff: backoff(c),
-        engine_time: LatencyRecorder::new(),
-        stage_time: LatencyRecorder::new(),
         sending: Vec::with_capacity(c.batch),
-        max_batch: caps.max_batch,
     }
 }
 

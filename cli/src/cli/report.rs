@@ -137,11 +137,13 @@ pub fn direction_counters(label: &str, s: &Stats) {
     row(
         &format!("{label} other"),
         format!(
-            "stalls: pool {}, rings {}; read errors {}, wake-ups {}",
+            "stalls: pool {}, rings {}; read errors {}, wake-ups {}; written without waking \
+             the writer {}",
             s.pool_stalls,
             s.ring_stalls,
             s.read_errors,
-            group(s.wakeups)
+            group(s.wakeups),
+            group(s.tx_direct)
         ),
     );
     let balanced = s.balanced();

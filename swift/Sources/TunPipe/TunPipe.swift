@@ -198,6 +198,9 @@ public struct TunPipeStats: Codable, Sendable {
     public var consumed: UInt64
     /// Packets a tunnel holds now, waiting for a handshake (0 after stop).
     public var held: UInt64
+    /// Of `txPackets`, those the thread that read (or made) them wrote itself because the
+    /// writer thread slept: one thread wake-up per such packet instead of two.
+    public var txDirect: UInt64
 
     init(_ s: TunpipeStats) {
         rxPackets = s.rx_packets
@@ -222,6 +225,7 @@ public struct TunPipeStats: Codable, Sendable {
         originated = s.originated
         consumed = s.consumed
         held = s.held
+        txDirect = s.tx_direct
     }
 
     static func read(_ fill: (UnsafeMutablePointer<TunpipeStats>) -> Int32) throws -> TunPipeStats {
