@@ -4,8 +4,16 @@
 //! 250 ms, which would wake an idle phone four times a second. Instead, each peer keeps the
 //! events the timers depend on (what it sent and received, and when), and derives from
 //! WireGuard's constants the next moment `update_timers` can have something to do. Each timer
-//! is one-shot: armed by an event, disarmed once its moment has passed (whether or not boringtun
-//! then acted), so a deadline never repeats without a new event.
+//! is one-shot: armed by an event, and spent once its moment has passed (whether or not
+//! boringtun then acted), so a deadline never repeats without a new event.
+//!
+//! An event that makes a timer moot (a packet sent makes the keepalive owed for received data
+//! moot; a packet received, the handshake owed for silence) leaves it armed: it comes due
+//! early, finds nothing to do, and is derived again from the events then. Disarming at once
+//! would move the stage's next deadline later and then, with the next packet the other way,
+//! earlier again, and a deadline that moves earlier wakes the timer thread: with traffic both
+//! ways, that was a wake-up for about every other packet. Left armed, the deadline only moves
+//! earlier when a timer is armed from nothing.
 //!
 //! The derived moments are never earlier than boringtun's own: it stamps events with the time
 //! of its last tick, which is never later than ours, and an initiation with its clock when it
@@ -43,6 +51,9 @@ pub(crate) struct PeerTimers {
     pub last_tick: Instant,
     last_sent: Instant,
     last_received: Instant,
+    /// Data (not a keepalive or a handshake message) last went out, and last came in.
+    last_data_sent: Option<Instant>,
+    last_data_received: Option<Instant>,
     persistent_keepalive: Option<Duration>,
     retry: Option<Instant>,
     keepalive: Option<Instant>,
@@ -58,6 +69,8 @@ impl PeerTimers {
             last_tick: now,
             last_sent: now,
             last_received: now,
+            last_data_sent: None,
+            last_data_received: None,
             persistent_keepalive,
             retry: None,
             keepalive: None,
@@ -75,32 +88,50 @@ impl PeerTimers {
         self.retry = Some(now + REKEY_TIMEOUT + SLACK);
     }
 
-    /// Anything went out to the peer.
+    /// Anything went out to the peer. (No keepalive is owed now; the keepalive timer, if
+    /// armed, stays armed: module docs.)
     pub(crate) fn sent(&mut self, now: Instant) {
         self.last_sent = now;
-        // Something was sent back: no keepalive owed.
-        self.keepalive = None;
     }
 
     /// Data went out (not a keepalive): if the peer stays silent, a new handshake follows.
     pub(crate) fn data_sent(&mut self, now: Instant) {
         self.sent(now);
+        self.last_data_sent = Some(now);
         if self.handshake_on_silence.is_none() {
-            self.handshake_on_silence =
-                Some(self.last_received + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + SLACK);
+            self.handshake_on_silence = self.silence_handshake_at();
         }
     }
 
-    /// An authenticated packet came from the peer.
+    /// An authenticated packet came from the peer. (No handshake is owed for silence now;
+    /// that timer, if armed, stays armed: module docs.)
     pub(crate) fn received(&mut self, now: Instant) {
         self.last_received = now;
-        self.handshake_on_silence = None;
     }
 
     /// Data came from the peer (not a keepalive): a keepalive is owed if nothing goes back.
     pub(crate) fn data_received(&mut self, now: Instant) {
         self.received(now);
-        self.keepalive = Some(self.last_sent + KEEPALIVE_TIMEOUT + SLACK);
+        self.last_data_received = Some(now);
+        if self.keepalive.is_none() {
+            self.keepalive = self.keepalive_at();
+        }
+    }
+
+    /// When a keepalive is owed: data came in after the last packet went out, and nothing
+    /// goes out for `KEEPALIVE_TIMEOUT`.
+    fn keepalive_at(&self) -> Option<Instant> {
+        self.last_data_received
+            .filter(|&r| r >= self.last_sent)
+            .map(|_| self.last_sent + KEEPALIVE_TIMEOUT + SLACK)
+    }
+
+    /// When a handshake is owed for silence: data went out after the last packet came in,
+    /// and nothing comes in for `KEEPALIVE_TIMEOUT + REKEY_TIMEOUT`.
+    fn silence_handshake_at(&self) -> Option<Instant> {
+        self.last_data_sent
+            .filter(|&s| s >= self.last_received)
+            .map(|_| self.last_received + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + SLACK)
     }
 
     /// A handshake completed; `initiator` if this end started it.
@@ -133,9 +164,17 @@ impl PeerTimers {
             }
         };
         due(&mut self.retry);
-        due(&mut self.keepalive);
-        due(&mut self.handshake_on_silence);
         self.session.iter_mut().for_each(due);
+        // A keepalive or a silence handshake that came due may have been made moot by a
+        // later event (module docs): derive it again from the events, if it is still owed
+        // later than now. (Owed by now, boringtun has just acted on it.)
+        let after = |t: Option<Instant>| t.filter(|&t| t > now);
+        if self.keepalive.is_some_and(|t| t <= now) {
+            self.keepalive = after(self.keepalive_at());
+        }
+        if self.handshake_on_silence.is_some_and(|t| t <= now) {
+            self.handshake_on_silence = after(self.silence_handshake_at());
+        }
         if let (Some(every), Some(at)) = (self.persistent_keepalive, self.persistent) {
             if at <= now {
                 self.persistent = Some(ran.max(now) + every + SLACK);
@@ -223,8 +262,45 @@ mod tests {
                 .map(|d| d.saturating_duration_since(t0).as_secs()),
             Some(10)
         );
+        // Something went back: the keepalive is moot, and its timer finds that out when it
+        // comes due, without moving the deadline before.
         t.sent(t0 + secs(4));
+        let due = t.next_deadline().unwrap();
+        t.ticked(due, due);
         assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn traffic_both_ways_moves_the_deadline_earlier_only_when_a_timer_is_armed_from_nothing() {
+        // A packet each way every 10 ms for two minutes, the timers ticking at each deadline:
+        // the deadline the timer thread sleeps to moves earlier (which wakes it) a handful of
+        // times, not with every other packet.
+        let t0 = Instant::now();
+        let mut t = PeerTimers::new(t0, None);
+        t.session_established(t0, true);
+        let mut earlier = 0;
+        let mut deadline = t.next_deadline();
+        let mut now = t0;
+        let mut step = 0;
+        while now < t0 + secs(120) {
+            now = now + Duration::from_millis(5);
+            if deadline.is_some_and(|d| d <= now) {
+                t.ticked(now, now);
+            }
+            // The stage publishes its deadline after each packet.
+            if step % 2 == 0 {
+                t.data_sent(now);
+            } else {
+                t.data_received(now);
+            }
+            step += 1;
+            let next = t.next_deadline();
+            if next.is_some() && deadline.is_none_or(|d| next < Some(d)) {
+                earlier += 1;
+            }
+            deadline = next;
+        }
+        assert!(earlier <= 3, "the deadline moved earlier {earlier} times");
     }
 
     #[test]
@@ -234,7 +310,10 @@ mod tests {
         t.data_sent(t0 + secs(1));
         let due = t.next_deadline().unwrap();
         assert!(due >= t0 + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT);
+        // An answer came: the handshake is moot, found so when its timer comes due.
         t.received(t0 + secs(2));
+        assert_eq!(t.next_deadline(), Some(due));
+        t.ticked(due, due);
         assert_eq!(t.next_deadline(), None);
     }
 
