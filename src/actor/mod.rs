@@ -44,6 +44,13 @@ pub(crate) mod phase {
 /// "No deadline": the timer sleeps until someone names one.
 pub(crate) const NO_DEADLINE: u64 = u64::MAX;
 
+/// A deadline that moved earlier by less than this (1 ms) is the same one: it does not wake
+/// the timer, which then runs it at most this late. A stage whose clock is not `std`'s
+/// (WireGuard's counts sleep) maps the same deadline to a `std` moment a few ns to µs apart
+/// each time it is asked, and every such "earlier" deadline woke the timer: with traffic, a
+/// wake-up for about every other packet.
+const SAME_DEADLINE_NS: u64 = 1_000_000;
+
 /// What every actor and the engine handle share.
 pub(crate) struct Control {
     phase: AtomicU8,
@@ -203,12 +210,13 @@ impl Control {
         self.set_deadline(stage.next_deadline());
     }
 
-    /// Records a deadline, and wakes the timer when it moved earlier.
+    /// Records a deadline, and wakes the timer when it moved earlier (by more than
+    /// [`SAME_DEADLINE_NS`]).
     fn set_deadline(&self, deadline: Option<Instant>) {
         let ns = deadline.map_or(NO_DEADLINE, |d| {
             d.saturating_duration_since(self.epoch).as_nanos() as u64
         });
-        if ns < self.deadline_ns.swap(ns, Ordering::AcqRel) {
+        if moved_earlier(ns, self.deadline_ns.swap(ns, Ordering::AcqRel)) {
             self.timer_bell.ring();
         }
     }
@@ -225,5 +233,28 @@ impl Control {
 
     pub(crate) fn path_change_pending(&self) -> bool {
         self.path_changed.load(Ordering::Acquire)
+    }
+}
+
+/// Whether deadline `new` (ns) comes before `old` by more than [`SAME_DEADLINE_NS`].
+fn moved_earlier(new: u64, old: u64) -> bool {
+    new.saturating_add(SAME_DEADLINE_NS) < old
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timer_wakes_for_an_earlier_deadline_not_for_the_same_one_mapped_again() {
+        let at = 10_000_000_000;
+        assert!(moved_earlier(at, NO_DEADLINE), "a first deadline");
+        assert!(moved_earlier(at - 2_000_000, at), "2 ms earlier");
+        assert!(!moved_earlier(at - 3, at), "the same, a few ns apart");
+        assert!(!moved_earlier(at + 3, at));
+        assert!(
+            !moved_earlier(NO_DEADLINE, at),
+            "none: the timer wakes and finds none"
+        );
     }
 }

@@ -168,8 +168,7 @@ impl<R: RxHalf> Reader<R> {
         Drained::More
     }
 
-    /// The rings a packet of this reader may go to.
-    /// Their free slots and sizes.
+    /// The free slots and the size of each ring a packet of this reader may go to.
     fn downstream_rings(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         let (inline, workers) = match &self.downstream {
             Downstream::Inline { outs, .. } => (Some(outs.by_side.iter().flatten()), None),
