@@ -267,6 +267,13 @@ impl Idle {
         self.restart();
     }
 
+    /// Whether the cadence of recent work predicts the next piece within the spin window
+    /// (then this consumer stays awake for it, and is busy: a producer hands on through the
+    /// ring rather than past it).
+    pub(crate) fn expects_more(&self) -> bool {
+        self.cadence.within(self.backoff.spin)
+    }
+
     /// The next idle period starts afresh, without counting as work for the cadence (the
     /// reader, whose every pass ends its stall waits, uses this: its idle state serves only
     /// back-pressure, where it stays awake as for busy work).
@@ -345,6 +352,12 @@ impl RetryWindow {
         self.cadence.arrived(Instant::now(), self.backoff.spin);
         self.started = None;
         self.tries = 0;
+    }
+
+    /// Whether the cadence of recent packets predicts the next within the spin window (see
+    /// [`Idle::expects_more`]).
+    pub(crate) fn expects_more(&self) -> bool {
+        self.cadence.within(self.backoff.spin)
     }
 
     /// After a receive that found nothing: true to try again (after a pause, or a yield), or

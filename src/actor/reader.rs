@@ -100,7 +100,7 @@ impl<R: RxHalf> Reader<R> {
             if !self.batch.is_empty() {
                 retry.reset();
             }
-            self.dispatch();
+            self.dispatch(retry.expects_more());
             match drained {
                 Drained::More => {}
                 // Under load the next packet is usually microseconds away: reading again
@@ -200,7 +200,8 @@ impl<R: RxHalf> Reader<R> {
     }
 
     /// Checks, processes (inline) and hands on the batch, then rings the doorbells it used.
-    fn dispatch(&mut self) {
+    /// `expects_more`: the reader's cadence predicts the next packet within its window.
+    fn dispatch(&mut self, expects_more: bool) {
         if self.batch.is_empty() {
             return;
         }
@@ -240,7 +241,7 @@ impl<R: RxHalf> Reader<R> {
                 );
                 // What the stage emitted goes first: packets a handshake held go out before
                 // those that came after them.
-                outs.begin(ctl);
+                outs.begin(ctl, expects_more);
                 self.emits.send(outs, free, &counters.stage);
                 outs.push_batch(direction, self.batch.drain(..), free, &counters.stage);
                 outs.finish();

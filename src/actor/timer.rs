@@ -56,7 +56,8 @@ impl Timer {
             .emits
             .place(&mut self.pool.free, self.outs.room_after(0));
         run_duplex_timers(&self.stage, counters, ctl, &mut place, now, work);
-        self.outs.begin(ctl);
+        // The timer's work is sparse by nature: it always may go past the rings.
+        self.outs.begin(ctl, false);
         self.emits
             .send(&mut self.outs, &mut self.pool.free, counters);
         self.outs.finish();

@@ -53,7 +53,7 @@ impl Worker {
                 for i in 0..self.inputs.len() {
                     let ready = self.inputs[i].1.slots();
                     if ready > 0 {
-                        self.process(i, ready.min(self.batch_size));
+                        self.process(i, ready.min(self.batch_size), idle.expects_more());
                         worked = true;
                     }
                 }
@@ -77,7 +77,9 @@ impl Worker {
         }
     }
 
-    fn process(&mut self, input: usize, n: usize) {
+    /// Runs the stage over `n` packets of input `input` and hands them on; `expects_more`:
+    /// the worker's cadence predicts more work within its window.
+    fn process(&mut self, input: usize, n: usize, expects_more: bool) {
         let ctl = &*self.ctl;
         let counters = &ctl.counters.workers[self.index];
         let (direction, ring) = &mut self.inputs[input];
@@ -100,7 +102,7 @@ impl Worker {
         );
         // What the stage emitted goes first: packets a handshake held go out before those
         // that came after them.
-        self.outs.begin(ctl);
+        self.outs.begin(ctl, expects_more);
         self.emits
             .send(&mut self.outs, &mut self.pool.free, counters);
         // Recycled packets travel on too, to the writer of their direction, so that the
