@@ -59,10 +59,11 @@
 //!   next one within the spin window ([`Config::spin`]); otherwise it parks at once. A
 //!   producer rings a parked consumer's doorbell, and only then.
 //! - *Bypass a sleeping writer.* A producer (a reader running the stage, a worker, the
-//!   timer) that finds the writer asleep and its own ring to it empty sends up to 8 packets
-//!   itself, holding the writer's send token: one thread wake-up per sparse packet instead of
-//!   two. The writer holds the token from taking packets off a ring until they are written,
-//!   so each flow keeps its order ([`Stats::tx_direct`] counts these packets). Under load
+//!   timer) that finds the writer asleep and its own ring to it empty, and whose own cadence
+//!   says the traffic is sparse, sends up to 8 packets itself, holding the writer's send
+//!   token: one thread wake-up per sparse packet instead of two. The writer holds the token
+//!   from taking packets off a ring until they are written, so each flow keeps its order
+//!   ([`Stats::tx_direct`] counts these packets). Under load, and at one packet in flight,
 //!   the writer is awake and the rings carry the batches.
 //!
 //! An idle engine uses no CPU, and `stop()` returns promptly, with every thread joined.

@@ -24,7 +24,8 @@
 //!
 //! Waking a sleeping writer for one packet costs a second thread wake-up; sending the packet
 //! from the producer's own thread costs none. So a producer that finds the writer asleep and
-//! its own ring to it empty may send on the writer's send half itself, as the kernel sends on
+//! its own ring to it empty, with sparse traffic (its cadence predicts no work within its
+//! spin window), may send on the writer's send half itself, as the kernel sends on
 //! an idle queue without queueing (`TCQ_F_CAN_BYPASS`). The [`SendToken`] keeps order: the
 //! writer holds it from before it pops packets until they are written, and a producer sends
 //! past its ring only holding it, having seen its ring empty. Only that producer fills its
