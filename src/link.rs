@@ -220,6 +220,14 @@ impl Cadence {
         self.last = Some(now);
     }
 
+    /// Whether work comes densely: the predicted gap is at most half of `window`, well inside
+    /// the window even when measured by a consumer that slept (see [`Cadence::within`]).
+    /// Then the consumer hands on through the ring, to a writer that stays awake for it.
+    #[inline]
+    pub(crate) fn dense(&self, window: Duration) -> bool {
+        !window.is_zero() && self.gap <= window / 2
+    }
+
     /// Whether the next piece of work is predicted within `window`. The gaps a consumer
     /// that slept saw include its wake-up, which costs about a window (`Config::spin`): so a
     /// gap up to two windows counts as within one. Else a consumer that slept would see its
@@ -268,11 +276,10 @@ impl Idle {
         self.restart();
     }
 
-    /// Whether the cadence of recent work predicts the next piece within the spin window
-    /// (then this consumer stays awake for it, and is busy: a producer hands on through the
-    /// ring rather than past it).
+    /// Whether the cadence of recent work says it comes densely ([`Cadence::dense`]): then a
+    /// producer hands on through the ring rather than past it.
     pub(crate) fn expects_more(&self) -> bool {
-        self.cadence.within(self.backoff.spin)
+        self.cadence.dense(self.backoff.spin)
     }
 
     /// The next idle period starts afresh, without counting as work for the cadence (the
@@ -355,10 +362,10 @@ impl RetryWindow {
         self.tries = 0;
     }
 
-    /// Whether the cadence of recent packets predicts the next within the spin window (see
+    /// Whether the cadence of recent packets says they come densely (see
     /// [`Idle::expects_more`]).
     pub(crate) fn expects_more(&self) -> bool {
-        self.cadence.within(self.backoff.spin)
+        self.cadence.dense(self.backoff.spin)
     }
 
     /// After a receive that found nothing: true to try again (after a pause, or a yield), or
