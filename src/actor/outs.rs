@@ -1,8 +1,8 @@
 //! How a producer (a reader running the stage inline, a worker, the timer) hands packets to
-//! the writers: through its ring toward each side's writer, or, when that writer sleeps and
-//! the ring is empty, straight to the device on the writer's send half (the send token,
-//! `crate::link`). Under load the writer is awake and the rings carry the batches; a sparse
-//! packet costs one thread wake-up (the producer's) instead of two.
+//! the writers: through its ring toward each side's writer, or, when the traffic is sparse,
+//! that writer sleeps and the ring is empty, straight to the device on the writer's send half
+//! (the send token, `crate::link`). Under load the writer is awake and the rings carry the
+//! batches; a sparse packet costs one thread wake-up (the producer's) instead of two.
 
 use super::Control;
 use crate::pool::{PacketBuf, Route};
@@ -38,8 +38,8 @@ pub(crate) struct Out {
     /// The packets of this batch going straight to the device (allocated once, `limit`
     /// long).
     straight: Vec<PacketBuf>,
-    /// The most packets a batch sends straight: [`STRAIGHT_MAX`], or fewer than the ring
-    /// holds, so that they always fit in the ring if they cannot go straight after all.
+    /// The most packets a batch sends straight: [`STRAIGHT_MAX`], or the ring's size if that
+    /// is smaller, so that they always fit in the ring if they cannot go straight after all.
     limit: usize,
     /// This batch goes straight: the writer slept and the ring was empty when it began.
     going_straight: bool,
@@ -139,10 +139,10 @@ impl Outs {
 
     /// Starts handing on a batch: toward each side whose writer sleeps with this producer's
     /// ring to it empty, the batch's first [`STRAIGHT_MAX`] packets will go straight, unless
-    /// the producer `expects_more` work soon (the cadence of its recent work says so). Then
-    /// the traffic is dense: the writer, woken once, stays awake for the packets that follow
-    /// and sends them while the producer goes back to its own work (at one packet in flight
-    /// on a TUN, sending from the reader halved the round trips a second).
+    /// the producer `expects_more` (its recent work came densely). Then the writer, woken
+    /// once, stays awake for the packets that follow and sends them while the producer goes
+    /// back to its own work (at one packet in flight on a TUN, sending from the reader cut
+    /// the round trips a second by two thirds).
     pub(crate) fn begin(&mut self, ctl: &Control, expects_more: bool) {
         let may = !expects_more && !ctl.stopping();
         for out in self.by_side.iter_mut().flatten() {
