@@ -624,7 +624,15 @@ fn an_unanswered_handshake_is_retried_every_5_s() {
         .map(|w| (w[1] - w[0]).as_secs_f64())
         .collect();
     println!("handshake retry gaps (s): {gaps:.3?}");
-    assert!(gaps.iter().all(|g| (5.0..=5.5).contains(g)), "{gaps:?}");
+    // A retry is due 5 s after the last initiation was made, and the relay sees each one when
+    // it was sent: a gap on the wire is 5 s less the earlier one's time from being made to
+    // being sent. That time differs by path: the first initiation may go through the writer
+    // (awake at start, or woken), the retries from the sleeping timer go out at once. On a
+    // loaded machine (three busy loops on two cores) the first gap measured 4.998-4.999 s in
+    // every run, the retries' 5.001-5.003: the first initiation left 2-3 ms after it was made.
+    // So the lower bound allows 100 ms for that; a retry early by the protocol's own count
+    // (4 s, say) still fails.
+    assert!(gaps.iter().all(|g| (4.9..=5.5).contains(g)), "{gaps:?}");
     assert!(a.counters.snapshot().handshake_failures >= 4);
     stop_and_check(&a);
 }
