@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
-use wiring::{join_in_order, ActorThread, TunnelHalves};
+use wiring::{join_in_order, Absent, ActorThread, Halves, StageNeeds, StagePlan};
 
 /// Sets up an [`Engine`].
 ///
@@ -89,7 +89,13 @@ impl Builder {
     pub fn start_halves<R: RxHalf, T: TxHalf>(self, rx: R, tx: T) -> Result<Engine, EngineError> {
         let c = &self.config;
         c.validate()?;
-        let wired = wiring::one_way(c, self.stage, rx, tx)?;
+        let halves = Halves {
+            inside_rx: rx,
+            inside_tx: None::<Absent>,
+            outside_rx: None::<Absent>,
+            outside_tx: tx,
+        };
+        let wired = wiring::start(c, StagePlan::OneWay(self.stage), halves)?;
         log::info!(
             "tunpipe engine started: {} worker(s), mtu {}, {} buffers",
             c.workers,
@@ -131,13 +137,13 @@ impl Builder {
     ) -> Result<Engine, EngineError> {
         let c = &self.config;
         c.validate()?;
-        let halves = TunnelHalves {
+        let halves = Halves {
             inside_rx: inside.0,
-            inside_tx: inside.1,
-            outside_rx: outside.0,
+            inside_tx: Some(inside.1),
+            outside_rx: Some(outside.0),
             outside_tx: outside.1,
         };
-        let wired = wiring::tunnel(c, Arc::new(stage), halves)?;
+        let wired = wiring::start(c, StagePlan::Duplex(Arc::new(stage)), halves)?;
         log::info!(
             "tunpipe tunnel started: {} worker(s), inside mtu {}",
             c.workers,
@@ -181,7 +187,7 @@ pub fn on_engine_thread() -> bool {
 
 /// Bytes a one-way engine with `c` reserves up front: pool, rings and histograms.
 pub fn reserved_bytes(c: &Config) -> usize {
-    wiring::one_way_reserved(c)
+    wiring::reserved(c, StageNeeds::ONE_WAY)
 }
 
 /// Bytes a tunnel with `c` and `stage` reserves up front: its pools, rings and histograms,
@@ -194,7 +200,12 @@ pub fn tunnel_reserved_bytes(c: &Config, stage: &dyn DuplexStage) -> usize {
 /// that declares this `overhead` ([`DuplexStage::overhead`]) and `burst`
 /// ([`DuplexStage::burst`]): what a host can check before it builds the stage.
 pub fn tunnel_engine_bytes(c: &Config, overhead: usize, burst: usize) -> usize {
-    wiring::tunnel_reserved(c, overhead, burst)
+    let needs = StageNeeds {
+        both_ways: true,
+        overhead,
+        burst,
+    };
+    wiring::reserved(c, needs)
 }
 
 /// A running (or stopped) engine. Dropping it stops it.

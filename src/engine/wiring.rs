@@ -1,5 +1,7 @@
-//! Wiring: the pools, rings and actor threads of an engine, for a one-way stage or a duplex
-//! one, and the order they are joined in at stop.
+//! Wiring: the pools, rings and actor threads of an engine, and the order they are joined in
+//! at stop. There is one topology, built in one place ([`start`]) with its sizes worked out
+//! and checked in one place ([`Sizes`]): a one-way engine is a tunnel with only the outbound
+//! direction, no timer, and a stage that emits nothing.
 //!
 //! ```text
 //!  one-way:  rx ─► reader ═► [workers] ═► writer ─► tx
@@ -21,7 +23,8 @@ use crate::actor::{
     phase, Control, Emits, Out, Outs, SharedDuplex, StageHost, StageRunner, WriterEnd, STRAIGHT_MAX,
 };
 use crate::config::Config;
-use crate::device::{Capabilities, Rebinder, RxHalf, TxHalf};
+use crate::device::{Interrupter, Rebinder, RxHalf, TxHalf};
+use crate::error::ConfigError;
 use crate::error::EngineError;
 use crate::link::Backoff;
 use crate::pool::{self, PacketBuf, Pool};
@@ -235,291 +238,415 @@ const STRAIGHT_BYTES: usize = STRAIGHT_MAX * SLOT;
 /// Bytes one emitted packet takes while a batch runs (its side beside it).
 const EMITTED_SLOT: usize = std::mem::size_of::<(Side, PacketBuf)>();
 
-/// Bytes a one-way engine with `c` reserves: pool, rings and histograms.
-pub(super) fn one_way_reserved(c: &Config) -> usize {
-    let pool = c.pool_size() * (c.buffer_size() + SLOT);
-    let rings = (c.ring_count() * c.ring_capacity + c.pool_size()) * SLOT;
-    // A way to the writer per producer (the reader inline, or each worker).
-    let straight = c.workers.max(1) * STRAIGHT_BYTES;
-    pool + rings + straight + 2 * LatencyRecorder::reserved_bytes()
+/// The stage an engine is built around: a one-way engine is a tunnel with one direction, no
+/// timer and a stage that emits nothing.
+pub(super) enum StagePlan {
+    /// One instance per thread that runs it (a worker, or the reader inline), rebuilt from
+    /// the factory if it panics; outbound only.
+    OneWay(StageFactory),
+    /// One instance shared by every thread that runs it, guarding its own state; both
+    /// directions, and a timer for its deadlines.
+    Duplex(SharedDuplex),
 }
 
-/// Starts a one-way engine: one reader (outbound), N workers running their own instance of
-/// the stage (or the stage inline on the reader), one writer.
-pub(super) fn one_way<R: RxHalf, T: TxHalf>(
-    c: &Config,
-    stage: StageFactory,
-    rx: R,
-    tx: T,
-) -> Result<Wired, EngineError> {
-    c.check_memory_budget(one_way_reserved(c), 0)?;
-    let (rx_caps, tx_caps) = (rx.capabilities(), tx.capabilities());
-    let ctl = Arc::new(Control::new(
-        c.workers,
-        vec![rx.interrupter()],
-        c.max_stage_panics,
-    ));
-    let pool_size = c.pool_size();
-    let area = c.mtu + 1;
-    let free = allocate(c, pool_size, 0, area)?;
-    let (mut to_homes, mut from_writers) = home_rings(&[pool_size], 1);
-    let (mail_tx, mailbox) = crossbeam_channel::bounded(1);
-    let mut spawner = Spawner::new(ctl.clone(), c.pin);
-    let outlet = outlet(c, Side::Outside, tx, tx_caps, &ctl, to_homes.remove(0));
-    let mut writer_inputs = Vec::new();
-    let downstream = if c.workers == 0 {
-        let (out, input) = RingBuffer::new(c.ring_capacity);
-        writer_inputs.push(input);
-        Downstream::Inline {
-            host: StageHost::OneWay(StageRunner::new(stage, 0)),
-            outs: toward(Side::Outside, out, outlet.clone()),
+impl StagePlan {
+    fn needs(&self) -> StageNeeds {
+        match self {
+            StagePlan::OneWay(_) => StageNeeds::ONE_WAY,
+            StagePlan::Duplex(stage) => StageNeeds {
+                both_ways: true,
+                overhead: stage.overhead(),
+                burst: stage.burst(),
+            },
         }
-    } else {
-        let mut outs = Vec::with_capacity(c.workers);
-        for index in 0..c.workers {
-            let (to_worker, input) = RingBuffer::new(c.ring_capacity);
-            let (output, from_worker) = RingBuffer::new(c.ring_capacity);
-            outs.push(to_worker);
-            writer_inputs.push(from_worker);
-            // A one-way stage emits nothing: no spare buffers, no room for emits.
-            let worker = Worker {
-                index,
-                ctl: ctl.clone(),
-                inputs: vec![(Direction::Outbound, input)],
-                outs: toward(Side::Outside, output, outlet.clone()),
-                host: StageHost::OneWay(StageRunner::new(stage.clone(), index)),
-                pool: Pool::empty(),
-                emits: Emits::new(0, c.headroom, area),
-                batch_size: c.batch,
-                latency: c.latency,
-                backoff: backoff(c),
-            };
-            spawn_worker(&mut spawner, worker)?;
+    }
+
+    /// The stage as the thread of worker `index` (or a reader inline, 0) runs it.
+    fn host(&self, index: usize) -> StageHost {
+        match self {
+            StagePlan::OneWay(factory) => {
+                StageHost::OneWay(StageRunner::new(factory.clone(), index))
+            }
+            StagePlan::Duplex(stage) => StageHost::Duplex(stage.clone()),
         }
-        Downstream::Workers(outs)
+    }
+
+    fn state_bytes(&self) -> usize {
+        match self {
+            StagePlan::OneWay(_) => 0,
+            StagePlan::Duplex(stage) => stage.state_bytes(),
+        }
+    }
+}
+
+/// What the sizes depend on besides the config: what the stage declares.
+#[derive(Clone, Copy)]
+pub(super) struct StageNeeds {
+    /// Both directions, replies and emitted packets, and a timer (a duplex stage).
+    pub both_ways: bool,
+    /// Bytes the stage adds to a packet on its way out ([`crate::DuplexStage::overhead`]).
+    pub overhead: usize,
+    /// Packets the stage may emit at once ([`crate::DuplexStage::burst`]).
+    pub burst: usize,
+}
+
+impl StageNeeds {
+    pub(super) const ONE_WAY: StageNeeds = StageNeeds {
+        both_ways: false,
+        overhead: 0,
+        burst: 0,
     };
-    let writer = writer(c, outlet, writer_inputs, mailbox);
-    spawner.spawn("tunpipe-writer", Role::Writer, move || {
-        Some((Side::Outside, writer.run()))
-    })?;
-    let reader = reader(
-        c,
-        rx,
-        rx_caps,
-        &ctl,
-        Direction::Outbound,
-        Pool::new(free, from_writers.remove(0)),
-        downstream,
-        c.mtu,
-        // A one-way stage emits nothing.
-        Emits::new(0, c.headroom, area),
-    );
-    spawner.spawn("tunpipe-reader", Role::Reader, move || {
-        reader.run();
-        None
-    })?;
-    Ok(Wired {
-        threads: spawner.finish(),
-        ctl,
-        mail: vec![(Side::Outside, mail_tx)],
-        reserved_bytes: one_way_reserved(c),
-        rebinder: None,
-    })
 }
 
-/// The halves of a tunnel's two devices.
-pub(super) struct TunnelHalves<IR, IT, OR, OT> {
-    pub inside_rx: IR,
-    pub inside_tx: IT,
-    pub outside_rx: OR,
-    pub outside_tx: OT,
-}
-
-/// The sizes of a tunnel's pools and rings.
-struct TunnelSizes {
+/// Every pool and ring size of an engine, from the config and the stage's needs: the one
+/// place they are worked out, checked ([`Sizes::check`]) and counted in the reserved bytes.
+///
+/// Each reader has a pool, and so (for what a duplex stage emits) do the timer and each
+/// worker. The rings: a reader's forward ring (to each worker, or inline to the writer of its
+/// destination), inline a reply ring to the writer of its source, each worker's ring toward
+/// every writer, and the timer's toward every writer. Every writer has a ring home to every
+/// pool, as large as that pool.
+#[derive(Debug, Clone, PartialEq)]
+struct Sizes {
+    /// Directions, and so readers and writers: 1 (one-way) or 2 (a tunnel).
+    directions: usize,
+    /// A timer runs the stage's deadlines (a duplex stage).
+    timer: bool,
+    workers: usize,
+    batch: usize,
+    /// Packets the stage may emit at once.
+    burst: usize,
     /// Buffers of each reader.
     reader_pool: usize,
     /// Spare buffers of the timer and of each worker, for what the stage emits: a batch, or
-    /// the stage's burst if larger.
+    /// the stage's burst if larger (0: the stage emits nothing).
     reserve: usize,
-    /// Slots of a ring that carries replies and emitted packets: a batch of replies and a
-    /// whole reserve of emitted packets (a handshake's flush) fit at once.
-    side_ring: usize,
-    /// Slots of a worker's ring toward a writer: forwarded packets and a reserve emitted.
+    /// Where a thread that runs the stage keeps what it emits during one batch (see
+    /// [`Sizes::emits`]); 0 for a stage that emits nothing.
+    emitted: usize,
+    /// Slots of a reader's ring to a worker, or inline to its destination's writer.
+    forward_ring: usize,
+    /// Slots of a ring that carries replies and emitted packets (inline to a reader's
+    /// source, and the timer's): a batch of replies and a whole reserve fit at once. 0 when
+    /// there are none.
+    reply_ring: usize,
+    /// Slots of a worker's ring toward a writer: a ring of forwarded packets and a reserve
+    /// emitted.
     worker_out_ring: usize,
     /// The area a buffer receives into: the largest packet either device carries, plus one.
     area: usize,
 }
 
-impl TunnelSizes {
-    fn new(c: &Config, overhead: usize, burst: usize) -> Self {
-        // What each reader's packets can fill: its rings forward (to the writer inline, or to
-        // each worker), the ring back, and a batch in each actor's hands.
-        let reserve = c.batch.max(burst);
-        let forward = c.ring_capacity * c.workers.max(1);
-        let actors = c.workers + 5;
-        TunnelSizes {
-            // Inline, a reader's own pool is also the stage's reserve.
-            reader_pool: forward + c.batch + c.batch * actors + reserve,
+impl Sizes {
+    fn new(c: &Config, needs: StageNeeds) -> Self {
+        let directions = if needs.both_ways { 2 } else { 1 };
+        let timer = needs.both_ways;
+        let reserve = if needs.both_ways {
+            c.batch.max(needs.burst)
+        } else {
+            0
+        };
+        let emitted = if needs.both_ways {
+            c.batch + reserve
+        } else {
+            0
+        };
+        let forward_ring = c.ring_capacity;
+        // A reader's packets fill its forward rings, then (with workers) the workers' rings
+        // toward its destination, and a batch in the hands of every actor; inline, the
+        // reader's own pool is also where the stage's emitted packets come from.
+        let rings_ahead = forward_ring * c.workers.max(1) + forward_ring * c.workers;
+        let actors = c.workers + 2 * directions + usize::from(timer);
+        let reader_pool = if c.pool_buffers != 0 {
+            c.pool_buffers
+        } else {
+            rings_ahead + c.batch * actors + emitted
+        };
+        Sizes {
+            directions,
+            timer,
+            workers: c.workers,
+            batch: c.batch,
+            burst: needs.burst,
+            reader_pool,
             reserve,
-            side_ring: c.batch + reserve,
-            worker_out_ring: c.ring_capacity + reserve,
-            area: c.mtu + overhead + 1,
+            emitted,
+            forward_ring,
+            reply_ring: if needs.both_ways {
+                c.batch + reserve
+            } else {
+                0
+            },
+            worker_out_ring: forward_ring + reserve,
+            area: c.mtu + needs.overhead + 1,
         }
     }
 
-    /// Where a thread that runs the stage (a reader inline, a worker, the timer) keeps what it
-    /// emits during one batch: a reply for each of the batch's packets, and a whole reserve
-    /// (the stage's burst). The `Emitter` emits no more than this holds, so a burst the stage
-    /// names goes out whole only if it does.
-    fn emits(&self, c: &Config) -> Emits {
-        Emits::new(self.emits_capacity(c), c.headroom, self.area)
+    /// Checks the invariants the actors rely on:
+    /// - a reader's pool holds what its forward rings do, so that the rings fill (and the
+    ///   reader waits on them) before the pool runs dry;
+    /// - a burst the stage names goes out whole: the `Emitter` emits no more than the room a
+    ///   batch leaves in the ring toward a writer, no more than [`Sizes::emits`] holds, and
+    ///   from the emitting thread's spare buffers, so each of these holds the burst.
+    fn check(&self) -> Result<(), ConfigError> {
+        let forward = self.forward_ring * self.workers.max(1);
+        if self.reader_pool < forward {
+            return Err(ConfigError::new(
+                "pool_buffers",
+                format!(
+                    "pool_buffers {} is smaller than the {forward} packets a reader's rings \
+                     can hold",
+                    self.reader_pool
+                ),
+            ));
+        }
+        if !self.timer {
+            // A one-way stage emits nothing.
+            return Ok(());
+        }
+        // A worker's batch is at most a batch, and at most what its input ring holds.
+        let worker_batch = self.batch.min(self.forward_ring);
+        let room = [
+            self.reply_ring.saturating_sub(self.batch),
+            self.worker_out_ring.saturating_sub(worker_batch),
+        ];
+        let burst = self.burst;
+        if room.iter().any(|&r| r < burst)
+            || self.emitted < self.batch + burst
+            || self.reserve < burst
+        {
+            return Err(ConfigError::new(
+                "batch",
+                format!(
+                    "batch {}: the engine's rings cannot take the stage's burst of {burst} \
+                     whole (a bug in tunpipe's sizes)",
+                    self.batch
+                ),
+            ));
+        }
+        Ok(())
     }
 
-    fn emits_capacity(&self, c: &Config) -> usize {
-        c.batch + self.reserve
+    /// The pools, by home: each reader's (by direction), then the timer's, then each
+    /// worker's (only for a stage that emits).
+    fn pools(&self) -> Vec<usize> {
+        let mut pools = vec![self.reader_pool; self.directions];
+        if self.timer {
+            pools.push(self.reserve);
+        }
+        if self.reserve > 0 {
+            pools.extend((0..self.workers).map(|_| self.reserve));
+        }
+        pools
+    }
+
+    /// Producers' ways to writers, each with its ring's slots.
+    fn rings(&self) -> Vec<usize> {
+        let writers = self.directions;
+        let mut rings = Vec::new();
+        if self.workers == 0 {
+            for _ in 0..self.directions {
+                rings.push(self.forward_ring);
+                if self.reply_ring > 0 {
+                    rings.push(self.reply_ring);
+                }
+            }
+        } else {
+            rings.extend((0..self.workers * writers).map(|_| self.worker_out_ring));
+        }
+        if self.timer {
+            rings.extend((0..writers).map(|_| self.reply_ring));
+        }
+        rings
+    }
+
+    /// Where a thread that runs the stage (a reader inline, a worker, the timer) keeps what
+    /// it emits during one batch: a reply for each of the batch's packets, and a whole
+    /// reserve (the stage's burst).
+    fn emits(&self, c: &Config) -> Emits {
+        Emits::new(self.emitted, c.headroom, self.area)
     }
 
     fn reserved_bytes(&self, c: &Config) -> usize {
+        let writers = self.directions;
         let buffer = c.headroom + self.area + c.tailroom + SLOT;
-        // The readers', the timer's and each worker's emits.
-        let emits = (3 + c.workers) * self.emits_capacity(c) * EMITTED_SLOT;
-        let pools = 2 * self.reader_pool + (1 + c.workers) * self.reserve;
-        let rings = if c.workers == 0 {
-            2 * (c.ring_capacity + self.side_ring)
-        } else {
-            2 * c.workers * c.ring_capacity + 2 * c.workers * self.worker_out_ring
-        } + 2 * self.side_ring;
-        // A way to each writer from each producer (the readers inline, or the workers; and
-        // the timer).
-        let producers = if c.workers == 0 { 3 } else { c.workers + 1 };
-        let straight = 2 * producers * STRAIGHT_BYTES;
-        // Home rings: each writer has one back to every pool, as large as that pool.
+        let pools: usize = self.pools().iter().sum();
+        let ways = self.rings();
+        let to_workers = self.directions * self.workers * self.forward_ring;
+        // Each writer's home rings hold every pool.
+        let rings = ways.iter().sum::<usize>() + to_workers + writers * pools;
+        let emitters = self.directions + self.workers + usize::from(self.timer);
         pools * buffer
-            + (rings + 2 * pools) * SLOT
-            + emits
-            + straight
-            + 4 * LatencyRecorder::reserved_bytes()
+            + rings * SLOT
+            + emitters * self.emitted * EMITTED_SLOT
+            + ways.len() * STRAIGHT_BYTES
+            + 2 * writers * LatencyRecorder::reserved_bytes()
     }
 }
 
-/// Bytes a tunnel with `c` and a stage adding `overhead` bytes, emitting `burst` packets at
-/// once, reserves.
-pub(super) fn tunnel_reserved(c: &Config, overhead: usize, burst: usize) -> usize {
-    TunnelSizes::new(c, overhead, burst).reserved_bytes(c)
+/// Bytes an engine with `c` around a stage with `needs` reserves: pools, rings and
+/// histograms.
+pub(super) fn reserved(c: &Config, needs: StageNeeds) -> usize {
+    Sizes::new(c, needs).reserved_bytes(c)
 }
 
-/// Starts a tunnel: a reader and a writer on each device, the duplex stage shared by both
-/// readers (inline) or by N workers fed by both, and the timer that runs its deadlines.
-pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
+/// A device half a one-way engine does not have: its inside writer and outside reader.
+pub(super) enum Absent {}
+
+impl RxHalf for Absent {
+    fn recv(&mut self, _: &mut PacketBuf) -> std::io::Result<()> {
+        match *self {}
+    }
+
+    fn wait_readable(&mut self) -> std::io::Result<()> {
+        match *self {}
+    }
+
+    fn interrupter(&self) -> Interrupter {
+        match *self {}
+    }
+}
+
+impl TxHalf for Absent {
+    fn send(&mut self, _: &PacketBuf) -> std::io::Result<()> {
+        match *self {}
+    }
+}
+
+/// The device halves an engine runs on: a one-way engine reads the inside and writes the
+/// outside; a tunnel has all four.
+pub(super) struct Halves<IR, IT, OR, OT> {
+    pub inside_rx: IR,
+    pub inside_tx: Option<IT>,
+    pub outside_rx: Option<OR>,
+    pub outside_tx: OT,
+}
+
+/// Starts an engine: a reader per direction, a writer per side it writes, the stage inline on
+/// the readers or on N workers (each fed by every reader), and for a duplex stage the timer
+/// that runs its deadlines.
+pub(super) fn start<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
     c: &Config,
-    stage: SharedDuplex,
-    halves: TunnelHalves<IR, IT, OR, OT>,
+    stage: StagePlan,
+    halves: Halves<IR, IT, OR, OT>,
 ) -> Result<Wired, EngineError> {
-    let (overhead, burst, state) = (stage.overhead(), stage.burst(), stage.state_bytes());
-    let sizes = TunnelSizes::new(c, overhead, burst);
+    let needs = stage.needs();
+    let sizes = Sizes::new(c, needs);
+    sizes.check()?;
     let engine_bytes = sizes.reserved_bytes(c);
+    let state = stage.state_bytes();
     c.check_memory_budget(engine_bytes, state)?;
-    let TunnelHalves {
+    let Halves {
         inside_rx,
         inside_tx,
         outside_rx,
         outside_tx,
     } = halves;
-    let caps = [
-        (inside_rx.capabilities(), inside_tx.capabilities()),
-        (outside_rx.capabilities(), outside_tx.capabilities()),
-    ];
-    let rebinder = outside_rx.rebinder();
-    let ctl = Arc::new(Control::new(
-        c.workers,
-        vec![inside_rx.interrupter(), outside_rx.interrupter()],
-        c.max_stage_panics,
-    ));
-    // A deadline the stage names before any packet (say, a keepalive due at start) is kept.
-    ctl.publish_deadline(&*stage);
-    // Pools: 0 the inside reader's (outbound), 1 the outside reader's (inbound), 2 the
-    // timer's, then one per worker.
-    let mut pool_sizes = vec![sizes.reader_pool, sizes.reader_pool, sizes.reserve];
-    pool_sizes.extend((0..c.workers).map(|_| sizes.reserve));
-    let mut pools = Vec::new();
-    for (home, &size) in pool_sizes.iter().enumerate() {
-        pools.push(allocate(c, size, home as u8, sizes.area)?);
+    debug_assert_eq!(
+        outside_rx.is_some() && inside_tx.is_some(),
+        needs.both_ways,
+        "a tunnel's halves for a duplex stage, a one-way engine's for a one-way one"
+    );
+    let directions: &[Direction] = if needs.both_ways {
+        &Direction::BOTH
+    } else {
+        &[Direction::Outbound]
+    };
+    let rebinder = outside_rx.as_ref().and_then(RxHalf::rebinder);
+    let mut interrupters = vec![inside_rx.interrupter()];
+    interrupters.extend(outside_rx.as_ref().map(RxHalf::interrupter));
+    let ctl = Arc::new(Control::new(c.workers, interrupters, c.max_stage_panics));
+    if let StagePlan::Duplex(stage) = &stage {
+        // A deadline the stage names before any packet (say, a keepalive due at start) is
+        // kept.
+        ctl.publish_deadline(&**stage);
     }
-    let (to_homes, mut from_writers) = home_rings(&pool_sizes, 2);
-    let mut pools: Vec<Pool> = pools
+
+    // Pools by home (see `Sizes::pools`), and each writer's rings home to them.
+    let pool_sizes = sizes.pools();
+    let mut free = Vec::new();
+    for (home, &size) in pool_sizes.iter().enumerate() {
+        free.push(allocate(c, size, home as u8, sizes.area)?);
+    }
+    let (to_homes, from_writers) = home_rings(&pool_sizes, directions.len());
+    let mut pools = free
         .into_iter()
-        .zip(from_writers.drain(..))
+        .zip(from_writers)
         .map(|(free, returns)| Pool::new(free, returns))
-        .collect();
-    let mut homes = to_homes.into_iter();
-    let outlet_in = outlet(
-        c,
-        Side::Inside,
-        inside_tx,
-        caps[0].1,
-        &ctl,
-        homes.next().expect("home rings of the inside writer"),
-    );
-    let outlet_out = outlet(
-        c,
-        Side::Outside,
-        outside_tx,
-        caps[1].1,
-        &ctl,
-        homes.next().expect("home rings of the outside writer"),
-    );
-    let ends: [Arc<dyn WriterEnd>; 2] = [outlet_in.clone(), outlet_out.clone()];
-    // Inputs of each writer, by side.
+        .collect::<Vec<_>>()
+        .into_iter();
+    let reader_pools: Vec<Pool> = directions.iter().map_while(|_| pools.next()).collect();
+    let timer_pool = sizes.timer.then(|| pools.next()).flatten();
+    let mut worker_pools = pools;
+
+    // The writers' send halves, by side; a one-way engine writes only the outside.
+    let mut to_homes = to_homes.into_iter();
+    let mut homes = || to_homes.next().expect("home rings for every writer");
+    let outlet_out = outlet(c, Side::Outside, outside_tx, &ctl, homes());
+    let outlet_in = inside_tx.map(|tx| outlet(c, Side::Inside, tx, &ctl, homes()));
+    let ends: [Option<Arc<dyn WriterEnd>>; 2] = [
+        outlet_in.clone().map(|o| o as Arc<dyn WriterEnd>),
+        Some(outlet_out.clone()),
+    ];
+    // Each writer's inputs, by side, and a producer's way to a side's writer (none where no
+    // writer is).
     let mut writer_inputs: [Vec<Consumer<PacketBuf>>; 2] = Default::default();
     let mut ring_to = |side: Side, slots: usize| {
+        let end = ends[side.index()].clone()?;
         let (producer, consumer) = RingBuffer::new(slots);
         writer_inputs[side.index()].push(consumer);
-        Out::new(producer, ends[side.index()].clone())
+        Some(Out::new(producer, end))
     };
-    let timer_outs = Outs {
-        by_side: [
-            Some(ring_to(Side::Inside, sizes.side_ring)),
-            Some(ring_to(Side::Outside, sizes.side_ring)),
-        ],
+
+    // The timer's ways first: a writer takes its inputs in this order.
+    let timer = match (&stage, timer_pool) {
+        (StagePlan::Duplex(stage), Some(pool)) => Some(Timer {
+            ctl: ctl.clone(),
+            stage: stage.clone(),
+            pool,
+            outs: Outs {
+                by_side: [Side::Inside, Side::Outside].map(|side| ring_to(side, sizes.reply_ring)),
+            },
+            emits: sizes.emits(c),
+        }),
+        _ => None,
     };
+
     let mut spawner = Spawner::new(ctl.clone(), c.pin);
     let mut downstreams: Vec<Downstream> = Vec::new();
     if c.workers == 0 {
-        for direction in Direction::BOTH {
+        for &direction in directions {
             let mut by_side = [None, None];
             by_side[direction.destination().index()] =
-                Some(ring_to(direction.destination(), c.ring_capacity));
-            by_side[direction.source().index()] =
-                Some(ring_to(direction.source(), sizes.side_ring));
+                ring_to(direction.destination(), sizes.forward_ring);
+            if sizes.reply_ring > 0 {
+                by_side[direction.source().index()] = ring_to(direction.source(), sizes.reply_ring);
+            }
             downstreams.push(Downstream::Inline {
-                host: StageHost::Duplex(stage.clone()),
+                host: stage.host(0),
                 outs: Outs { by_side },
             });
         }
     } else {
         let mut to_workers: [Vec<Producer<PacketBuf>>; 2] = Default::default();
-        let worker_pools: Vec<Pool> = pools.drain(3..).collect();
-        for (index, pool) in worker_pools.into_iter().enumerate() {
+        for index in 0..c.workers {
             let mut inputs = Vec::new();
-            for direction in Direction::BOTH {
-                let (to_worker, input) = RingBuffer::new(c.ring_capacity);
+            for &direction in directions {
+                let (to_worker, input) = RingBuffer::new(sizes.forward_ring);
                 to_workers[direction.index()].push(to_worker);
                 inputs.push((direction, input));
             }
             let outs = Outs {
-                by_side: [
-                    Some(ring_to(Side::Inside, sizes.worker_out_ring)),
-                    Some(ring_to(Side::Outside, sizes.worker_out_ring)),
-                ],
+                by_side: [Side::Inside, Side::Outside]
+                    .map(|side| ring_to(side, sizes.worker_out_ring)),
             };
             let worker = Worker {
                 index,
                 ctl: ctl.clone(),
                 inputs,
                 outs,
-                host: StageHost::Duplex(stage.clone()),
-                pool,
+                host: stage.host(index),
+                pool: worker_pools.next().unwrap_or_else(Pool::empty),
                 emits: sizes.emits(c),
                 batch_size: c.batch,
                 latency: c.latency,
@@ -527,13 +654,13 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
             };
             spawn_worker(&mut spawner, worker)?;
         }
-        let [outbound, inbound] = to_workers;
-        downstreams.push(Downstream::Workers(outbound));
-        downstreams.push(Downstream::Workers(inbound));
+        for &direction in directions {
+            downstreams.push(Downstream::Workers(std::mem::take(
+                &mut to_workers[direction.index()],
+            )));
+        }
     }
-    let timer_pool = pools.remove(2);
-    let inbound_pool = pools.remove(1);
-    let outbound_pool = pools.remove(0);
+    // Writers, then the timer, then the readers: each starts once what it feeds is running.
     let [inside_inputs, outside_inputs] = writer_inputs;
     let mut mail = Vec::new();
     let mut mailbox = |side: Side| {
@@ -541,56 +668,78 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
         mail.push((side, mail_tx));
         mailbox
     };
-    let writer_in = writer(c, outlet_in, inside_inputs, mailbox(Side::Inside));
+    let two = needs.both_ways;
+    if let Some(outlet_in) = outlet_in {
+        let writer_in = writer(c, outlet_in, inside_inputs, mailbox(Side::Inside));
+        spawner.spawn(
+            &name("writer", Side::Inside, two),
+            Role::Writer,
+            move || Some((Side::Inside, writer_in.run())),
+        )?;
+    }
     let writer_out = writer(c, outlet_out, outside_inputs, mailbox(Side::Outside));
-    spawner.spawn("tunpipe-writer-in", Role::Writer, move || {
-        Some((Side::Inside, writer_in.run()))
-    })?;
-    spawner.spawn("tunpipe-writer-out", Role::Writer, move || {
-        Some((Side::Outside, writer_out.run()))
-    })?;
-    let timer = Timer {
-        ctl: ctl.clone(),
-        stage,
-        pool: timer_pool,
-        outs: timer_outs,
-        emits: sizes.emits(c),
+    spawner.spawn(
+        &name("writer", Side::Outside, two),
+        Role::Writer,
+        move || Some((Side::Outside, writer_out.run())),
+    )?;
+    if let Some(timer) = timer {
+        spawner.spawn("tunpipe-timer", Role::Timer, move || {
+            timer.run();
+            None
+        })?;
+    }
+    // Pools and downstreams are both in the readers' order: the inside's (outbound) first.
+    let mut readers = reader_pools.into_iter().zip(downstreams);
+    let mut feeds = || {
+        readers
+            .next()
+            .expect("a pool and a downstream for every reader")
     };
-    spawner.spawn("tunpipe-timer", Role::Timer, move || {
-        timer.run();
-        None
-    })?;
-    let mut downstreams = downstreams.into_iter();
+    let (pool, downstream) = feeds();
+    let emits = sizes.emits(c);
     let reader_in = reader(
         c,
         inside_rx,
-        caps[0].0,
         &ctl,
         Direction::Outbound,
-        outbound_pool,
-        downstreams.next().expect("the outbound downstream"),
+        pool,
+        downstream,
         c.mtu,
-        sizes.emits(c),
+        emits,
     );
-    let reader_out = reader(
-        c,
-        outside_rx,
-        caps[1].0,
-        &ctl,
-        Direction::Inbound,
-        inbound_pool,
-        downstreams.next().expect("the inbound downstream"),
-        c.mtu + overhead,
-        sizes.emits(c),
-    );
-    spawner.spawn("tunpipe-reader-in", Role::Reader, move || {
-        reader_in.run();
-        None
-    })?;
-    spawner.spawn("tunpipe-reader-out", Role::Reader, move || {
-        reader_out.run();
-        None
-    })?;
+    let reader_out = outside_rx.map(|rx| {
+        let (pool, downstream) = feeds();
+        let mtu = c.mtu + needs.overhead;
+        reader(
+            c,
+            rx,
+            &ctl,
+            Direction::Inbound,
+            pool,
+            downstream,
+            mtu,
+            sizes.emits(c),
+        )
+    });
+    spawner.spawn(
+        &name("reader", Side::Inside, two),
+        Role::Reader,
+        move || {
+            reader_in.run();
+            None
+        },
+    )?;
+    if let Some(reader_out) = reader_out {
+        spawner.spawn(
+            &name("reader", Side::Outside, two),
+            Role::Reader,
+            move || {
+                reader_out.run();
+                None
+            },
+        )?;
+    }
     Ok(Wired {
         threads: spawner.finish(),
         ctl,
@@ -600,11 +749,14 @@ pub(super) fn tunnel<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
     })
 }
 
-/// Outs with one ring, toward `side`'s writer (`end`).
-fn toward(side: Side, ring: Producer<PacketBuf>, end: Arc<dyn WriterEnd>) -> Outs {
-    let mut by_side = [None, None];
-    by_side[side.index()] = Some(Out::new(ring, end));
-    Outs { by_side }
+/// An actor thread's name: `tunpipe-reader`, or in a tunnel `tunpipe-reader-in` for the
+/// inside's (within the kernel's 15 bytes).
+fn name(role: &str, side: Side, two_sides: bool) -> String {
+    match (two_sides, side) {
+        (false, _) => format!("tunpipe-{role}"),
+        (true, Side::Inside) => format!("tunpipe-{role}-in"),
+        (true, Side::Outside) => format!("tunpipe-{role}-out"),
+    }
 }
 
 /// The send half of the writer toward `side`.
@@ -612,10 +764,10 @@ fn outlet<T: TxHalf>(
     c: &Config,
     side: Side,
     tx: T,
-    caps: Capabilities,
     ctl: &Arc<Control>,
     homes: Vec<Producer<PacketBuf>>,
 ) -> Arc<Outlet<T>> {
+    let caps = tx.capabilities();
     let half = SendHalf {
         tx,
         homes,
@@ -647,7 +799,6 @@ fn writer<T: TxHalf>(
 fn reader<R: RxHalf>(
     c: &Config,
     rx: R,
-    caps: Capabilities,
     ctl: &Arc<Control>,
     direction: Direction,
     pool: Pool,
@@ -655,6 +806,7 @@ fn reader<R: RxHalf>(
     mtu: usize,
     emits: Emits,
 ) -> Reader<R> {
+    let caps = rx.capabilities();
     Reader {
         rx,
         ctl: ctl.clone(),
@@ -670,5 +822,101 @@ fn reader<R: RxHalf>(
         backoff: backoff(c),
         medium: caps.medium,
         max_batch: caps.max_batch,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tunnel(burst: usize) -> StageNeeds {
+        StageNeeds {
+            both_ways: true,
+            overhead: 32,
+            burst,
+        }
+    }
+
+    fn configs() -> impl Iterator<Item = Config> {
+        let mut all = Vec::new();
+        for workers in 0..=3 {
+            for batch in [1, 7, 64, 256] {
+                for ring_capacity in [1, 16, 256, 4096] {
+                    all.push(Config {
+                        workers,
+                        batch,
+                        ring_capacity,
+                        ..Config::default()
+                    });
+                }
+            }
+        }
+        all.into_iter()
+    }
+
+    #[test]
+    fn a_one_way_engine_is_sized_as_its_config_says() {
+        for c in configs() {
+            let sizes = Sizes::new(&c, StageNeeds::ONE_WAY);
+            assert_eq!(sizes.pools(), vec![c.pool_size()], "{c:?}");
+            assert_eq!(sizes.rings().len(), c.workers.max(1), "one way to the writer each");
+            assert_eq!((sizes.emitted, sizes.reply_ring, sizes.timer), (0, 0, false));
+            sizes.check().unwrap();
+        }
+    }
+
+    /// The invariant holds for every shape and burst, past the default reserve (a batch)
+    /// included; and the check does fail when a ring is one slot short of a burst.
+    #[test]
+    fn every_ring_an_emitting_thread_uses_takes_the_stages_burst_whole() {
+        for c in configs() {
+            for burst in [0, 1, c.batch, c.batch + 1, 256, 1000] {
+                let sizes = Sizes::new(&c, tunnel(burst));
+                sizes.check().unwrap_or_else(|e| panic!("{c:?} burst {burst}: {e}"));
+                let mut short = sizes.clone();
+                short.reply_ring = c.batch + burst - 1;
+                if burst > 0 {
+                    assert_eq!(short.check().unwrap_err().field, "batch");
+                }
+                let mut short = sizes.clone();
+                short.worker_out_ring = c.batch.min(c.ring_capacity) + burst - 1;
+                if burst > 0 {
+                    assert!(short.check().is_err(), "{c:?} burst {burst}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tunnel_takes_pool_buffers_and_refuses_too_few() {
+        let c = Config {
+            pool_buffers: 5000,
+            ..Config::default()
+        };
+        assert_eq!(Sizes::new(&c, tunnel(256)).pools()[..2], [5000, 5000]);
+        let c = Config {
+            pool_buffers: 10,
+            ..Config::default()
+        };
+        let e = Sizes::new(&c, tunnel(256)).check().unwrap_err();
+        assert_eq!(e.field, "pool_buffers", "{e}");
+    }
+
+    /// What is counted is what is built: a pool per reader, the timer and each worker; a ring
+    /// from each producer to each writer.
+    #[test]
+    fn a_tunnels_pools_and_rings_are_counted_as_built() {
+        let c = Config {
+            workers: 2,
+            ..Config::default()
+        };
+        let sizes = Sizes::new(&c, tunnel(256));
+        assert_eq!(sizes.pools().len(), 2 + 1 + 2);
+        // Each worker's two ways, and the timer's two.
+        assert_eq!(sizes.rings().len(), 2 * 2 + 2);
+        let inline = Sizes::new(&Config::default(), tunnel(256));
+        assert_eq!(inline.pools().len(), 3);
+        // Each reader's forward and reply rings, and the timer's two.
+        assert_eq!(inline.rings().len(), 2 * 2 + 2);
     }
 }
