@@ -4,7 +4,9 @@
 //! `fetch_add` with `Relaxed` is enough and no line bounces between cores); anyone may read
 //! them. Conservation holds once the engine has stopped, in each direction:
 //! `rx_packets + originated == tx_packets + dropped() + consumed` (the middle terms are 0 for
-//! one-way stages), and tests assert it.
+//! one-way stages). A reader counts what it reads and a writer what it writes; every other
+//! term is an [`Outcome`], counted through one function ([`DirectionCounters::settle`]) by
+//! whichever actor settles the packet. The engine checks the sum at every stop.
 //!
 //! Latency histograms are owned by the worker and writer threads and never locked; a snapshot
 //! asks the owners through their mailboxes (see `engine.rs`).
@@ -39,14 +41,12 @@ impl Counter {
 pub(crate) struct ReaderCounters {
     pub rx_packets: Counter,
     pub rx_bytes: Counter,
-    pub drop_ring_full: Counter,
-    pub drop_malformed: Counter,
-    pub drop_oversize: Counter,
     pub pool_stalls: Counter,
     pub ring_stalls: Counter,
     pub read_errors: Counter,
     pub wakeups: Counter,
-    /// Stage results when the stage runs inline on the reader.
+    /// What became of the packets the reader handled: those it dropped, and the stage's
+    /// results when the stage runs inline on the reader.
     pub stage: StageCounters,
 }
 
@@ -66,21 +66,78 @@ impl StageCounters {
     }
 }
 
-/// One direction's share of [`StageCounters`].
+/// What became of packets (or what a stage made), each a term of conservation
+/// ([`Stats::balanced`]): every count of one goes through [`DirectionCounters::settle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Made by the stage, or released from its hold to travel on (`originated`).
+    Originated,
+    /// Used by the stage itself (`consumed`).
+    Consumed,
+    /// Taken into the stage's hold (`held`, until it leaves).
+    Held,
+    /// Left the stage's hold: sent on or dropped, and counted as that too.
+    Unheld,
+    /// Dropped, for this reason.
+    Dropped(DropReason),
+}
+
+/// Why a packet was dropped: one [`Stats`] figure each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DropReason {
+    Malformed,
+    Oversize,
+    RingFull,
+    Stage,
+    StagePanic,
+    NoBuffer,
+    WriteError,
+    Stopped,
+}
+
+/// One direction's outcomes, as one actor counts them: its only way in is
+/// [`DirectionCounters::settle`].
 #[derive(Default, Debug)]
 pub(crate) struct DirectionCounters {
-    /// Emitted packets whose ring to the writer was full.
-    pub drop_ring_full: Counter,
-    pub drop_stage: Counter,
-    pub drop_stage_panic: Counter,
-    pub drop_no_buffer: Counter,
-    pub stopped: Counter,
-    pub originated: Counter,
-    pub consumed: Counter,
-    /// Packets the stage took to hold (a data packet waiting for a handshake).
-    pub held: Counter,
-    /// Held packets that left the hold: sent on (released) or dropped.
-    pub unheld: Counter,
+    drop_malformed: Counter,
+    drop_oversize: Counter,
+    drop_ring_full: Counter,
+    drop_stage: Counter,
+    drop_stage_panic: Counter,
+    drop_no_buffer: Counter,
+    drop_write_error: Counter,
+    stopped: Counter,
+    originated: Counter,
+    consumed: Counter,
+    held: Counter,
+    unheld: Counter,
+}
+
+impl DirectionCounters {
+    /// Counts `n` packets with `outcome`.
+    #[inline]
+    pub(crate) fn settle(&self, outcome: Outcome, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let counter = match outcome {
+            Outcome::Originated => &self.originated,
+            Outcome::Consumed => &self.consumed,
+            Outcome::Held => &self.held,
+            Outcome::Unheld => &self.unheld,
+            Outcome::Dropped(reason) => match reason {
+                DropReason::Malformed => &self.drop_malformed,
+                DropReason::Oversize => &self.drop_oversize,
+                DropReason::RingFull => &self.drop_ring_full,
+                DropReason::Stage => &self.drop_stage,
+                DropReason::StagePanic => &self.drop_stage_panic,
+                DropReason::NoBuffer => &self.drop_no_buffer,
+                DropReason::WriteError => &self.drop_write_error,
+                DropReason::Stopped => &self.stopped,
+            },
+        };
+        counter.add(n);
+    }
 }
 
 /// Counters written by a writer: the outside writer's are the outbound direction's.
@@ -88,8 +145,8 @@ pub(crate) struct DirectionCounters {
 pub(crate) struct WriterCounters {
     pub tx_packets: Counter,
     pub tx_bytes: Counter,
-    pub drop_write_error: Counter,
-    pub stopped: Counter,
+    /// What became of the packets it did not write.
+    pub settled: DirectionCounters,
     pub wakeups: Counter,
     /// Of `tx_packets`, those a producer sent itself while the writer slept.
     pub tx_direct: Counter,
@@ -129,7 +186,8 @@ impl Counters {
     pub(crate) fn snapshot(&self, direction: Direction) -> Stats {
         let r = self.reader(direction);
         let w = self.writer(direction);
-        let stage_groups = || {
+        // Everyone who settles a packet of this direction.
+        let settled = || {
             self.workers
                 .iter()
                 .map(|c| &**c)
@@ -139,16 +197,17 @@ impl Counters {
                     &self.reader(direction.reverse()).stage,
                 ])
                 .map(move |c| c.of(direction))
+                .chain([&w.settled])
         };
-        let sum = |f: fn(&DirectionCounters) -> &Counter| stage_groups().map(|c| f(c).get()).sum();
+        let sum = |f: fn(&DirectionCounters) -> &Counter| settled().map(|c| f(c).get()).sum();
         // Read the writer's side first: a packet counted out was counted in earlier, so a
         // snapshot taken while running never shows more out than in (and, counted after
         // them, no more sent directly than sent).
         let tx_direct = w.tx_direct.get();
         let tx_packets = w.tx_packets.get();
         let tx_bytes = w.tx_bytes.get();
-        let drop_write_error = w.drop_write_error.get();
-        let drop_stopped = w.stopped.get() + sum(|c| &c.stopped);
+        let drop_write_error = sum(|c| &c.drop_write_error);
+        let drop_stopped = sum(|c| &c.stopped);
         // Read the leaving first, so that a snapshot rarely shows fewer held than there are
         // (a release on another thread may be counted just before the hold it ends).
         let unheld: u64 = sum(|c| &c.unheld);
@@ -161,9 +220,9 @@ impl Counters {
             originated: sum(|c| &c.originated),
             consumed: sum(|c| &c.consumed),
             held,
-            drop_ring_full: r.drop_ring_full.get() + sum(|c| &c.drop_ring_full),
-            drop_malformed: r.drop_malformed.get(),
-            drop_oversize: r.drop_oversize.get(),
+            drop_ring_full: sum(|c| &c.drop_ring_full),
+            drop_malformed: sum(|c| &c.drop_malformed),
+            drop_oversize: sum(|c| &c.drop_oversize),
             drop_stage: sum(|c| &c.drop_stage),
             drop_stage_panic: sum(|c| &c.drop_stage_panic),
             drop_no_buffer: sum(|c| &c.drop_no_buffer),
@@ -191,8 +250,8 @@ impl Counters {
         for direction in Direction::BOTH {
             let left = self.snapshot(direction).held;
             let counts = self.timer.of(direction);
-            counts.stopped.add(left);
-            counts.unheld.add(left);
+            counts.settle(Outcome::Dropped(DropReason::Stopped), left);
+            counts.settle(Outcome::Unheld, left);
         }
     }
 
@@ -518,9 +577,20 @@ mod tests {
         let counters = Counters::new(2);
         let out = Direction::Outbound;
         counters.reader(out).rx_packets.add(10);
-        counters.reader(out).drop_malformed.add(1);
-        counters.workers[1].of(out).drop_stage.add(2);
-        counters.reader(out).stage.of(out).drop_stage_panic.add(1);
+        let dropped = |reason| Outcome::Dropped(reason);
+        counters
+            .reader(out)
+            .stage
+            .of(out)
+            .settle(dropped(DropReason::Malformed), 1);
+        counters.workers[1]
+            .of(out)
+            .settle(dropped(DropReason::Stage), 2);
+        counters
+            .reader(out)
+            .stage
+            .of(out)
+            .settle(dropped(DropReason::StagePanic), 1);
         counters.writer(out).tx_packets.add(5);
         let s = counters.snapshot(out);
         assert_eq!(s.dropped(), 4);
@@ -533,8 +603,16 @@ mod tests {
         let (out, inb) = (Direction::Outbound, Direction::Inbound);
         // A handshake initiation read from outside, answered toward outside.
         counters.reader(inb).rx_packets.add(1);
-        counters.reader(inb).stage.of(inb).consumed.add(1);
-        counters.reader(inb).stage.of(out).originated.add(1);
+        counters
+            .reader(inb)
+            .stage
+            .of(inb)
+            .settle(Outcome::Consumed, 1);
+        counters
+            .reader(inb)
+            .stage
+            .of(out)
+            .settle(Outcome::Originated, 1);
         counters.writer(out).tx_packets.add(1);
         assert_eq!(counters.snapshot(inb).in_flight(), 0);
         assert_eq!(counters.snapshot(out).in_flight(), 0);

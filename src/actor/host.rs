@@ -8,7 +8,7 @@ use crate::pool::{PacketBuf, Route};
 use crate::stage::{
     Action, Direction, DuplexStage, EmitTally, Emitter, Side, Stage, StageFactory, Verdict,
 };
-use crate::stats::StageCounters;
+use crate::stats::{DropReason, Outcome, StageCounters};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,7 +60,9 @@ impl Emits {
     ) {
         for (side, packet) in self.emitted.drain(..) {
             if let Err(packet) = outs.push(side, packet) {
-                counters.of(side.direction()).drop_ring_full.add(1);
+                counters
+                    .of(side.direction())
+                    .settle(Outcome::Dropped(DropReason::RingFull), 1);
                 spare.push(packet);
             }
         }
@@ -144,18 +146,18 @@ impl StageRunner {
         let counts = counters.of(Direction::Outbound);
         let Some(stage) = self.stage.as_mut() else {
             // No stage left to run (the engine is stopping): the packet goes no further.
-            counts.stopped.add(1);
+            counts.settle(Outcome::Dropped(DropReason::Stopped), 1);
             return false;
         };
         // Unwinding through the stage costs nothing unless it panics.
         match catch_unwind(AssertUnwindSafe(|| stage.process(packet))) {
             Ok(Verdict::Forward) => true,
             Ok(Verdict::Drop) => {
-                counts.drop_stage.add(1);
+                counts.settle(Outcome::Dropped(DropReason::Stage), 1);
                 false
             }
             Err(_) => {
-                counts.drop_stage_panic.add(1);
+                counts.settle(Outcome::Dropped(DropReason::StagePanic), 1);
                 self.rebuild(ctl);
                 false
             }
@@ -210,7 +212,9 @@ pub(crate) fn run_stage_batch(
                     continue;
                 }
                 if ctl.stopping() {
-                    counters.of(direction).stopped.add(1);
+                    counters
+                        .of(direction)
+                        .settle(Outcome::Dropped(DropReason::Stopped), 1);
                     packet.route = Route::Recycle;
                 } else if !runner.run(packet, counters, ctl) {
                     packet.route = Route::Recycle;
@@ -246,7 +250,7 @@ fn run_duplex<'p>(
             continue;
         }
         if ctl.stopping() {
-            this.stopped.add(1);
+            this.settle(Outcome::Dropped(DropReason::Stopped), 1);
             packet.route = Route::Recycle;
             continue;
         }
@@ -256,31 +260,31 @@ fn run_duplex<'p>(
         packet.route = match action {
             Ok(Action::Forward) => Route::Forward,
             Ok(Action::Replace) => {
-                this.held.add(1);
-                this.originated.add(1);
+                this.settle(Outcome::Held, 1);
+                this.settle(Outcome::Originated, 1);
                 Route::Forward
             }
             Ok(Action::Reply) => {
-                this.consumed.add(1);
-                other.originated.add(1);
+                this.settle(Outcome::Consumed, 1);
+                other.settle(Outcome::Originated, 1);
                 Route::Back
             }
             Ok(Action::Consume) => {
-                this.consumed.add(1);
+                this.settle(Outcome::Consumed, 1);
                 Route::Recycle
             }
             Ok(Action::Hold) => {
-                this.held.add(1);
+                this.settle(Outcome::Held, 1);
                 Route::Recycle
             }
             Ok(Action::Drop) => {
-                this.drop_stage.add(1);
+                this.settle(Outcome::Dropped(DropReason::Stage), 1);
                 Route::Recycle
             }
             Err(_) => {
                 // A duplex stage has no factory to rebuild it from, and its protocol state may
                 // be torn: the engine stops (the rest of the batch meets `stopping` above).
-                this.drop_stage_panic.add(1);
+                this.settle(Outcome::Dropped(DropReason::StagePanic), 1);
                 ctl.fail(EngineError::DuplexStagePanicked {
                     during: match direction {
                         Direction::Outbound => "on an outbound packet",
@@ -316,19 +320,11 @@ fn count_emitted(
         let counts = counters.of(side.direction());
         let own = emitted[i] - tally.released[i] + tally.no_buffer[i];
         let left_hold = tally.released[i] + tally.released_lost[i] + tally.held_dropped[i];
-        if own > 0 {
-            counts.originated.add(own);
-        }
-        if left_hold > 0 {
-            counts.unheld.add(left_hold);
-        }
         let no_buffer = tally.no_buffer[i] + tally.released_lost[i];
-        if no_buffer > 0 {
-            counts.drop_no_buffer.add(no_buffer);
-        }
-        if tally.held_dropped[i] > 0 {
-            counts.drop_stage.add(tally.held_dropped[i]);
-        }
+        counts.settle(Outcome::Originated, own);
+        counts.settle(Outcome::Unheld, left_hold);
+        counts.settle(Outcome::Dropped(DropReason::NoBuffer), no_buffer);
+        counts.settle(Outcome::Dropped(DropReason::Stage), tally.held_dropped[i]);
     }
 }
 

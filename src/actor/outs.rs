@@ -7,7 +7,7 @@
 use super::Control;
 use crate::pool::{PacketBuf, Route};
 use crate::stage::{Direction, Side};
-use crate::stats::StageCounters;
+use crate::stats::{DropReason, Outcome, StageCounters};
 use rtrb::{Producer, PushError};
 use std::sync::Arc;
 
@@ -184,7 +184,9 @@ impl Outs {
             }
             let side = route_side(direction, buf.route);
             if let Err(buf) = self.push(side, buf) {
-                counters.of(side.direction()).drop_ring_full.add(1);
+                counters
+                    .of(side.direction())
+                    .settle(Outcome::Dropped(DropReason::RingFull), 1);
                 spare.push(buf);
             }
         }

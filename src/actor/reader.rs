@@ -8,6 +8,7 @@ use crate::error::EngineError;
 use crate::link::{Backoff, Idle, RetryWindow, Waited};
 use crate::pool::{PacketBuf, Pool};
 use crate::stage::Direction;
+use crate::stats::{DropReason, Outcome};
 use crate::wire;
 use rtrb::Producer;
 use std::io;
@@ -221,8 +222,9 @@ impl<R: RxHalf> Reader<R> {
         }
         counters.rx_packets.add(self.batch.len() as u64);
         counters.rx_bytes.add(bytes);
-        counters.drop_malformed.add(malformed);
-        counters.drop_oversize.add(oversize);
+        let settled = counters.stage.of(self.direction);
+        settled.settle(Outcome::Dropped(DropReason::Malformed), malformed);
+        settled.settle(Outcome::Dropped(DropReason::Oversize), oversize);
 
         let mut ring_full = 0;
         let direction = self.direction;
@@ -275,7 +277,7 @@ impl<R: RxHalf> Reader<R> {
                 }
             }
         }
-        counters.drop_ring_full.add(ring_full);
+        settled.settle(Outcome::Dropped(DropReason::RingFull), ring_full);
     }
 }
 
@@ -357,7 +359,7 @@ mod tests {
         ctl.reader_bell(Direction::Outbound).ring();
         assert!(eventually(|| writer_side.pop().is_ok()));
         assert_eq!(counters.rx_packets.get(), 1);
-        assert_eq!(counters.drop_ring_full.get(), 0);
+        assert_eq!(ctl.counters.snapshot(Direction::Outbound).drop_ring_full, 0);
         ctl.request_stop();
         thread.join().unwrap();
     }

@@ -6,6 +6,7 @@ use super::{phase, route_side, run_stage_batch, Control, Emits, Outs, StageHost}
 use crate::link::{Backoff, Idle, Waited};
 use crate::pool::{PacketBuf, Pool};
 use crate::stage::Direction;
+use crate::stats::{DropReason, Outcome};
 use rtrb::Consumer;
 use std::sync::Arc;
 
@@ -39,7 +40,9 @@ impl Worker {
                 for (direction, input) in &mut self.inputs {
                     if let Ok(chunk) = input.read_chunk(input.slots()) {
                         let in_flight = chunk.into_iter().filter(|b| !b.recycled()).count();
-                        counters.of(*direction).stopped.add(in_flight as u64);
+                        counters
+                            .of(*direction)
+                            .settle(Outcome::Dropped(DropReason::Stopped), in_flight as u64);
                     }
                 }
                 if current_phase >= phase::READER_DONE
@@ -116,14 +119,18 @@ impl Worker {
                     Err(_) if self.outs.by_side[side.index()].is_none() => {
                         // A route with no writer (a reply in a one-way engine): dropped,
                         // buffer lost to this run only (a one-way stage cannot reply).
-                        counters.of(direction).drop_ring_full.add(1);
+                        counters
+                            .of(direction)
+                            .settle(Outcome::Dropped(DropReason::RingFull), 1);
                         break;
                     }
                     Err(back) => {
                         if ctl.stopping() {
                             // A packet the stage dropped or consumed is already counted.
                             if !back.recycled() {
-                                counters.of(side.direction()).stopped.add(1);
+                                counters
+                                    .of(side.direction())
+                                    .settle(Outcome::Dropped(DropReason::Stopped), 1);
                             }
                             break;
                         }

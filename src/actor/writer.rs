@@ -10,7 +10,7 @@ use crate::error::EngineError;
 use crate::link::{Backoff, Idle, SendToken, Waited};
 use crate::pool::PacketBuf;
 use crate::stage::Side;
-use crate::stats::{LatencyRecorder, LatencySnapshot};
+use crate::stats::{DropReason, LatencyRecorder, LatencySnapshot, Outcome};
 use crossbeam_channel::{Receiver, Sender};
 use rtrb::{Consumer, Producer};
 use std::sync::Arc;
@@ -165,7 +165,9 @@ impl<T: TxHalf> Writer<T> {
             let (first, second) = chunk.as_slices();
             let in_flight = first.iter().chain(second).filter(|b| !b.recycled()).count();
             let counters = ctl.counters.writer(outlet.side.direction());
-            counters.stopped.add(in_flight as u64);
+            counters
+                .settled
+                .settle(Outcome::Dropped(DropReason::Stopped), in_flight as u64);
             for buf in chunk {
                 half.send_home(buf);
             }
@@ -251,7 +253,9 @@ impl<T: TxHalf> SendHalf<T> {
         }
         counters.tx_packets.add(packets);
         counters.tx_bytes.add(bytes);
-        counters.drop_write_error.add(errors);
+        counters
+            .settled
+            .settle(Outcome::Dropped(DropReason::WriteError), errors);
         for buf in sending.drain(..) {
             self.send_home(buf);
         }

@@ -859,8 +859,15 @@ mod tests {
         for c in configs() {
             let sizes = Sizes::new(&c, StageNeeds::ONE_WAY);
             assert_eq!(sizes.pools(), vec![c.pool_size()], "{c:?}");
-            assert_eq!(sizes.rings().len(), c.workers.max(1), "one way to the writer each");
-            assert_eq!((sizes.emitted, sizes.reply_ring, sizes.timer), (0, 0, false));
+            assert_eq!(
+                sizes.rings().len(),
+                c.workers.max(1),
+                "one way to the writer each"
+            );
+            assert_eq!(
+                (sizes.emitted, sizes.reply_ring, sizes.timer),
+                (0, 0, false)
+            );
             sizes.check().unwrap();
         }
     }
@@ -872,7 +879,9 @@ mod tests {
         for c in configs() {
             for burst in [0, 1, c.batch, c.batch + 1, 256, 1000] {
                 let sizes = Sizes::new(&c, tunnel(burst));
-                sizes.check().unwrap_or_else(|e| panic!("{c:?} burst {burst}: {e}"));
+                sizes
+                    .check()
+                    .unwrap_or_else(|e| panic!("{c:?} burst {burst}: {e}"));
                 let mut short = sizes.clone();
                 short.reply_ring = c.batch + burst - 1;
                 if burst > 0 {
