@@ -6,6 +6,7 @@
 //! larger than the MTU so that an oversize packet shows up as `len > mtu` instead of being
 //! silently truncated.
 
+use crate::stage::Side;
 use rtrb::Consumer;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -38,6 +39,10 @@ pub struct PacketBuf {
     /// Where the packet goes once its stage has run. A recycled packet still travels to a
     /// writer, which only sends the buffer home, so that every buffer has one way home.
     pub(crate) route: Route,
+    /// The side whose writer the buffer goes to, stamped once: by the stage host when the
+    /// route is set (`crate::actor::route_side`), or by the `Emitter` for a packet a stage
+    /// emits. A recycled buffer goes there too, to be sent home.
+    pub(crate) side: Side,
     /// The pool the buffer belongs to (see [`Pool`]): writers send it back there.
     pub(crate) home: u8,
     /// The peer a datagram came from or goes to (datagram devices); `None` for IP packets.
@@ -87,6 +92,7 @@ impl PacketBuf {
             received_at: 0,
             stage_ns: 0,
             route: Route::Forward,
+            side: Side::Outside,
             home: 0,
             endpoint: None,
         })
@@ -249,6 +255,7 @@ impl std::fmt::Debug for PacketBuf {
             .field("len", &self.len)
             .field("tailroom", &self.tailroom())
             .field("route", &self.route)
+            .field("side", &self.side)
             .field("endpoint", &self.endpoint)
             .finish()
     }

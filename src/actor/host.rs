@@ -17,7 +17,7 @@ use std::time::Instant;
 /// packets the stage emits: the packets emitted while running a batch (allocated once), and
 /// the shape of an emitted packet.
 pub(crate) struct Emits {
-    emitted: Vec<(Side, PacketBuf)>,
+    emitted: Vec<PacketBuf>,
     headroom: usize,
     /// The area of an emitted packet: as large as the largest packet either device carries.
     area: usize,
@@ -58,10 +58,11 @@ impl Emits {
         spare: &mut Vec<PacketBuf>,
         counters: &StageCounters,
     ) {
-        for (side, packet) in self.emitted.drain(..) {
-            if let Err(packet) = outs.push(side, packet) {
+        for packet in self.emitted.drain(..) {
+            let direction = packet.side.direction();
+            if let Err(packet) = outs.push(packet) {
                 counters
-                    .of(side.direction())
+                    .of(direction)
                     .settle(Outcome::Dropped(DropReason::RingFull), 1);
                 spare.push(packet);
             }
@@ -72,7 +73,7 @@ impl Emits {
 /// Where one batch's emitted packets come from and go ([`Emits::place`]).
 pub(crate) struct EmitPlace<'a> {
     spare: &'a mut Vec<PacketBuf>,
-    emitted: &'a mut Vec<(Side, PacketBuf)>,
+    emitted: &'a mut Vec<PacketBuf>,
     headroom: usize,
     area: usize,
     /// Slots, by side, that the rings toward the writers keep for emitted packets.
@@ -208,17 +209,20 @@ pub(crate) fn run_stage_batch(
     match host {
         StageHost::OneWay(runner) => {
             for packet in packets {
-                if packet.recycled() {
-                    continue;
+                if !packet.recycled() {
+                    let forward = if ctl.stopping() {
+                        counters
+                            .of(direction)
+                            .settle(Outcome::Dropped(DropReason::Stopped), 1);
+                        false
+                    } else {
+                        runner.run(packet, counters, ctl)
+                    };
+                    if !forward {
+                        packet.route = Route::Recycle;
+                    }
                 }
-                if ctl.stopping() {
-                    counters
-                        .of(direction)
-                        .settle(Outcome::Dropped(DropReason::Stopped), 1);
-                    packet.route = Route::Recycle;
-                } else if !runner.run(packet, counters, ctl) {
-                    packet.route = Route::Recycle;
-                }
+                packet.side = route_side(direction, packet.route);
             }
         }
         StageHost::Duplex(stage) => run_duplex(stage, direction, packets, counters, ctl, emit),
@@ -240,63 +244,86 @@ fn run_duplex<'p>(
     ctl: &Control,
     emit: &mut EmitPlace<'_>,
 ) {
-    let (this, other) = (counters.of(direction), counters.of(direction.reverse()));
+    let this = counters.of(direction);
     let mut tally = EmitTally::default();
     let emitted_before = emit.emitted.len();
     let mut stamp = 0;
     for packet in packets {
         stamp = packet.received_at;
-        if packet.recycled() {
-            continue;
-        }
-        if ctl.stopping() {
-            this.settle(Outcome::Dropped(DropReason::Stopped), 1);
-            packet.route = Route::Recycle;
-            continue;
-        }
-        let action = emit.with_emitter(&mut tally, |out| {
-            catch_unwind(AssertUnwindSafe(|| stage.process(direction, packet, out)))
-        });
-        packet.route = match action {
-            Ok(Action::Forward) => Route::Forward,
-            Ok(Action::Replace) => {
-                this.settle(Outcome::Held, 1);
-                this.settle(Outcome::Originated, 1);
-                Route::Forward
-            }
-            Ok(Action::Reply) => {
-                this.settle(Outcome::Consumed, 1);
-                other.settle(Outcome::Originated, 1);
-                Route::Back
-            }
-            Ok(Action::Consume) => {
-                this.settle(Outcome::Consumed, 1);
+        if !packet.recycled() {
+            packet.route = if ctl.stopping() {
+                this.settle(Outcome::Dropped(DropReason::Stopped), 1);
                 Route::Recycle
-            }
-            Ok(Action::Hold) => {
-                this.settle(Outcome::Held, 1);
-                Route::Recycle
-            }
-            Ok(Action::Drop) => {
-                this.settle(Outcome::Dropped(DropReason::Stage), 1);
-                Route::Recycle
-            }
-            Err(_) => {
-                // A duplex stage has no factory to rebuild it from, and its protocol state may
-                // be torn: the engine stops (the rest of the batch meets `stopping` above).
-                this.settle(Outcome::Dropped(DropReason::StagePanic), 1);
-                ctl.fail(EngineError::DuplexStagePanicked {
-                    during: match direction {
-                        Direction::Outbound => "on an outbound packet",
-                        Direction::Inbound => "on an inbound packet",
-                    },
+            } else {
+                let action = emit.with_emitter(&mut tally, |out| {
+                    catch_unwind(AssertUnwindSafe(|| stage.process(direction, packet, out)))
                 });
-                Route::Recycle
-            }
-        };
+                settle_action(action, direction, counters, ctl)
+            };
+        }
+        packet.side = route_side(direction, packet.route);
     }
     count_emitted(emit, emitted_before, &tally, counters, stamp);
     ctl.publish_deadline(&**stage);
+}
+
+/// The side a packet read travelling `direction` goes to on `route` (a recycled buffer goes
+/// home through its direction's writer). Its counts belong to that side's direction: a reply
+/// travels, and is counted, the other way.
+#[inline]
+pub(crate) fn route_side(direction: Direction, route: Route) -> Side {
+    match route {
+        Route::Back => direction.source(),
+        Route::Forward | Route::Recycle => direction.destination(),
+    }
+}
+
+/// Counts what a duplex stage's answer for a packet travelling `direction` makes of it, and
+/// gives the packet's route.
+fn settle_action(
+    action: std::thread::Result<Action>,
+    direction: Direction,
+    counters: &StageCounters,
+    ctl: &Control,
+) -> Route {
+    let (this, other) = (counters.of(direction), counters.of(direction.reverse()));
+    match action {
+        Ok(Action::Forward) => Route::Forward,
+        Ok(Action::Replace) => {
+            this.settle(Outcome::Held, 1);
+            this.settle(Outcome::Originated, 1);
+            Route::Forward
+        }
+        Ok(Action::Reply) => {
+            this.settle(Outcome::Consumed, 1);
+            other.settle(Outcome::Originated, 1);
+            Route::Back
+        }
+        Ok(Action::Consume) => {
+            this.settle(Outcome::Consumed, 1);
+            Route::Recycle
+        }
+        Ok(Action::Hold) => {
+            this.settle(Outcome::Held, 1);
+            Route::Recycle
+        }
+        Ok(Action::Drop) => {
+            this.settle(Outcome::Dropped(DropReason::Stage), 1);
+            Route::Recycle
+        }
+        Err(_) => {
+            // A duplex stage has no factory to rebuild it from, and its protocol state may
+            // be torn: the engine stops (the rest of the batch meets `stopping` above).
+            this.settle(Outcome::Dropped(DropReason::StagePanic), 1);
+            ctl.fail(EngineError::DuplexStagePanicked {
+                during: match direction {
+                    Direction::Outbound => "on an outbound packet",
+                    Direction::Inbound => "on an inbound packet",
+                },
+            });
+            Route::Recycle
+        }
+    }
 }
 
 /// Counts, in the direction of the side each goes to, what a duplex stage emitted since
@@ -310,8 +337,8 @@ fn count_emitted(
     received_at: u64,
 ) {
     let mut emitted = [0u64; 2];
-    for (side, packet) in &mut emit.emitted[before..] {
-        emitted[side.index()] += 1;
+    for packet in &mut emit.emitted[before..] {
+        emitted[packet.side.index()] += 1;
         packet.received_at = received_at;
         packet.stage_ns = 0;
     }

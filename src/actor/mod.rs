@@ -18,7 +18,7 @@ pub(crate) mod writer;
 pub(crate) use host::{
     run_duplex_timers, run_stage_batch, Emits, SharedDuplex, StageHost, StageRunner,
 };
-pub(crate) use outs::{route_side, Out, Outs, WriterEnd, STRAIGHT_MAX};
+pub(crate) use outs::{Out, Outs, WriterEnd, STRAIGHT_MAX};
 
 use crate::device::Interrupter;
 use crate::error::EngineError;

@@ -5,8 +5,7 @@
 //! batches; a sparse packet costs one thread wake-up (the producer's) instead of two.
 
 use super::Control;
-use crate::pool::{PacketBuf, Route};
-use crate::stage::{Direction, Side};
+use crate::pool::PacketBuf;
 use crate::stats::{DropReason, Outcome, StageCounters};
 use rtrb::{Producer, PushError};
 use std::sync::Arc;
@@ -150,10 +149,10 @@ impl Outs {
         }
     }
 
-    /// Hands a packet toward `side`'s writer. `Err` gives it back when there is no room (the
-    /// ring is full) or no writer there (a reply in a one-way engine).
-    pub(crate) fn push(&mut self, side: Side, buf: PacketBuf) -> Result<(), PacketBuf> {
-        match self.by_side[side.index()].as_mut() {
+    /// Hands a packet toward the writer of the side stamped on it. `Err` gives it back when
+    /// there is no room (the ring is full) or no writer there (a reply in a one-way engine).
+    pub(crate) fn push(&mut self, buf: PacketBuf) -> Result<(), PacketBuf> {
+        match self.by_side[buf.side.index()].as_mut() {
             Some(out) => out.push(buf),
             None => Err(buf),
         }
@@ -166,13 +165,12 @@ impl Outs {
         }
     }
 
-    /// Hands on the packets a batch leaves (`batch`, travelling `direction`, their routes
-    /// set by the stage), after the emitted ones: recycled buffers go to `spare`, others
-    /// toward the writer of their route's side, or are dropped and counted (ring full, in
-    /// the direction they travel) with their buffers to `spare`.
+    /// Hands on the packets a batch leaves (`batch`, their routes and sides stamped by the
+    /// stage host), after the emitted ones: recycled buffers go to `spare`, others toward the
+    /// writer of their side, or are dropped and counted (ring full, in the direction they
+    /// travel) with their buffers to `spare`.
     pub(crate) fn push_batch(
         &mut self,
-        direction: Direction,
         batch: impl Iterator<Item = PacketBuf>,
         spare: &mut Vec<PacketBuf>,
         counters: &StageCounters,
@@ -182,25 +180,14 @@ impl Outs {
                 spare.push(buf);
                 continue;
             }
-            let side = route_side(direction, buf.route);
-            if let Err(buf) = self.push(side, buf) {
+            let travels = buf.side.direction();
+            if let Err(buf) = self.push(buf) {
                 counters
-                    .of(side.direction())
+                    .of(travels)
                     .settle(Outcome::Dropped(DropReason::RingFull), 1);
                 spare.push(buf);
             }
         }
-    }
-}
-
-/// The side a packet read travelling `direction` goes to on `route` (a recycled buffer goes
-/// home through its direction's writer). Its counts belong to that side's direction: a reply
-/// travels, and is counted, the other way.
-#[inline]
-pub(crate) fn route_side(direction: Direction, route: Route) -> Side {
-    match route {
-        Route::Back => direction.source(),
-        Route::Forward | Route::Recycle => direction.destination(),
     }
 }
 

@@ -245,7 +245,7 @@ impl<R: RxHalf> Reader<R> {
                 // those that came after them.
                 outs.begin(ctl, expects_more);
                 self.emits.send(outs, free, &counters.stage);
-                outs.push_batch(direction, self.batch.drain(..), free, &counters.stage);
+                outs.push_batch(self.batch.drain(..), free, &counters.stage);
                 outs.finish();
             }
             Downstream::Workers(outs) => {

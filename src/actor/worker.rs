@@ -2,7 +2,7 @@
 //! owns its own instance and has one input (from the reader); with a duplex stage it shares
 //! the one instance and has an input from each reader.
 
-use super::{phase, route_side, run_stage_batch, Control, Emits, Outs, StageHost};
+use super::{phase, run_stage_batch, Control, Emits, Outs, StageHost};
 use crate::link::{Backoff, Idle, Waited};
 use crate::pool::{PacketBuf, Pool};
 use crate::stage::Direction;
@@ -111,10 +111,10 @@ impl Worker {
         // Recycled packets travel on too, to the writer of their direction, so that the
         // writers are every buffer's one way home.
         for buf in chunk {
-            let side = route_side(direction, buf.route);
+            let side = buf.side;
             let mut buf = buf;
             loop {
-                match self.outs.push(side, buf) {
+                match self.outs.push(buf) {
                     Ok(()) => break,
                     Err(_) if self.outs.by_side[side.index()].is_none() => {
                         // A route with no writer (a reply in a one-way engine): dropped,

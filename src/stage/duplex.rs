@@ -170,7 +170,7 @@ pub trait DuplexStage: Send + Sync {
 /// under its lock for this packet or deadline.
 pub struct Emitter<'a> {
     pub(crate) spare: &'a mut Vec<PacketBuf>,
-    pub(crate) emitted: &'a mut Vec<(Side, PacketBuf)>,
+    pub(crate) emitted: &'a mut Vec<PacketBuf>,
     /// The time, once read ([`Emitter::now`]): a stage that never asks costs no clock read.
     pub(crate) now: std::cell::Cell<Option<Instant>>,
     pub(crate) headroom: usize,
@@ -260,7 +260,8 @@ impl Emitter<'_> {
         };
         buf.prepare_receive(self.headroom, self.capacity);
         if fill(&mut buf) {
-            self.emitted.push((side, buf));
+            buf.side = side;
+            self.emitted.push(buf);
             self.room[side.index()] -= 1;
             true
         } else {

@@ -852,7 +852,7 @@ mod tests {
     struct Rig {
         stage: TunnelState,
         spare: Vec<PacketBuf>,
-        emitted: Vec<(Side, PacketBuf)>,
+        emitted: Vec<PacketBuf>,
         tally: crate::stage::EmitTally,
         now: Instant,
     }
