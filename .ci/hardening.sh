@@ -11,7 +11,7 @@
 #                             cycles, 60 s of UDP (about 75 s; TUN parts need root)
 #
 # Cold cost of the default, measured on the 2-core VM: cargo install cargo-fuzz (2-4.5 min),
-# (with four targets since the wg-quick parser joined: add 30 s)
+# (with four targets since the wg-quick parser joined: add 30 s; five with the UAPI parser: 30 s more)
 # the fuzz build (3 min), 3 x 30 s of fuzzing: about 7-9 min; warm, about 100 s. cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable
 # toolchain accept them.
 set -euo pipefail
@@ -37,7 +37,7 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   # campaigns (SECURITY.md) used ASan, cargo-fuzz's default.
   (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build --sanitizer none)
 
-  for t in wire reflect packet_window wg_config; do
+  for t in wire reflect packet_window wg_config uapi; do
     step "fuzz $t for ${fuzz_seconds} s"
     mkdir -p "fuzz/corpus/$t"
     seeds=()

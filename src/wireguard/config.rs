@@ -77,6 +77,38 @@ impl Key {
         base64::engine::general_purpose::STANDARD.encode(self.0)
     }
 
+    /// A key from its 64 hex digits, in either case, as the cross-platform configuration
+    /// protocol writes keys (`src/wireguard/uapi.rs`); `None` for anything else.
+    pub(crate) fn from_hex(text: &str) -> Option<Key> {
+        let digits = text.as_bytes();
+        if digits.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+            let high = char::from(pair[0]).to_digit(16)?;
+            let low = char::from(pair[1]).to_digit(16)?;
+            // Both are below 16: the byte cannot overflow.
+            *byte = (high * 16 + low) as u8;
+        }
+        Some(Key(bytes))
+    }
+
+    /// Appends the key's 64 lower-case hex digits to `out`: for the protocol's `get` answer,
+    /// the one place a key is written out as text besides [`Key::to_base64`].
+    pub(crate) fn write_hex(&self, out: &mut String) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for byte in self.0 {
+            out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+            out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+        }
+    }
+
+    /// Whether every byte is zero: the protocol's spelling of "no key".
+    pub(crate) fn is_zero(&self) -> bool {
+        self.0 == [0; 32]
+    }
+
     fn from_base64(text: &str) -> Option<Key> {
         use base64::Engine as _;
         let bytes = base64::engine::general_purpose::STANDARD

@@ -21,7 +21,9 @@
 //! [`HANDSHAKE_RATE_LIMIT`] a second, a message must carry a mac2 made with a cookie for its
 //! sender's address, and one without gets that cookie in reply instead of an answer.
 //!
-//! Its config is the standard wg-quick file ([`WgConfig`]). Its counters
+//! Its config is the standard wg-quick file ([`WgConfig`]). WireGuard's cross-platform
+//! configuration protocol (what `wg` and WireGuardKit speak) is parsed, modelled and answered
+//! in [`uapi`], as pure code not yet wired to a running stage. The stage's counters
 //! ([`WireGuard::counters`]) say how many handshakes completed or failed and why packets
 //! were dropped. Keys never reach a log.
 
@@ -31,6 +33,7 @@ mod config;
 mod deadlines;
 mod stats;
 mod timers;
+pub mod uapi;
 
 pub use config::{
     Endpoint, Interface, Key, PeerConfig, WgConfig, WgConfigError, DEFAULT_MTU, MAX_ALLOWED_IPS,
