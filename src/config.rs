@@ -176,16 +176,34 @@ impl Config {
         }
     }
 
-    /// Buffers the pool will hold: `pool_buffers`, or when that is 0, the rings' capacity plus
-    /// one batch for each actor. Saturates instead of overflowing, so validation can reject it.
+    /// Buffers the pool of a one-way engine will hold: `pool_buffers`, or when that is 0, the
+    /// rings' capacity plus one batch for each actor. Saturates instead of overflowing, so
+    /// validation can reject it.
     pub fn pool_size(&self) -> usize {
+        self.reader_pool(1, false, 0)
+    }
+
+    /// Buffers each reader's pool holds in an engine with `directions` readers (and as many
+    /// writers), a timer or not, and a stage that emits up to `emitted` packets per batch:
+    /// `pool_buffers`, or when that is 0, what fills before the pool runs dry. A reader's
+    /// packets fill its forward rings, then (with workers) the workers' rings toward its
+    /// destination, and a batch in the hands of every actor; inline, the reader's own pool is
+    /// also where the stage's emitted packets come from. Saturates, as
+    /// [`Config::pool_size`].
+    pub(crate) fn reader_pool(&self, directions: usize, timer: bool, emitted: usize) -> usize {
         if self.pool_buffers != 0 {
             return self.pool_buffers;
         }
-        let actors = self.workers.saturating_add(2);
-        self.ring_capacity
-            .saturating_mul(self.ring_count())
+        let rings_ahead = self
+            .ring_capacity
+            .saturating_mul(self.workers.max(1).saturating_add(self.workers));
+        let actors = self
+            .workers
+            .saturating_add(directions.saturating_mul(2))
+            .saturating_add(usize::from(timer));
+        rings_ahead
             .saturating_add(self.batch.saturating_mul(actors))
+            .saturating_add(emitted)
     }
 
     /// Checks what an engine would reserve against [`Config::memory_budget`]: `engine` bytes

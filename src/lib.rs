@@ -52,6 +52,13 @@
 //! - Every writer returns each buffer to the pool it came from: a reader's, the timer's, or a
 //!   worker's reserve.
 //!
+//! The two are one topology, built in one place: a one-way engine is a tunnel with only the
+//! outbound direction, no timer, and a stage that emits nothing, and every pool and ring is
+//! sized from the config and what the stage declares (its overhead and burst). Every packet
+//! is counted once coming in (read, or made by the stage) and once going out (written,
+//! dropped with its reason, consumed, or still held), so that in each direction
+//! [`Stats::balanced`] holds at every stop; the engine checks it ([`Engine::balanced`]).
+//!
 //! In both, waiting follows two rules, so that a packet at the rates a phone runs (100 to
 //! 20,000 a second) costs about what it costs in a one-thread loop:
 //! - *Spin only when it pays.* An idle actor spins briefly, yields, then parks, but spins (or

@@ -352,23 +352,13 @@ impl Sizes {
             0
         };
         let forward_ring = c.ring_capacity;
-        // A reader's packets fill its forward rings, then (with workers) the workers' rings
-        // toward its destination, and a batch in the hands of every actor; inline, the
-        // reader's own pool is also where the stage's emitted packets come from.
-        let rings_ahead = forward_ring * c.workers.max(1) + forward_ring * c.workers;
-        let actors = c.workers + 2 * directions + usize::from(timer);
-        let reader_pool = if c.pool_buffers != 0 {
-            c.pool_buffers
-        } else {
-            rings_ahead + c.batch * actors + emitted
-        };
         Sizes {
             directions,
             timer,
             workers: c.workers,
             batch: c.batch,
             burst: needs.burst,
-            reader_pool,
+            reader_pool: c.reader_pool(directions, timer, emitted),
             reserve,
             emitted,
             forward_ring,
@@ -894,6 +884,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The automatic sizes, worked by hand: what the rings hold plus a batch per actor (and
+    /// inline, a tunnel's reserve for what the stage emits).
+    #[test]
+    fn the_automatic_pools_hold_the_rings_and_a_batch_per_actor() {
+        let c = Config::default();
+        assert_eq!((c.ring_capacity, c.batch), (256, 64));
+        // A reader and a writer.
+        assert_eq!(
+            Sizes::new(&c, StageNeeds::ONE_WAY).reader_pool,
+            256 + 2 * 64
+        );
+        let two = Config {
+            workers: 2,
+            ..c.clone()
+        };
+        // Two rings in and two out; a reader, two workers, a writer.
+        assert_eq!(
+            Sizes::new(&two, StageNeeds::ONE_WAY).reader_pool,
+            4 * 256 + 4 * 64
+        );
+        // Two readers, two writers and the timer; a batch of replies and a burst of 256.
+        let sizes = Sizes::new(&c, tunnel(256));
+        assert_eq!(sizes.reader_pool, 256 + 5 * 64 + (64 + 256));
+        assert_eq!(
+            (sizes.reserve, sizes.reply_ring, sizes.worker_out_ring),
+            (256, 320, 512)
+        );
     }
 
     #[test]
