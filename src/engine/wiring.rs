@@ -235,8 +235,6 @@ fn home_rings(
 const SLOT: usize = std::mem::size_of::<PacketBuf>();
 /// Bytes one producer's way to a writer keeps for packets going straight to the device.
 const STRAIGHT_BYTES: usize = STRAIGHT_MAX * SLOT;
-/// Bytes one emitted packet takes while a batch runs (its side beside it).
-const EMITTED_SLOT: usize = std::mem::size_of::<(Side, PacketBuf)>();
 
 /// The stage an engine is built around: a one-way engine is a tunnel with one direction, no
 /// timer and a stage that emits nothing.
@@ -468,7 +466,7 @@ impl Sizes {
         let emitters = self.directions + self.workers + usize::from(self.timer);
         pools * buffer
             + rings * SLOT
-            + emitters * self.emitted * EMITTED_SLOT
+            + emitters * self.emitted * SLOT
             + ways.len() * STRAIGHT_BYTES
             + 2 * writers * LatencyRecorder::reserved_bytes()
     }
