@@ -43,9 +43,10 @@ pub struct Config {
     pub workers: usize,
     /// Packets each ring holds (rounded up to a power of two is not needed; any size works).
     pub ring_capacity: usize,
-    /// Buffers in the pool, or 0 for automatic: what the rings hold plus a batch in each
-    /// actor's hands. An explicit value must be at least what the rings hold, so that a full
-    /// pipeline cannot starve the reader by design; see [`Config::pool_size`].
+    /// Buffers in each reader's pool (a tunnel has two readers), or 0 for automatic: what the
+    /// rings hold plus a batch in each actor's hands. An explicit value must be at least what
+    /// the rings hold, so that a full pipeline cannot starve the reader by design; see
+    /// [`Config::pool_size`].
     pub pool_buffers: usize,
     /// Largest packet the device carries. Buffers receive `mtu + 1` bytes so an oversize packet
     /// is detected, counted and dropped, never forwarded truncated.

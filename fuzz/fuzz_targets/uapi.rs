@@ -6,22 +6,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tunpipe::wireguard::uapi::{format_get, parse_set, parse_set_bytes, UapiState};
-
-/// The lines of a `get` answer that a `set` takes: not the live figures, not the status.
-fn configuration_lines(get: &str) -> String {
-    const FIGURES: [&str; 5] = [
-        "last_handshake_time_sec=",
-        "last_handshake_time_nsec=",
-        "tx_bytes=",
-        "rx_bytes=",
-        "errno=",
-    ];
-    get.lines()
-        .filter(|line| !line.is_empty() && !FIGURES.iter().any(|f| line.starts_with(f)))
-        .map(|line| format!("{line}\n"))
-        .collect()
-}
+use tunpipe::wireguard::uapi::{
+    configuration_lines, format_get, parse_set, parse_set_bytes, UapiState,
+};
 
 fuzz_target!(|data: &[u8]| {
     let request = match parse_set_bytes(data) {

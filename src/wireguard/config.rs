@@ -972,21 +972,7 @@ mod tests {
         use proptest::prelude::*;
         use std::net::{Ipv4Addr, Ipv6Addr};
 
-        fn key() -> impl Strategy<Value = Key> {
-            any::<[u8; 32]>().prop_map(Key)
-        }
-
-        fn net() -> impl Strategy<Value = IpNet> {
-            prop_oneof![
-                (any::<u32>(), 0u8..=32)
-                    .prop_map(|(a, p)| IpNet::new(Ipv4Addr::from(a).into(), p).unwrap()),
-                (any::<u128>(), 0u8..=128).prop_map(|(a, p)| IpNet::new(
-                    Ipv6Addr::from(a).into(),
-                    p
-                )
-                .unwrap()),
-            ]
-        }
+        use crate::wireguard::strategies::{key, net};
 
         fn endpoint() -> impl Strategy<Value = Endpoint> {
             prop_oneof![

@@ -35,6 +35,30 @@ mod stats;
 mod timers;
 pub mod uapi;
 
+/// Property tests' generators of what a configuration holds, for the parsers' tests.
+#[cfg(test)]
+pub(crate) mod strategies {
+    use super::Key;
+    use ipnet::IpNet;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// Any key.
+    pub(crate) fn key() -> impl Strategy<Value = Key> {
+        any::<[u8; 32]>().prop_map(Key)
+    }
+
+    /// Any IPv4 or IPv6 prefix.
+    pub(crate) fn net() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            (any::<u32>(), 0u8..=32)
+                .prop_map(|(a, p)| IpNet::new(Ipv4Addr::from(a).into(), p).unwrap()),
+            (any::<u128>(), 0u8..=128)
+                .prop_map(|(a, p)| IpNet::new(Ipv6Addr::from(a).into(), p).unwrap()),
+        ]
+    }
+}
+
 pub use config::{
     Endpoint, Interface, Key, PeerConfig, WgConfig, WgConfigError, DEFAULT_MTU, MAX_ALLOWED_IPS,
     MAX_PEERS,

@@ -1073,6 +1073,23 @@ impl PeerFigures {
     }
 }
 
+/// The lines of a `get` answer that a `set` takes back: the configuration, without the live
+/// figures (handshake time, bytes) and the status. With `replace_peers=true` before them, a
+/// `set` of these restores the configuration that `get` described.
+pub fn configuration_lines(get: &str) -> String {
+    const FIGURES: [&str; 5] = [
+        "last_handshake_time_sec=",
+        "last_handshake_time_nsec=",
+        "tx_bytes=",
+        "rx_bytes=",
+        "errno=",
+    ];
+    get.lines()
+        .filter(|line| !line.is_empty() && !FIGURES.iter().any(|f| line.starts_with(f)))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 /// The answer to `get=1`, as wireguard-go's `IpcGetOperation` and `IpcHandle` write it:
 /// `private_key` (when set), `listen_port` and `fwmark` (when not 0), then for each peer
 /// `public_key`, `preshared_key` (zeros for none), `protocol_version=1`, `endpoint` (when
@@ -1243,21 +1260,6 @@ mod tests {
                         .map(str::to_string)
                 })
         })
-    }
-
-    /// The configuration lines of a `get` answer: without the live figures and the status.
-    fn configuration_lines(get: &str) -> String {
-        const FIGURES: [&str; 5] = [
-            "last_handshake_time_sec=",
-            "last_handshake_time_nsec=",
-            "tx_bytes=",
-            "rx_bytes=",
-            "errno=",
-        ];
-        get.lines()
-            .filter(|line| !line.is_empty() && !FIGURES.iter().any(|f| line.starts_with(f)))
-            .map(|line| format!("{line}\n"))
-            .collect()
     }
 
     #[test]
@@ -2114,21 +2116,7 @@ mod tests {
         use proptest::prelude::*;
         use std::net::{Ipv4Addr, Ipv6Addr};
 
-        fn any_key() -> impl Strategy<Value = Key> {
-            any::<[u8; 32]>().prop_map(Key)
-        }
-
-        fn any_net() -> impl Strategy<Value = IpNet> {
-            prop_oneof![
-                (any::<u32>(), 0u8..=32)
-                    .prop_map(|(a, p)| IpNet::new(Ipv4Addr::from(a).into(), p).unwrap()),
-                (any::<u128>(), 0u8..=128).prop_map(|(a, p)| IpNet::new(
-                    Ipv6Addr::from(a).into(),
-                    p
-                )
-                .unwrap()),
-            ]
-        }
+        use crate::wireguard::strategies::{key as any_key, net as any_net};
 
         fn any_endpoint() -> impl Strategy<Value = SocketAddr> {
             prop_oneof![
