@@ -5,8 +5,8 @@
 //! them. Conservation holds once the engine has stopped, in each direction:
 //! `rx_packets + originated == tx_packets + dropped() + consumed` (the middle terms are 0 for
 //! one-way stages). A reader counts what it reads and a writer what it writes; every other
-//! term is an [`Outcome`], counted through one function ([`DirectionCounters::settle`]) by
-//! whichever actor settles the packet. The engine checks the sum at every stop.
+//! term is an outcome (`Outcome`), counted through one function (`DirectionCounters::settle`)
+//! by whichever actor settles the packet. The engine checks the sum at every stop.
 //!
 //! Latency histograms are owned by the worker and writer threads and never locked; a snapshot
 //! asks the owners through their mailboxes (see `engine.rs`).

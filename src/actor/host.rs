@@ -50,23 +50,16 @@ impl Emits {
     }
 
     /// Hands the emitted packets toward the writers of their sides, within a batch of
-    /// `outs` (between its `begin` and `finish`). A packet with no room is dropped and
-    /// counted (ring full, in its direction), and its buffer goes back to `spare`.
+    /// `outs` (between its `begin` and `finish`), as [`Outs::push_batch`] does the batch's
+    /// own: a packet with no room is dropped and counted (ring full, in its direction), and
+    /// its buffer goes back to `spare`.
     pub(crate) fn send(
         &mut self,
         outs: &mut Outs,
         spare: &mut Vec<PacketBuf>,
         counters: &StageCounters,
     ) {
-        for packet in self.emitted.drain(..) {
-            let direction = packet.side.direction();
-            if let Err(packet) = outs.push(packet) {
-                counters
-                    .of(direction)
-                    .settle(Outcome::Dropped(DropReason::RingFull), 1);
-                spare.push(packet);
-            }
-        }
+        outs.push_batch(self.emitted.drain(..), spare, counters);
     }
 }
 
