@@ -28,7 +28,7 @@ use crate::error::ConfigError;
 use crate::error::EngineError;
 use crate::link::Backoff;
 use crate::pool::{self, PacketBuf, Pool};
-use crate::stage::{Direction, Side, StageFactory};
+use crate::stage::{DeadlineBell, Direction, Side, StageFactory};
 use crate::stats::{LatencyRecorder, LatencySnapshot};
 use crate::sys;
 use crossbeam_channel::{Receiver, Sender};
@@ -548,6 +548,9 @@ pub(super) fn start<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
         // A deadline the stage names before any packet (say, a keepalive due at start) is
         // kept.
         ctl.publish_deadline(&**stage);
+        stage.attach(DeadlineBell {
+            ctl: Arc::downgrade(&ctl),
+        });
     }
 
     // Pools by home (see `Sizes::pools`), and each writer's rings home to them.

@@ -143,6 +143,14 @@ pub trait DuplexStage: Send + Sync {
         let _ = out;
     }
 
+    /// The engine that runs the stage gives it, as it starts, its way to say that the next
+    /// deadline changed outside any packet or deadline (a configuration change from the
+    /// host, say): [`DeadlineBell::ring`]. The default drops it: a stage whose deadlines
+    /// only move while it processes needs none.
+    fn attach(&self, bell: DeadlineBell) {
+        let _ = bell;
+    }
+
     /// Bytes the stage adds to an outbound packet (and so to the largest datagram inbound):
     /// the engine sizes the outside device's buffers for `mtu + overhead`.
     fn overhead(&self) -> usize {
@@ -162,6 +170,31 @@ pub trait DuplexStage: Send + Sync {
     /// [`crate::Config::memory_budget`]. The default, 0, is for a stage that holds little.
     fn state_bytes(&self) -> usize {
         0
+    }
+}
+
+/// A duplex stage's way to tell the engine that runs it that its next deadline changed
+/// outside a packet, a deadline or a path change ([`DuplexStage::attach`]). It holds the
+/// engine weakly: once the engine is gone, ringing does nothing.
+#[derive(Clone)]
+pub struct DeadlineBell {
+    pub(crate) ctl: std::sync::Weak<crate::actor::Control>,
+}
+
+impl DeadlineBell {
+    /// Asks `stage` (the one the engine runs) for its next deadline, as the engine does after
+    /// a batch, and wakes the timer if it moved earlier. Call it with none of the stage's
+    /// locks held: the stage is asked again here.
+    pub fn ring(&self, stage: &dyn DuplexStage) {
+        if let Some(ctl) = self.ctl.upgrade() {
+            ctl.publish_deadline(stage);
+        }
+    }
+}
+
+impl std::fmt::Debug for DeadlineBell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadlineBell").finish_non_exhaustive()
     }
 }
 

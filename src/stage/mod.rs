@@ -20,7 +20,7 @@ mod passthrough;
 mod reflect;
 
 pub(crate) use duplex::EmitTally;
-pub use duplex::{Action, Direction, DuplexStage, Emitter, Side};
+pub use duplex::{Action, DeadlineBell, Direction, DuplexStage, Emitter, Side};
 pub use passthrough::Passthrough;
 pub use reflect::Reflect;
 

@@ -36,6 +36,7 @@ impl AllowedIps {
     }
 
     /// Prefixes in the table.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }

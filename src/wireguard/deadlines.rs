@@ -32,6 +32,14 @@ impl Deadlines {
     }
 
     /// Records `peer`'s next deadline (`None`: it has none).
+    /// Makes room for peers numbered below `peers`.
+    pub fn grow(&mut self, peers: usize) {
+        if peers > self.at.len() {
+            self.place.resize(peers, ABSENT);
+            self.at.resize(peers, None);
+        }
+    }
+
     pub fn set(&mut self, peer: usize, at: Option<Instant>) {
         if self.at[peer] == at {
             return;

@@ -21,11 +21,13 @@
 //! [`HANDSHAKE_RATE_LIMIT`] a second, a message must carry a mac2 made with a cookie for its
 //! sender's address, and one without gets that cookie in reply instead of an answer.
 //!
-//! Its config is the standard wg-quick file ([`WgConfig`]). WireGuard's cross-platform
-//! configuration protocol (what `wg` and WireGuardKit speak) is parsed, modelled and answered
-//! in [`uapi`], as pure code not yet wired to a running stage. The stage's counters
-//! ([`WireGuard::counters`]) say how many handshakes completed or failed and why packets
-//! were dropped. Keys never reach a log.
+//! Its config is the standard wg-quick file ([`WgConfig`]). While it runs, WireGuard's
+//! cross-platform configuration protocol (what `wg` and WireGuardKit speak; parsed, modelled
+//! and answered in [`uapi`]) changes it without a stop ([`WireGuard::set`]) and reads it back
+//! ([`WireGuard::get`]): the peer table is live, and a peer a change leaves alone keeps its
+//! sessions. The stage's counters ([`WireGuard::counters`], and per peer
+//! [`WireGuard::peers`]) say how many handshakes completed or failed, what went to and came
+//! from each peer, and why packets were dropped. Keys never reach a log.
 
 mod allowed_ips;
 mod clock;
@@ -63,10 +65,10 @@ pub use config::{
     Endpoint, Interface, Key, PeerConfig, WgConfig, WgConfigError, DEFAULT_MTU, MAX_ALLOWED_IPS,
     MAX_PEERS,
 };
-pub use stats::{DropReason, WireGuardCounters, WireGuardStats};
+pub use stats::{DropReason, PeerStats, WireGuardCounters, WireGuardStats};
 
 use crate::pool::PacketBuf;
-use crate::stage::{Action, Direction, DuplexStage, Emitter, Side};
+use crate::stage::{Action, DeadlineBell, Direction, DuplexStage, Emitter, Side};
 use crate::wire::{check_ip, IpVersion, Ipv4Packet, Ipv6Packet};
 use allowed_ips::AllowedIps;
 use boringtun::noise::errors::WireGuardError;
@@ -78,25 +80,33 @@ use clock::Instant;
 use deadlines::Deadlines;
 use ipnet::IpNet;
 use parking_lot::Mutex;
+use stats::PeerCounters;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use timers::PeerTimers;
+use uapi::{Changes, PeerFigures, SetRequest, UapiError, UapiState};
 
 /// Bytes WireGuard adds to a packet: a 16-byte header and a 16-byte authentication tag.
 pub const OVERHEAD: usize = 32;
 
 /// Bytes a WireGuard stage holds for `peers` peers with `prefixes` AllowedIPs prefixes in
-/// all. A peer's `Tunn` is about 11 KiB, most of it room for its sessions, held inline; the
-/// device has one rate limiter, and each prefix is an entry in the AllowedIPs trie (counted as
-/// two prefix-and-peer pairs, for the trie's nodes).
+/// all, as it starts (peers added later are not counted). A peer's `Tunn` is about 11 KiB,
+/// most of it room for its sessions, held inline; the device has one rate limiter, and each
+/// prefix is an entry in the AllowedIPs trie (counted as two prefix-and-peer pairs, for the
+/// trie's nodes).
 /// tests/sizes.rs holds this within 20% of the memory a started tunnel adds.
 pub fn state_bytes(peers: usize, prefixes: usize) -> usize {
     use std::mem::size_of;
     // What the allocator adds to a heap block, about.
     const BLOCK: usize = 16;
-    // A peer, and its place among the deadlines.
-    let per_peer = size_of::<Peer>() + Deadlines::PER_PEER;
+    // A peer, its place among the deadlines and in the key index, and its counters.
+    let per_peer = size_of::<Option<Peer>>()
+        + Deadlines::PER_PEER
+        + 2 * size_of::<([u8; 32], usize)>()
+        + size_of::<PeerCounters>()
+        + BLOCK;
     let per_prefix = 2 * size_of::<(IpNet, usize)>();
     // The device's one rate limiter, in its `Arc` block.
     let limiter = size_of::<RateLimiter>() + 2 * size_of::<usize>() + BLOCK;
@@ -105,6 +115,8 @@ pub fn state_bytes(peers: usize, prefixes: usize) -> usize {
         + SCRATCH
         + peers.saturating_mul(per_peer)
         + prefixes.saturating_mul(per_prefix)
+        // The configuration as the UAPI sees it.
+        + uapi::state_bytes(peers, prefixes)
 }
 
 /// Bytes of the scratch buffer `Tunn` writes into: as large as any datagram.
@@ -150,15 +162,30 @@ const COOKIE_REPLY_SIZE: usize = 64;
 /// The WireGuard stage: one tunnel end and its peers. Build it from a wg-quick config and
 /// run it with [`crate::Builder::start_tunnel`] between a TUN and a [`crate::UdpDevice`].
 ///
+/// A `WireGuard` is a handle: a clone kept by the host reaches the same stage while the
+/// engine runs it, to change its configuration ([`WireGuard::set`], the UAPI's `set`) and
+/// read it back ([`WireGuard::get`], [`WireGuard::peers`]) without a stop.
+///
 /// The engine calls it from several threads at once and holds no lock around it: its state
-/// is behind one lock of its own, taken per packet, deadline or path change, and its clock is
-/// read once that lock is held. (State per peer, so that different peers' packets need not
-/// wait for each other, is for the control plane to bring.)
+/// is behind one lock of its own, taken per packet, deadline, path change or configuration
+/// change, and its clock is read once that lock is held. (State per peer, so that different
+/// peers' packets need not wait for each other, is still to come.)
+#[derive(Clone)]
 pub struct WireGuard {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     state: Mutex<TunnelState>,
+    /// The configuration as the UAPI sees it. Taken by configuration calls only, never for a
+    /// packet; before `state` when both are.
+    control: Mutex<UapiState>,
     counters: Arc<WireGuardCounters>,
     /// What [`DuplexStage::state_bytes`] says: fixed once built.
     state_bytes: usize,
+    /// The engine's ear for a deadline moved by a configuration change, once an engine runs
+    /// the stage.
+    bell: Mutex<Option<DeadlineBell>>,
 }
 
 impl WireGuard {
@@ -169,17 +196,98 @@ impl WireGuard {
     /// What [`WgConfig::check`] finds (no peer, a limit passed, two peers with one key), or an
     /// endpoint still given as a host name.
     pub fn new(config: &WgConfig) -> Result<WireGuard, WgConfigError> {
-        let state = TunnelState::new(config)?;
+        let (state, control) = TunnelState::build(config)?;
         Ok(WireGuard {
-            counters: state.counters.clone(),
-            state_bytes: state_bytes(state.peers.len(), state.allowed_ips.len()),
-            state: Mutex::new(state),
+            shared: Arc::new(Shared {
+                state_bytes: state_bytes(config.peers.len(), config.prefixes()),
+                counters: state.counters.clone(),
+                state: Mutex::new(state),
+                control: Mutex::new(control),
+                bell: Mutex::new(None),
+            }),
         })
     }
 
     /// The stage's counters, readable from any thread while the tunnel runs and after.
     pub fn counters(&self) -> Arc<WireGuardCounters> {
-        self.counters.clone()
+        self.shared.counters.clone()
+    }
+
+    /// Each peer's figures, in the configuration's order.
+    pub fn peers(&self) -> Vec<PeerStats> {
+        self.shared.counters.peers()
+    }
+
+    /// Applies a UAPI `set` ([`uapi::parse_set`]) to the running tunnel, or to one not
+    /// started yet, and says what changed. Nothing stops: peers are added and removed, and
+    /// a peer's endpoint, AllowedIPs, keepalive and preshared key change, while packets
+    /// flow. A peer the request leaves alone keeps its sessions and its packets; so does a
+    /// peer that `replace_peers=true` lists again with the same preshared key (where
+    /// wireguard-go makes every peer anew). A new private or preshared key restarts the
+    /// sessions it concerns, as does (boringtun fixes it when a session's `Tunn` is made) a
+    /// new persistent keepalive interval. Packets a removed or restarted peer held for a
+    /// handshake are dropped and counted (`NoPeer`).
+    ///
+    /// The listen port and fwmark are the socket's, which the stage does not own: the
+    /// caller acts on [`Changes::listen_port`] and [`Changes::fwmark`] (and writes a bound
+    /// port back with [`WireGuard::record_bound_port`]).
+    ///
+    /// # Errors
+    /// A request past the limits, or one that removes the private key (a running tunnel
+    /// keeps one; wireguard-go would stop answering handshakes): EINVAL. A request that
+    /// fails changes nothing.
+    pub fn set(&self, request: &SetRequest) -> Result<Changes, UapiError> {
+        let mut control = self.shared.control.lock();
+        let mut next = control.clone();
+        let changes = next.apply(request)?;
+        if next.private_key().is_none() {
+            return Err(uapi::invalid(
+                0,
+                "private_key",
+                "a running tunnel keeps a private key: it cannot be removed",
+            ));
+        }
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        self.shared.state.lock().follow(&next, &changes);
+        *control = next;
+        drop(control);
+        // A peer added or restarted may be due at once (a persistent keepalive), and held
+        // packets dropped are counted by the next deadline: the engine asks again.
+        if let Some(bell) = self.shared.bell.lock().as_ref() {
+            bell.ring(self);
+        }
+        Ok(changes)
+    }
+
+    /// The answer to a UAPI `get`: the configuration and each peer's figures, ending in
+    /// `errno=0` and an empty line ([`uapi::format_get`]). It holds the private key: for the
+    /// configuration socket's owner only.
+    pub fn get(&self) -> String {
+        let control = self.shared.control.lock();
+        let figures: Vec<PeerFigures> = self
+            .peers()
+            .into_iter()
+            .map(|p| {
+                let mut f = PeerFigures::new(p.public_key);
+                f.last_handshake = p.last_handshake;
+                f.tx_bytes = p.tx_bytes;
+                f.rx_bytes = p.rx_bytes;
+                f.endpoint = p.endpoint;
+                f
+            })
+            .collect();
+        uapi::format_get(&control, &figures)
+    }
+
+    /// Records the port the socket bound when the configuration asked for any (0), so that
+    /// `get` shows it, as wireguard-go does.
+    pub fn record_bound_port(&self, port: u16) {
+        let mut control = self.shared.control.lock();
+        if control.listen_port() == 0 {
+            control.record_bound_port(port);
+        }
     }
 }
 
@@ -190,19 +298,23 @@ impl DuplexStage for WireGuard {
         packet: &mut PacketBuf,
         out: &mut Emitter<'_>,
     ) -> Action {
-        self.state.lock().process(direction, packet, out)
+        self.shared.state.lock().process(direction, packet, out)
     }
 
     fn on_deadline(&self, out: &mut Emitter<'_>) {
-        self.state.lock().on_deadline(out);
+        self.shared.state.lock().on_deadline(out);
     }
 
     fn next_deadline(&self) -> Option<std::time::Instant> {
-        self.state.lock().next_deadline()
+        self.shared.state.lock().next_deadline()
     }
 
     fn path_changed(&self, out: &mut Emitter<'_>) {
-        self.state.lock().path_changed(out);
+        self.shared.state.lock().path_changed(out);
+    }
+
+    fn attach(&self, bell: DeadlineBell) {
+        *self.shared.bell.lock() = Some(bell);
     }
 
     fn overhead(&self) -> usize {
@@ -214,20 +326,31 @@ impl DuplexStage for WireGuard {
     }
 
     fn state_bytes(&self) -> usize {
-        self.state_bytes
+        self.shared.state_bytes
     }
 }
 
 /// The stage's state: the tunnel end, its peers and their tables, behind the stage's lock.
 struct TunnelState {
-    peers: Vec<Peer>,
-    /// Every peer's AllowedIPs: routes outbound packets, checks inbound sources.
+    /// The peers by slot: a peer's slot is the top 24 bits of its session indices, so it
+    /// stays put while the peer lives. A removed peer's slot is empty until a new peer takes
+    /// it.
+    peers: Vec<Option<Peer>>,
+    /// Empty slots.
+    free: Vec<usize>,
+    /// Each peer's slot by its public key.
+    by_key: HashMap<[u8; 32], usize>,
+    /// Every peer's AllowedIPs: routes outbound packets, checks inbound sources. Made anew
+    /// whole when a configuration change moves a prefix.
     allowed_ips: AllowedIps,
     /// Every peer's next deadline, in order.
     deadlines: Deadlines,
     /// The peer the packet being processed went to or came from: its deadline is updated
     /// once the packet is done.
     touched: Option<usize>,
+    /// Packets that removed or restarted peers held for a handshake, to be counted as dropped
+    /// by the next thread with an [`Emitter`] (a configuration change has none).
+    held_by_gone: u64,
     /// Where `Tunn` writes what it makes (it cannot work in place): as large as any packet.
     scratch: Box<[u8]>,
     counters: Arc<WireGuardCounters>,
@@ -239,8 +362,8 @@ struct TunnelState {
     /// arrives a period or more after that, never by a timer: an idle tunnel does not wake
     /// for it.
     limiter_reset: Instant,
-    /// The stage's clock, read once as it takes a packet, a deadline or a path change (so,
-    /// under the stage's lock).
+    /// The stage's clock, read once as it takes a packet, a deadline, a path change or a
+    /// configuration change (so, under the stage's lock).
     now: Instant,
     /// Diffie-Hellman operations the stage did to learn who sent an initiation (only with
     /// several peers; each `Tunn` does its own after its own checks).
@@ -251,90 +374,193 @@ struct Peer {
     tunn: Tunn,
     endpoint: Option<SocketAddr>,
     timers: PeerTimers,
-    public_key: [u8; 32],
     /// When the packets `Tunn` holds for a completed handshake go out, if no outbound packet
     /// (which sends them first) comes before.
     flush_due: Option<Instant>,
     /// Packets `Tunn` holds for the handshake (it keeps [`QUEUE_DEPTH`] at most, and drops
     /// the rest without saying so: this count says it).
     queued: usize,
+    counters: Arc<PeerCounters>,
 }
 
 impl TunnelState {
-    fn new(config: &WgConfig) -> Result<TunnelState, WgConfigError> {
+    /// The state for `config`, and the configuration as the UAPI sees it.
+    fn build(config: &WgConfig) -> Result<(TunnelState, UapiState), WgConfigError> {
         config.check()?;
-        let private = StaticSecret::from(*config.interface.private_key.as_bytes());
-        let public = PublicKey::from(&private);
-        let now = Instant::now();
-        let limiter = Arc::new(RateLimiter::new(&public, LIMITER_COUNT));
-        let mut peers = Vec::with_capacity(config.peers.len());
-        let mut allowed_ips = AllowedIps::default();
-        for (index, p) in config.peers.iter().enumerate() {
-            let endpoint = match &p.endpoint {
-                None => None,
-                Some(Endpoint::Addr(addr)) => Some(*addr),
-                Some(Endpoint::Host(..)) => {
-                    return Err(WgConfigError {
-                        line: 0,
-                        field: "Endpoint".to_string(),
-                        reason: format!(
-                            "peer {}: a host name not resolved yet (WgConfig::resolve)",
-                            index + 1
-                        ),
-                    })
-                }
-            };
-            let key = *p.public_key.as_bytes();
-            let tunn = Tunn::new(
-                private.clone(),
-                PublicKey::from(key),
-                p.preshared_key.as_ref().map(|k| *k.as_bytes()),
-                p.persistent_keepalive,
-                index as u32,
-                Some(limiter.clone()),
-            );
-            for net in &p.allowed_ips {
-                if let Some(before) = allowed_ips.insert(*net, index) {
-                    log::warn!(
-                        "AllowedIPs {}: named by peer {} and peer {}; it belongs to peer {}, \
-                         the later, as in WireGuard",
-                        net.trunc(),
-                        before + 1,
-                        index + 1,
-                        index + 1
-                    );
-                }
-            }
-            peers.push(Peer {
-                tunn,
-                endpoint,
-                timers: PeerTimers::new(now, p.persistent_keepalive),
-                public_key: key,
-                flush_due: None,
-                queued: 0,
+        if let Some(index) = config
+            .peers
+            .iter()
+            .position(|p| matches!(p.endpoint, Some(Endpoint::Host(..))))
+        {
+            return Err(WgConfigError {
+                line: 0,
+                field: "Endpoint".to_string(),
+                reason: format!(
+                    "peer {}: a host name not resolved yet (WgConfig::resolve)",
+                    index + 1
+                ),
             });
         }
-        let counters = Arc::new(WireGuardCounters::new(
-            peers.iter().map(|p| p.endpoint).collect(),
-        ));
-        let mut deadlines = Deadlines::new(peers.len());
-        for (index, peer) in peers.iter().enumerate() {
-            deadlines.set(index, peer.next_deadline());
-        }
-        Ok(TunnelState {
-            peers,
-            allowed_ips,
-            deadlines,
+        let control = UapiState::from_config(config).map_err(|e| WgConfigError {
+            line: 0,
+            field: e.field().to_string(),
+            reason: e.reason().to_string(),
+        })?;
+        let private = control
+            .private_key()
+            .unwrap_or(&config.interface.private_key);
+        let mut state = TunnelState::new(private, Arc::new(WireGuardCounters::new()));
+        let everyone = Changes {
+            allowed_ips: true,
+            added: control.peers().map(|p| p.public_key).collect(),
+            ..Changes::default()
+        };
+        state.follow(&control, &everyone);
+        Ok((state, control))
+    }
+
+    /// A tunnel end with `private` and no peers yet ([`TunnelState::follow`] adds them).
+    fn new(private: &Key, counters: Arc<WireGuardCounters>) -> TunnelState {
+        let private = StaticSecret::from(*private.as_bytes());
+        let public = PublicKey::from(&private);
+        let now = Instant::now();
+        TunnelState {
+            peers: Vec::new(),
+            free: Vec::new(),
+            by_key: HashMap::new(),
+            allowed_ips: AllowedIps::default(),
+            deadlines: Deadlines::new(0),
             touched: None,
+            held_by_gone: 0,
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             counters,
+            limiter: Arc::new(RateLimiter::new(&public, LIMITER_COUNT)),
             private,
             public,
-            limiter,
             limiter_reset: now,
             now,
             anonymous_opens: 0,
-        })
+        }
+    }
+
+    /// Makes the live table what `config` describes, `changes` (from the table's last
+    /// configuration to `config`) saying what to touch: peers that stay and did not change
+    /// keep everything, sessions and held packets included.
+    fn follow(&mut self, config: &UapiState, changes: &Changes) {
+        self.now = Instant::now();
+        let now = self.now;
+        if changes.private_key {
+            if let Some(key) = config.private_key() {
+                self.private = StaticSecret::from(*key.as_bytes());
+                self.public = PublicKey::from(&self.private);
+                // mac1 and cookies are made with this end's public key.
+                self.limiter = Arc::new(RateLimiter::new(&self.public, LIMITER_COUNT));
+            }
+        }
+        for key in &changes.removed {
+            if let Some(slot) = self.by_key.remove(&key.0) {
+                if let Some(peer) = self.peers[slot].take() {
+                    self.held_by_gone += peer.queued as u64;
+                }
+                self.deadlines.set(slot, None);
+                self.free.push(slot);
+            }
+        }
+        let restarted = changes
+            .changed
+            .iter()
+            .filter(|c| c.restart_session || c.persistent_keepalive);
+        for key in changes.added.iter().chain(restarted.map(|c| &c.public_key)) {
+            let Some(peer_config) = config.peer(key) else {
+                continue;
+            };
+            let slot = match self.by_key.get(&key.0) {
+                Some(&slot) => slot,
+                None => {
+                    let slot = self.free.pop().unwrap_or_else(|| {
+                        self.peers.push(None);
+                        self.peers.len() - 1
+                    });
+                    self.by_key.insert(key.0, slot);
+                    slot
+                }
+            };
+            self.deadlines.grow(self.peers.len());
+            let peer = self.new_peer(&peer_config, slot, now);
+            let old = self.peers[slot].replace(peer);
+            if let Some(old) = old {
+                // A restarted peer keeps its counters and, when it has none configured, the
+                // endpoint it roamed to.
+                self.held_by_gone += old.queued as u64;
+                let peer = self.peers[slot].as_mut().expect("the peer just placed");
+                peer.counters = old.counters;
+                peer.endpoint = peer.endpoint.or(old.endpoint);
+            }
+        }
+        for change in &changes.changed {
+            let Some(&slot) = self.by_key.get(&change.public_key.0) else {
+                continue;
+            };
+            let (Some(peer), Some(peer_config)) =
+                (self.peers[slot].as_mut(), config.peer(&change.public_key))
+            else {
+                continue;
+            };
+            if change.endpoint {
+                // A peer without a configured endpoint keeps the one it roamed to.
+                if let Some(Endpoint::Addr(addr)) = peer_config.endpoint {
+                    peer.endpoint = Some(addr);
+                }
+            }
+            peer.counters.moved(peer.endpoint);
+        }
+        if changes.allowed_ips || !changes.added.is_empty() || !changes.removed.is_empty() {
+            let mut table = AllowedIps::default();
+            for peer in config.peers() {
+                if let Some(&slot) = self.by_key.get(&peer.public_key.0) {
+                    for net in peer.allowed_ips {
+                        table.insert(net, slot);
+                    }
+                }
+            }
+            self.allowed_ips = table;
+        }
+        self.counters.set_peers(
+            config
+                .peers()
+                .filter_map(|p| self.by_key.get(&p.public_key.0))
+                .filter_map(|&slot| self.peers[slot].as_ref().map(|p| p.counters.clone()))
+                .collect(),
+        );
+        for slot in 0..self.peers.len() {
+            if self.peers[slot].is_some() {
+                self.reindex(slot);
+            }
+        }
+    }
+
+    /// A new peer in `slot`, with no session yet.
+    fn new_peer(&self, config: &PeerConfig, slot: usize, now: Instant) -> Peer {
+        let key = *config.public_key.as_bytes();
+        let endpoint = match config.endpoint {
+            Some(Endpoint::Addr(addr)) => Some(addr),
+            _ => None,
+        };
+        Peer {
+            tunn: Tunn::new(
+                self.private.clone(),
+                PublicKey::from(key),
+                config.preshared_key.as_ref().map(|k| *k.as_bytes()),
+                config.persistent_keepalive,
+                slot as u32,
+                Some(self.limiter.clone()),
+            ),
+            endpoint,
+            timers: PeerTimers::new(now, config.persistent_keepalive),
+            flush_due: None,
+            queued: 0,
+            counters: Arc::new(PeerCounters::new(config.public_key.clone(), endpoint)),
+        }
     }
 
     fn route(&self, destination: IpAddr) -> Option<usize> {
@@ -343,7 +569,7 @@ impl TunnelState {
 
     /// Records peer `index`'s next deadline after its state changed.
     fn reindex(&mut self, index: usize) {
-        let at = self.peers[index].next_deadline();
+        let at = self.peers[index].as_ref().and_then(Peer::next_deadline);
         self.deadlines.set(index, at);
     }
 
@@ -354,7 +580,9 @@ impl TunnelState {
         index: usize,
     ) -> (&mut Peer, &mut [u8], &WireGuardCounters, &AllowedIps) {
         (
-            &mut self.peers[index],
+            // Indices come from the routing table, the keys, the session indices checked in
+            // `peer_of` and the deadlines, which hold live slots only.
+            self.peers[index].as_mut().expect("a live peer's slot"),
             &mut self.scratch,
             &self.counters,
             &self.allowed_ips,
@@ -405,17 +633,18 @@ impl TunnelState {
     fn peer_of(&mut self, datagram: &[u8]) -> Result<usize, DropReason> {
         let by_index = |receiver: u32| {
             let index = (receiver >> 8) as usize;
-            if index < self.peers.len() {
-                Ok(index)
-            } else {
-                Err(DropReason::NoSession)
+            match self.peers.get(index) {
+                Some(Some(_)) => Ok(index),
+                _ => Err(DropReason::NoSession),
             }
         };
         match Tunn::parse_incoming_packet(datagram) {
             Err(_) => Err(DropReason::Garbage),
             Ok(Packet::HandshakeInit(init)) => {
-                if self.peers.len() == 1 {
-                    return Ok(0);
+                if self.by_key.len() == 1 {
+                    if let Some(&only) = self.by_key.values().next() {
+                        return Ok(only);
+                    }
                 }
                 // Which peer initiates is known only from its static key, encrypted in the
                 // message: open that much of it (a Diffie-Hellman, once per handshake; its
@@ -423,9 +652,9 @@ impl TunnelState {
                 self.anonymous_opens += 1;
                 let half = parse_handshake_anon(&self.private, &self.public, &init)
                     .map_err(|_| DropReason::AuthFailure)?;
-                self.peers
-                    .iter()
-                    .position(|p| p.public_key == half.peer_static_public)
+                self.by_key
+                    .get(&half.peer_static_public)
+                    .copied()
                     .ok_or(DropReason::AuthFailure)
             }
             Ok(Packet::HandshakeResponse(r)) => by_index(r.receiver_idx),
@@ -436,7 +665,10 @@ impl TunnelState {
 
     /// Runs peer `index`'s timers now if its clock is stale, before it stamps a packet.
     fn tick_if_stale(&mut self, index: usize, out: &mut Emitter<'_>) {
-        if self.peers[index].timers.stale(self.now) {
+        if self.peers[index]
+            .as_ref()
+            .is_some_and(|p| p.timers.stale(self.now))
+        {
             self.tick(index, out);
         }
     }
@@ -461,7 +693,7 @@ impl TunnelState {
                     index + 1
                 );
                 // `Tunn` gave up the handshake and threw away the packets that waited for it.
-                counters.dropped_many(DropReason::NoHandshake, peer.queued as u64);
+                dropped(peer, counters, DropReason::NoHandshake, peer.queued as u64);
                 out.drop_held(Side::Outside, peer.queued as u64);
                 peer.queued = 0;
             }
@@ -483,7 +715,7 @@ impl TunnelState {
         let now = self.now;
         let (p, scratch, counters, _) = self.peer_parts(peer);
         let Some(endpoint) = p.endpoint else {
-            counters.dropped(DropReason::NoEndpoint);
+            dropped(p, counters, DropReason::NoEndpoint, 1);
             return Action::Drop;
         };
         if p.flush_due.is_some() {
@@ -499,7 +731,7 @@ impl TunnelState {
                 let is_data = message.first() == Some(&DATA);
                 note_sent(p, message, now, counters);
                 if place(packet, message, Some(endpoint)).is_err() {
-                    counters.dropped(DropReason::Garbage);
+                    dropped(p, counters, DropReason::Garbage, 1);
                     return Action::Drop;
                 }
                 if is_data {
@@ -510,7 +742,7 @@ impl TunnelState {
                     // `Tunn` had no room to hold the packet, yet starts a handshake: the
                     // initiation goes out on its own and the packet is dropped.
                     send(p, peer, packet.data(), Whose::Own, now, counters, out);
-                    counters.dropped(DropReason::NoHandshake);
+                    dropped(p, counters, DropReason::NoHandshake, 1);
                     return Action::Drop;
                 }
                 // No session: the packet waits, and a handshake initiation goes out in its
@@ -521,7 +753,7 @@ impl TunnelState {
             // Waits behind a handshake already under way (or, with the queue full, dropped).
             TunnResult::Done => {
                 if queue_full {
-                    counters.dropped(DropReason::NoHandshake);
+                    dropped(p, counters, DropReason::NoHandshake, 1);
                     Action::Drop
                 } else {
                     p.queued += 1;
@@ -529,7 +761,7 @@ impl TunnelState {
                 }
             }
             TunnResult::Err(e) => {
-                counters.dropped(reason_of(&e));
+                dropped(p, counters, reason_of(&e), 1);
                 Action::Drop
             }
             _ => Action::Drop,
@@ -564,17 +796,26 @@ impl TunnelState {
         self.tick_if_stale(peer, out);
         let now = self.now;
         let (p, scratch, counters, allowed_ips) = self.peer_parts(peer);
-        match p.tunn.decapsulate(Some(from.ip()), packet.data(), scratch) {
+        let message_bytes = packet.len();
+        let result = p.tunn.decapsulate(Some(from.ip()), packet.data(), scratch);
+        let answered_with_cookie = matches!(&result,
+            TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY));
+        if !answered_with_cookie && !matches!(result, TunnResult::Err(_)) {
+            // Authenticated: the peer's, as wireguard-go counts it.
+            p.counters.received(message_bytes);
+        }
+        match result {
             TunnResult::WriteToNetwork(reply) => {
-                if reply.first() == Some(&COOKIE_REPLY) {
+                if answered_with_cookie {
                     // The load came between the door and here.
                     counters.cookie_sent();
                 } else {
                     // An authenticated handshake message: a session now exists.
-                    roam(p, peer, from, counters);
+                    roam(p, from);
                     p.timers
                         .session_established(now, kind == HANDSHAKE_RESPONSE);
                     counters.handshake_completed();
+                    p.counters.handshake_completed();
                 }
                 note_sent(p, reply, now, counters);
                 if p.queued > 0 {
@@ -591,22 +832,22 @@ impl TunnelState {
             }
             TunnResult::WriteToTunnelV4(inner, source) => {
                 let sent_by_owner = allowed_ips.peer_for(IpAddr::V4(source)) == Some(peer);
-                deliver(p, peer, packet, inner, sent_by_owner, from, now, counters)
+                deliver(p, packet, inner, sent_by_owner, from, now, counters)
             }
             TunnResult::WriteToTunnelV6(inner, source) => {
                 let sent_by_owner = allowed_ips.peer_for(IpAddr::V6(source)) == Some(peer);
-                deliver(p, peer, packet, inner, sent_by_owner, from, now, counters)
+                deliver(p, packet, inner, sent_by_owner, from, now, counters)
             }
             TunnResult::Done => {
                 if kind == DATA {
                     // A keepalive: authenticated, carrying nothing.
-                    roam(p, peer, from, counters);
+                    roam(p, from);
                     p.timers.received(now);
                 }
                 Action::Consume
             }
             TunnResult::Err(e) => {
-                counters.dropped(reason_of(&e));
+                dropped(p, counters, reason_of(&e), 1);
                 if handshake {
                     counters.handshake_failed();
                 }
@@ -625,6 +866,7 @@ impl TunnelState {
         out: &mut Emitter<'_>,
     ) -> Action {
         self.now = Instant::now();
+        self.settle_gone(out);
         let action = match direction {
             Direction::Outbound => self.outbound(packet, out),
             Direction::Inbound => self.inbound(packet, out),
@@ -637,6 +879,7 @@ impl TunnelState {
 
     fn on_deadline(&mut self, out: &mut Emitter<'_>) {
         self.now = Instant::now();
+        self.settle_gone(out);
         let now = self.now;
         // Running a peer's timers moves its deadline past `now` (or clears it), so each due
         // peer comes up once; the bound is only a guard.
@@ -650,7 +893,22 @@ impl TunnelState {
     }
 
     fn next_deadline(&self) -> Option<std::time::Instant> {
+        if self.held_by_gone > 0 {
+            // Due now: the timer counts them.
+            return Some(std::time::Instant::now());
+        }
         self.deadlines.first().map(Instant::to_std)
+    }
+
+    /// Counts the packets that peers removed or restarted by a configuration change held:
+    /// dropped, as no peer will send them.
+    fn settle_gone(&mut self, out: &mut Emitter<'_>) {
+        if self.held_by_gone > 0 {
+            self.counters
+                .dropped_many(DropReason::NoPeer, self.held_by_gone);
+            out.drop_held(Side::Outside, self.held_by_gone);
+            self.held_by_gone = 0;
+        }
     }
 
     fn path_changed(&mut self, out: &mut Emitter<'_>) {
@@ -661,6 +919,9 @@ impl TunnelState {
         self.now = Instant::now();
         let now = self.now;
         for index in 0..self.peers.len() {
+            if self.peers[index].is_none() {
+                continue;
+            }
             self.tick(index, out);
             let (peer, scratch, counters, _) = self.peer_parts(index);
             if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
@@ -704,7 +965,6 @@ fn place(packet: &mut PacketBuf, bytes: &[u8], endpoint: Option<SocketAddr>) -> 
 #[allow(clippy::too_many_arguments)]
 fn deliver(
     p: &mut Peer,
-    index: usize,
     packet: &mut PacketBuf,
     inner: &[u8],
     sent_by_owner: bool,
@@ -713,28 +973,28 @@ fn deliver(
     counters: &WireGuardCounters,
 ) -> Action {
     // Authenticated by now: the datagram is the peer's, wherever it came from.
-    roam(p, index, from, counters);
+    roam(p, from);
     p.timers.data_received(now);
     // Cryptokey routing: the source's longest match in the whole table must be this peer.
     if !sent_by_owner {
-        counters.dropped(DropReason::NotAllowed);
+        dropped(p, counters, DropReason::NotAllowed, 1);
         return Action::Drop;
     }
     counters.data_received(inner.len());
     match place(packet, inner, None) {
         Ok(()) => Action::Forward,
         Err(()) => {
-            counters.dropped(DropReason::Garbage);
+            dropped(p, counters, DropReason::Garbage, 1);
             Action::Drop
         }
     }
 }
 
 /// The peer's endpoint follows its latest authenticated datagram.
-fn roam(p: &mut Peer, index: usize, from: SocketAddr, counters: &WireGuardCounters) {
+fn roam(p: &mut Peer, from: SocketAddr) {
     if p.endpoint != Some(from) {
         p.endpoint = Some(from);
-        counters.roamed(index, from);
+        p.counters.moved(p.endpoint);
     }
 }
 
@@ -759,7 +1019,7 @@ fn send(
 ) {
     let Some(endpoint) = p.endpoint else {
         log::debug!("wireguard peer {}: nowhere to send to yet", index + 1);
-        counters.dropped(DropReason::NoEndpoint);
+        dropped(p, counters, DropReason::NoEndpoint, 1);
         if whose == Whose::Held {
             out.drop_held(Side::Outside, 1);
         }
@@ -789,6 +1049,7 @@ fn fill_message(buf: &mut PacketBuf, message: &[u8], endpoint: SocketAddr) -> bo
 
 /// Records what a message going to the peer means for its timers and counters.
 fn note_sent(p: &mut Peer, message: &[u8], now: Instant, counters: &WireGuardCounters) {
+    p.counters.sent(message.len());
     match message.first() {
         Some(&HANDSHAKE_INIT) => {
             // boringtun counts its retry from its own clock when it formatted the message,
@@ -842,6 +1103,13 @@ fn flush(
     }
 }
 
+/// Counts `count` packets to or from peer `p` dropped for `reason`, for the tunnel and the
+/// peer.
+fn dropped(p: &Peer, counters: &WireGuardCounters, reason: DropReason, count: u64) {
+    counters.dropped_many(reason, count);
+    p.counters.dropped(reason, count);
+}
+
 /// Why `Tunn` refused a message.
 fn reason_of(error: &WireGuardError) -> DropReason {
     match error {
@@ -863,7 +1131,7 @@ fn reason_of(error: &WireGuardError) -> DropReason {
 impl std::fmt::Debug for WireGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WireGuard")
-            .field("peers", &self.counters.snapshot().endpoints.len())
+            .field("peers", &self.peers().len())
             .finish_non_exhaustive()
     }
 }
@@ -914,7 +1182,7 @@ mod tests {
         }
 
         fn with(text: &str) -> Rig {
-            let stage = TunnelState::new(&WgConfig::parse(text).unwrap()).unwrap();
+            let (stage, _) = TunnelState::build(&WgConfig::parse(text).unwrap()).unwrap();
             Rig {
                 stage,
                 spare: (0..8).map(|_| PacketBuf::new(64, 2048, 64)).collect(),
@@ -1019,7 +1287,12 @@ mod tests {
         let action = rig.with_emitter(|stage, out| stage.outbound(&mut packet, out));
         assert_eq!(action, Action::Replace);
         assert_eq!(packet.data()[0], HANDSHAKE_INIT);
-        let retry = rig.stage.peers[0].timers.next_deadline().unwrap();
+        let retry = rig.stage.peers[0]
+            .as_ref()
+            .unwrap()
+            .timers
+            .next_deadline()
+            .unwrap();
         assert!(
             retry >= before + timers::REKEY_TIMEOUT,
             "{retry:?} {before:?}"

@@ -1,9 +1,11 @@
 //! What the WireGuard stage counts: handshakes, data per direction, and why it dropped what
 //! it dropped. Written by whichever engine thread holds the stage, read by anyone.
 
+use super::config::Key;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Why the stage dropped a packet.
@@ -50,8 +52,9 @@ pub struct WireGuardCounters {
     rx_packets: AtomicU64,
     rx_bytes: AtomicU64,
     drops: [AtomicU64; REASONS],
-    /// Each peer's endpoint as it now stands (it follows the peer's authenticated datagrams).
-    endpoints: Mutex<Vec<Option<SocketAddr>>>,
+    /// Every peer's own counters, in the configuration's order: replaced whole when the
+    /// peers change, never taken per packet (the stage holds each peer's counters).
+    peers: Mutex<Vec<Arc<PeerCounters>>>,
 }
 
 /// A snapshot of [`WireGuardCounters`].
@@ -118,7 +121,7 @@ impl WireGuardStats {
 }
 
 impl WireGuardCounters {
-    pub(crate) fn new(endpoints: Vec<Option<SocketAddr>>) -> Self {
+    pub(crate) fn new() -> Self {
         WireGuardCounters {
             handshakes_completed: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
@@ -130,7 +133,7 @@ impl WireGuardCounters {
             rx_packets: AtomicU64::new(0),
             rx_bytes: AtomicU64::new(0),
             drops: Default::default(),
-            endpoints: Mutex::new(endpoints),
+            peers: Mutex::new(Vec::new()),
         }
     }
 
@@ -175,10 +178,14 @@ impl WireGuardCounters {
 
     /// Records that peer `index` is now reached at `endpoint` (a lock, taken only when it
     /// changes).
-    pub(crate) fn roamed(&self, index: usize, endpoint: SocketAddr) {
-        if let Some(slot) = self.endpoints.lock().get_mut(index) {
-            *slot = Some(endpoint);
-        }
+    /// The peers are now these, in the configuration's order.
+    pub(crate) fn set_peers(&self, peers: Vec<Arc<PeerCounters>>) {
+        *self.peers.lock() = peers;
+    }
+
+    /// Each peer's figures, in the configuration's order.
+    pub fn peers(&self) -> Vec<PeerStats> {
+        self.peers.lock().iter().map(|p| p.snapshot()).collect()
     }
 
     /// The counters now.
@@ -212,7 +219,136 @@ impl WireGuardCounters {
             drop_garbage: drop(DropReason::Garbage),
             drop_no_handshake: drop(DropReason::NoHandshake),
             drop_bad_mac1: drop(DropReason::BadMac1),
-            endpoints: self.endpoints.lock().clone(),
+            endpoints: self
+                .peers
+                .lock()
+                .iter()
+                .map(|p| *p.endpoint.lock())
+                .collect(),
         }
+    }
+}
+
+/// One peer's counters: written by the thread that holds the stage for the peer's packets,
+/// read by anyone ([`WireGuardCounters::peers`]).
+///
+/// Bytes and packets are WireGuard messages as they cross the socket (the UDP payload of
+/// every handshake message, cookie reply, keepalive and data message), as wireguard-go and
+/// `wg show` count them; the tunnel-wide [`WireGuardStats`] counts the packets inside.
+/// Received messages are counted once authenticated.
+#[derive(Debug)]
+pub(crate) struct PeerCounters {
+    public_key: Key,
+    tx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    rx_packets: AtomicU64,
+    handshakes: AtomicU64,
+    /// When the last handshake completed, in ns since the Unix epoch; 0: never.
+    last_handshake_ns: AtomicU64,
+    drops: [AtomicU64; REASONS],
+    /// Where the peer is now: configured, or moved by its authenticated datagrams. Taken when
+    /// it changes (rarely) and when figures are read.
+    endpoint: Mutex<Option<SocketAddr>>,
+}
+
+impl PeerCounters {
+    pub(crate) fn new(public_key: Key, endpoint: Option<SocketAddr>) -> Self {
+        PeerCounters {
+            public_key,
+            tx_bytes: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            rx_packets: AtomicU64::new(0),
+            handshakes: AtomicU64::new(0),
+            last_handshake_ns: AtomicU64::new(0),
+            drops: Default::default(),
+            endpoint: Mutex::new(endpoint),
+        }
+    }
+
+    pub(crate) fn sent(&self, message_bytes: usize) {
+        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+        self.tx_bytes
+            .fetch_add(message_bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn received(&self, message_bytes: usize) {
+        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+        self.rx_bytes
+            .fetch_add(message_bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dropped(&self, reason: DropReason, count: u64) {
+        self.drops[reason as usize].fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn handshake_completed(&self) {
+        self.handshakes.fetch_add(1, Ordering::Relaxed);
+        let ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        self.last_handshake_ns.store(
+            u64::try_from(ns).unwrap_or(u64::MAX).max(1),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn moved(&self, endpoint: Option<SocketAddr>) {
+        *self.endpoint.lock() = endpoint;
+    }
+
+    pub(crate) fn snapshot(&self) -> PeerStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let last = get(&self.last_handshake_ns);
+        PeerStats {
+            public_key: self.public_key.clone(),
+            endpoint: *self.endpoint.lock(),
+            last_handshake: (last != 0).then(|| UNIX_EPOCH + Duration::from_nanos(last)),
+            handshakes: get(&self.handshakes),
+            tx_bytes: get(&self.tx_bytes),
+            tx_packets: get(&self.tx_packets),
+            rx_bytes: get(&self.rx_bytes),
+            rx_packets: get(&self.rx_packets),
+            drops: std::array::from_fn(|i| get(&self.drops[i])),
+        }
+    }
+}
+
+/// One peer's figures ([`WireGuardCounters::peers`], [`crate::wireguard::WireGuard::peers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStats {
+    /// The peer. (Its `Debug` shows nothing of it: [`Key::to_base64`] writes it out.)
+    pub public_key: Key,
+    /// Where it is now (configured, or where its authenticated datagrams came from).
+    pub endpoint: Option<SocketAddr>,
+    /// When its last handshake completed; `None`: never (since it was added).
+    pub last_handshake: Option<SystemTime>,
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// WireGuard messages sent to it, handshakes and keepalives included.
+    pub tx_packets: u64,
+    /// Their bytes (UDP payload): what `wg show` calls "sent".
+    pub tx_bytes: u64,
+    /// Authenticated messages received from it.
+    pub rx_packets: u64,
+    /// Their bytes (UDP payload): `wg show`'s "received".
+    pub rx_bytes: u64,
+    drops: [u64; REASONS],
+}
+
+impl PeerStats {
+    /// Packets to or from this peer dropped for `reason` (those a peer can be named for:
+    /// not [`DropReason::NoPeer`], [`DropReason::Garbage`] or [`DropReason::BadMac1`], which
+    /// only the tunnel-wide figures count).
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    /// Every packet to or from this peer that was dropped.
+    pub fn dropped(&self) -> u64 {
+        self.drops.iter().sum()
     }
 }

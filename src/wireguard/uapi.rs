@@ -21,8 +21,9 @@
 //!
 //! Here: [`parse_set`] reads the lines after `set=1` into a [`SetRequest`];
 //! [`UapiState::apply`] applies it to a model of the device's configuration and reports what
-//! changed ([`Changes`]), the form a live peer table will act on; [`format_get`] writes the
-//! `get` answer from the model and each peer's live figures ([`PeerFigures`]). No socket, no
+//! changed ([`Changes`]), which the live peer table acts on ([`super::WireGuard::set`]);
+//! [`format_get`] writes the `get` answer from the model and each peer's live figures
+//! ([`PeerFigures`]). No socket, no
 //! clock, no name resolution: the operation line (`set=1`, `get=1`), the socket and its
 //! permissions, binding the listen port and setting the fwmark (whose failure wireguard-go
 //! answers with [`ErrorCode::PortInUse`]) belong to the caller.
@@ -77,7 +78,7 @@
 //! in its messages; this does not. [`Key`]'s `Debug` shows nothing of a key, and
 //! [`UapiState`]'s shows counts. Keys are written out in one place only, the `get` answer.
 
-use super::config::{Endpoint, Key, PeerConfig, MAX_ALLOWED_IPS, MAX_PEERS};
+use super::config::{Endpoint, Key, PeerConfig, WgConfig, MAX_ALLOWED_IPS, MAX_PEERS};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::{self, Write as _};
@@ -521,7 +522,7 @@ impl PeerRequest {
 /// Said of a key that does not parse.
 const NOT_A_KEY: &str = "not a key (64 hex digits); the value is not shown";
 
-fn invalid(line: usize, field: &'static str, reason: impl Into<String>) -> UapiError {
+pub(super) fn invalid(line: usize, field: &'static str, reason: impl Into<String>) -> UapiError {
     UapiError::new(ErrorCode::Invalid, line, field, reason)
 }
 
@@ -642,8 +643,12 @@ impl UapiPeer {
 /// What [`UapiState::apply`] changed: what a live peer table must do to follow.
 ///
 /// A peer that a request removed and created again (`remove=true`, then its `public_key`
-/// again, or `replace_peers=true` and the peer listed) is in both [`Changes::removed`] and
-/// [`Changes::added`]: as in wireguard-go, it is a new peer, with new sessions and counters.
+/// again) is in both [`Changes::removed`] and [`Changes::added`]: as in wireguard-go, it is a
+/// new peer, with new sessions and counters. **Unlike wireguard-go**, `replace_peers=true`
+/// removes only the peers the request does not list again: one listed again is the same
+/// peer, in [`Changes::changed`] if anything about it changed (and in no list if nothing
+/// did), so a live table keeps its sessions unless its keys changed
+/// ([`PeerChange::restart_session`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Changes {
@@ -696,6 +701,16 @@ pub struct PeerChange {
     pub allowed_ips: bool,
 }
 
+/// Bytes a [`UapiState`] holds for `peers` peers with `prefixes` prefixes in all, about: each
+/// peer in the ordered map and the key index, each prefix in its peer's list and the owner
+/// index (hash tables counted at twice their entries, for their spare room).
+pub(super) fn state_bytes(peers: usize, prefixes: usize) -> usize {
+    use std::mem::size_of;
+    let per_peer = 2 * size_of::<(u64, UapiPeer)>() + 2 * size_of::<([u8; 32], u64)>();
+    let per_prefix = 2 * size_of::<(u64, IpNet)>() + 2 * size_of::<(IpNet, (u64, u64))>();
+    peers.saturating_mul(per_peer) + prefixes.saturating_mul(per_prefix)
+}
+
 impl Default for UapiState {
     fn default() -> Self {
         UapiState::new()
@@ -715,6 +730,57 @@ impl UapiState {
             owners: HashMap::new(),
             next_number: 0,
         }
+    }
+
+    /// The configuration a wg-quick file gives a device, as if `set` had written it:
+    /// its private key (clamped), listen port (0 when the file names none) and peers in the
+    /// file's order, a prefix named twice belonging to the later peer (as in WireGuard).
+    ///
+    /// # Errors
+    /// An endpoint still given as a host name ([`WgConfig::resolve`] first), or a file past
+    /// the limits (EINVAL).
+    pub fn from_config(config: &WgConfig) -> Result<UapiState, UapiError> {
+        let private = &config.interface.private_key;
+        let mut request = SetRequest {
+            device: DeviceRequest {
+                private_keys: vec![(!private.is_zero()).then(|| clamped(private.clone()))],
+                listen_port: Some(config.interface.listen_port.unwrap_or(0)),
+                fwmark: None,
+                replace_peers: true,
+            },
+            peers: Vec::with_capacity(config.peers.len()),
+        };
+        for (index, peer) in config.peers.iter().enumerate() {
+            let mut ops = vec![(0, PeerOp::PresharedKey(peer.preshared_key.clone()))];
+            match &peer.endpoint {
+                None => {}
+                Some(Endpoint::Addr(addr)) => ops.push((0, PeerOp::Endpoint(*addr))),
+                Some(Endpoint::Host(..)) => {
+                    return Err(invalid(
+                        0,
+                        "endpoint",
+                        format!("peer {}: a host name not resolved yet", index + 1),
+                    ))
+                }
+            }
+            ops.push((
+                0,
+                PeerOp::PersistentKeepalive(peer.persistent_keepalive.unwrap_or(0)),
+            ));
+            ops.extend(
+                peer.allowed_ips
+                    .iter()
+                    .map(|net| (0, PeerOp::AddAllowedIp(net.trunc()))),
+            );
+            request.peers.push(PeerRequest {
+                public_key: peer.public_key.clone(),
+                line: 0,
+                ops,
+            });
+        }
+        let mut state = UapiState::new();
+        state.apply(&request)?;
+        Ok(state)
     }
 
     /// The private key (clamped), if any.
@@ -795,9 +861,8 @@ impl UapiState {
             self.fwmark = mark;
         }
         if device.replace_peers {
-            for peer in self.peers.values() {
-                removed.insert(peer.public_key.0);
-            }
+            // Not noted as removed: a peer listed again after it is the same peer, kept
+            // (`Changes` says how it changed), where wireguard-go makes it anew.
             self.peers.clear();
             self.numbers.clear();
             self.owners.clear();
@@ -952,32 +1017,44 @@ impl UapiState {
         Ok(())
     }
 
-    /// What changed from `self` to `next`, `removed` holding every key removed on the way.
+    /// What changed from `self` to `next`, `removed` holding every key removed on the way
+    /// (by `remove=true`, `update_only=true` or a private key; not by `replace_peers`).
+    /// Peers are matched by public key: a peer removed on the way and made again is new.
     fn changes_to(&self, next: &UapiState, removed: &HashSet<[u8; 32]>) -> Changes {
         let private_key = self.private_key != next.private_key;
-        let owner_before = |net: &IpNet| self.owners.get(net).map(|&(owner, _)| owner);
+        // A prefix's owner by key, before and after.
+        let owner_before = |net: &IpNet| {
+            self.owners
+                .get(net)
+                .map(|&(owner, _)| &self.peers[&owner].public_key.0)
+        };
+        let owner_after = |net: &IpNet| {
+            next.owners
+                .get(net)
+                .map(|&(owner, _)| &next.peers[&owner].public_key.0)
+        };
+        let kept = |key: &[u8; 32]| !removed.contains(key) && next.numbers.contains_key(key);
         let mut changes = Changes {
             private_key,
             listen_port: self.listen_port != next.listen_port,
             fwmark: self.fwmark != next.fwmark,
-            // Peer numbers are never reused, so a prefix whose peer number differs moved or
-            // is new, and a peer made again has a new number.
             allowed_ips: self.owners.len() != next.owners.len()
-                || next
-                    .owners
-                    .iter()
-                    .any(|(net, &(owner, _))| owner_before(net) != Some(owner)),
+                || next.owners.keys().any(|net| {
+                    owner_before(net) != owner_after(net)
+                        || owner_after(net).is_some_and(|key| !kept(key))
+                }),
             ..Changes::default()
         };
         changes.removed = self
             .peers
             .values()
-            .filter(|peer| removed.contains(&peer.public_key.0))
+            .filter(|peer| !kept(&peer.public_key.0))
             .map(|peer| peer.public_key.clone())
             .collect();
-        for (number, peer) in &next.peers {
-            let before = (!removed.contains(&peer.public_key.0))
-                .then(|| self.peers.get(number))
+        for peer in next.peers.values() {
+            let key = &peer.public_key.0;
+            let before = (!removed.contains(key))
+                .then(|| self.numbers.get(key).map(|number| &self.peers[number]))
                 .flatten();
             let Some(before) = before else {
                 changes.added.push(peer.public_key.clone());
@@ -990,7 +1067,7 @@ impl UapiState {
                 || peer
                     .allowed_ips
                     .values()
-                    .any(|net| owner_before(net) != Some(*number));
+                    .any(|net| owner_before(net) != Some(key));
             if private_key || preshared_key || endpoint || persistent_keepalive || allowed_ips {
                 changes.changed.push(PeerChange {
                     public_key: peer.public_key.clone(),
@@ -1446,12 +1523,30 @@ mod tests {
         assert_eq!(peers[1].persistent_keepalive, None);
         assert_eq!(state.listen_port(), 0);
 
-        // The same settings again (a reconnect) change nothing a live table must act on
-        // except the peers, which replace_peers made anew.
-        let changes = apply(&mut state, &body);
-        assert!(!changes.private_key);
-        assert_eq!(changes.removed, [one.clone(), two.clone()]);
-        assert_eq!(changes.added, [one.clone(), two.clone()]);
+        // The same settings again (WireGuardKit's `update()`) change nothing: with
+        // replace_peers, a peer listed again is kept (wireguard-go would make both anew).
+        assert!(apply(&mut state, &body).is_empty());
+        // With one peer's preshared key changed and the other left out, the first restarts
+        // its session, keeps its place, and the second goes.
+        let changes = apply(
+            &mut state,
+            &format!(
+                "replace_peers=true\npublic_key={}\npreshared_key={}\n\
+                 allowed_ip=0.0.0.0/0\nallowed_ip=::/0\n",
+                hex(&one),
+                hex(&peer_key(9))
+            ),
+        );
+        assert_eq!(
+            (changes.added, changes.removed),
+            (vec![], vec![two.clone()])
+        );
+        assert_eq!(changes.changed.len(), 1);
+        let change = &changes.changed[0];
+        assert!(change.restart_session && change.preshared_key && !change.allowed_ips);
+        assert!(change.endpoint && change.persistent_keepalive, "{change:?}");
+        assert!(changes.allowed_ips, "two's prefix went");
+        apply(&mut state, &body);
 
         // After a network change WireGuardKit sets the endpoints again, alone.
         let update = format!("public_key={}\nendpoint=192.0.2.9:51820\n", hex(&one));
@@ -2252,10 +2347,9 @@ mod tests {
                 read_back.apply(&parse_set(&again).map_err(|e| TestCaseError::fail(format!("{e}\n{again}")))?)
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(&read_back, &state);
-                // And applied to the state itself, it changes nothing but remakes every peer.
+                // And applied to the state itself, it changes nothing: every peer is kept.
                 let changes = state.apply(&parse_set(&again).unwrap()).unwrap();
-                prop_assert!(!changes.private_key && !changes.listen_port && !changes.fwmark);
-                prop_assert_eq!(changes.added, changes.removed);
+                prop_assert!(changes.is_empty(), "{:?}", changes);
                 prop_assert_eq!(&read_back, &state);
             }
 

@@ -126,6 +126,8 @@ pub struct End {
     pub inside: MemoryDevice,
     /// The stage's counters.
     pub counters: Arc<WireGuardCounters>,
+    /// The stage itself, to change its configuration while it runs.
+    pub stage: WireGuard,
 }
 
 impl End {
@@ -135,7 +137,7 @@ impl End {
     /// If the config does not parse or the engine does not start: a test bug.
     pub fn start(text: &str, udp: UdpDevice, workers: usize) -> End {
         let (inside, app_tx, app_rx) = MemoryDevice::new(512, 2048);
-        let (engine, counters) =
+        let (engine, stage) =
             start_engine(text, &inside, &udp, workers).expect("the tunnel starts");
         End {
             engine,
@@ -143,38 +145,39 @@ impl End {
             app_rx,
             udp,
             inside,
-            counters,
+            counters: stage.counters(),
+            stage,
         }
     }
 
     /// Stops the engine and starts a new one with `text` on the same devices.
     pub fn restart(&mut self, text: &str, workers: usize) {
         self.engine.stop().expect("stop");
-        let (engine, counters) =
+        let (engine, stage) =
             start_engine(text, &self.inside, &self.udp, workers).expect("the tunnel starts");
         self.engine = engine;
-        self.counters = counters;
+        self.counters = stage.counters();
+        self.stage = stage;
     }
 }
 
 /// Starts a tunnel with the wg-quick `text` between `inside` and `outside`, with `workers`
-/// workers; returns it with the stage's counters.
+/// workers; returns it with (a handle to) its stage.
 pub fn start_engine(
     text: &str,
     inside: &impl tunpipe::Device,
     outside: &UdpDevice,
     workers: usize,
-) -> Result<(Engine, Arc<WireGuardCounters>), String> {
+) -> Result<(Engine, WireGuard), String> {
     let config = WgConfig::parse(text).map_err(|e| e.to_string())?;
     let stage = WireGuard::new(&config).map_err(|e| e.to_string())?;
-    let counters = stage.counters();
     let mut c = crate::config(workers);
     c.mtu = usize::from(config.interface.mtu);
     let engine = Engine::builder()
         .config(c)
-        .start_tunnel(stage, inside, outside)
+        .start_tunnel(stage.clone(), inside, outside)
         .map_err(|e| format!("start the tunnel: {e}"))?;
-    Ok((engine, counters))
+    Ok((engine, stage))
 }
 
 /// A UDP device on loopback, any port.

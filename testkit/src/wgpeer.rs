@@ -449,6 +449,8 @@ pub struct TunnelEnd {
     pub engine: tunpipe::Engine,
     /// The WireGuard stage's counters.
     pub counters: std::sync::Arc<tunpipe::wireguard::WireGuardCounters>,
+    /// The stage itself, to change its configuration while it runs.
+    pub stage: tunpipe::wireguard::WireGuard,
     /// The outside.
     pub udp: tunpipe::UdpDevice,
     /// The inside.
@@ -464,10 +466,11 @@ impl TunnelEnd {
         let tun = tunpipe::TunDevice::new(tun);
         let udp = tunpipe::UdpDevice::bind(format!("[::]:{END_PORT}").parse().expect("address"))
             .map_err(|e| format!("bind UDP: {e}"))?;
-        let (engine, counters) = crate::wg::start_engine(text, &tun, &udp, workers)?;
+        let (engine, stage) = crate::wg::start_engine(text, &tun, &udp, workers)?;
         Ok(TunnelEnd {
             engine,
-            counters,
+            counters: stage.counters(),
+            stage,
             udp,
             tun,
         })
@@ -476,9 +479,10 @@ impl TunnelEnd {
     /// Stops the engine and starts a fresh one with `text` on the same TUN and socket.
     pub fn restart(&mut self, text: &str, workers: usize) -> Result<(), String> {
         self.engine.stop().map_err(|e| format!("stop: {e}"))?;
-        let (engine, counters) = crate::wg::start_engine(text, &self.tun, &self.udp, workers)?;
+        let (engine, stage) = crate::wg::start_engine(text, &self.tun, &self.udp, workers)?;
         self.engine = engine;
-        self.counters = counters;
+        self.counters = stage.counters();
+        self.stage = stage;
         Ok(())
     }
 

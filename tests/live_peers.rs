@@ -1,0 +1,275 @@
+//! A running tunnel's configuration changed through the UAPI's `set`, as `wg set` and
+//! WireGuardKit change it: peers added and removed, keys and endpoints changed, while packets
+//! flow. Peers a change leaves alone keep their sessions (no new handshake, no packet lost);
+//! `get` reads the configuration back with each peer's figures, which agree with the other
+//! end's; a change that fails changes nothing; and every packet stays accounted for.
+
+use std::net::SocketAddr;
+use tunpipe::stage::Direction;
+use tunpipe::wireguard::uapi::parse_set;
+use tunpipe::wireguard::{Key, PeerStats};
+use tunpipe_testkit::check::{assert_conserved, eventually};
+use tunpipe_testkit::memory::send;
+use tunpipe_testkit::packets::udp4_packet;
+use tunpipe_testkit::wg::{config_text, loopback_udp, End, KeyPair, PeerText};
+
+const A: [u8; 4] = [10, 0, 0, 1];
+const B: [u8; 4] = [10, 0, 0, 2];
+const C: [u8; 4] = [10, 0, 0, 3];
+
+fn hex(key: &Key) -> String {
+    key.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn packet(src: [u8; 4], dst: [u8; 4], seq: u64) -> Vec<u8> {
+    udp4_packet(src, dst, 4000, 5000, &seq.to_be_bytes())
+}
+
+/// Sends `n` packets from `from`'s app and waits until `to`'s app got them, in order.
+fn carry(from: &mut End, to: &mut End, src: [u8; 4], dst: [u8; 4], n: u64) {
+    for seq in 0..n {
+        send(&mut from.app_tx, &packet(src, dst, seq));
+    }
+    let mut got = Vec::new();
+    assert!(
+        eventually(|| {
+            while let Some(p) = to.app_rx.recv_with(|p| p.to_vec()) {
+                got.push(p);
+            }
+            got.len() as u64 >= n
+        }),
+        "{} of {n} packets arrived; sender {:?}, receiver {:?}",
+        got.len(),
+        from.counters.snapshot(),
+        to.counters.snapshot(),
+    );
+    for (seq, p) in got.iter().enumerate() {
+        assert_eq!(p, &packet(src, dst, seq as u64), "packet {seq}");
+    }
+}
+
+fn set(end: &End, body: &str) -> tunpipe::wireguard::uapi::Changes {
+    end.stage
+        .set(&parse_set(body).expect("the request parses"))
+        .expect("the change applies")
+}
+
+/// `end`'s figures for the peer with `key`.
+fn peer(end: &End, key: &Key) -> PeerStats {
+    end.stage
+        .peers()
+        .into_iter()
+        .find(|p| &p.public_key == key)
+        .expect("the peer is there")
+}
+
+fn stop_and_check(end: &End) {
+    end.engine.stop().unwrap();
+    for direction in Direction::BOTH {
+        assert_conserved(&end.engine.direction_stats(direction));
+    }
+}
+
+struct Three {
+    a: End,
+    b: End,
+    c: End,
+    keys: [KeyPair; 3],
+    addrs: [SocketAddr; 3],
+}
+
+/// A knows only B; B and C know A.
+fn three() -> Three {
+    let udp = [loopback_udp(), loopback_udp(), loopback_udp()];
+    let addrs = [0, 1, 2].map(|i| udp[i].local_addr().unwrap());
+    let keys = [(); 3].map(|()| KeyPair::generate());
+    let to = |i: usize, allowed_ips| PeerText {
+        public: &keys[i].public,
+        endpoint: Some(addrs[i]),
+        allowed_ips,
+    };
+    let texts = [
+        config_text(&keys[0].private, "10.0.0.1/24", &[to(1, "10.0.0.2/32")]),
+        config_text(&keys[1].private, "10.0.0.2/24", &[to(0, "10.0.0.0/24")]),
+        config_text(&keys[2].private, "10.0.0.3/24", &[to(0, "10.0.0.0/24")]),
+    ];
+    let [ua, ub, uc] = udp;
+    Three {
+        a: End::start(&texts[0], ua, 0),
+        b: End::start(&texts[1], ub, 0),
+        c: End::start(&texts[2], uc, 0),
+        keys,
+        addrs,
+    }
+}
+
+#[test]
+fn peers_come_and_go_while_the_sessions_they_leave_alone_carry_on() {
+    let Three {
+        mut a,
+        mut b,
+        mut c,
+        keys,
+        addrs,
+    } = three();
+    let (kb, kc) = (&keys[1].public, &keys[2].public);
+    carry(&mut a, &mut b, A, B, 10);
+    carry(&mut b, &mut a, B, A, 10);
+    assert_eq!(peer(&a, kb).handshakes, 1);
+
+    // WireGuardKit's way: the whole configuration again, with replace_peers, and C added.
+    let changes = set(
+        &a,
+        &format!(
+            "replace_peers=true\npublic_key={}\nendpoint={}\nreplace_allowed_ips=true\n\
+             allowed_ip=10.0.0.2/32\npublic_key={}\nendpoint={}\nallowed_ip=10.0.0.3/32\n",
+            hex(kb),
+            addrs[1],
+            hex(kc),
+            addrs[2]
+        ),
+    );
+    assert_eq!(changes.added, std::slice::from_ref(kc));
+    assert!(
+        changes.removed.is_empty() && changes.changed.is_empty(),
+        "{changes:?}"
+    );
+    carry(&mut a, &mut c, A, C, 5);
+    carry(&mut c, &mut a, C, A, 5);
+    carry(&mut a, &mut b, A, B, 10);
+    carry(&mut b, &mut a, B, A, 10);
+    // B's session went on through the change: no handshake either side, nothing lost.
+    assert_eq!(peer(&a, kb).handshakes, 1);
+    assert_eq!(b.counters.snapshot().handshakes_completed, 1);
+    assert_eq!(peer(&a, kc).handshakes, 1);
+
+    // Each end's figures for the other agree message for message, byte for byte: every
+    // message counts, handshakes included, as wireguard-go counts them.
+    for (end, other, key_of_other, key_of_end) in
+        [(&a, &b, kb, &keys[0].public), (&a, &c, kc, &keys[0].public)]
+    {
+        let (here, there) = (peer(end, key_of_other), peer(other, key_of_end));
+        assert_eq!(
+            (
+                here.tx_packets,
+                here.tx_bytes,
+                here.rx_packets,
+                here.rx_bytes
+            ),
+            (
+                there.rx_packets,
+                there.rx_bytes,
+                there.tx_packets,
+                there.tx_bytes
+            ),
+            "{here:?}\n{there:?}"
+        );
+        assert!(here.tx_bytes > 148 && here.last_handshake.is_some());
+    }
+    // `get` says the same.
+    let got = a.stage.get();
+    let ab = peer(&a, kb);
+    let section = &got[got.find(&hex(kb)).expect("B in get")..];
+    assert!(
+        section.contains(&format!("\ntx_bytes={}\n", ab.tx_bytes)),
+        "{section}"
+    );
+    assert!(
+        section.contains(&format!("\nrx_bytes={}\n", ab.rx_bytes)),
+        "{section}"
+    );
+    assert!(got.ends_with("errno=0\n\n"));
+
+    // C goes: its addresses route nowhere, and B carries on.
+    let changes = set(&a, &format!("public_key={}\nremove=true\n", hex(kc)));
+    assert_eq!(changes.removed, std::slice::from_ref(kc));
+    let no_peer = a.counters.snapshot().drop_no_peer;
+    send(&mut a.app_tx, &packet(A, C, 99));
+    assert!(eventually(
+        || a.counters.snapshot().drop_no_peer == no_peer + 1
+    ));
+    assert!(!a.stage.get().contains(&hex(kc)));
+    carry(&mut a, &mut b, A, B, 10);
+    assert_eq!(peer(&a, kb).handshakes, 1);
+
+    // A new preshared key, on both ends, restarts that session (and only with both does the
+    // handshake succeed).
+    let psk = hex(&Key::generate());
+    for (end, key) in [(&a, kb), (&b, &keys[0].public)] {
+        let changes = set(
+            end,
+            &format!("public_key={}\npreshared_key={psk}\n", hex(key)),
+        );
+        assert!(changes.changed[0].restart_session, "{changes:?}");
+    }
+    carry(&mut a, &mut b, A, B, 10);
+    assert_eq!(peer(&a, kb).handshakes, 2);
+    for end in [&a, &b, &c] {
+        stop_and_check(end);
+    }
+}
+
+#[test]
+fn packets_a_removed_peer_held_for_its_handshake_are_dropped_and_counted() {
+    let Three { mut a, b, c, .. } = three();
+    // A peer D at an address where nobody answers: its packets wait for a handshake that
+    // never completes.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let d = KeyPair::generate().public;
+    set(
+        &a,
+        &format!(
+            "public_key={}\nendpoint={}\nallowed_ip=10.0.0.4/32\n",
+            hex(&d),
+            silent.local_addr().unwrap()
+        ),
+    );
+    for seq in 0..3 {
+        send(&mut a.app_tx, &packet(A, [10, 0, 0, 4], seq));
+    }
+    assert!(eventually(|| a
+        .engine
+        .direction_stats(Direction::Outbound)
+        .held
+        == 3));
+    let before = a.counters.snapshot().drop_no_peer;
+    set(&a, &format!("public_key={}\nremove=true\n", hex(&d)));
+    assert!(eventually(
+        || a.counters.snapshot().drop_no_peer == before + 3
+    ));
+    assert!(eventually(|| a
+        .engine
+        .direction_stats(Direction::Outbound)
+        .held
+        == 0));
+    for end in [&a, &b, &c] {
+        stop_and_check(end);
+    }
+}
+
+#[test]
+fn a_change_that_fails_changes_nothing() {
+    let Three { a, b, c, keys, .. } = three();
+    let before = a.stage.get();
+    // Refused as it parses: the last line is bad, so the peer before it is not added.
+    let body = format!(
+        "public_key={}\nallowed_ip=10.0.0.9/32\nendpoint=not-an-address\n",
+        hex(&keys[2].public)
+    );
+    let error = parse_set(&body).unwrap_err();
+    assert_eq!((error.errno(), error.line()), (-22, 3));
+    // Parsed, then refused by the tunnel: the private key removed (all zeros), with a peer
+    // added after it in the same request.
+    let body = format!(
+        "private_key={}\npublic_key={}\nallowed_ip=10.0.0.9/32\n",
+        "0".repeat(64),
+        hex(&keys[2].public)
+    );
+    let refused = a.stage.set(&parse_set(&body).unwrap()).unwrap_err();
+    assert_eq!(refused.errno(), -22);
+    assert_eq!(a.stage.get(), before);
+    assert_eq!(a.stage.peers().len(), 1);
+    for end in [&a, &b, &c] {
+        stop_and_check(end);
+    }
+}
