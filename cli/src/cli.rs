@@ -10,6 +10,11 @@ mod route;
 mod run;
 mod session;
 mod tun;
+// The UAPI control socket; `tunpipe wg` is wired to it by the next commit, so until then
+// only its tests use it.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+#[cfg_attr(not(test), allow(dead_code))]
+mod uapi;
 mod wg;
 
 use clap::Parser;
