@@ -10,10 +10,8 @@ mod route;
 mod run;
 mod session;
 mod tun;
-// The UAPI control socket; `tunpipe wg` is wired to it by the next commit, so until then
-// only its tests use it.
+// The UAPI control socket of `tunpipe wg`, for `wg` and `wg-quick`.
 #[cfg(any(target_os = "linux", target_os = "macos"))]
-#[cfg_attr(not(test), allow(dead_code))]
 mod uapi;
 mod wg;
 

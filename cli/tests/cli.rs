@@ -115,6 +115,13 @@ fn main() {
             ),
             &wg_problem,
         ),
+        root_only(
+            Trial::test(
+                "root_wg_configured_and_changed_by_wg_while_it_runs",
+                wg_tools_against_wireguard_go,
+            ),
+            &wg_problem,
+        ),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
@@ -682,4 +689,104 @@ fn wg_session() -> Result<(), Failed> {
     check(accounted == 2, || {
         format!("both directions conserve:\n{}", ended.stdout)
     })
+}
+
+fn wg_tools_against_wireguard_go() -> Result<(), Failed> {
+    #[cfg(target_os = "linux")]
+    {
+        use tunpipe_testkit::netns::{in_fresh_netns, Ipv6};
+        in_fresh_netns(Ipv6::NoDad, wg_tools)
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err("needs Linux".into())
+}
+
+/// `tunpipe wg --name IF` with no config, set up as wg-quick sets up a userspace WireGuard
+/// (the daemon, then `wg setconf` and `ip`), against wireguard-go. `wg show` sees the peer's
+/// handshake and bytes (equal to what wireguard-go counts); `wg set` adds and removes a peer
+/// and moves the listen port while the first peer's session carries on; `wg showconf` and
+/// `wg syncconf` round-trip.
+#[cfg(target_os = "linux")]
+fn wg_tools() -> Result<(), Failed> {
+    use tunpipe_testkit::netns::{output_of, run_here};
+    use tunpipe_testkit::wgpeer::{
+        configure_uapi_end, start_uapi_daemon, stop_uapi_daemon, unique_ifname, PeerOptions, WgRig,
+        END_V4, PEER_V4,
+    };
+    let rig = WgRig::up(&PeerOptions::default())?;
+    let ifname = unique_ifname("tpw");
+    let mut daemon = start_uapi_daemon(None, &[BIN, "wg", "--name"], &ifname)?;
+    let show = |what: &str| run_here(&["wg", "show", &ifname, what]);
+    // The rig's peer's line of `wg show IF dump`, split.
+    let peer_line = || -> Result<Vec<String>, Failed> {
+        let dump = show("dump")?;
+        let key = rig.peer_keys.public.to_base64();
+        let line = dump
+            .lines()
+            .find(|l| l.starts_with(&key))
+            .ok_or_else(|| format!("no line for the peer in:\n{dump}"))?;
+        Ok(line.split('\t').map(str::to_string).collect())
+    };
+    let result = (|| -> Result<(), Failed> {
+        configure_uapi_end(&rig, &ifname, "")?;
+        rig.ping_all_from_end(PEER_V4, 3)?;
+        let line = peer_line()?;
+        let handshake: u64 = line[4].parse()?;
+        check(handshake > 0, || format!("no handshake in {line:?}"))?;
+        // What each end counts of the other's messages agrees, byte for byte.
+        let agree = tunpipe_testkit::check::eventually(|| {
+            let (Ok(here), Ok(there)) = (peer_line(), rig.peer_view()) else {
+                return false;
+            };
+            here[5] == there.tx_bytes.to_string() && here[6] == there.rx_bytes.to_string()
+        });
+        check(agree, || {
+            format!(
+                "rx/tx: {:?} against wireguard-go's {:?}",
+                peer_line(),
+                rig.peer_view()
+            )
+        })?;
+
+        // After a second, a new handshake would show a later time.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let other = KeyPair::generate().public.to_base64();
+        run_here(&[
+            "wg",
+            "set",
+            &ifname,
+            "peer",
+            &other,
+            "allowed-ips",
+            "10.99.0.0/24",
+        ])?;
+        check(show("peers")?.lines().count() == 2, || {
+            show("peers").unwrap_or_default()
+        })?;
+        run_here(&["wg", "set", &ifname, "listen-port", "51999"])?;
+        check(show("listen-port")?.trim() == "51999", || {
+            show("listen-port").unwrap_or_default()
+        })?;
+        // The peer follows the end to its new port (roaming) with the next packet.
+        rig.ping_all_from_end(PEER_V4, 3)?;
+        rig.ping_all_from_peer(END_V4, 3)?;
+        run_here(&["wg", "set", &ifname, "peer", &other, "remove"])?;
+        check(show("peers")?.lines().count() == 1, || {
+            show("peers").unwrap_or_default()
+        })?;
+        let conf = run_here(&["wg", "showconf", &ifname])?;
+        check(conf.contains("ListenPort = 51999"), || conf.clone())?;
+        let argv: Vec<String> = ["wg", "syncconf", &ifname, "/dev/stdin"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        output_of(&argv, &conf)?;
+        rig.ping_all_from_end(PEER_V4, 3)?;
+        let line = peer_line()?;
+        check(line[4] == handshake.to_string(), || {
+            format!("a new handshake: {handshake} then {line:?}")
+        })
+    })();
+    stop_uapi_daemon(&mut daemon, &ifname);
+    result
 }

@@ -22,7 +22,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,9 @@ struct Shared {
     bind_attempts: AtomicU64,
     v6: bool,
     buffer_bytes: usize,
+    /// The firewall mark every new socket gets (Linux's `SO_MARK`; 0: none): set under the
+    /// `bound` lock, so that a rebind's new socket has the mark of its time.
+    fwmark: AtomicU32,
     /// The buffer sizes the kernel granted the current socket (receive, send).
     granted: Mutex<(usize, usize)>,
     /// Written after a rebind, so that a reader waiting on the old socket looks again.
@@ -125,6 +128,7 @@ impl UdpDevice {
                 bind_attempts: AtomicU64::new(0),
                 v6: addr.is_ipv6(),
                 buffer_bytes,
+                fwmark: AtomicU32::new(0),
                 granted: Mutex::new(granted),
                 rebound: WakePipe::new()?,
                 open: AtomicBool::new(false),
@@ -163,9 +167,77 @@ impl UdpDevice {
     pub fn rebind(&self) -> io::Result<()> {
         self.shared.rebind()
     }
+
+    /// Moves the socket to `port` on the same address (0: any port), while a run may be using
+    /// it: a configuration's new listen port. The new socket is bound before the old one is
+    /// let go, so a port that cannot be had leaves everything as it was. Returns the port
+    /// now bound.
+    ///
+    /// # Errors
+    /// What binding the new port failed with (`EADDRINUSE`, ...).
+    pub fn rebind_to_port(&self, port: u16) -> io::Result<u16> {
+        let shared = &self.shared;
+        let mut bound = shared.bound.lock();
+        if port != 0 && port == bound.port() {
+            return Ok(port);
+        }
+        let mut addr = *bound;
+        addr.set_port(port);
+        let (socket, granted) = shared.new_socket(addr)?;
+        *bound = local_addr(&socket)?;
+        drop(shared.install(socket, granted));
+        log::info!("moved the UDP socket to {bound}");
+        Ok(bound.port())
+    }
+
+    /// The firewall mark the socket's datagrams carry (0: none).
+    pub fn fwmark(&self) -> u32 {
+        self.shared.fwmark.load(Ordering::Relaxed)
+    }
+
+    /// Marks the socket's datagrams with `mark` (Linux's `SO_MARK`; 0 clears it), and every
+    /// socket a rebind makes after: wg-quick marks a tunnel's own datagrams so that its
+    /// policy routing sends them outside the tunnel.
+    ///
+    /// # Errors
+    /// `Unsupported` where the system has no such mark; what `setsockopt` failed with
+    /// (`EPERM` without `CAP_NET_ADMIN`). The mark is then unchanged.
+    pub fn set_fwmark(&self, mark: u32) -> io::Result<()> {
+        let _bound = self.shared.bound.lock();
+        let (socket, _) = self.shared.current();
+        set_mark(&socket, mark)?;
+        self.shared.fwmark.store(mark, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_mark(socket: &Socket, mark: u32) -> io::Result<()> {
+    socket.set_mark(mark)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_mark(_socket: &Socket, mark: u32) -> io::Result<()> {
+    if mark == 0 {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "this system has no firewall mark for sockets",
+    ))
 }
 
 impl Shared {
+    /// A new socket at `addr` with this device's buffers and mark. Called with `bound` held.
+    fn new_socket(&self, addr: SocketAddr) -> io::Result<(Socket, (usize, usize))> {
+        let made = new_socket(addr, self.buffer_bytes)?;
+        match self.fwmark.load(Ordering::Relaxed) {
+            0 => {}
+            mark => set_mark(&made.0, mark)?,
+        }
+        Ok(made)
+    }
+
     /// The socket in use and its generation; the lock is held for the clone only.
     fn current(&self) -> (Arc<Socket>, u64) {
         let current = self.socket.read();
@@ -191,17 +263,14 @@ impl Shared {
         let mut bound = self.bound.lock();
         let mut any_port = *bound;
         any_port.set_port(0);
-        let (interim, granted) = new_socket(any_port, self.buffer_bytes)?;
+        let (interim, granted) = self.new_socket(any_port)?;
         let interim_addr = local_addr(&interim)?;
         // The old socket is released here, or by the reader or writer as soon as its call on
         // it returns.
         drop(self.install(interim, granted));
-        match bind_again(
-            *bound,
-            self.buffer_bytes,
-            self.port_wait,
-            &self.bind_attempts,
-        ) {
+        match bind_again(*bound, self.port_wait, &self.bind_attempts, |addr| {
+            self.new_socket(addr)
+        }) {
             Ok((new, granted)) => {
                 *bound = local_addr(&new)?;
                 drop(self.install(new, granted));
@@ -226,17 +295,18 @@ impl Shared {
 /// they go on meanwhile, on that other port.
 const REBIND_PORT_WAIT: Duration = Duration::from_millis(100);
 
-/// A new socket at `addr`, retried while its port is taken, for up to `wait`.
+/// A new socket at `addr` (made by `make`), retried while its port is taken, for up to
+/// `wait`.
 fn bind_again(
     addr: SocketAddr,
-    buffer_bytes: usize,
     wait: Duration,
     attempts: &AtomicU64,
+    make: impl Fn(SocketAddr) -> io::Result<(Socket, (usize, usize))>,
 ) -> io::Result<(Socket, (usize, usize))> {
     let deadline = Instant::now() + wait;
     loop {
         attempts.fetch_add(1, Ordering::Relaxed);
-        match new_socket(addr, buffer_bytes) {
+        match make(addr) {
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(1));
             }

@@ -208,6 +208,24 @@ impl WireGuard {
         })
     }
 
+    /// A stage with no private key and no peers, as a userspace WireGuard starts for
+    /// `wg-quick`, which then configures it with `wg setconf` ([`WireGuard::set`]). Until a
+    /// private key is set, it answers no handshake (one made up for the purpose, never
+    /// shown, stands in for it).
+    pub fn unconfigured() -> WireGuard {
+        let control = UapiState::new();
+        let state = TunnelState::new(&Key::generate(), Arc::new(WireGuardCounters::new()));
+        WireGuard {
+            shared: Arc::new(Shared {
+                state_bytes: state_bytes(0, 0),
+                counters: state.counters.clone(),
+                state: Mutex::new(state),
+                control: Mutex::new(control),
+                bell: Mutex::new(None),
+            }),
+        }
+    }
+
     /// The stage's counters, readable from any thread while the tunnel runs and after.
     pub fn counters(&self) -> Arc<WireGuardCounters> {
         self.shared.counters.clone()
@@ -228,28 +246,45 @@ impl WireGuard {
     /// new persistent keepalive interval. Packets a removed or restarted peer held for a
     /// handshake are dropped and counted (`NoPeer`).
     ///
-    /// The listen port and fwmark are the socket's, which the stage does not own: the
-    /// caller acts on [`Changes::listen_port`] and [`Changes::fwmark`] (and writes a bound
-    /// port back with [`WireGuard::record_bound_port`]).
+    /// The listen port and fwmark are the socket's, which the stage does not own: a caller
+    /// that owns the socket uses [`WireGuard::set_with`].
     ///
     /// # Errors
     /// A request past the limits, or one that removes the private key (a running tunnel
     /// keeps one; wireguard-go would stop answering handshakes): EINVAL. A request that
     /// fails changes nothing.
     pub fn set(&self, request: &SetRequest) -> Result<Changes, UapiError> {
+        self.set_with(request, |_, _| Ok(()))
+    }
+
+    /// As [`WireGuard::set`], with `socket` run once the request is known to apply and
+    /// before anything changes: it moves the socket to the new configuration's listen port
+    /// and fwmark when [`Changes::listen_port`] or [`Changes::fwmark`] says so (and writes a
+    /// port bound for 0 back with [`WireGuard::record_bound_port`] after). Its error (the
+    /// port cannot be had: [`uapi::ErrorCode::PortInUse`], as wireguard-go answers) changes
+    /// nothing; it must leave the socket as it was.
+    ///
+    /// # Errors
+    /// As [`WireGuard::set`], and `socket`'s.
+    pub fn set_with(
+        &self,
+        request: &SetRequest,
+        socket: impl FnOnce(&Changes, &UapiState) -> Result<(), UapiError>,
+    ) -> Result<Changes, UapiError> {
         let mut control = self.shared.control.lock();
         let mut next = control.clone();
         let changes = next.apply(request)?;
-        if next.private_key().is_none() {
+        if changes.private_key && next.private_key().is_none() {
             return Err(uapi::invalid(
                 0,
                 "private_key",
-                "a running tunnel keeps a private key: it cannot be removed",
+                "a running tunnel keeps its private key: it cannot be removed",
             ));
         }
         if changes.is_empty() {
             return Ok(changes);
         }
+        socket(&changes, &next)?;
         self.shared.state.lock().follow(&next, &changes);
         *control = next;
         drop(control);

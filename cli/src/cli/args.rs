@@ -37,9 +37,11 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct WgArgs {
     /// The wg-quick file ([Interface] PrivateKey, Address, ListenPort, MTU; [Peer]
-    /// PublicKey, PresharedKey, Endpoint, AllowedIPs, PersistentKeepalive).
+    /// PublicKey, PresharedKey, Endpoint, AllowedIPs, PersistentKeepalive). Without it the
+    /// interface starts with no key, peers, addresses or routes, for `wg setconf` (as
+    /// wg-quick does) to configure through /var/run/wireguard/IFNAME.sock.
     #[arg(long, value_name = "FILE")]
-    pub config: std::path::PathBuf,
+    pub config: Option<std::path::PathBuf>,
     /// Name of the TUN interface to create.
     #[arg(long, value_name = "IFNAME", default_value = "tpwg0")]
     pub name: String,

@@ -5,22 +5,129 @@
 use super::args::{Net, WgArgs};
 use super::report::{self, bytes, group, row};
 use super::tun::{Tun, TunSpec};
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+use super::uapi;
 use super::{session, CliResult, Failure};
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 use tunpipe::stage::Direction;
+use tunpipe::wireguard::uapi::{SetRequest, UapiError};
 use tunpipe::wireguard::{
-    Endpoint, WgConfig, WireGuard, WireGuardCounters, WireGuardStats, MAX_ALLOWED_IPS, MAX_PEERS,
+    Endpoint, WgConfig, WireGuard, WireGuardCounters, WireGuardStats, DEFAULT_MTU, MAX_ALLOWED_IPS,
+    MAX_PEERS,
 };
 use tunpipe::{Config, Engine, UdpDevice};
 
 pub fn wg(a: WgArgs) -> CliResult {
-    let path = a.config.display().to_string();
-    let text = std::fs::read_to_string(&a.config)
-        .map_err(|e| format!("cannot read the config {path}: {e}"))?;
-    warn_if_others_may_read(&a.config, &path, &text);
+    let config = match &a.config {
+        Some(file) => match load(file, a.check)? {
+            Some(config) => Some(config),
+            // --check said what it found.
+            None => return Ok(()),
+        },
+        None if a.check => return Err("--check needs --config FILE".into()),
+        None => None,
+    };
+    let mut engine_config = Config::default();
+    if let Some(workers) = a.workers {
+        engine_config.workers = workers;
+    }
+    let mtu = config.as_ref().map_or(DEFAULT_MTU, |c| c.interface.mtu);
+    engine_config.mtu = usize::from(mtu);
+    engine_config.validate().map_err(|e| e.to_string())?;
+
+    let signals = session::signals()?;
+    let addresses = config
+        .as_ref()
+        .map_or(&[][..], |c| &c.interface.addresses[..]);
+    let (ipv4, ipv6) = interface_addresses(addresses);
+    let tun = Tun::set_up(&TunSpec {
+        name: &a.name,
+        attach: false,
+        ipv4: &ipv4,
+        ipv6: &ipv6,
+        mtu: Some(mtu),
+    })?;
+    let name = tun.name.clone();
+    let routes = match &config {
+        Some(config) => add_routes(config, &name)?,
+        None => "none yet (wg-quick, or whoever configures it, adds them)".to_string(),
+    };
+    let udp = Arc::new(bind_udp(
+        config.as_ref().and_then(|c| c.interface.listen_port),
+    )?);
+    let stage = match &config {
+        Some(config) => WireGuard::new(config).map_err(|e| e.to_string())?,
+        None => WireGuard::unconfigured(),
+    };
+    let counters = stage.counters();
+    let engine = Engine::builder()
+        .config(engine_config)
+        .start_tunnel(stage.clone(), &tun.device, &*udp)
+        .map_err(|e| format!("cannot start the tunnel on {name}: {e}"))?;
+    let engine = Arc::new(engine);
+    let port = udp.local_addr().map(|a| a.port()).unwrap_or(0);
+    stage.record_bound_port(port);
+
+    let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    println!(
+        "tunpipe: WireGuard on {name} ({}, mtu {mtu}), UDP port {port}, {} worker(s), {} \
+         reserved, {} peer(s); stop with Ctrl-C or SIGTERM",
+        if addresses.is_empty() {
+            "no addresses".to_string()
+        } else {
+            addresses.join(", ")
+        },
+        engine.workers(),
+        bytes(engine.reserved_bytes() as u64),
+        stage.peers().len()
+    );
+    if let Some(config) = &config {
+        print_peers(config);
+    }
+    println!("tunpipe: routes through {name}: {routes}");
+    if config
+        .as_ref()
+        .is_some_and(|c| !c.interface.dns.is_empty() || !c.interface.dns_search.is_empty())
+    {
+        println!("tunpipe: DNS in the config is left to the host (tunpipe sets no resolver)");
+    }
+    let control = serve_uapi(&name, &stage, &udp);
+
+    let ended = session::until_stopped(
+        &engine,
+        signals,
+        a.stats_interval,
+        progress(engine.clone(), counters.clone()),
+    )?;
+    drop(control);
+    let kernel = report::kernel_counters(&name);
+    println!("tunpipe: stopped; final counters for {name}:");
+    for direction in Direction::BOTH {
+        report::direction_counters(
+            direction_label(direction),
+            &engine.direction_stats(direction),
+        );
+    }
+    report::engine_latency(engine.latency().ok().as_ref());
+    tunnel_rows(&counters.snapshot(), &udp);
+    report::kernel_rows(&name, kernel);
+    row("stop", ended.stop);
+    row("device closed", tun.tear_down());
+    ended
+        .result
+        .map_err(|e| Failure(format!("the tunnel stopped on an error: {e}")))
+}
+
+/// Reads, parses and checks the wg-quick `file`, resolving its host names. With `check`,
+/// prints what it found and returns `None`: `--check` makes no device and resolves nothing.
+fn load(file: &std::path::Path, check: bool) -> CliResult<Option<WgConfig>> {
+    let path = file.display().to_string();
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("cannot read the config {path}: {e}"))?;
+    warn_if_others_may_read(file, &path, &text);
     let mut config = WgConfig::parse(&text).map_err(|e| format!("{path}: {e}"))?;
     if !config.ignored.is_empty() {
         log::warn!(
@@ -28,13 +135,7 @@ pub fn wg(a: WgArgs) -> CliResult {
             config.ignored.join(", ")
         );
     }
-    let mut engine_config = Config::default();
-    if let Some(workers) = a.workers {
-        engine_config.workers = workers;
-    }
-    engine_config.mtu = usize::from(config.interface.mtu);
-    engine_config.validate().map_err(|e| e.to_string())?;
-    if a.check {
+    if check {
         config.check().map_err(|e| format!("{path}: {e}"))?;
         refuse_endpoint_in_allowed_ips(&config)?;
         let prefixes: usize = config.peers.iter().map(|p| p.allowed_ips.len()).sum();
@@ -43,51 +144,15 @@ pub fn wg(a: WgArgs) -> CliResult {
              (limits {MAX_PEERS} and {MAX_ALLOWED_IPS}); host names are resolved at start",
             config.peers.len()
         );
-        return Ok(());
+        return Ok(None);
     }
     config.resolve().map_err(|e| format!("{path}: {e}"))?;
     refuse_endpoint_in_allowed_ips(&config)?;
+    Ok(Some(config))
+}
 
-    let signals = session::signals()?;
-    let (ipv4, ipv6) = interface_addresses(&config.interface.addresses);
-    let tun = Tun::set_up(&TunSpec {
-        name: &a.name,
-        attach: false,
-        ipv4: &ipv4,
-        ipv6: &ipv6,
-        mtu: Some(config.interface.mtu),
-    })?;
-    let name = tun.name.clone();
-    let routes = add_routes(&config, &name)?;
-    let udp = bind_udp(config.interface.listen_port)?;
-    let stage = WireGuard::new(&config).map_err(|e| format!("{path}: {e}"))?;
-    let counters = stage.counters();
-    let engine = Engine::builder()
-        .config(engine_config)
-        .start_tunnel(stage, &tun.device, &udp)
-        .map_err(|e| format!("cannot start the tunnel on {name}: {e}"))?;
-    let engine = Arc::new(engine);
-
-    let port = udp.local_addr().map(|a| a.port()).unwrap_or(0);
-    let addresses: Vec<String> = config
-        .interface
-        .addresses
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    println!(
-        "tunpipe: WireGuard on {name} ({}, mtu {}), UDP port {port}, {} worker(s), {} \
-         reserved, {} peer(s); stop with Ctrl-C or SIGTERM",
-        if addresses.is_empty() {
-            "no addresses".to_string()
-        } else {
-            addresses.join(", ")
-        },
-        config.interface.mtu,
-        engine.workers(),
-        bytes(engine.reserved_bytes() as u64),
-        config.peers.len()
-    );
+/// The banner's line for each peer of the file.
+fn print_peers(config: &WgConfig) {
     for (i, peer) in config.peers.iter().enumerate() {
         let allowed: Vec<String> = peer.allowed_ips.iter().map(ToString::to_string).collect();
         println!(
@@ -106,33 +171,84 @@ pub fn wg(a: WgArgs) -> CliResult {
                 .map_or(String::new(), |s| format!(", keepalive every {s} s"))
         );
     }
-    println!("tunpipe: routes through {name}: {routes}");
-    if !config.interface.dns.is_empty() || !config.interface.dns_search.is_empty() {
-        println!("tunpipe: DNS in the config is left to the host (tunpipe sets no resolver)");
+}
+
+/// Serves WireGuard's configuration socket for `name`, where `wg` and `wg-quick` find a
+/// userspace interface. Without it (not root, say) the tunnel still runs, unseen by them.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+fn serve_uapi(name: &str, stage: &WireGuard, udp: &Arc<UdpDevice>) -> Option<uapi::UapiServer> {
+    let control = Arc::new(Control {
+        stage: stage.clone(),
+        udp: udp.clone(),
+    });
+    match uapi::UapiServer::start(std::path::Path::new(uapi::SOCKET_DIR), name, control) {
+        Ok(server) => {
+            println!(
+                "tunpipe: wg show {name}, wg set {name} ... (configuration socket {})",
+                server.path().display()
+            );
+            Some(server)
+        }
+        Err(e) => {
+            log::warn!("no configuration socket, so wg and wg-quick cannot see {name}: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn serve_uapi(_name: &str, _stage: &WireGuard, _udp: &Arc<UdpDevice>) -> Option<()> {
+    None
+}
+
+/// What the configuration socket acts on: the running stage, and the socket its listen port
+/// and fwmark belong to.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+struct Control {
+    stage: WireGuard,
+    udp: Arc<UdpDevice>,
+}
+
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+impl uapi::UapiHandler for Control {
+    fn get(&self) -> String {
+        self.stage.get()
     }
 
-    let ended = session::until_stopped(
-        &engine,
-        signals,
-        a.stats_interval,
-        progress(engine.clone(), counters.clone()),
-    )?;
-    let kernel = report::kernel_counters(&name);
-    println!("tunpipe: stopped; final counters for {name}:");
-    for direction in Direction::BOTH {
-        report::direction_counters(
-            direction_label(direction),
-            &engine.direction_stats(direction),
-        );
+    fn set(&self, request: &SetRequest) -> Result<(), i32> {
+        let udp = &self.udp;
+        let mut bound = None;
+        self.stage
+            .set_with(request, |changes, next| {
+                let refused = |key: &'static str, e: std::io::Error| {
+                    log::warn!("wg set: cannot set {key}: {e}");
+                    UapiError::port_in_use(key, e.to_string())
+                };
+                let mark_before = udp.fwmark();
+                if changes.fwmark {
+                    udp.set_fwmark(next.fwmark())
+                        .map_err(|e| refused("fwmark", e))?;
+                }
+                if changes.listen_port {
+                    match udp.rebind_to_port(next.listen_port()) {
+                        Ok(port) => bound = Some(port),
+                        Err(e) => {
+                            if changes.fwmark {
+                                // As it was: nothing of a refused change stays.
+                                let _ = udp.set_fwmark(mark_before);
+                            }
+                            return Err(refused("listen_port", e));
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| e.errno())?;
+        if let Some(port) = bound {
+            self.stage.record_bound_port(port);
+        }
+        Ok(())
     }
-    report::engine_latency(engine.latency().ok().as_ref());
-    tunnel_rows(&counters.snapshot(), &udp);
-    report::kernel_rows(&name, kernel);
-    row("stop", ended.stop);
-    row("device closed", tun.tear_down());
-    ended
-        .result
-        .map_err(|e| Failure(format!("the tunnel stopped on an error: {e}")))
 }
 
 fn direction_label(direction: Direction) -> &'static str {
