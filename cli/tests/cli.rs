@@ -122,6 +122,13 @@ fn main() {
             ),
             &wg_problem,
         ),
+        root_only(
+            Trial::test(
+                "root_wg_quick_up_and_down_with_tunpipe_wg",
+                wg_quick_against_wireguard_go,
+            ),
+            &wg_problem,
+        ),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
@@ -788,5 +795,68 @@ fn wg_tools() -> Result<(), Failed> {
         })
     })();
     stop_uapi_daemon(&mut daemon, &ifname);
+    result
+}
+
+fn wg_quick_against_wireguard_go() -> Result<(), Failed> {
+    #[cfg(target_os = "linux")]
+    {
+        use tunpipe_testkit::netns::{in_fresh_netns, Ipv6};
+        in_fresh_netns(Ipv6::NoDad, wg_quick)
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err("needs Linux".into())
+}
+
+/// `WG_QUICK_USERSPACE_IMPLEMENTATION=tunpipe-wg wg-quick up FILE`, as the README says,
+/// against wireguard-go: wg-quick starts the daemon, configures it and routes through it;
+/// pings go both ways; `wg-quick down` deletes the interface, and the daemon ends with it.
+#[cfg(target_os = "linux")]
+fn wg_quick() -> Result<(), Failed> {
+    use tunpipe_testkit::wgpeer::{unique_ifname, PeerOptions, WgRig, END_V4, PEER_V4, PEER_V6};
+    let rig = WgRig::up(&PeerOptions::default())?;
+    let ifname = unique_ifname("tpq");
+    // wg-quick names the interface after the file.
+    let dir = std::env::temp_dir().join(format!("tunpipe-wg-quick-{ifname}"));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(format!("{ifname}.conf"));
+    std::fs::write(&file, rig.config_text())?;
+    let socket = format!("/var/run/wireguard/{ifname}.sock");
+    let wg_quick = |up_down: &str| -> Result<String, Failed> {
+        let out = Command::new("wg-quick")
+            .args([up_down, &file.display().to_string()])
+            .env(
+                "WG_QUICK_USERSPACE_IMPLEMENTATION",
+                env!("CARGO_BIN_EXE_tunpipe-wg"),
+            )
+            .stdin(Stdio::null())
+            .output()?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        check(out.status.success(), || {
+            format!("wg-quick {up_down}: {said}")
+        })?;
+        Ok(said)
+    };
+    let result = (|| -> Result<(), Failed> {
+        let said = wg_quick("up")?;
+        check(said.contains("tunpipe-wg"), || said.clone())?;
+        rig.ping_all_from_end(PEER_V4, 3)?;
+        rig.ping_all_from_end(PEER_V6, 3)?;
+        rig.ping_all_from_peer(END_V4, 3)?;
+        let shown =
+            tunpipe_testkit::netns::run_here(&["wg", "show", &ifname, "latest-handshakes"])?;
+        check(!shown.trim().ends_with("\t0"), || shown.clone())?;
+        wg_quick("down")?;
+        let gone = tunpipe_testkit::check::eventually(|| !std::path::Path::new(&socket).exists());
+        check(gone, || format!("{socket} still there after wg-quick down"))
+    })();
+    if std::path::Path::new(&socket).exists() {
+        let _ = wg_quick("down");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     result
 }

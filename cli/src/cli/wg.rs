@@ -103,6 +103,9 @@ pub fn wg(a: WgArgs) -> CliResult {
         progress(engine.clone(), counters.clone()),
     )?;
     drop(control);
+    // `wg-quick down` ends a userspace WireGuard by deleting its interface: the engine
+    // stops on the device's error, and that is the end asked for.
+    let deleted = ended.result.is_err() && !interface_exists(&name);
     let kernel = report::kernel_counters(&name);
     println!("tunpipe: stopped; final counters for {name}:");
     for direction in Direction::BOTH {
@@ -116,9 +119,26 @@ pub fn wg(a: WgArgs) -> CliResult {
     report::kernel_rows(&name, kernel);
     row("stop", ended.stop);
     row("device closed", tun.tear_down());
+    if deleted {
+        println!("tunpipe: {name} was deleted (wg-quick down, or ip link delete): stopped");
+        return Ok(());
+    }
     ended
         .result
         .map_err(|e| Failure(format!("the tunnel stopped on an error: {e}")))
+}
+
+/// Whether the network interface `name` still exists.
+#[cfg(target_os = "linux")]
+fn interface_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Whether the network interface `name` still exists (not asked here: a utun goes with its
+/// descriptor, so it outlives the engine's errors).
+#[cfg(not(target_os = "linux"))]
+fn interface_exists(_name: &str) -> bool {
+    true
 }
 
 /// Reads, parses and checks the wg-quick `file`, resolving its host names. With `check`,
