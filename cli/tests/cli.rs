@@ -757,8 +757,13 @@ fn wg_tools() -> Result<(), Failed> {
 
         // After a second, a new handshake would show a later time.
         std::thread::sleep(std::time::Duration::from_millis(1100));
+        // A ping every 10 ms runs across the changes that leave the peer alone.
+        let across = Command::new("ping")
+            .args(["-c", "150", "-i", "0.01", "-q", PEER_V4])
+            .stdout(Stdio::piped())
+            .spawn()?;
         let other = KeyPair::generate().public.to_base64();
-        run_here(&[
+        let add = [
             "wg",
             "set",
             &ifname,
@@ -766,9 +771,25 @@ fn wg_tools() -> Result<(), Failed> {
             &other,
             "allowed-ips",
             "10.99.0.0/24",
-        ])?;
-        check(show("peers")?.lines().count() == 2, || {
-            show("peers").unwrap_or_default()
+        ];
+        run_here(&add)?;
+        let peers = || show("peers").unwrap_or_default();
+        check(peers().lines().count() == 2, peers)?;
+        // A bad set (a port that is no number) is refused with wireguard-go's errno for it,
+        // and changes nothing.
+        let before = run_here(&["wg", "showconf", &ifname])?;
+        let answer = uapi_exchange(&ifname, "set=1\nlisten_port=1\nlisten_port=x\n\n")?;
+        check(answer == "errno=-22\n\n", || format!("answered {answer:?}"))?;
+        check(run_here(&["wg", "showconf", &ifname])? == before, || {
+            "a refused set changed the configuration".to_string()
+        })?;
+        run_here(&["wg", "set", &ifname, "peer", &other, "remove"])?;
+        check(peers().lines().count() == 1, peers)?;
+        let out = across.wait_with_output()?;
+        let summary = String::from_utf8_lossy(&out.stdout).to_string();
+        let (sent, received) = tunpipe_testkit::ping::summary(&summary).ok_or("no ping summary")?;
+        check(sent == 150 && received == sent, || {
+            format!("across the changes: {received} of {sent} answered\n{summary}")
         })?;
         run_here(&["wg", "set", &ifname, "listen-port", "51999"])?;
         check(show("listen-port")?.trim() == "51999", || {
@@ -777,10 +798,6 @@ fn wg_tools() -> Result<(), Failed> {
         // The peer follows the end to its new port (roaming) with the next packet.
         rig.ping_all_from_end(PEER_V4, 3)?;
         rig.ping_all_from_peer(END_V4, 3)?;
-        run_here(&["wg", "set", &ifname, "peer", &other, "remove"])?;
-        check(show("peers")?.lines().count() == 1, || {
-            show("peers").unwrap_or_default()
-        })?;
         let conf = run_here(&["wg", "showconf", &ifname])?;
         check(conf.contains("ListenPort = 51999"), || conf.clone())?;
         let argv: Vec<String> = ["wg", "syncconf", &ifname, "/dev/stdin"]
@@ -859,4 +876,25 @@ fn wg_quick() -> Result<(), Failed> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Writes `request` to interface `ifname`'s configuration socket and returns the answer, up
+/// to its empty line.
+#[cfg(target_os = "linux")]
+fn uapi_exchange(ifname: &str, request: &str) -> Result<String, Failed> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(format!("/var/run/wireguard/{ifname}.sock"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !answer.ends_with(b"\n\n") {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    Ok(String::from_utf8(answer)?)
 }
