@@ -6,15 +6,16 @@
 //! does; then it configures the interface with `wg setconf` and `ip`. So this starts
 //! `tunpipe wg --name IFNAME` (the `tunpipe` beside this program) in its own process group,
 //! away from the terminal, waits until the socket answers, and exits: 0 once it does, 1 if
-//! the daemon failed first (with its reason). The daemon stops on SIGTERM, or when the
-//! interface is deleted (`wg-quick down`).
+//! the daemon failed first (with its reason). The daemon stops on SIGINT or SIGTERM, when the
+//! interface is deleted (`wg-quick down` on Linux), or when its socket file is removed
+//! (`wg-quick down` on macOS).
 //!
 //! ```text
 //! sudo WG_QUICK_USERSPACE_IMPLEMENTATION=tunpipe-wg wg-quick up ./wg0.conf
 //! ```
 //!
-//! `-f` or `--foreground` before the name runs the daemon in the foreground instead, as
-//! wireguard-go's `-f`. The daemon's output goes to the file `TUNPIPE_WG_LOG` names, if set,
+//! `-f` or `--foreground` before the name (or `WG_PROCESS_FOREGROUND=1`) runs the daemon in
+//! the foreground instead, as wireguard-go's. The daemon's output goes to the file `TUNPIPE_WG_LOG` names, if set,
 //! and is discarded otherwise (a daemon has no terminal).
 
 use std::io::{Read, Write};
@@ -38,6 +39,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // wireguard-go's way to ask for the foreground from wg-quick, which passes only the name.
+    let foreground =
+        foreground || std::env::var_os("WG_PROCESS_FOREGROUND").is_some_and(|v| v == "1");
     match run(foreground, name) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

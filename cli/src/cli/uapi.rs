@@ -79,6 +79,11 @@ pub trait UapiHandler: Send + Sync + 'static {
     /// negative code is taken as already negated, and 0 is answered as wireguard-go's
     /// "other error", -55 (ENOANO), since `errno=0` would read as success.
     fn set(&self, request: &SetRequest) -> Result<(), i32>;
+
+    /// Someone removed the socket file (or put another in its place): as for wireguard-go,
+    /// whose socket's removal is how `wg-quick down` ends it on macOS, the interface should
+    /// go. Called once, from the server's watcher thread. The default does nothing.
+    fn removed(&self) {}
 }
 
 /// A running UAPI control socket. Dropping it stops serving: every thread ends and is joined
@@ -95,6 +100,9 @@ pub struct UapiServer {
     /// EOF stays readable, so no thread can miss it, however late it polls.
     stop: Option<UnixStream>,
     accept: Option<JoinHandle<()>>,
+    /// Watches for the socket file's removal ([`UapiHandler::removed`]), where the system
+    /// can tell without a timer.
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl fmt::Debug for UapiServer {
@@ -136,13 +144,17 @@ impl UapiServer {
             identity,
             stop: Some(stop),
             accept: None,
+            watcher: None,
         };
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("cannot make {} nonblocking: {e}", server.path.display()))?;
+        let watch_stop = stop_rx
+            .try_clone()
+            .map_err(|e| format!("cannot copy a socket: {e}"))?;
         let shared = Shared {
             name: name.into(),
-            handler,
+            handler: handler.clone(),
             one_at_a_time: Mutex::new(()),
             stop: stop_rx,
         };
@@ -151,6 +163,25 @@ impl UapiServer {
             .spawn(move || accept_loop(listener, Arc::new(shared)))
             .map_err(|e| format!("cannot start the UAPI thread: {e}"))?;
         server.accept = Some(accept);
+        match removal::Watch::new(dir) {
+            Ok(watch) => {
+                let (path, identity) = (server.path.clone(), identity);
+                let watcher = std::thread::Builder::new()
+                    .name("tunpipe-uapi-w".into())
+                    .spawn(move || {
+                        if watch.until_gone(&path, identity, watch_stop.as_raw_fd()) {
+                            info!("UAPI: {} was removed", path.display());
+                            handler.removed();
+                        }
+                    })
+                    .map_err(|e| format!("cannot start the UAPI watcher: {e}"))?;
+                server.watcher = Some(watcher);
+            }
+            Err(e) => warn!(
+                "UAPI: removing {} will not stop the interface ({e})",
+                server.path.display()
+            ),
+        }
         info!("UAPI: serving {name} on {}", server.path.display());
         Ok(server)
     }
@@ -164,12 +195,12 @@ impl UapiServer {
 impl Drop for UapiServer {
     fn drop(&mut self) {
         drop(self.stop.take());
-        if let Some(accept) = self.accept.take() {
-            if accept.join().is_err() {
-                warn!(
-                    "UAPI: the accept thread of {} panicked",
-                    self.path.display()
-                );
+        for thread in [self.accept.take(), self.watcher.take()]
+            .into_iter()
+            .flatten()
+        {
+            if thread.join().is_err() {
+                warn!("UAPI: a thread of {} panicked", self.path.display());
             }
         }
         // The listener is closed (the accept thread owned it), so a client that connects
@@ -183,6 +214,146 @@ impl Drop for UapiServer {
             }
         }
         debug!("UAPI: stopped serving {}", self.path.display());
+    }
+}
+
+/// Whether the socket file is still the one bound: same device and inode.
+fn still_ours(path: &Path, identity: (u64, u64)) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|meta| (meta.dev(), meta.ino()) == identity)
+}
+
+/// Telling that the socket file went, from the system's own notices on its directory
+/// (inotify on Linux, kqueue on macOS): no timer, so an idle interface sleeps.
+mod removal {
+    use super::{still_ours, wait, Woke};
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::path::Path;
+
+    /// A watch on the socket directory.
+    pub(super) struct Watch {
+        fd: OwnedFd,
+        /// macOS watches the directory through a descriptor of its own.
+        #[cfg(target_os = "macos")]
+        _dir: OwnedFd,
+    }
+
+    impl Watch {
+        #[cfg(target_os = "linux")]
+        pub(super) fn new(dir: &Path) -> io::Result<Watch> {
+            use std::os::unix::ffi::OsStrExt as _;
+            // SAFETY: inotify_init1 takes flags and returns a new descriptor or -1.
+            let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` is a new descriptor that nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+                .map_err(|_| io::Error::other("a NUL in the socket directory's path"))?;
+            let mask = libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_DELETE_SELF;
+            // SAFETY: a live inotify descriptor, a NUL-terminated path and a mask.
+            if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), dir.as_ptr(), mask) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(Watch { fd })
+        }
+
+        #[cfg(target_os = "macos")]
+        pub(super) fn new(dir: &Path) -> io::Result<Watch> {
+            use std::os::unix::ffi::OsStrExt as _;
+            let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+                .map_err(|_| io::Error::other("a NUL in the socket directory's path"))?;
+            // SAFETY: a NUL-terminated path and flags; returns a new descriptor or -1.
+            let raw = unsafe { libc::open(path.as_ptr(), libc::O_EVTONLY | libc::O_CLOEXEC) };
+            if raw < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `raw` is a new descriptor that nothing else owns.
+            let dir_fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            // SAFETY: kqueue takes nothing and returns a new descriptor or -1.
+            let kq = unsafe { libc::kqueue() };
+            if kq < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `kq` is a new descriptor that nothing else owns.
+            let kq = unsafe { OwnedFd::from_raw_fd(kq) };
+            // SAFETY: an all-zero kevent is a valid value of the plain C struct.
+            let mut change: libc::kevent = unsafe { std::mem::zeroed() };
+            change.ident = dir_fd.as_raw_fd() as libc::uintptr_t;
+            change.filter = libc::EVFILT_VNODE;
+            change.flags = libc::EV_ADD | libc::EV_CLEAR;
+            change.fflags = libc::NOTE_WRITE | libc::NOTE_DELETE | libc::NOTE_RENAME;
+            // SAFETY: one change from a live array of one, no events asked for.
+            let added = unsafe {
+                libc::kevent(
+                    kq.as_raw_fd(),
+                    &change,
+                    1,
+                    std::ptr::null_mut(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            if added < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(Watch {
+                fd: kq,
+                _dir: dir_fd,
+            })
+        }
+
+        /// Waits until `path` is no longer the socket `identity` (true) or `stop` is
+        /// readable (false).
+        pub(super) fn until_gone(&self, path: &Path, identity: (u64, u64), stop: RawFd) -> bool {
+            loop {
+                if !still_ours(path, identity) {
+                    return true;
+                }
+                match wait(Some(self.fd.as_raw_fd()), libc::POLLIN, stop, None) {
+                    Ok(Woke::Ready) => self.drain(),
+                    Ok(_) => return false,
+                    Err(e) => {
+                        log::warn!("UAPI: cannot watch {}: {e}", path.display());
+                        return false;
+                    }
+                }
+            }
+        }
+
+        /// Reads the notices that woke the wait (which file they name does not matter: the
+        /// socket is looked at again).
+        fn drain(&self) {
+            #[cfg(target_os = "linux")]
+            {
+                let mut buf = [0u8; 4096];
+                // SAFETY: reads into a live buffer of its length, from a nonblocking fd.
+                while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }
+                    > 0
+                {}
+            }
+            #[cfg(target_os = "macos")]
+            {
+                // SAFETY: an all-zero kevent is a valid value of the plain C struct.
+                let mut event: libc::kevent = unsafe { std::mem::zeroed() };
+                let none = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY: room for one event in a live struct; a zero timeout does not wait.
+                unsafe {
+                    libc::kevent(
+                        self.fd.as_raw_fd(),
+                        std::ptr::null(),
+                        0,
+                        &mut event,
+                        1,
+                        &none,
+                    )
+                };
+            }
+        }
     }
 }
 
@@ -773,6 +944,7 @@ mod tests {
         get: String,
         sets: Mutex<Vec<SetRequest>>,
         refuse: Option<i32>,
+        removed: std::sync::atomic::AtomicBool,
     }
 
     impl Fake {
@@ -783,6 +955,7 @@ mod tests {
                 ),
                 sets: Mutex::new(Vec::new()),
                 refuse: None,
+                removed: Default::default(),
             })
         }
 
@@ -799,6 +972,10 @@ mod tests {
         fn set(&self, request: &SetRequest) -> Result<(), i32> {
             self.sets.lock().unwrap().push(request.clone());
             self.refuse.map_or(Ok(()), Err)
+        }
+
+        fn removed(&self) {
+            self.removed.store(true, Ordering::SeqCst);
         }
     }
 
@@ -1050,6 +1227,27 @@ mod tests {
         let fake = Fake::new();
         let server = start(&dir, fake.clone());
         assert_eq!(ask(&server, "get=1\n\n"), fake.get);
+    }
+
+    #[test]
+    fn removing_the_socket_file_tells_the_handler_and_a_drop_does_not() {
+        let dir = TempDir::new();
+        let fake = Fake::new();
+        let server = start(&dir, fake.clone());
+        fs::remove_file(server.path()).unwrap();
+        let until = Instant::now() + HANG_GUARD;
+        while !fake.removed.load(Ordering::SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            fake.removed.load(Ordering::SeqCst),
+            "not told in {HANG_GUARD:?}"
+        );
+        // The server's own removal, at its drop, is no news for the handler.
+        let fake = Fake::new();
+        drop(start(&dir, fake.clone()));
+        assert!(!fake.removed.load(Ordering::SeqCst));
+        drop(server);
     }
 
     #[test]

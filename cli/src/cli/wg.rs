@@ -269,6 +269,13 @@ impl uapi::UapiHandler for Control {
         }
         Ok(())
     }
+
+    fn removed(&self) {
+        // As a SIGTERM would: the same stop, timed and reported the same way.
+        log::info!("the configuration socket was removed: stopping, as wireguard-go does");
+        // SAFETY: kill(2) on this process with a signal it handles (session::signals).
+        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    }
 }
 
 fn direction_label(direction: Direction) -> &'static str {
