@@ -192,6 +192,19 @@ fn peers_come_and_go_while_the_sessions_they_leave_alone_carry_on() {
     carry(&mut a, &mut b, A, B, 10);
     assert_eq!(peer(&a, kb).handshakes, 1);
 
+    // A keepalive turned on keeps the session, and one goes out at once.
+    let received = peer(&b, &keys[0].public).rx_packets;
+    let changes = set(
+        &a,
+        &format!("public_key={}\npersistent_keepalive_interval=7\n", hex(kb)),
+    );
+    assert!(!changes.changed[0].restart_session, "{changes:?}");
+    assert!(eventually(
+        || peer(&b, &keys[0].public).rx_packets == received + 1
+    ));
+    carry(&mut a, &mut b, A, B, 10);
+    assert_eq!(peer(&a, kb).handshakes, 1);
+
     // A new preshared key, on both ends, restarts that session (and only with both does the
     // handshake succeed).
     let psk = hex(&Key::generate());

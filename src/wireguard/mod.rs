@@ -242,9 +242,9 @@ impl WireGuard {
     /// flow. A peer the request leaves alone keeps its sessions and its packets; so does a
     /// peer that `replace_peers=true` lists again with the same preshared key (where
     /// wireguard-go makes every peer anew). A new private or preshared key restarts the
-    /// sessions it concerns, as does (boringtun fixes it when a session's `Tunn` is made) a
-    /// new persistent keepalive interval. Packets a removed or restarted peer held for a
-    /// handshake are dropped and counted (`NoPeer`).
+    /// sessions it concerns; a new persistent keepalive interval does not (turned on, a
+    /// keepalive goes out at once, as in wireguard-go). Packets a removed or restarted peer
+    /// held for a handshake are dropped and counted (`NoPeer`).
     ///
     /// The listen port and fwmark are the socket's, which the stage does not own: a caller
     /// that owns the socket uses [`WireGuard::set_with`].
@@ -501,10 +501,7 @@ impl TunnelState {
                 self.free.push(slot);
             }
         }
-        let restarted = changes
-            .changed
-            .iter()
-            .filter(|c| c.restart_session || c.persistent_keepalive);
+        let restarted = changes.changed.iter().filter(|c| c.restart_session);
         for key in changes.added.iter().chain(restarted.map(|c| &c.public_key)) {
             let Some(peer_config) = config.peer(key) else {
                 continue;
@@ -541,6 +538,10 @@ impl TunnelState {
             else {
                 continue;
             };
+            if change.persistent_keepalive && !change.restart_session {
+                peer.timers
+                    .set_persistent_keepalive(now, peer_config.persistent_keepalive);
+            }
             if change.endpoint {
                 // A peer without a configured endpoint keeps the one it roamed to.
                 if let Some(Endpoint::Addr(addr)) = peer_config.endpoint {
@@ -586,7 +587,8 @@ impl TunnelState {
                 self.private.clone(),
                 PublicKey::from(key),
                 config.preshared_key.as_ref().map(|k| *k.as_bytes()),
-                config.persistent_keepalive,
+                // The stage sends the persistent keepalive itself (`tick`).
+                None,
                 slot as u32,
                 Some(self.limiter.clone()),
             ),
@@ -714,6 +716,8 @@ impl TunnelState {
         let now = self.now;
         let (peer, scratch, counters, _) = self.peer_parts(index);
         let awaiting = peer.timers.awaiting_response();
+        let persistent_due = peer.timers.persistent_keepalive_due(now);
+        let mut idle = false;
         match peer.tunn.update_timers(scratch) {
             TunnResult::WriteToNetwork(message) => {
                 if message.first() == Some(&HANDSHAKE_INIT) && awaiting {
@@ -722,6 +726,7 @@ impl TunnelState {
                 }
                 send(peer, index, message, Whose::Own, now, counters, out);
             }
+            TunnResult::Done => idle = true,
             TunnResult::Err(WireGuardError::ConnectionExpired) => {
                 log::debug!(
                     "wireguard peer {}: no session (expired or given up)",
@@ -733,6 +738,15 @@ impl TunnelState {
                 peer.queued = 0;
             }
             _ => {}
+        }
+        if idle && persistent_due && !awaiting {
+            // The persistent keepalive is the stage's, not `Tunn`'s (made without one), so
+            // that its interval can change without a new `Tunn`, which would lose the
+            // session. It goes out as boringtun's would: when the timers sent nothing else
+            // and no handshake is under way; without a session, as a handshake.
+            if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
+                send(peer, index, message, Whose::Own, now, counters, out);
+            }
         }
         peer.timers.ticked(now, Instant::now());
         if peer.flush_due.is_some_and(|due| due <= now) {

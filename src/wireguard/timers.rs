@@ -182,6 +182,23 @@ impl PeerTimers {
         }
     }
 
+    /// True when the persistent keepalive is due at `now`.
+    pub(crate) fn persistent_keepalive_due(&self, now: Instant) -> bool {
+        self.persistent.is_some_and(|at| at <= now)
+    }
+
+    /// The persistent keepalive interval is now `seconds` (`None`: off). Turned on, one goes
+    /// out at once (as at start, and as wireguard-go does); a new interval counts from now.
+    pub(crate) fn set_persistent_keepalive(&mut self, now: Instant, seconds: Option<u16>) {
+        let every = seconds.map(|s| Duration::from_secs(u64::from(s)));
+        self.persistent = match (self.persistent_keepalive, every) {
+            (_, None) => None,
+            (None, Some(_)) => Some(now),
+            (Some(_), Some(every)) => Some(now + every + SLACK),
+        };
+        self.persistent_keepalive = every;
+    }
+
     /// True while an initiation of ours waits for its response.
     pub(crate) fn awaiting_response(&self) -> bool {
         self.retry.is_some()
