@@ -129,6 +129,20 @@ fn main() {
             ),
             &wg_problem,
         ),
+        root_only(
+            Trial::test(
+                "root_wg_quick_routes_a_full_tunnel_through_tunpipe_wg",
+                wg_quick_full_tunnel_against_wireguard_go,
+            ),
+            &wg_problem,
+        ),
+        root_only(
+            Trial::test(
+                "root_wg_routes_a_full_tunnel_as_wg_quick_and_undoes_it",
+                wg_full_tunnel_against_wireguard_go,
+            ),
+            &wg_problem,
+        ),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
@@ -540,9 +554,18 @@ fn wg_bad_config() -> Result<(), Failed> {
 }
 
 fn wg_endpoint_in_allowed_ips() -> Result<(), Failed> {
-    // The usual full-tunnel file: the library takes it, the CLI (which routes plainly)
-    // refuses, before it makes any device, and says what would do.
+    // The usual full-tunnel file. On Linux `tunpipe wg` routes it as wg-quick does (tested
+    // against wireguard-go below); elsewhere it adds no routes, so it refuses, before it
+    // makes any device, and says what would do.
     let file = ConfigFile::new("full-tunnel", &wg_text("0.0.0.0/0, ::/0", ""))?;
+    if cfg!(target_os = "linux") {
+        let out = tunpipe(&["wg", "--config", file.path(), "--check"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        return check(
+            out.status.success() && stdout.contains("a valid config"),
+            || format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+        );
+    }
     one_line_failure(
         &["wg", "--config", file.path()],
         "AllowedIPs 0.0.0.0/0 contains the endpoint 192.0.2.1 of peer 1",
@@ -830,14 +853,43 @@ fn wg_quick_against_wireguard_go() -> Result<(), Failed> {
 /// pings go both ways; `wg-quick down` deletes the interface, and the daemon ends with it.
 #[cfg(target_os = "linux")]
 fn wg_quick() -> Result<(), Failed> {
-    use tunpipe_testkit::wgpeer::{unique_ifname, PeerOptions, WgRig, END_V4, PEER_V4, PEER_V6};
+    use tunpipe_testkit::wgpeer::{PeerOptions, WgRig, END_V4, PEER_V4, PEER_V6};
     let rig = WgRig::up(&PeerOptions::default())?;
+    wg_quick_up_and_down(&rig.config_text(), || {
+        rig.ping_all_from_end(PEER_V4, 3)?;
+        rig.ping_all_from_end(PEER_V6, 3)?;
+        rig.ping_all_from_peer(END_V4, 3)?;
+        Ok(())
+    })
+}
+
+/// The same with `AllowedIPs = 0.0.0.0/0, ::/0`, in a namespace whose only route is the
+/// veth to the peer: wg-quick marks the socket (`wg set fwmark`) and adds its policy rules,
+/// and addresses behind the peer answer through the tunnel.
+#[cfg(target_os = "linux")]
+fn wg_quick_full_tunnel() -> Result<(), Failed> {
+    let (_rig, text) = full_tunnel_rig()?;
+    wg_quick_up_and_down(&text, ping_behind_the_peer)?;
+    let left = tunnel_rules()?;
+    check(left.is_empty(), || {
+        format!("rules left after down:\n{left}")
+    })
+}
+
+/// wg-quick up with `text` on tunpipe-wg, `traffic` through it, `wg show` seeing a
+/// handshake, then wg-quick down: the daemon ends (its socket goes) within 2 s.
+#[cfg(target_os = "linux")]
+fn wg_quick_up_and_down(
+    text: &str,
+    traffic: impl Fn() -> Result<(), Failed>,
+) -> Result<(), Failed> {
+    use tunpipe_testkit::wgpeer::unique_ifname;
     let ifname = unique_ifname("tpq");
     // wg-quick names the interface after the file.
     let dir = std::env::temp_dir().join(format!("tunpipe-wg-quick-{ifname}"));
     std::fs::create_dir_all(&dir)?;
     let file = dir.join(format!("{ifname}.conf"));
-    std::fs::write(&file, rig.config_text())?;
+    std::fs::write(&file, text)?;
     let socket = format!("/var/run/wireguard/{ifname}.sock");
     let wg_quick = |up_down: &str| -> Result<String, Failed> {
         let out = Command::new("wg-quick")
@@ -861,15 +913,20 @@ fn wg_quick() -> Result<(), Failed> {
     let result = (|| -> Result<(), Failed> {
         let said = wg_quick("up")?;
         check(said.contains("tunpipe-wg"), || said.clone())?;
-        rig.ping_all_from_end(PEER_V4, 3)?;
-        rig.ping_all_from_end(PEER_V6, 3)?;
-        rig.ping_all_from_peer(END_V4, 3)?;
+        traffic()?;
         let shown =
             tunpipe_testkit::netns::run_here(&["wg", "show", &ifname, "latest-handshakes"])?;
         check(!shown.trim().ends_with("\t0"), || shown.clone())?;
         wg_quick("down")?;
-        let gone = tunpipe_testkit::check::eventually(|| !std::path::Path::new(&socket).exists());
-        check(gone, || format!("{socket} still there after wg-quick down"))
+        let at = std::time::Instant::now();
+        while std::path::Path::new(&socket).exists()
+            && at.elapsed() < std::time::Duration::from_secs(2)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        check(!std::path::Path::new(&socket).exists(), || {
+            format!("{socket} still there 2 s after wg-quick down")
+        })
     })();
     if std::path::Path::new(&socket).exists() {
         let _ = wg_quick("down");
@@ -897,4 +954,125 @@ fn uapi_exchange(ifname: &str, request: &str) -> Result<String, Failed> {
         answer.extend_from_slice(&chunk[..n]);
     }
     Ok(String::from_utf8(answer)?)
+}
+
+fn wg_quick_full_tunnel_against_wireguard_go() -> Result<(), Failed> {
+    #[cfg(target_os = "linux")]
+    {
+        use tunpipe_testkit::netns::{in_fresh_netns, Ipv6};
+        in_fresh_netns(Ipv6::NoDad, wg_quick_full_tunnel)
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err("needs Linux".into())
+}
+
+fn wg_full_tunnel_against_wireguard_go() -> Result<(), Failed> {
+    #[cfg(target_os = "linux")]
+    {
+        use tunpipe_testkit::netns::{in_fresh_netns, Ipv6};
+        in_fresh_netns(Ipv6::NoDad, wg_full_tunnel)
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err("needs Linux".into())
+}
+
+/// Addresses behind the rig's peer: on its loopback, reachable from the end only through
+/// the tunnel (the end's namespace has no route but the veth's).
+#[cfg(target_os = "linux")]
+const BEHIND_V4: &str = "198.51.100.7";
+#[cfg(target_os = "linux")]
+const BEHIND_V6: &str = "2001:db8:77::7";
+
+/// The rig, with addresses behind its peer, and the end's wg-quick text with
+/// `AllowedIPs = 0.0.0.0/0, ::/0`.
+#[cfg(target_os = "linux")]
+fn full_tunnel_rig() -> Result<(tunpipe_testkit::wgpeer::WgRig, String), Failed> {
+    use tunpipe_testkit::wgpeer::{PeerOptions, WgRig, PEER_V4, PEER_V6};
+    let rig = WgRig::up(&PeerOptions::default())?;
+    rig.peer.output(
+        &["ip", "addr", "add", &format!("{BEHIND_V4}/32"), "dev", "lo"],
+        "",
+    )?;
+    rig.peer.output(
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{BEHIND_V6}/128"),
+            "dev",
+            "lo",
+        ],
+        "",
+    )?;
+    let peer_only = format!("AllowedIPs = {PEER_V4}/32, {PEER_V6}/128");
+    let text = rig.config_text();
+    check(text.contains(&peer_only), || text.clone())?;
+    let text = text.replace(&peer_only, "AllowedIPs = 0.0.0.0/0, ::/0");
+    Ok((rig, text))
+}
+
+/// Pings each address behind the peer, three times, and asks for every answer.
+#[cfg(target_os = "linux")]
+fn ping_behind_the_peer() -> Result<(), Failed> {
+    for to in [BEHIND_V4, BEHIND_V6] {
+        let (sent, received) =
+            tunpipe_testkit::ping::ping(&["-c", "3", "-i", "0.2", "-W", "2", to])?;
+        check(received == sent, || {
+            format!("{to}: {received} of {sent} answered")
+        })?;
+    }
+    Ok(())
+}
+
+/// What of a full tunnel's policy routing is in place: the rules that name a table.
+#[cfg(target_os = "linux")]
+fn tunnel_rules() -> Result<String, Failed> {
+    let mut rules = String::new();
+    for family in ["-4", "-6"] {
+        let shown = tunpipe_testkit::netns::run_here(&["ip", family, "rule", "show"])?;
+        for line in shown
+            .lines()
+            .filter(|l| l.contains("5182") || l.contains("suppress"))
+        {
+            rules.push_str(line);
+            rules.push('\n');
+        }
+    }
+    Ok(rules)
+}
+
+/// `tunpipe wg` with `AllowedIPs = 0.0.0.0/0, ::/0`, against wireguard-go, in a namespace
+/// whose only route is the veth to the peer: addresses behind the peer answer through the
+/// tunnel (so the endpoint's own datagrams did not loop into it), and at exit the rules are
+/// gone.
+#[cfg(target_os = "linux")]
+fn wg_full_tunnel() -> Result<(), Failed> {
+    let (_rig, text) = full_tunnel_rig()?;
+    check(tunnel_rules()?.is_empty(), || {
+        "rules before the start".to_string()
+    })?;
+    check(ping_behind_the_peer().is_err(), || {
+        "the addresses behind the peer answer without the tunnel".to_string()
+    })?;
+    let file = ConfigFile::new("full", &text)?;
+    let running = Running::start(
+        Command::new(BIN).args(["wg", "--config", file.path(), "--name", "tpwf0"]),
+        READY,
+    )?;
+    ping_behind_the_peer()?;
+    let rules = tunnel_rules()?;
+    check(
+        rules
+            .matches("not from all fwmark 0xca6c lookup 51820")
+            .count()
+            == 2
+            && rules.matches("lookup main suppress_prefixlength 0").count() == 2,
+        || format!("rules:\n{rules}"),
+    )?;
+    let ended = running.interrupt()?;
+    ended.succeeded_saying(&["full tunnel: 0.0.0.0/0, ::/0 in table 51820"])?;
+    let left = tunnel_rules()?;
+    check(left.is_empty(), || {
+        format!("rules left after exit:\n{left}")
+    })
 }

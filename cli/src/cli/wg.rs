@@ -51,16 +51,20 @@ pub fn wg(a: WgArgs) -> CliResult {
         mtu: Some(mtu),
     })?;
     let name = tun.name.clone();
-    let routes = match &config {
-        Some(config) => add_routes(config, &name)?,
-        None => "none yet (wg-quick, or whoever configures it, adds them)".to_string(),
-    };
     let udp = Arc::new(bind_udp(
         config.as_ref().and_then(|c| c.interface.listen_port),
     )?);
     let stage = match &config {
         Some(config) => WireGuard::new(config).map_err(|e| e.to_string())?,
         None => WireGuard::unconfigured(),
+    };
+    // Held until the end: a full tunnel's policy rules go when it is dropped.
+    let (routes, _rules) = match &config {
+        Some(config) => route_all(config, &name, &stage, &udp)?,
+        None => (
+            "none yet (wg-quick, or whoever configures it, adds them)".to_string(),
+            None,
+        ),
     };
     let counters = stage.counters();
     let engine = Engine::builder()
@@ -155,9 +159,10 @@ fn load(file: &std::path::Path, check: bool) -> CliResult<Option<WgConfig>> {
             config.ignored.join(", ")
         );
     }
+    #[cfg(not(target_os = "linux"))]
+    refuse_endpoint_in_allowed_ips(&config)?;
     if check {
         config.check().map_err(|e| format!("{path}: {e}"))?;
-        refuse_endpoint_in_allowed_ips(&config)?;
         let prefixes: usize = config.peers.iter().map(|p| p.allowed_ips.len()).sum();
         println!(
             "tunpipe: {path}: a valid config: {} peer(s), {prefixes} AllowedIPs prefix(es) \
@@ -167,6 +172,7 @@ fn load(file: &std::path::Path, check: bool) -> CliResult<Option<WgConfig>> {
         return Ok(None);
     }
     config.resolve().map_err(|e| format!("{path}: {e}"))?;
+    #[cfg(not(target_os = "linux"))]
     refuse_endpoint_in_allowed_ips(&config)?;
     Ok(Some(config))
 }
@@ -304,21 +310,37 @@ fn interface_addresses(addresses: &[IpNet]) -> (Vec<Net<Ipv4Addr>>, Vec<Net<Ipv6
     (v4, v6)
 }
 
-/// A prefix that contains a peer's endpoint would send the tunnel's own datagrams into the
-/// tunnel. Routing everything but the endpoint through a tunnel is the OS's job (on iOS,
-/// NetworkExtension's); this command routes plainly, so it refuses, and says which narrower
-/// prefixes leave the endpoint out.
-fn refuse_endpoint_in_allowed_ips(config: &WgConfig) -> CliResult {
-    // Every literal endpoint, by address (the first peer that has it), so that each prefix
-    // asks one range query: a config at the limits is checked in milliseconds.
-    let mut endpoints = std::collections::BTreeMap::new();
-    for (i, peer) in config.peers.iter().enumerate() {
-        if let Some(Endpoint::Addr(endpoint)) = peer.endpoint {
-            endpoints.entry(endpoint.ip()).or_insert(i);
+/// Every literal endpoint of the config, by address (the first peer that has it), so that
+/// each prefix asks one range query: a config at the limits is checked in milliseconds.
+struct Endpoints(std::collections::BTreeMap<IpAddr, usize>);
+
+impl Endpoints {
+    fn of(config: &WgConfig) -> Endpoints {
+        let mut endpoints = std::collections::BTreeMap::new();
+        for (i, peer) in config.peers.iter().enumerate() {
+            if let Some(Endpoint::Addr(endpoint)) = peer.endpoint {
+                endpoints.entry(endpoint.ip()).or_insert(i);
+            }
         }
+        Endpoints(endpoints)
     }
+
+    /// An endpoint inside `net`, and its peer's index.
+    fn inside(&self, net: &IpNet) -> Option<(IpAddr, usize)> {
+        let (&endpoint, &i) = self.0.range(net.network()..=net.broadcast()).next()?;
+        Some((endpoint, i))
+    }
+}
+
+/// A prefix that contains a peer's endpoint would send the tunnel's own datagrams into the
+/// tunnel. On Linux, `tunpipe wg` routes such a full tunnel as wg-quick does (`route_all`);
+/// elsewhere it adds no routes, and refuses, saying which narrower prefixes leave the
+/// endpoint out.
+#[cfg(not(target_os = "linux"))]
+fn refuse_endpoint_in_allowed_ips(config: &WgConfig) -> CliResult {
+    let endpoints = Endpoints::of(config);
     for net in config.peers.iter().flat_map(|p| &p.allowed_ips) {
-        let Some((&endpoint, &i)) = endpoints.range(net.network()..=net.broadcast()).next() else {
+        let Some((endpoint, i)) = endpoints.inside(net) else {
             continue;
         };
         let narrower: Vec<String> = without(*net, endpoint)
@@ -327,9 +349,8 @@ fn refuse_endpoint_in_allowed_ips(config: &WgConfig) -> CliResult {
             .collect();
         return Err(format!(
             "AllowedIPs {net} contains the endpoint {endpoint} of peer {}: the tunnel's own \
-             datagrams would be routed into it. Routing all but the endpoint is the OS's job \
-             (tunpipe wg adds plain routes); use prefixes that leave it out, such as: \
-             AllowedIPs = {}",
+             datagrams would be routed into it. tunpipe wg routes a full tunnel on Linux only; \
+             use prefixes that leave it out, such as: AllowedIPs = {}",
             i + 1,
             narrower.join(", ")
         )
@@ -360,6 +381,7 @@ fn warn_if_others_may_read(_file: &std::path::Path, _path: &str, _text: &str) {}
 
 /// The prefixes that together cover `net` except `addr`: `net` halved again and again,
 /// keeping each half that does not hold `addr`.
+#[cfg(any(test, not(target_os = "linux")))]
 fn without(net: IpNet, addr: IpAddr) -> Vec<IpNet> {
     let mut rest = Vec::new();
     let mut current = net.trunc();
@@ -384,14 +406,33 @@ fn without(net: IpNet, addr: IpAddr) -> Vec<IpNet> {
 
 /// Routes every peer's AllowedIPs through the TUN; returns what was done, for the banner.
 #[cfg(not(target_os = "linux"))]
-fn add_routes(_config: &WgConfig, _ifname: &str) -> CliResult<String> {
-    Ok("none: tunpipe wg adds routes on Linux only (add them with route(8))".to_string())
+fn route_all(
+    _config: &WgConfig,
+    _ifname: &str,
+    _stage: &WireGuard,
+    _udp: &UdpDevice,
+) -> CliResult<(String, Option<()>)> {
+    Ok((
+        "none: tunpipe wg adds routes on Linux only (add them with route(8))".to_string(),
+        None,
+    ))
 }
 
-/// Routes every peer's AllowedIPs through the TUN; returns what was done, for the banner.
+/// Routes every peer's AllowedIPs through the TUN, and returns what was done, for the banner,
+/// with a full tunnel's policy rules. A prefix that holds a peer's endpoint (or is a default
+/// route) makes a full tunnel, routed as wg-quick routes one (route.rs): its prefixes go in
+/// table T (51820, or the next where the first of them is not routed yet), the socket and the
+/// configuration get fwmark T, and the rules send what is unmarked to table T.
 #[cfg(target_os = "linux")]
-fn add_routes(config: &WgConfig, ifname: &str) -> CliResult<String> {
+fn route_all(
+    config: &WgConfig,
+    ifname: &str,
+    stage: &WireGuard,
+    udp: &UdpDevice,
+) -> CliResult<(String, Option<super::route::Rules>)> {
+    use super::route::{self, Added, MAIN_TABLE};
     let ifindex = ifindex(ifname)?;
+    let endpoints = Endpoints::of(config);
     let mut new = Vec::new();
     let mut existed = Vec::new();
     // The kernel routes each Address's own subnet when the address is set: routing it again
@@ -402,15 +443,20 @@ fn add_routes(config: &WgConfig, ifname: &str) -> CliResult<String> {
         .iter()
         .map(|a| a.trunc())
         .collect();
+    let mut full = Vec::new();
     for net in config.peers.iter().flat_map(|p| &p.allowed_ips) {
         let net = net.trunc();
+        if net.prefix_len() == 0 || endpoints.inside(&net).is_some() {
+            full.push(net);
+            continue;
+        }
         if connected.contains(&net) {
             existed.push(net.to_string());
             continue;
         }
-        match super::route::add(net.network(), net.prefix_len(), ifindex) {
-            Ok(super::route::Added::New) => new.push(net.to_string()),
-            Ok(super::route::Added::Existed) => existed.push(net.to_string()),
+        match route::add(net.network(), net.prefix_len(), ifindex, MAIN_TABLE) {
+            Ok(Added::New) => new.push(net.to_string()),
+            Ok(Added::Existed) => existed.push(net.to_string()),
             Err(e) => return Err(format!("cannot route {net} through {ifname}: {e}").into()),
         }
     }
@@ -422,8 +468,59 @@ fn add_routes(config: &WgConfig, ifname: &str) -> CliResult<String> {
     if !existed.is_empty() {
         said.push_str(&format!(" (already routed: {})", existed.join(", ")));
     }
-    Ok(said)
+    let Some(&first) = full.first() else {
+        return Ok((said, None));
+    };
+    let mut table = FULL_TUNNEL_TABLE;
+    loop {
+        match route::add(first.network(), first.prefix_len(), ifindex, table) {
+            Ok(Added::New) => break,
+            Ok(Added::Existed) if table < FULL_TUNNEL_TABLE + 100 => table += 1,
+            Ok(Added::Existed) => {
+                return Err(
+                    format!("no free routing table from {FULL_TUNNEL_TABLE} for {first}").into(),
+                )
+            }
+            Err(e) => return Err(format!("cannot route {first} through {ifname}: {e}").into()),
+        }
+    }
+    for net in &full[1..] {
+        if let Err(e) = route::add(net.network(), net.prefix_len(), ifindex, table) {
+            return Err(format!("cannot route {net} through {ifname} (table {table}): {e}").into());
+        }
+    }
+    udp.set_fwmark(table)
+        .map_err(|e| format!("cannot mark the tunnel's socket with fwmark {table}: {e}"))?;
+    let request = tunpipe::wireguard::uapi::parse_set(&format!("fwmark={table}\n"))
+        .map_err(|e| e.to_string())?;
+    stage.set(&request).map_err(|e| e.to_string())?;
+    let mut families: Vec<IpAddr> = Vec::new();
+    for net in &full {
+        if !families.iter().any(|f| f.is_ipv4() == net.addr().is_ipv4()) {
+            families.push(net.addr());
+        }
+    }
+    let rules = route::Rules::full_tunnel(&families, table)
+        .map_err(|e| format!("cannot add the full tunnel's policy rules: {e}"))?;
+    if families.iter().any(IpAddr::is_ipv4) {
+        // As wg-quick: reverse-path filtering then counts the mark, so that replies to the
+        // marked datagrams are not dropped as arriving on the wrong interface.
+        if let Err(e) = std::fs::write("/proc/sys/net/ipv4/conf/all/src_valid_mark", "1") {
+            log::warn!("cannot set net.ipv4.conf.all.src_valid_mark=1: {e}");
+        }
+    }
+    let full: Vec<String> = full.iter().map(ToString::to_string).collect();
+    said.push_str(&format!(
+        "; full tunnel: {} in table {table}, the tunnel's own datagrams marked {table} \
+         (policy rules as wg-quick's, removed at exit)",
+        full.join(", ")
+    ));
+    Ok((said, Some(rules)))
 }
+
+/// The routing table (and firewall mark) a full tunnel starts looking from: wg-quick's.
+#[cfg(target_os = "linux")]
+const FULL_TUNNEL_TABLE: u32 = 51820;
 
 #[cfg(target_os = "linux")]
 fn ifindex(name: &str) -> CliResult<u32> {
