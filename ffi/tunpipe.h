@@ -103,6 +103,11 @@
 // `ENOBUFS`). Nothing is wrong with the fd or the config; the call may succeed later.
 #define TUNPIPE_ERR_RESOURCES -18
 
+// No such item: a peer index at or past the tunnel's number of peers. Peers come and go
+// while a tunnel runs, so a list read one index at a time ends at this code, not at a count
+// read before.
+#define TUNPIPE_ERR_NOT_FOUND -19
+
 // Log level: nothing.
 #define TUNPIPE_LOG_OFF 0
 
@@ -345,6 +350,68 @@ typedef struct TunpipeTunnelStats {
   // Zero; room for counters added later.
   uint64_t reserved[12];
 } TunpipeTunnelStats;
+
+// One peer's figures (`tunpipe_peer_stats`, `tunpipe_engine_peer_stats`). Set
+// `size = sizeof(TunpipePeerStats)` before the call; the struct grows by turning `reserved`
+// into fields.
+//
+// Packets and bytes are WireGuard messages as they cross the UDP socket (the UDP payload of
+// every handshake message, cookie reply, keepalive and data message), as wireguard-go and
+// `wg show` count them; `TunpipeTunnelStats`'s `data_*` fields count the packets inside. A
+// received message counts once it is authenticated. The counts start when the peer is
+// added (a peer removed and added again starts from 0).
+typedef struct TunpipePeerStats {
+  // In: the caller's `sizeof(TunpipePeerStats)`. Out: the bytes written.
+  uint32_t size;
+  // The fraction of a second of the last handshake's time, in nanoseconds (0 to
+  // 999999999; with `last_handshake_sec`, the UAPI's `last_handshake_time_nsec`); 0 if
+  // none has completed.
+  uint32_t last_handshake_nsec;
+  // The peer's public key: its 32 raw bytes (their base64 is the `PublicKey` of the
+  // wg-quick text). Only the public key: no private or preshared key is ever copied out.
+  uint8_t public_key[32];
+  // Where the peer is now (configured, or where its authenticated datagrams come from):
+  // `203.0.113.1:51820` or `[2001:db8::1]:51820`, NUL-terminated; empty if none is known
+  // yet.
+  char endpoint[64];
+  // When the last handshake with the peer completed, in seconds since the Unix epoch (the
+  // wall clock, as the UAPI's `last_handshake_time_sec`); 0 if none has since the peer was
+  // added.
+  int64_t last_handshake_sec;
+  // Handshakes completed with the peer, as initiator or responder.
+  uint64_t handshakes;
+  // WireGuard messages sent to the peer: data, keepalives, handshake messages, cookie
+  // replies.
+  uint64_t tx_packets;
+  // Their bytes (UDP payload): what `wg show` calls "sent".
+  uint64_t tx_bytes;
+  // Authenticated WireGuard messages received from the peer.
+  uint64_t rx_packets;
+  // Their bytes (UDP payload): `wg show`'s "received".
+  uint64_t rx_bytes;
+  // Dropped: a datagram for this peer failed authentication (a bad MAC or tag).
+  uint64_t drop_auth_failure;
+  // Dropped: a replayed counter or handshake timestamp from the peer.
+  uint64_t drop_replay;
+  // Dropped: a packet from the peer whose source is outside its AllowedIPs.
+  uint64_t drop_not_allowed;
+  // Dropped: a datagram for a session with the peer that does not exist (expired).
+  uint64_t drop_no_session;
+  // Dropped: a packet for the peer while its endpoint was not known.
+  uint64_t drop_no_endpoint;
+  // Dropped: a packet for the peer waited for a handshake that never completed, or found
+  // the queue of waiting packets full (256).
+  uint64_t drop_no_handshake;
+  // Dropped: a packet to or from the peer that WireGuard refused as malformed, or whose
+  // result did not fit its buffer.
+  uint64_t drop_garbage;
+  // Every packet to or from the peer that was dropped, whatever the reason: the sum of
+  // the `drop_*` fields. (Packets for no peer, and handshake messages with a bad mac1,
+  // name no peer: they count only in `TunpipeTunnelStats`.)
+  uint64_t dropped;
+  // Zero; room for counters added later.
+  uint64_t reserved[8];
+} TunpipePeerStats;
 
 // The engine's counters. Set `size = sizeof(TunpipeStats)` before the call; tunpipe writes
 // at most that many bytes and sets `size` to the bytes it wrote.
@@ -594,6 +661,22 @@ int32_t tunpipe_rebind(void);
 // `out` must be NULL or a writable `TunpipeTunnelStats` whose `size` field is set.
 int32_t tunpipe_tunnel_stats(struct TunpipeTunnelStats *out);
 
+// As `tunpipe_engine_peer_stats`, for the `start_tun` tunnel (the running one, or the
+// last one after it stopped): copies peer `index` (0-based, in `TunpipeTunnelStats.peers`
+// order) into `*out`. Set `out->size = sizeof(TunpipePeerStats)` first. Peers may come
+// and go while the tunnel runs: read `peers`, then loop from 0 and stop at
+// `TUNPIPE_ERR_NOT_FOUND`, the end of the list.
+//
+// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_FOUND` for an index at or past the number of
+// peers, `TUNPIPE_ERR_NOT_RUNNING` if `start_tun` never started an engine,
+// `TUNPIPE_ERR_UNSUPPORTED` if it runs no tunnel, `TUNPIPE_ERR_NULL_POINTER` or
+// `TUNPIPE_ERR_STRUCT_SIZE`.
+//
+// # Safety
+// `out` must be NULL or a writable `TunpipePeerStats` whose `size` field is set.
+int32_t tunpipe_peer_stats(uint32_t index,
+                           struct TunpipePeerStats *out);
+
 // Copies the counters of the `start_tun` engine (the running one, or the last one after
 // it stopped) into `*out`. Set `out->size = sizeof(TunpipeStats)` first. Returns
 // `TUNPIPE_ERR_NOT_RUNNING` if `start_tun` never started an engine.
@@ -735,6 +818,28 @@ int32_t tunpipe_engine_rebind(const struct TunpipeEngine *engine);
 // whose `size` field is set.
 int32_t tunpipe_engine_tunnel_stats(const struct TunpipeEngine *engine,
                                     struct TunpipeTunnelStats *out);
+
+// Copies the figures of the engine's peer `index` (0-based, in the configuration's
+// order; `TunpipeTunnelStats.peers` counts them) into `*out` (also after stop). Set
+// `out->size = sizeof(TunpipePeerStats)` first.
+//
+// Peers may come and go while the tunnel runs, so a count read before may be out of
+// date by the time a loop reaches its end: read `peers` (to size an array, say), then ask
+// for 0, 1, 2, ... and stop at `TUNPIPE_ERR_NOT_FOUND`, which is the end of the list, not
+// a failure. Each call copies one peer as it is at that call; a peer removed during the
+// loop moves the later ones down by one (one may be missed or seen twice: `public_key`
+// tells them apart).
+//
+// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_FOUND` for an index at or past the number of
+// peers (`*out` is then left untouched), `TUNPIPE_ERR_UNSUPPORTED` when the engine runs
+// no tunnel, `TUNPIPE_ERR_NULL_POINTER` or `TUNPIPE_ERR_STRUCT_SIZE`.
+//
+// # Safety
+// `engine` must be NULL or a live handle; `out` NULL or a writable `TunpipePeerStats`
+// whose `size` field is set.
+int32_t tunpipe_engine_peer_stats(const struct TunpipeEngine *engine,
+                                  uint32_t index,
+                                  struct TunpipePeerStats *out);
 
 // Routes tunpipe's log lines at or above `max_level` (a `TUNPIPE_LOG_*` level) to
 // `callback`, with `context` passed back untouched, and installs a panic hook that sends

@@ -49,6 +49,10 @@ pub const TUNPIPE_ERR_NO_MEMORY: i32 = -17;
 /// `ENFILE`: the process or the system has too many open files) or kernel memory (`ENOMEM`,
 /// `ENOBUFS`). Nothing is wrong with the fd or the config; the call may succeed later.
 pub const TUNPIPE_ERR_RESOURCES: i32 = -18;
+/// No such item: a peer index at or past the tunnel's number of peers. Peers come and go
+/// while a tunnel runs, so a list read one index at a time ends at this code, not at a count
+/// read before.
+pub const TUNPIPE_ERR_NOT_FOUND: i32 = -19;
 
 /// A failed call: its code and what to tell the host.
 #[derive(Debug)]
@@ -150,6 +154,7 @@ pub(crate) fn describe(code: i32) -> &'static std::ffi::CStr {
         TUNPIPE_ERR_PANIC => c"tunpipe panicked (bug)",
         TUNPIPE_ERR_NO_MEMORY => c"out of memory for the buffer pool",
         TUNPIPE_ERR_RESOURCES => c"the system refused a resource (too many open files?)",
+        TUNPIPE_ERR_NOT_FOUND => c"no such item (a peer index past the last peer)",
         _ => c"unknown error code",
     }
 }

@@ -14,7 +14,7 @@ use super::error::{
     FfiError, FfiResult, TUNPIPE_ERR_ALREADY_RUNNING, TUNPIPE_ERR_ENGINE_THREAD,
     TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_OK,
 };
-use super::report::{TunpipeLatency, TunpipeStats, TunpipeTunnelStats};
+use super::report::{TunpipeLatency, TunpipePeerStats, TunpipeStats, TunpipeTunnelStats};
 use super::session::Session;
 use super::util::check_ptr;
 use parking_lot::{Condvar, Mutex};
@@ -262,6 +262,28 @@ ffi_fn! {
         check_ptr(out.cast_const(), "out")?;
         // SAFETY: the caller's promise, passed on.
         unsafe { current()?.copy_tunnel_stats(out) }
+    }
+}
+
+ffi_fn! {
+    /// As `tunpipe_engine_peer_stats`, for the `start_tun` tunnel (the running one, or the
+    /// last one after it stopped): copies peer `index` (0-based, in `TunpipeTunnelStats.peers`
+    /// order) into `*out`. Set `out->size = sizeof(TunpipePeerStats)` first. Peers may come
+    /// and go while the tunnel runs: read `peers`, then loop from 0 and stop at
+    /// `TUNPIPE_ERR_NOT_FOUND`, the end of the list.
+    ///
+    /// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_FOUND` for an index at or past the number of
+    /// peers, `TUNPIPE_ERR_NOT_RUNNING` if `start_tun` never started an engine,
+    /// `TUNPIPE_ERR_UNSUPPORTED` if it runs no tunnel, `TUNPIPE_ERR_NULL_POINTER` or
+    /// `TUNPIPE_ERR_STRUCT_SIZE`.
+    ///
+    /// # Safety
+    /// `out` must be NULL or a writable `TunpipePeerStats` whose `size` field is set.
+    unsafe fn tunpipe_peer_stats(index: u32, out: *mut TunpipePeerStats) -> i32 {
+        // A NULL `out` is the caller's first error, whether or not an engine ran.
+        check_ptr(out.cast_const(), "out")?;
+        // SAFETY: the caller's promise, passed on.
+        unsafe { current()?.copy_peer_stats(index, out) }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::config::TunpipeConfig;
 use super::error::{FfiError, TUNPIPE_OK};
-use super::report::{TunpipeLatency, TunpipeStats, TunpipeTunnelStats};
+use super::report::{TunpipeLatency, TunpipePeerStats, TunpipeStats, TunpipeTunnelStats};
 use super::session::Session;
 use super::util::{check_ptr, copy_text, write_out};
 use parking_lot::Mutex;
@@ -219,5 +219,34 @@ ffi_fn! {
     ) -> i32 {
         // SAFETY: the caller's promise, passed on.
         unsafe { engine.session.copy_tunnel_stats(out) }
+    }
+}
+
+ffi_fn! {
+    /// Copies the figures of the engine's peer `index` (0-based, in the configuration's
+    /// order; `TunpipeTunnelStats.peers` counts them) into `*out` (also after stop). Set
+    /// `out->size = sizeof(TunpipePeerStats)` first.
+    ///
+    /// Peers may come and go while the tunnel runs, so a count read before may be out of
+    /// date by the time a loop reaches its end: read `peers` (to size an array, say), then ask
+    /// for 0, 1, 2, ... and stop at `TUNPIPE_ERR_NOT_FOUND`, which is the end of the list, not
+    /// a failure. Each call copies one peer as it is at that call; a peer removed during the
+    /// loop moves the later ones down by one (one may be missed or seen twice: `public_key`
+    /// tells them apart).
+    ///
+    /// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_FOUND` for an index at or past the number of
+    /// peers (`*out` is then left untouched), `TUNPIPE_ERR_UNSUPPORTED` when the engine runs
+    /// no tunnel, `TUNPIPE_ERR_NULL_POINTER` or `TUNPIPE_ERR_STRUCT_SIZE`.
+    ///
+    /// # Safety
+    /// `engine` must be NULL or a live handle; `out` NULL or a writable `TunpipePeerStats`
+    /// whose `size` field is set.
+    unsafe fn tunpipe_engine_peer_stats(
+        engine: &TunpipeEngine,
+        index: u32,
+        out: *mut TunpipePeerStats,
+    ) -> i32 {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { engine.session.copy_peer_stats(index, out) }
     }
 }

@@ -5,8 +5,8 @@
 //! - `handle`: engines behind opaque `TunpipeEngine*` handles (several may run at once).
 //! - `stage`: the C callback stage. `log`: the host's log callback and panic hook.
 //! - `wireguard`: a wg-quick text's settings for the host (addresses, DNS, MTU, routes).
-//!   The tunnel itself is `TunpipeConfig::wireguard_config`; rebind and tunnel figures are in
-//!   `global` and `handle`.
+//!   The tunnel itself is `TunpipeConfig::wireguard_config`; rebind, tunnel and peer figures
+//!   are in `global` and `handle`.
 //! - `macros`: `ffi_fn!`, the one way an entry point is written; `util`: the pointer checks
 //!   and copies they share.
 //!
@@ -35,28 +35,28 @@ pub use config::{
 pub use error::{
     TUNPIPE_ERR_ALREADY_RUNNING, TUNPIPE_ERR_BAD_FD, TUNPIPE_ERR_BUFFER_TOO_SMALL,
     TUNPIPE_ERR_CONFIG, TUNPIPE_ERR_DEVICE, TUNPIPE_ERR_ENGINE_THREAD,
-    TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_ERR_NO_MEMORY,
-    TUNPIPE_ERR_NO_UTUN_FD, TUNPIPE_ERR_NULL_POINTER, TUNPIPE_ERR_PANIC, TUNPIPE_ERR_RESOURCES,
-    TUNPIPE_ERR_SPAWN, TUNPIPE_ERR_STAGE_PANICS, TUNPIPE_ERR_STOPPING, TUNPIPE_ERR_STRUCT_SIZE,
-    TUNPIPE_ERR_UNSUPPORTED, TUNPIPE_OK,
+    TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_NOT_FOUND, TUNPIPE_ERR_NOT_RUNNING,
+    TUNPIPE_ERR_NO_MEMORY, TUNPIPE_ERR_NO_UTUN_FD, TUNPIPE_ERR_NULL_POINTER, TUNPIPE_ERR_PANIC,
+    TUNPIPE_ERR_RESOURCES, TUNPIPE_ERR_SPAWN, TUNPIPE_ERR_STAGE_PANICS, TUNPIPE_ERR_STOPPING,
+    TUNPIPE_ERR_STRUCT_SIZE, TUNPIPE_ERR_UNSUPPORTED, TUNPIPE_OK,
 };
 pub use global::{
-    start_tun, stop_tun, tunpipe_latency, tunpipe_latency_base64, tunpipe_rebind,
-    tunpipe_set_config, tunpipe_stats, tunpipe_tunnel_stats,
+    start_tun, stop_tun, tunpipe_latency, tunpipe_latency_base64, tunpipe_peer_stats,
+    tunpipe_rebind, tunpipe_set_config, tunpipe_stats, tunpipe_tunnel_stats,
 };
 pub use handle::{
     tunpipe_engine_free, tunpipe_engine_last_error, tunpipe_engine_latency,
-    tunpipe_engine_latency_base64, tunpipe_engine_rebind, tunpipe_engine_reserved_bytes,
-    tunpipe_engine_start, tunpipe_engine_stats, tunpipe_engine_stop, tunpipe_engine_tunnel_stats,
-    tunpipe_engine_wait, TunpipeEngine,
+    tunpipe_engine_latency_base64, tunpipe_engine_peer_stats, tunpipe_engine_rebind,
+    tunpipe_engine_reserved_bytes, tunpipe_engine_start, tunpipe_engine_stats, tunpipe_engine_stop,
+    tunpipe_engine_tunnel_stats, tunpipe_engine_wait, TunpipeEngine,
 };
 pub use log::{
     tunpipe_set_log_callback, TunpipeLogCallback, TUNPIPE_LOG_DEBUG, TUNPIPE_LOG_ERROR,
     TUNPIPE_LOG_INFO, TUNPIPE_LOG_OFF, TUNPIPE_LOG_TRACE, TUNPIPE_LOG_WARN,
 };
 pub use report::{
-    TunpipeDirectionStats, TunpipeLatency, TunpipePercentiles, TunpipeStats, TunpipeTunnelStats,
-    TUNPIPE_LATENCY_ENGINE, TUNPIPE_LATENCY_STAGE,
+    TunpipeDirectionStats, TunpipeLatency, TunpipePeerStats, TunpipePercentiles, TunpipeStats,
+    TunpipeTunnelStats, TUNPIPE_LATENCY_ENGINE, TUNPIPE_LATENCY_STAGE,
 };
 pub use stage::{
     TunpipePacket, TunpipeStageCallback, TUNPIPE_VERDICT_DROP, TUNPIPE_VERDICT_FORWARD,

@@ -4,8 +4,10 @@
 use super::error::{FfiError, FfiResult, TUNPIPE_ERR_INVALID_ARGUMENT};
 use super::util::Sized32;
 use std::ffi::c_char;
+use std::net::SocketAddr;
+use std::time::UNIX_EPOCH;
 use tunpipe::stage::Direction;
-use tunpipe::wireguard::WireGuardStats;
+use tunpipe::wireguard::{DropReason, PeerStats, WireGuardStats};
 use tunpipe::{Engine, LatencySnapshot, Percentiles, Stats};
 
 /// Which latency histogram: time in the engine (read to write).
@@ -216,6 +218,98 @@ impl Default for TunpipeTunnelStats {
     }
 }
 
+/// One peer's figures (`tunpipe_peer_stats`, `tunpipe_engine_peer_stats`). Set
+/// `size = sizeof(TunpipePeerStats)` before the call; the struct grows by turning `reserved`
+/// into fields.
+///
+/// Packets and bytes are WireGuard messages as they cross the UDP socket (the UDP payload of
+/// every handshake message, cookie reply, keepalive and data message), as wireguard-go and
+/// `wg show` count them; `TunpipeTunnelStats`'s `data_*` fields count the packets inside. A
+/// received message counts once it is authenticated. The counts start when the peer is
+/// added (a peer removed and added again starts from 0).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct TunpipePeerStats {
+    /// In: the caller's `sizeof(TunpipePeerStats)`. Out: the bytes written.
+    pub size: u32,
+    // Beside `size` rather than beside `last_handshake_sec`: a u32 there would need 4 bytes
+    // of padding, and a prefix copy (`write_sized`) must never expose padding.
+    /// The fraction of a second of the last handshake's time, in nanoseconds (0 to
+    /// 999999999; with `last_handshake_sec`, the UAPI's `last_handshake_time_nsec`); 0 if
+    /// none has completed.
+    pub last_handshake_nsec: u32,
+    /// The peer's public key: its 32 raw bytes (their base64 is the `PublicKey` of the
+    /// wg-quick text). Only the public key: no private or preshared key is ever copied out.
+    pub public_key: [u8; 32],
+    /// Where the peer is now (configured, or where its authenticated datagrams come from):
+    /// `203.0.113.1:51820` or `[2001:db8::1]:51820`, NUL-terminated; empty if none is known
+    /// yet.
+    pub endpoint: [c_char; 64],
+    /// When the last handshake with the peer completed, in seconds since the Unix epoch (the
+    /// wall clock, as the UAPI's `last_handshake_time_sec`); 0 if none has since the peer was
+    /// added.
+    pub last_handshake_sec: i64,
+    /// Handshakes completed with the peer, as initiator or responder.
+    pub handshakes: u64,
+    /// WireGuard messages sent to the peer: data, keepalives, handshake messages, cookie
+    /// replies.
+    pub tx_packets: u64,
+    /// Their bytes (UDP payload): what `wg show` calls "sent".
+    pub tx_bytes: u64,
+    /// Authenticated WireGuard messages received from the peer.
+    pub rx_packets: u64,
+    /// Their bytes (UDP payload): `wg show`'s "received".
+    pub rx_bytes: u64,
+    /// Dropped: a datagram for this peer failed authentication (a bad MAC or tag).
+    pub drop_auth_failure: u64,
+    /// Dropped: a replayed counter or handshake timestamp from the peer.
+    pub drop_replay: u64,
+    /// Dropped: a packet from the peer whose source is outside its AllowedIPs.
+    pub drop_not_allowed: u64,
+    /// Dropped: a datagram for a session with the peer that does not exist (expired).
+    pub drop_no_session: u64,
+    /// Dropped: a packet for the peer while its endpoint was not known.
+    pub drop_no_endpoint: u64,
+    /// Dropped: a packet for the peer waited for a handshake that never completed, or found
+    /// the queue of waiting packets full (256).
+    pub drop_no_handshake: u64,
+    /// Dropped: a packet to or from the peer that WireGuard refused as malformed, or whose
+    /// result did not fit its buffer.
+    pub drop_garbage: u64,
+    /// Every packet to or from the peer that was dropped, whatever the reason: the sum of
+    /// the `drop_*` fields. (Packets for no peer, and handshake messages with a bad mac1,
+    /// name no peer: they count only in `TunpipeTunnelStats`.)
+    pub dropped: u64,
+    /// Zero; room for counters added later.
+    pub reserved: [u64; 8],
+}
+
+impl Default for TunpipePeerStats {
+    fn default() -> Self {
+        TunpipePeerStats {
+            size: std::mem::size_of::<Self>() as u32,
+            last_handshake_nsec: 0,
+            public_key: [0; 32],
+            endpoint: [0; 64],
+            last_handshake_sec: 0,
+            handshakes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+            rx_packets: 0,
+            rx_bytes: 0,
+            drop_auth_failure: 0,
+            drop_replay: 0,
+            drop_not_allowed: 0,
+            drop_no_session: 0,
+            drop_no_endpoint: 0,
+            drop_no_handshake: 0,
+            drop_garbage: 0,
+            dropped: 0,
+            reserved: [0; 8],
+        }
+    }
+}
+
 /// One latency distribution, in nanoseconds (all 0 when nothing was recorded).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -315,16 +409,22 @@ impl From<&Stats> for TunpipeDirectionStats {
     }
 }
 
+/// An endpoint as the C structs' `endpoint` text: NUL-terminated, empty for none.
+fn endpoint_text(endpoint: Option<SocketAddr>) -> [c_char; 64] {
+    let mut text = [0 as c_char; 64];
+    if let Some(addr) = endpoint {
+        // An address and port always fit in 63 bytes (`[` 45 `]:` 5 at most); the last byte
+        // stays NUL whatever happens.
+        for (slot, byte) in text.iter_mut().zip(addr.to_string().bytes().take(63)) {
+            *slot = byte as c_char;
+        }
+    }
+    text
+}
+
 impl TunpipeTunnelStats {
     pub(crate) fn from_tunnel(w: &WireGuardStats, engine: &Engine) -> Self {
-        let mut endpoint = [0 as c_char; 64];
-        if let Some(Some(addr)) = w.endpoints.first() {
-            let text = addr.to_string();
-            // An address and port always fit in 63 bytes; the last byte stays NUL.
-            for (slot, byte) in endpoint.iter_mut().zip(text.bytes().take(63)) {
-                *slot = byte as c_char;
-            }
-        }
+        let endpoint = endpoint_text(w.endpoints.first().copied().flatten());
         let outbound = engine.direction_stats(Direction::Outbound);
         let inbound = engine.direction_stats(Direction::Inbound);
         TunpipeTunnelStats {
@@ -360,6 +460,39 @@ impl TunpipeTunnelStats {
     }
 }
 
+impl TunpipePeerStats {
+    pub(crate) fn from_peer(p: &PeerStats) -> Self {
+        // The handshake's time since the epoch: it is never before it (the core stamps it from
+        // the wall clock after 1970), and "never" is 0 as in the UAPI.
+        let since_epoch = p
+            .last_handshake
+            .map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default())
+            .unwrap_or_default();
+        TunpipePeerStats {
+            size: std::mem::size_of::<Self>() as u32,
+            last_handshake_nsec: since_epoch.subsec_nanos(),
+            public_key: *p.public_key.as_bytes(),
+            endpoint: endpoint_text(p.endpoint),
+            last_handshake_sec: i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
+            handshakes: p.handshakes,
+            tx_packets: p.tx_packets,
+            tx_bytes: p.tx_bytes,
+            rx_packets: p.rx_packets,
+            rx_bytes: p.rx_bytes,
+            drop_auth_failure: p.drops(DropReason::AuthFailure),
+            drop_replay: p.drops(DropReason::Replay),
+            drop_not_allowed: p.drops(DropReason::NotAllowed),
+            drop_no_session: p.drops(DropReason::NoSession),
+            drop_no_endpoint: p.drops(DropReason::NoEndpoint),
+            drop_no_handshake: p.drops(DropReason::NoHandshake),
+            drop_garbage: p.drops(DropReason::Garbage),
+            // The core's own total: a reason it gains later still counts here.
+            dropped: p.dropped(),
+            reserved: [0; 8],
+        }
+    }
+}
+
 impl TunpipeLatency {
     pub(crate) fn from_snapshot(l: &LatencySnapshot) -> Self {
         TunpipeLatency {
@@ -380,6 +513,13 @@ impl Sized32 for TunpipeStats {
 }
 
 impl Sized32 for TunpipeTunnelStats {
+    fn with_size(mut self, size: u32) -> Self {
+        self.size = size;
+        self
+    }
+}
+
+impl Sized32 for TunpipePeerStats {
     fn with_size(mut self, size: u32) -> Self {
         self.size = size;
         self
@@ -410,6 +550,8 @@ const _: () = assert!(std::mem::size_of::<TunpipeStats>() == 8 + 8 * (16 + 8));
 const _: () =
     assert!(std::mem::size_of::<TunpipeTunnelStats>() == 8 + 8 * 4 + 64 + 2 * 64 + 8 * (12 + 16));
 const _: () = assert!(std::mem::size_of::<TunpipeLatency>() == 8 + 8 * (7 * 2 + 8));
+const _: () =
+    assert!(std::mem::size_of::<TunpipePeerStats>() == 8 + 32 + 64 + 8 * (1 + 5 + 8) + 8 * 8);
 
 #[cfg(test)]
 mod tests {
@@ -444,5 +586,60 @@ mod tests {
         // SAFETY: a whole struct, whose size field claims less than the header.
         let err = unsafe { write_sized(&mut tiny, stats) }.unwrap_err();
         assert_eq!(err.code, TUNPIPE_ERR_STRUCT_SIZE);
+    }
+
+    /// The C text of an `endpoint` field, up to its NUL.
+    fn text(field: &[c_char; 64]) -> String {
+        let bytes: Vec<u8> = field
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn the_longest_endpoint_fits_with_its_nul() {
+        let longest: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535"
+            .parse()
+            .unwrap();
+        let field = endpoint_text(Some(longest));
+        assert_eq!(text(&field), longest.to_string());
+        assert_eq!(field[63], 0);
+        assert_eq!(text(&endpoint_text(None)), "");
+    }
+
+    #[test]
+    fn a_peer_that_never_shook_hands_says_so_with_zeroes_and_its_public_key() {
+        let private = tunpipe::wireguard::Key::generate();
+        let public = tunpipe::wireguard::Key::generate().public_key();
+        let config = tunpipe::wireguard::WgConfig::parse(&format!(
+            "[Interface]\nPrivateKey = {}\n\n[Peer]\nPublicKey = {}\n\
+             Endpoint = [2001:db8::1]:51820\nAllowedIPs = 10.0.0.0/8\n",
+            private.to_base64(),
+            public.to_base64()
+        ))
+        .unwrap();
+        let peers = tunpipe::wireguard::WireGuard::new(&config).unwrap().peers();
+        assert_eq!(peers.len(), 1);
+        let c = TunpipePeerStats::from_peer(&peers[0]);
+        assert_eq!(c.size as usize, std::mem::size_of::<TunpipePeerStats>());
+        assert_eq!(&c.public_key, public.as_bytes());
+        assert_eq!(text(&c.endpoint), "[2001:db8::1]:51820");
+        // "Never" is 0, as the UAPI's last_handshake_time_sec says it.
+        assert_eq!((c.last_handshake_sec, c.last_handshake_nsec), (0, 0));
+        assert_eq!(
+            (c.handshakes, c.tx_packets, c.rx_bytes, c.dropped),
+            (0, 0, 0, 0)
+        );
+        // The private key is nowhere in the struct's bytes.
+        // SAFETY: TunpipePeerStats is padding-free plain data: all its bytes are initialized.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&c as *const TunpipePeerStats).cast::<u8>(),
+                std::mem::size_of::<TunpipePeerStats>(),
+            )
+        };
+        assert!(!bytes.windows(32).any(|w| w == private.as_bytes()));
     }
 }

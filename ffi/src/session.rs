@@ -3,12 +3,14 @@
 use super::config::{Plan, StagePlan};
 use super::error::{
     is_resource_exhaustion, FfiError, FfiResult, TUNPIPE_ERR_BAD_FD, TUNPIPE_ERR_CONFIG,
-    TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_ERR_NO_UTUN_FD, TUNPIPE_ERR_RESOURCES,
+    TUNPIPE_ERR_NOT_FOUND, TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_ERR_NO_UTUN_FD, TUNPIPE_ERR_RESOURCES,
     TUNPIPE_ERR_UNSUPPORTED,
 };
-use super::report::{latency_base64, TunpipeLatency, TunpipeStats, TunpipeTunnelStats};
+use super::report::{
+    latency_base64, TunpipeLatency, TunpipePeerStats, TunpipeStats, TunpipeTunnelStats,
+};
 use super::stage::CallbackShared;
-use super::util::{check_ptr, write_sized, write_string};
+use super::util::{check_ptr, sized_len, write_sized, write_string};
 use parking_lot::Mutex;
 use std::ffi::c_char;
 use std::io;
@@ -171,13 +173,47 @@ impl Session {
     /// `out` must be NULL or a writable `TunpipeTunnelStats` whose `size` field is set.
     pub(crate) unsafe fn copy_tunnel_stats(&self, out: *mut TunpipeTunnelStats) -> FfiResult<i32> {
         check_ptr(out.cast_const(), "out")?;
-        let tunnel = self
-            .tunnel
-            .as_ref()
-            .ok_or_else(|| FfiError::new(TUNPIPE_ERR_UNSUPPORTED, "this engine runs no tunnel"))?;
+        let tunnel = self.tunnel()?;
         let stats = TunpipeTunnelStats::from_tunnel(&tunnel.counters.snapshot(), &self.engine);
         // SAFETY: the caller promises `out` holds `size` writable bytes.
         unsafe { write_sized(out, stats) }
+    }
+
+    /// Copies peer `index`'s figures (in the order of the peers now) into `*out`.
+    ///
+    /// # Safety
+    /// `out` must be NULL or a writable `TunpipePeerStats` whose `size` field is set.
+    pub(crate) unsafe fn copy_peer_stats(
+        &self,
+        index: u32,
+        out: *mut TunpipePeerStats,
+    ) -> FfiResult<i32> {
+        check_ptr(out.cast_const(), "out")?;
+        let tunnel = self.tunnel()?;
+        // Before the index: a host loop ends at "not found", so a struct it never sized
+        // right must fail loudly rather than end the loop as if there were no peers.
+        // SAFETY: the caller promises a readable `size` field.
+        unsafe { sized_len(out) }?;
+        // One snapshot of all peers per call: the table can change between a host's calls
+        // (peers added or removed live), never within one.
+        let peers = tunnel.counters.peers();
+        let peer = usize::try_from(index)
+            .ok()
+            .and_then(|i| peers.get(i))
+            .ok_or_else(|| {
+                FfiError::new(
+                    TUNPIPE_ERR_NOT_FOUND,
+                    format!("no peer {index}: the tunnel has {} now", peers.len()),
+                )
+            })?;
+        // SAFETY: the caller promises `out` holds `size` writable bytes.
+        unsafe { write_sized(out, TunpipePeerStats::from_peer(peer)) }
+    }
+
+    fn tunnel(&self) -> FfiResult<&Tunnel> {
+        self.tunnel
+            .as_ref()
+            .ok_or_else(|| FfiError::new(TUNPIPE_ERR_UNSUPPORTED, "this engine runs no tunnel"))
     }
 
     pub(crate) fn reserved_bytes(&self) -> usize {

@@ -104,13 +104,14 @@ pub(crate) trait Sized32: Copy {
     fn with_size(self, size: u32) -> Self;
 }
 
-/// Writes `value` into the caller's struct: as many bytes as its `size` field says it
-/// holds, at most ours. A size smaller than the header (8 bytes) is an error.
+/// The bytes [`write_sized`] will write into the caller's struct: as many as its `size`
+/// field says it holds, at most ours. A size smaller than the header (8 bytes) is an error.
+/// A call that can fail for other reasons too checks this first when the caller's struct is
+/// the likelier mistake.
 ///
 /// # Safety
-/// `out` must be NULL or aligned and valid for a read of its `size` field and for writes
-/// of `size` bytes.
-pub(crate) unsafe fn write_sized<T: Sized32>(out: *mut T, value: T) -> FfiResult<i32> {
+/// `out` must be NULL or aligned and valid for a read of its `size` field.
+pub(crate) unsafe fn sized_len<T: Sized32>(out: *mut T) -> FfiResult<usize> {
     check_ptr_mut(out, "out")?;
     // SAFETY: checked non-null and aligned; the caller promises the struct starts with a
     // readable u32 `size` field.
@@ -121,7 +122,18 @@ pub(crate) unsafe fn write_sized<T: Sized32>(out: *mut T, value: T) -> FfiResult
             format!("size field is {size}; set it to sizeof the struct before the call"),
         ));
     }
-    let n = size.min(std::mem::size_of::<T>());
+    Ok(size.min(std::mem::size_of::<T>()))
+}
+
+/// Writes `value` into the caller's struct: as many bytes as its `size` field says it
+/// holds, at most ours. A size smaller than the header (8 bytes) is an error.
+///
+/// # Safety
+/// `out` must be NULL or aligned and valid for a read of its `size` field and for writes
+/// of `size` bytes.
+pub(crate) unsafe fn write_sized<T: Sized32>(out: *mut T, value: T) -> FfiResult<i32> {
+    // SAFETY: the caller's promise, passed on.
+    let n = unsafe { sized_len(out) }?;
     let value = value.with_size(n as u32);
     // SAFETY: `value` is a padding-free repr(C) struct (Sized32's promise), so its first `n`
     // bytes are initialized; the caller promises `size >= n` writable bytes at `out`.

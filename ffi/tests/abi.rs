@@ -128,6 +128,12 @@ fn every_pointer_taking_function_rejects_null() {
         "tunpipe_engine_tunnel_stats",
         tunpipe_engine_tunnel_stats(null(), &mut tunnel)
     );
+    refused!("tunpipe_peer_stats", tunpipe_peer_stats(0, null_mut()));
+    let mut peer = TunpipePeerStats::default();
+    refused!(
+        "tunpipe_engine_peer_stats",
+        tunpipe_engine_peer_stats(null(), 0, &mut peer)
+    );
     refused!("tunpipe_engine_rebind", tunpipe_engine_rebind(null()));
     refused!(
         "tunpipe_wireguard_settings",
@@ -387,6 +393,11 @@ fn rebind_and_tunnel_stats_without_a_running_tunnel_say_why() {
     // SAFETY: a valid, sized struct.
     let code = unsafe { tunpipe_tunnel_stats(&mut tunnel) };
     assert_eq!(code, TUNPIPE_ERR_NOT_RUNNING);
+    let mut peer = TunpipePeerStats::default();
+    // SAFETY: a valid, sized struct.
+    let code = unsafe { tunpipe_peer_stats(0, &mut peer) };
+    assert_eq!(code, TUNPIPE_ERR_NOT_RUNNING);
+    assert!(last_error().starts_with("tunpipe_peer_stats"));
 }
 
 /// A wg-quick text with fresh keys, as a C string.
@@ -514,12 +525,20 @@ fn last_error_truncates_like_snprintf() {
 
 #[test]
 fn every_code_has_a_description() {
-    for code in 0..=16 {
-        let text = tunpipe_error_string(-code);
+    // Every code the header defines, read from the header: a code added without a
+    // description fails here.
+    let codes: Vec<i32> = include_str!("../tunpipe.h")
+        .lines()
+        .filter_map(|l| l.strip_prefix("#define TUNPIPE_ERR_"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(codes.contains(&TUNPIPE_ERR_NOT_FOUND), "{codes:?}");
+    for code in codes.into_iter().chain([TUNPIPE_OK]) {
+        let text = tunpipe_error_string(code);
         // SAFETY: tunpipe_error_string returns a static NUL-terminated string.
         let text = unsafe { CStr::from_ptr(text) }.to_str().unwrap();
         assert!(!text.is_empty());
-        assert_ne!(text, "unknown error code", "code {}", -code);
+        assert_ne!(text, "unknown error code", "code {code}");
     }
     // SAFETY: as above.
     let unknown = unsafe { CStr::from_ptr(tunpipe_error_string(-1000)) };
@@ -656,4 +675,83 @@ fn every_core_figure_has_its_field_in_the_c_structs() {
         );
     }
     assert!(tunnel.contains(&"drop_bad_mac1".to_string()), "{tunnel:?}");
+
+    // A peer's figures: a configured peer of a stage that never ran has every field.
+    let peer_fields = header_fields("TunpipePeerStats");
+    let key = tunpipe::wireguard::Key::generate();
+    let config = tunpipe::wireguard::WgConfig::parse(&format!(
+        "[Interface]\nPrivateKey = {}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.0.0.0/8\n",
+        key.to_base64(),
+        tunpipe::wireguard::Key::generate().public_key().to_base64()
+    ))
+    .unwrap();
+    let peers = tunpipe::wireguard::WireGuard::new(&config).unwrap().peers();
+    let renamed = [
+        ("last_handshake", "last_handshake_sec"),
+        // The reasons a peer can be named for, each a field (`dropped` is their sum).
+        ("drops", "drop_auth_failure"),
+    ];
+    let core = debug_fields(&format!("{:?}", peers[0]));
+    assert!(core.len() >= 9, "{core:?}");
+    for field in core {
+        let c = renamed
+            .iter()
+            .find(|(core, _)| *core == field)
+            .map_or(field.as_str(), |(_, c)| c);
+        assert!(
+            peer_fields.contains(&c.to_string()),
+            "PeerStats::{field} is not in TunpipePeerStats"
+        );
+    }
+}
+
+#[test]
+fn the_peer_struct_is_the_documented_padding_free_layout() {
+    // The order a host's header has, which a prefix copy of an older, shorter struct relies
+    // on: new fields take `reserved`.
+    assert_eq!(
+        header_fields("TunpipePeerStats"),
+        [
+            "size",
+            "last_handshake_nsec",
+            "public_key",
+            "endpoint",
+            "last_handshake_sec",
+            "handshakes",
+            "tx_packets",
+            "tx_bytes",
+            "rx_packets",
+            "rx_bytes",
+            "drop_auth_failure",
+            "drop_replay",
+            "drop_not_allowed",
+            "drop_no_session",
+            "drop_no_endpoint",
+            "drop_no_handshake",
+            "drop_garbage",
+            "dropped",
+            "reserved",
+        ]
+    );
+    assert_eq!(std::mem::offset_of!(TunpipePeerStats, public_key), 8);
+    assert_eq!(std::mem::offset_of!(TunpipePeerStats, endpoint), 40);
+    assert_eq!(
+        std::mem::offset_of!(TunpipePeerStats, last_handshake_sec),
+        104
+    );
+    assert_eq!(std::mem::offset_of!(TunpipePeerStats, reserved), 216);
+    assert_eq!(std::mem::size_of::<TunpipePeerStats>(), 280);
+    assert_eq!(std::mem::align_of::<TunpipePeerStats>(), 8);
+    let header = include_str!("../tunpipe.h");
+    assert!(header.contains("uint8_t public_key[32];"));
+    assert!(header.contains("int32_t tunpipe_peer_stats(uint32_t index,"));
+    assert!(
+        header.contains("int32_t tunpipe_engine_peer_stats(const struct TunpipeEngine *engine,")
+    );
+    let p = TunpipePeerStats::default();
+    assert_eq!(p.size, 280);
+    assert_eq!(
+        (p.last_handshake_sec, p.dropped, p.reserved),
+        (0, 0, [0; 8])
+    );
 }

@@ -7,7 +7,8 @@
  * the checks that need no TUN (NULL pointers, bad fds, stop with nothing running) still run.
  *
  * The WireGuard part runs a tunnel to wireguard-go in a second namespace (ffi/tests/wg_peer.sh,
- * or $TUNPIPE_WG_PEER) through start_tun and through a handle, with a rebind in each.
+ * or $TUNPIPE_WG_PEER) through start_tun and through a handle, with a rebind in each, and
+ * reads its peer's figures the way the header says a host loops over them.
  *
  * Build and run: .ci/ffi.sh
  */
@@ -194,6 +195,7 @@ static void test_null_pointers(void) {
     char buf[8];
     struct TunpipeStats s = {.size = sizeof s};
     struct TunpipeLatency l = {.size = sizeof l};
+    struct TunpipePeerStats p = {.size = sizeof p};
     int codes[] = {
         tunpipe_config_default(NULL),
         tunpipe_config_validate(NULL),
@@ -212,6 +214,8 @@ static void test_null_pointers(void) {
         tunpipe_engine_reserved_bytes(NULL, &n),
         tunpipe_stats(NULL),
         tunpipe_latency(NULL),
+        tunpipe_peer_stats(0, NULL),
+        tunpipe_engine_peer_stats(NULL, 0, &p),
         tunpipe_last_error(NULL, 4),
         tunpipe_available_memory(NULL),
     };
@@ -258,6 +262,8 @@ static void test_no_tun_needed(void) {
     CHECK(start_tun(closed) == TUNPIPE_ERR_BAD_FD, "closed fd");
     CHECK(strlen(last_error()) > 0, "closed fd message");
     CHECK(start_tun(-1) == TUNPIPE_ERR_UNSUPPORTED, "fd < 0 is Apple only");
+    struct TunpipePeerStats p = {.size = sizeof p};
+    CHECK(tunpipe_peer_stats(0, &p) == TUNPIPE_ERR_NOT_RUNNING, "peer stats before any start_tun");
     close(pipefd[0]);
     close(devnull);
 
@@ -297,6 +303,8 @@ static void test_start_tun(int fd) {
     struct TunpipeStats s = global_stats();
     CHECK(s.tx_packets >= 3, "tx %llu", (unsigned long long)s.tx_packets);
     CHECK(s.rx_packets == s.tx_packets + s.dropped, "conservation after stop");
+    struct TunpipePeerStats p = {.size = sizeof p};
+    CHECK(tunpipe_peer_stats(0, &p) == TUNPIPE_ERR_UNSUPPORTED, "no peers without a tunnel");
     CHECK(fd_is_open(fd), "fd open after stop");
     CHECK(fcntl(fd, F_GETFL) == flags, "flags restored after stop");
     CHECK(stop_tun() == TUNPIPE_ERR_NOT_RUNNING, "nothing runs after stop");
@@ -612,6 +620,85 @@ static void check_tunnel_after_stop(struct TunpipeTunnelStats t, struct TunpipeS
           "%s: conservation of both directions together", how);
 }
 
+/* Standard base64 with padding, as wg-quick writes keys: `out` holds 4 * ((n + 2) / 3) + 1. */
+static void base64_of(const uint8_t *in, size_t n, char *out) {
+    static const char digits[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        if (i + 1 < n) v |= (uint32_t)in[i + 1] << 8;
+        if (i + 2 < n) v |= in[i + 2];
+        out[o++] = digits[(v >> 18) & 63];
+        out[o++] = digits[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? digits[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < n ? digits[v & 63] : '=';
+    }
+    out[o] = 0;
+}
+
+/* The peer's public key as the wg-quick text says it (the only PublicKey line in it). */
+static int peer_key_of(const char *conf, char key[45]) {
+    const char *line = strstr(conf, "PublicKey = ");
+    if (!line) return 0;
+    snprintf(key, 45, "%s", line + strlen("PublicKey = "));
+    return strlen(key) == 44;
+}
+
+/* Peer `index` of the handle's tunnel, or of the start_tun tunnel with `e == NULL`. */
+static int peer_stats_of(struct TunpipeEngine *e, uint32_t index, struct TunpipePeerStats *p) {
+    memset(p, 0, sizeof *p);
+    p->size = sizeof *p;
+    return e ? tunpipe_engine_peer_stats(e, index, p) : tunpipe_peer_stats(index, p);
+}
+
+/* Every peer, read as the header says a host reads them: `peers`, then indexes until
+ * TUNPIPE_ERR_NOT_FOUND. Checks the one peer of wg_peer.sh after pings, and the refusals. */
+static void check_peers_after_stop(struct TunpipeEngine *e, struct TunpipeTunnelStats t,
+                                   const char *peer_key, const char *how) {
+    struct TunpipePeerStats p;
+    uint32_t n = 0;
+    int code;
+    while ((code = peer_stats_of(e, n, &p)) == TUNPIPE_OK) n++;
+    CHECK(code == TUNPIPE_ERR_NOT_FOUND && n == t.peers && n == 1,
+          "%s: the loop ended with %d after %u peers (peers says %u)", how, code, n, t.peers);
+    CHECK(strstr(last_error(), "no peer 1") != NULL, "%s: the end of the list says why", how);
+
+    code = peer_stats_of(e, 0, &p);
+    CHECK(code == TUNPIPE_OK && p.size == sizeof p, "%s: peer 0: %d, size %u", how, code, p.size);
+    char key[45];
+    base64_of(p.public_key, sizeof p.public_key, key);
+    CHECK(strcmp(key, peer_key) == 0, "%s: public key %s, configured %s", how, key, peer_key);
+    CHECK(strcmp(p.endpoint, "192.168.78.2:51820") == 0, "%s: peer endpoint %s", how, p.endpoint);
+    CHECK(p.handshakes >= 1 && p.last_handshake_sec > 0 && p.last_handshake_nsec < 1000000000u,
+          "%s: peer handshakes %llu, last at %lld.%09u", how, (unsigned long long)p.handshakes,
+          (long long)p.last_handshake_sec, p.last_handshake_nsec);
+    CHECK(p.last_handshake_sec <= (int64_t)time(NULL) &&
+              p.last_handshake_sec > (int64_t)time(NULL) - 300,
+          "%s: the last handshake was during this run (%lld)", how,
+          (long long)p.last_handshake_sec);
+    /* Messages on the wire: at least the pings and their replies, in messages of 32 bytes
+     * or more, so more than the data the tunnel carried inside. */
+    CHECK(p.tx_packets >= 6 && p.rx_packets >= 6 && p.tx_bytes > 32 * 6 && p.rx_bytes > 32 * 6,
+          "%s: peer tx %llu/%llu rx %llu/%llu", how, (unsigned long long)p.tx_packets,
+          (unsigned long long)p.tx_bytes, (unsigned long long)p.rx_packets,
+          (unsigned long long)p.rx_bytes);
+    CHECK(p.rx_bytes > t.data_rx_bytes, "%s: wire bytes %llu > inner bytes %llu", how,
+          (unsigned long long)p.rx_bytes, (unsigned long long)t.data_rx_bytes);
+    CHECK(p.dropped == p.drop_auth_failure + p.drop_replay + p.drop_not_allowed +
+                           p.drop_no_session + p.drop_no_endpoint + p.drop_no_handshake +
+                           p.drop_garbage,
+          "%s: peer dropped is the sum of its reasons", how);
+
+    CHECK(peer_stats_of(e, 0xffffffffu, &p) == TUNPIPE_ERR_NOT_FOUND, "%s: index UINT32_MAX", how);
+    code = e ? tunpipe_engine_peer_stats(e, 0, NULL) : tunpipe_peer_stats(0, NULL);
+    CHECK(code == TUNPIPE_ERR_NULL_POINTER, "%s: NULL out: %d", how, code);
+    memset(&p, 0, sizeof p);
+    p.size = 4;
+    code = e ? tunpipe_engine_peer_stats(e, 0, &p) : tunpipe_peer_stats(0, &p);
+    CHECK(code == TUNPIPE_ERR_STRUCT_SIZE, "%s: size 4: %d", how, code);
+}
+
 static void test_wireguard(const char *peer_script) {
     if (system("command -v wireguard-go >/dev/null && command -v wg >/dev/null") != 0) {
         printf("SKIPPED: the WireGuard part needs wireguard-go and wireguard-tools\n");
@@ -628,6 +715,8 @@ static void test_wireguard(const char *peer_script) {
     snprintf(path, sizeof path, "%s/tunpipe.conf", dir);
     int have_conf = read_text(path, conf, sizeof conf);
     CHECK(have_conf, "read %s", path);
+    char peer_key[45] = "";
+    CHECK(peer_key_of(conf, peer_key), "the peer's PublicKey in %s", path);
     int fd = open_tun("tpw");
     CHECK(fd >= 0, "open the tunnel's TUN: %s", strerror(errno));
     if (up != 0 || !have_conf || fd < 0) goto down;
@@ -662,7 +751,9 @@ static void test_wireguard(const char *peer_script) {
     CHECK(stopped == TUNPIPE_OK && r.result == TUNPIPE_OK, "stop_tun: %d, start_tun: %d",
           stopped, r.result);
     CHECK(fd_is_open(fd), "the fd stays open after stop_tun");
-    check_tunnel_after_stop(tunnel_stats_of(NULL), global_stats(), "start_tun");
+    struct TunpipeTunnelStats t = tunnel_stats_of(NULL);
+    check_tunnel_after_stop(t, global_stats(), "start_tun");
+    check_peers_after_stop(NULL, t, peer_key, "start_tun");
     CHECK(tunpipe_rebind() == TUNPIPE_ERR_NOT_RUNNING, "rebind with nothing running");
 
     /* The same through a handle, on the same fd (and so the same UDP port, free again). */
@@ -681,23 +772,26 @@ static void test_wireguard(const char *peer_script) {
         memset(&s, 0, sizeof s);
         s.size = sizeof s;
         CHECK(tunpipe_engine_stats(e, &s) == TUNPIPE_OK, "engine stats");
-        check_tunnel_after_stop(tunnel_stats_of(e), s, "handle");
+        t = tunnel_stats_of(e);
+        check_tunnel_after_stop(t, s, "handle");
+        check_peers_after_stop(e, t, peer_key, "handle");
         CHECK(tunpipe_engine_rebind(e) == TUNPIPE_ERR_NOT_RUNNING, "rebind after stop");
         tunpipe_engine_free(e);
     }
     CHECK(fd_is_open(fd), "the fd stays open after the handle's stop");
 
-    /* An engine without a tunnel has nothing to rebind. */
+    /* An engine without a tunnel has nothing to rebind, and no figures of one. */
     tunpipe_config_default(&c);
     CHECK(tunpipe_set_config(&c) == TUNPIPE_OK, "back to the defaults");
     e = NULL;
     CHECK(tunpipe_engine_start(&c, fd, &e) == TUNPIPE_OK, "a reflecting engine");
     if (e) {
         CHECK(tunpipe_engine_rebind(e) == TUNPIPE_ERR_UNSUPPORTED, "rebind without a tunnel");
-        struct TunpipeTunnelStats t;
         memset(&t, 0, sizeof t);
         t.size = sizeof t;
         CHECK(tunpipe_engine_tunnel_stats(e, &t) == TUNPIPE_ERR_UNSUPPORTED, "no tunnel stats");
+        struct TunpipePeerStats p;
+        CHECK(peer_stats_of(e, 0, &p) == TUNPIPE_ERR_UNSUPPORTED, "no peer stats");
         tunpipe_engine_free(e);
     }
 down:

@@ -63,6 +63,13 @@ func readString(_ call: (UnsafeMutablePointer<CChar>?, Int, UnsafeMutablePointer
     return ""
 }
 
+/// The text of a C `char[N]` field (imported as a tuple of `CChar`), up to its NUL.
+func fieldText<T>(_ field: T) -> String {
+    withUnsafeBytes(of: field) { bytes in
+        String(decoding: bytes.prefix(while: { $0 != 0 }), as: UTF8.self)
+    }
+}
+
 /// The stage each packet goes through (a one-way engine; a tunnel has its own).
 public enum TunPipeStage {
     /// Answers ICMP/ICMPv6 echo requests and reflects UDP (the default, for testing).
@@ -301,10 +308,7 @@ public struct TunPipeTunnelStats: Codable, Sendable {
         handshakeFailures = t.handshake_failures
         handshakeInitiations = t.handshake_initiations
         secondsSinceHandshake = t.seconds_since_handshake < 0 ? nil : t.seconds_since_handshake
-        // `char endpoint[64]` imports as a tuple of CChar: read its bytes up to the NUL.
-        let text = withUnsafeBytes(of: t.endpoint) { bytes in
-            String(decoding: bytes.prefix(while: { $0 != 0 }), as: UTF8.self)
-        }
+        let text = fieldText(t.endpoint)
         endpoint = text.isEmpty ? nil : text
         outbound = TunPipeDirectionStats(t.outbound)
         inbound = TunPipeDirectionStats(t.inbound)
@@ -331,6 +335,85 @@ public struct TunPipeTunnelStats: Codable, Sendable {
         t.size = UInt32(MemoryLayout<TunpipeTunnelStats>.size)
         try check(fill(&t))
         return TunPipeTunnelStats(t)
+    }
+}
+
+/// `TunpipePeerStats`: one peer's figures. Packets and bytes are WireGuard messages as they
+/// cross the UDP socket (handshakes and keepalives included), as `wg show` counts them;
+/// `TunPipeTunnelStats.dataTxBytes` and the like count the packets inside. `Codable`, like
+/// `TunPipeTunnelStats`. Only the public key is here: no private or preshared key.
+public struct TunPipePeerStats: Codable, Sendable {
+    /// The peer's public key: its 32 raw bytes.
+    public var publicKey: Data
+    /// Where the peer is now ("203.0.113.1:51820"); nil if none is known yet.
+    public var endpoint: String?
+    /// When the last handshake with the peer completed; nil if none has since it was added.
+    public var lastHandshake: Date?
+    public var handshakes: UInt64
+    /// Messages sent to the peer, and their bytes (UDP payload): `wg show`'s "sent".
+    public var txPackets: UInt64
+    public var txBytes: UInt64
+    /// Authenticated messages received from the peer, and their bytes: `wg show`'s "received".
+    public var rxPackets: UInt64
+    public var rxBytes: UInt64
+    public var dropAuthFailure: UInt64
+    public var dropReplay: UInt64
+    public var dropNotAllowed: UInt64
+    public var dropNoSession: UInt64
+    public var dropNoEndpoint: UInt64
+    public var dropNoHandshake: UInt64
+    public var dropGarbage: UInt64
+    /// Every packet to or from the peer that was dropped (the sum of the `drop*` fields).
+    public var dropped: UInt64
+
+    /// The public key as wg-quick and `wg show` write it.
+    public var publicKeyBase64: String { publicKey.base64EncodedString() }
+
+    init(_ p: TunpipePeerStats) {
+        // `uint8_t public_key[32]` imports as a tuple of UInt8: copy its bytes.
+        publicKey = withUnsafeBytes(of: p.public_key) { Data($0) }
+        let text = fieldText(p.endpoint)
+        endpoint = text.isEmpty ? nil : text
+        // 0 seconds is "never", as in the UAPI.
+        lastHandshake = p.last_handshake_sec == 0 ? nil : Date(
+            timeIntervalSince1970: TimeInterval(p.last_handshake_sec) + TimeInterval(p.last_handshake_nsec) / 1e9
+        )
+        handshakes = p.handshakes
+        txPackets = p.tx_packets
+        txBytes = p.tx_bytes
+        rxPackets = p.rx_packets
+        rxBytes = p.rx_bytes
+        dropAuthFailure = p.drop_auth_failure
+        dropReplay = p.drop_replay
+        dropNotAllowed = p.drop_not_allowed
+        dropNoSession = p.drop_no_session
+        dropNoEndpoint = p.drop_no_endpoint
+        dropNoHandshake = p.drop_no_handshake
+        dropGarbage = p.drop_garbage
+        dropped = p.dropped
+    }
+
+    /// Every peer, read as the header says: `peers` (from the tunnel's figures) only reserves
+    /// room; indexes are asked for until `TUNPIPE_ERR_NOT_FOUND`, the end of the list, since
+    /// peers may come and go while the tunnel runs.
+    static func readAll(
+        peers: UInt32,
+        _ fill: (UInt32, UnsafeMutablePointer<TunpipePeerStats>) -> Int32
+    ) throws -> [TunPipePeerStats] {
+        var all: [TunPipePeerStats] = []
+        all.reserveCapacity(Int(peers))
+        var index: UInt32 = 0
+        while true {
+            var p = TunpipePeerStats()
+            p.size = UInt32(MemoryLayout<TunpipePeerStats>.size)
+            let code = fill(index, &p)
+            if code == TUNPIPE_ERR_NOT_FOUND {
+                return all
+            }
+            try check(code)
+            all.append(TunPipePeerStats(p))
+            index += 1
+        }
     }
 }
 
@@ -510,6 +593,14 @@ public final class TunPipe: Sendable {
         try TunPipeTunnelStats.read { tunpipe_engine_tunnel_stats(handle.pointer, $0) }
     }
 
+    /// Each peer's figures, in the configuration's order (the peers as they are now: they may
+    /// change while the tunnel runs); throws `TUNPIPE_ERR_UNSUPPORTED` for an engine without
+    /// a tunnel.
+    public func peerStats() throws -> [TunPipePeerStats] {
+        let peers = try tunnelStats().peers
+        return try TunPipePeerStats.readAll(peers: peers) { tunpipe_engine_peer_stats(handle.pointer, $0, $1) }
+    }
+
     public func latency() throws -> TunPipeLatency {
         try TunPipeLatency.read { tunpipe_engine_latency(handle.pointer, $0) }
     }
@@ -650,6 +741,13 @@ public enum TunPipeGlobal {
     /// The tunnel's figures (the running one, or the last one after it stopped).
     public static func tunnelStats() throws -> TunPipeTunnelStats {
         try TunPipeTunnelStats.read { tunpipe_tunnel_stats($0) }
+    }
+
+    /// Each peer's figures (the running tunnel's, or the last one's after it stopped), as
+    /// `TunPipe.peerStats()`.
+    public static func peerStats() throws -> [TunPipePeerStats] {
+        let peers = try tunnelStats().peers
+        return try TunPipePeerStats.readAll(peers: peers) { tunpipe_peer_stats($0, $1) }
     }
 
     public static func latency() throws -> TunPipeLatency {
