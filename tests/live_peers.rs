@@ -78,8 +78,8 @@ struct Three {
     addrs: [SocketAddr; 3],
 }
 
-/// A knows only B; B and C know A.
-fn three() -> Three {
+/// A knows only B; B and C know A. Each runs `workers` workers.
+fn three(workers: usize) -> Three {
     let udp = [loopback_udp(), loopback_udp(), loopback_udp()];
     let addrs = [0, 1, 2].map(|i| udp[i].local_addr().unwrap());
     let keys = [(); 3].map(|()| KeyPair::generate());
@@ -95,9 +95,9 @@ fn three() -> Three {
     ];
     let [ua, ub, uc] = udp;
     Three {
-        a: End::start(&texts[0], ua, 0),
-        b: End::start(&texts[1], ub, 0),
-        c: End::start(&texts[2], uc, 0),
+        a: End::start(&texts[0], ua, workers),
+        b: End::start(&texts[1], ub, workers),
+        c: End::start(&texts[2], uc, workers),
         keys,
         addrs,
     }
@@ -111,7 +111,7 @@ fn peers_come_and_go_while_the_sessions_they_leave_alone_carry_on() {
         mut c,
         keys,
         addrs,
-    } = three();
+    } = three(0);
     let (kb, kc) = (&keys[1].public, &keys[2].public);
     carry(&mut a, &mut b, A, B, 10);
     carry(&mut b, &mut a, B, A, 10);
@@ -224,7 +224,7 @@ fn peers_come_and_go_while_the_sessions_they_leave_alone_carry_on() {
 
 #[test]
 fn packets_a_removed_peer_held_for_its_handshake_are_dropped_and_counted() {
-    let Three { mut a, b, c, .. } = three();
+    let Three { mut a, b, c, .. } = three(0);
     // A peer D at an address where nobody answers: its packets wait for a handshake that
     // never completes.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -262,7 +262,7 @@ fn packets_a_removed_peer_held_for_its_handshake_are_dropped_and_counted() {
 
 #[test]
 fn a_change_that_fails_changes_nothing() {
-    let Three { a, b, c, keys, .. } = three();
+    let Three { a, b, c, keys, .. } = three(0);
     let before = a.stage.get();
     // Refused as it parses: the last line is bad, so the peer before it is not added.
     let body = format!(
@@ -284,5 +284,56 @@ fn a_change_that_fails_changes_nothing() {
     assert_eq!(a.stage.peers().len(), 1);
     for end in [&a, &b, &c] {
         stop_and_check(end);
+    }
+}
+
+#[test]
+fn changes_made_while_packets_flow_lose_nothing_of_the_peer_they_leave_alone() {
+    for workers in [0, 2] {
+        let Three {
+            mut a,
+            mut b,
+            c,
+            keys,
+            addrs,
+        } = three(workers);
+        carry(&mut a, &mut b, A, B, 5);
+        let (hex_b, hex_c) = (hex(&keys[1].public), hex(&keys[2].public));
+        let stage = a.stage.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        // Peer C comes and goes, and B's keepalive turns on and off, as fast as a thread can
+        // ask, while B's packets flow both ways on the engine's threads.
+        let changer = std::thread::spawn(move || {
+            let mut changes = 0u64;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let bodies = [
+                    format!(
+                        "public_key={hex_c}\nendpoint={}\nallowed_ip=10.0.0.3/32\n",
+                        addrs[2]
+                    ),
+                    format!("public_key={hex_b}\npersistent_keepalive_interval=25\n"),
+                    format!("public_key={hex_c}\nremove=true\n"),
+                    format!("public_key={hex_b}\npersistent_keepalive_interval=0\n"),
+                ];
+                for body in &bodies {
+                    stage.set(&parse_set(body).unwrap()).unwrap();
+                    changes += 1;
+                }
+            }
+            changes
+        });
+        for _ in 0..10 {
+            carry(&mut a, &mut b, A, B, 100);
+            carry(&mut b, &mut a, B, A, 100);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let changes = changer.join().unwrap();
+        assert!(changes >= 4, "{changes} changes");
+        assert_eq!(peer(&a, &keys[1].public).handshakes, 1, "workers {workers}");
+        assert_eq!(b.counters.snapshot().handshakes_completed, 1);
+        for end in [&a, &b, &c] {
+            stop_and_check(end);
+        }
     }
 }

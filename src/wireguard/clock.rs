@@ -53,6 +53,16 @@ impl Instant {
         Instant(self.0.saturating_sub(d))
     }
 
+    /// The moment as ns since the clock's start, to keep in an atomic.
+    pub fn as_nanos(self) -> u64 {
+        u64::try_from(self.0.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The moment [`Instant::as_nanos`] gave.
+    pub fn from_nanos(ns: u64) -> Instant {
+        Instant(Duration::from_nanos(ns))
+    }
+
     /// The `std` moment as far from now as this one is (now, if it has passed).
     pub fn to_std(self) -> std::time::Instant {
         std::time::Instant::now() + self.saturating_duration_since(Instant::now())

@@ -71,6 +71,7 @@ use crate::pool::PacketBuf;
 use crate::stage::{Action, DeadlineBell, Direction, DuplexStage, Emitter, Side};
 use crate::wire::{check_ip, IpVersion, Ipv4Packet, Ipv6Packet};
 use allowed_ips::AllowedIps;
+use arc_swap::ArcSwap;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -83,6 +84,7 @@ use parking_lot::Mutex;
 use stats::PeerCounters;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use timers::PeerTimers;
@@ -101,8 +103,12 @@ pub fn state_bytes(peers: usize, prefixes: usize) -> usize {
     use std::mem::size_of;
     // What the allocator adds to a heap block, about.
     const BLOCK: usize = 16;
-    // A peer, its place among the deadlines and in the key index, and its counters.
-    let per_peer = size_of::<Option<Peer>>()
+    // A peer in its cell, its place among the deadlines and in the key index, and its
+    // counters.
+    let per_peer = size_of::<Option<Arc<PeerCell>>>()
+        + size_of::<PeerCell>()
+        + 2 * size_of::<usize>()
+        + BLOCK
         + Deadlines::PER_PEER
         + 2 * size_of::<([u8; 32], usize)>()
         + size_of::<PeerCounters>()
@@ -166,19 +172,39 @@ const COOKIE_REPLY_SIZE: usize = 64;
 /// engine runs it, to change its configuration ([`WireGuard::set`], the UAPI's `set`) and
 /// read it back ([`WireGuard::get`], [`WireGuard::peers`]) without a stop.
 ///
-/// The engine calls it from several threads at once and holds no lock around it: its state
-/// is behind one lock of its own, taken per packet, deadline, path change or configuration
-/// change, and its clock is read once that lock is held. (State per peer, so that different
-/// peers' packets need not wait for each other, is still to come.)
+/// The engine calls it from several threads at once and holds no lock around it. A packet
+/// takes no lock that all peers share: it reads the table of peers and routes (swapped whole
+/// by a configuration change) without one, and locks only its peer, whose clock it reads once
+/// that lock is held. Two peers' packets never wait for each other. The order of every
+/// peer's next deadline is behind a lock of its own, taken only when a peer's deadline moves
+/// (rarely under steady traffic: `timers`' module docs).
 #[derive(Clone)]
 pub struct WireGuard {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    state: Mutex<TunnelState>,
-    /// The configuration as the UAPI sees it. Taken by configuration calls only, never for a
-    /// packet; before `state` when both are.
+    /// The peers, their routes and this end's keys: loaded per packet without a lock, and
+    /// replaced whole by a configuration change.
+    table: ArcSwap<Table>,
+    /// Every peer's next deadline, in order. Lock order: a peer's lock, then this.
+    deadlines: Mutex<Deadlines>,
+    /// The first of `deadlines` (ns on the stage's clock; `u64::MAX`: none), for
+    /// [`DuplexStage::next_deadline`], which the engine asks after every batch, without the
+    /// lock.
+    first_deadline: AtomicU64,
+    /// When the rate limiter's count last started again. It is reset when a handshake message
+    /// arrives a period or more after that, never by a timer: an idle tunnel does not wake
+    /// for it. Taken for handshake messages only.
+    limiter_reset: Mutex<Instant>,
+    /// Packets that removed or restarted peers held for a handshake, to be counted as dropped
+    /// by the next thread with an [`Emitter`] (a configuration change has none).
+    held_by_gone: AtomicU64,
+    /// Diffie-Hellman operations the stage did to learn who sent an initiation (only with
+    /// several peers; each `Tunn` does its own after its own checks).
+    anonymous_opens: AtomicU64,
+    /// The configuration as the UAPI sees it. Taken by configuration calls only (which it
+    /// serializes), never for a packet.
     control: Mutex<UapiState>,
     counters: Arc<WireGuardCounters>,
     /// What [`DuplexStage::state_bytes`] says: fixed once built.
@@ -186,6 +212,53 @@ struct Shared {
     /// The engine's ear for a deadline moved by a configuration change, once an engine runs
     /// the stage.
     bell: Mutex<Option<DeadlineBell>>,
+}
+
+/// The peers and what finds them: immutable once published, replaced whole.
+struct Table {
+    /// The peers by slot: a peer's slot is the top 24 bits of its session indices, so it
+    /// stays put while the peer lives. A removed peer's slot is empty until a new peer takes
+    /// it.
+    peers: Vec<Option<Arc<PeerCell>>>,
+    /// Each peer's slot by its public key.
+    by_key: HashMap<[u8; 32], usize>,
+    /// Every peer's AllowedIPs: routes outbound packets, checks inbound sources. Shared by
+    /// tables whose change left the prefixes alone.
+    allowed_ips: Arc<AllowedIps>,
+    private: StaticSecret,
+    public: PublicKey,
+    /// The device's one rate limiter, shared by every peer's `Tunn`.
+    limiter: Arc<RateLimiter>,
+}
+
+/// One peer, behind its own lock. A table that kept the peer holds the same cell.
+struct PeerCell {
+    peer: Mutex<Peer>,
+}
+
+struct Peer {
+    tunn: Tunn,
+    endpoint: Option<SocketAddr>,
+    timers: PeerTimers,
+    /// When the packets `Tunn` holds for a completed handshake go out, if no outbound packet
+    /// (which sends them first) comes before.
+    flush_due: Option<Instant>,
+    /// Packets `Tunn` holds for the handshake (it keeps [`QUEUE_DEPTH`] at most, and drops
+    /// the rest without saying so: this count says it).
+    queued: usize,
+    /// The deadline recorded for it in [`Shared::deadlines`].
+    recorded: Option<Instant>,
+    /// Removed (or replaced) by a configuration change: a thread that found it in an older
+    /// table drops its packet, and records no deadline for its slot.
+    gone: bool,
+    counters: Arc<PeerCounters>,
+}
+
+thread_local! {
+    /// Where `Tunn` writes what it makes (it cannot work in place): as large as any
+    /// datagram, one per thread that runs the stage, made at its first packet.
+    static SCRATCH_BUF: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SCRATCH].into_boxed_slice());
 }
 
 impl WireGuard {
@@ -196,15 +269,40 @@ impl WireGuard {
     /// What [`WgConfig::check`] finds (no peer, a limit passed, two peers with one key), or an
     /// endpoint still given as a host name.
     pub fn new(config: &WgConfig) -> Result<WireGuard, WgConfigError> {
-        let (state, control) = TunnelState::build(config)?;
+        config.check()?;
+        if let Some(index) = config
+            .peers
+            .iter()
+            .position(|p| matches!(p.endpoint, Some(Endpoint::Host(..))))
+        {
+            return Err(WgConfigError {
+                line: 0,
+                field: "Endpoint".to_string(),
+                reason: format!(
+                    "peer {}: a host name not resolved yet (WgConfig::resolve)",
+                    index + 1
+                ),
+            });
+        }
+        let control = UapiState::from_config(config).map_err(|e| WgConfigError {
+            line: 0,
+            field: e.field().to_string(),
+            reason: e.reason().to_string(),
+        })?;
+        let private = control
+            .private_key()
+            .unwrap_or(&config.interface.private_key)
+            .clone();
+        let shared = Shared::new(&private, state_bytes(config.peers.len(), config.prefixes()));
+        let everyone = Changes {
+            allowed_ips: true,
+            added: control.peers().map(|p| p.public_key).collect(),
+            ..Changes::default()
+        };
+        shared.follow(&control, &everyone);
+        *shared.control.lock() = control;
         Ok(WireGuard {
-            shared: Arc::new(Shared {
-                state_bytes: state_bytes(config.peers.len(), config.prefixes()),
-                counters: state.counters.clone(),
-                state: Mutex::new(state),
-                control: Mutex::new(control),
-                bell: Mutex::new(None),
-            }),
+            shared: Arc::new(shared),
         })
     }
 
@@ -213,16 +311,8 @@ impl WireGuard {
     /// private key is set, it answers no handshake (one made up for the purpose, never
     /// shown, stands in for it).
     pub fn unconfigured() -> WireGuard {
-        let control = UapiState::new();
-        let state = TunnelState::new(&Key::generate(), Arc::new(WireGuardCounters::new()));
         WireGuard {
-            shared: Arc::new(Shared {
-                state_bytes: state_bytes(0, 0),
-                counters: state.counters.clone(),
-                state: Mutex::new(state),
-                control: Mutex::new(control),
-                bell: Mutex::new(None),
-            }),
+            shared: Arc::new(Shared::new(&Key::generate(), state_bytes(0, 0))),
         }
     }
 
@@ -244,7 +334,8 @@ impl WireGuard {
     /// wireguard-go makes every peer anew). A new private or preshared key restarts the
     /// sessions it concerns; a new persistent keepalive interval does not (turned on, a
     /// keepalive goes out at once, as in wireguard-go). Packets a removed or restarted peer
-    /// held for a handshake are dropped and counted (`NoPeer`).
+    /// held for a handshake are dropped and counted (`NoPeer`), as is a packet that reaches
+    /// such a peer as the change is made.
     ///
     /// The listen port and fwmark are the socket's, which the stage does not own: a caller
     /// that owns the socket uses [`WireGuard::set_with`].
@@ -285,7 +376,7 @@ impl WireGuard {
             return Ok(changes);
         }
         socket(&changes, &next)?;
-        self.shared.state.lock().follow(&next, &changes);
+        self.shared.follow(&next, &changes);
         *control = next;
         drop(control);
         // A peer added or restarted may be due at once (a persistent keepalive), and held
@@ -333,19 +424,19 @@ impl DuplexStage for WireGuard {
         packet: &mut PacketBuf,
         out: &mut Emitter<'_>,
     ) -> Action {
-        self.shared.state.lock().process(direction, packet, out)
+        self.shared.process(direction, packet, out)
     }
 
     fn on_deadline(&self, out: &mut Emitter<'_>) {
-        self.shared.state.lock().on_deadline(out);
+        self.shared.on_deadline(out);
     }
 
     fn next_deadline(&self) -> Option<std::time::Instant> {
-        self.shared.state.lock().next_deadline()
+        self.shared.next_deadline()
     }
 
     fn path_changed(&self, out: &mut Emitter<'_>) {
-        self.shared.state.lock().path_changed(out);
+        self.shared.path_changed(out);
     }
 
     fn attach(&self, bell: DeadlineBell) {
@@ -365,217 +456,27 @@ impl DuplexStage for WireGuard {
     }
 }
 
-/// The stage's state: the tunnel end, its peers and their tables, behind the stage's lock.
-struct TunnelState {
-    /// The peers by slot: a peer's slot is the top 24 bits of its session indices, so it
-    /// stays put while the peer lives. A removed peer's slot is empty until a new peer takes
-    /// it.
-    peers: Vec<Option<Peer>>,
-    /// Empty slots.
-    free: Vec<usize>,
-    /// Each peer's slot by its public key.
-    by_key: HashMap<[u8; 32], usize>,
-    /// Every peer's AllowedIPs: routes outbound packets, checks inbound sources. Made anew
-    /// whole when a configuration change moves a prefix.
-    allowed_ips: AllowedIps,
-    /// Every peer's next deadline, in order.
-    deadlines: Deadlines,
-    /// The peer the packet being processed went to or came from: its deadline is updated
-    /// once the packet is done.
-    touched: Option<usize>,
-    /// Packets that removed or restarted peers held for a handshake, to be counted as dropped
-    /// by the next thread with an [`Emitter`] (a configuration change has none).
-    held_by_gone: u64,
-    /// Where `Tunn` writes what it makes (it cannot work in place): as large as any packet.
-    scratch: Box<[u8]>,
-    counters: Arc<WireGuardCounters>,
-    private: StaticSecret,
-    public: PublicKey,
-    /// The device's one rate limiter, shared by every peer's `Tunn`.
-    limiter: Arc<RateLimiter>,
-    /// When the limiter's count last started again. It is reset when a handshake message
-    /// arrives a period or more after that, never by a timer: an idle tunnel does not wake
-    /// for it.
-    limiter_reset: Instant,
-    /// The stage's clock, read once as it takes a packet, a deadline, a path change or a
-    /// configuration change (so, under the stage's lock).
-    now: Instant,
-    /// Diffie-Hellman operations the stage did to learn who sent an initiation (only with
-    /// several peers; each `Tunn` does its own after its own checks).
-    anonymous_opens: u64,
-}
-
-struct Peer {
-    tunn: Tunn,
-    endpoint: Option<SocketAddr>,
-    timers: PeerTimers,
-    /// When the packets `Tunn` holds for a completed handshake go out, if no outbound packet
-    /// (which sends them first) comes before.
-    flush_due: Option<Instant>,
-    /// Packets `Tunn` holds for the handshake (it keeps [`QUEUE_DEPTH`] at most, and drops
-    /// the rest without saying so: this count says it).
-    queued: usize,
-    counters: Arc<PeerCounters>,
-}
-
-impl TunnelState {
-    /// The state for `config`, and the configuration as the UAPI sees it.
-    fn build(config: &WgConfig) -> Result<(TunnelState, UapiState), WgConfigError> {
-        config.check()?;
-        if let Some(index) = config
-            .peers
-            .iter()
-            .position(|p| matches!(p.endpoint, Some(Endpoint::Host(..))))
-        {
-            return Err(WgConfigError {
-                line: 0,
-                field: "Endpoint".to_string(),
-                reason: format!(
-                    "peer {}: a host name not resolved yet (WgConfig::resolve)",
-                    index + 1
-                ),
-            });
-        }
-        let control = UapiState::from_config(config).map_err(|e| WgConfigError {
-            line: 0,
-            field: e.field().to_string(),
-            reason: e.reason().to_string(),
-        })?;
-        let private = control
-            .private_key()
-            .unwrap_or(&config.interface.private_key);
-        let mut state = TunnelState::new(private, Arc::new(WireGuardCounters::new()));
-        let everyone = Changes {
-            allowed_ips: true,
-            added: control.peers().map(|p| p.public_key).collect(),
-            ..Changes::default()
-        };
-        state.follow(&control, &everyone);
-        Ok((state, control))
-    }
-
-    /// A tunnel end with `private` and no peers yet ([`TunnelState::follow`] adds them).
-    fn new(private: &Key, counters: Arc<WireGuardCounters>) -> TunnelState {
+impl Table {
+    /// A table with this end's `private` key and no peers.
+    fn empty(private: &Key) -> Table {
         let private = StaticSecret::from(*private.as_bytes());
         let public = PublicKey::from(&private);
-        let now = Instant::now();
-        TunnelState {
+        Table {
             peers: Vec::new(),
-            free: Vec::new(),
             by_key: HashMap::new(),
-            allowed_ips: AllowedIps::default(),
-            deadlines: Deadlines::new(0),
-            touched: None,
-            held_by_gone: 0,
-            scratch: vec![0; SCRATCH].into_boxed_slice(),
-            counters,
+            allowed_ips: Arc::new(AllowedIps::default()),
             limiter: Arc::new(RateLimiter::new(&public, LIMITER_COUNT)),
             private,
             public,
-            limiter_reset: now,
-            now,
-            anonymous_opens: 0,
         }
     }
 
-    /// Makes the live table what `config` describes, `changes` (from the table's last
-    /// configuration to `config`) saying what to touch: peers that stay and did not change
-    /// keep everything, sessions and held packets included.
-    fn follow(&mut self, config: &UapiState, changes: &Changes) {
-        self.now = Instant::now();
-        let now = self.now;
-        if changes.private_key {
-            if let Some(key) = config.private_key() {
-                self.private = StaticSecret::from(*key.as_bytes());
-                self.public = PublicKey::from(&self.private);
-                // mac1 and cookies are made with this end's public key.
-                self.limiter = Arc::new(RateLimiter::new(&self.public, LIMITER_COUNT));
-            }
-        }
-        for key in &changes.removed {
-            if let Some(slot) = self.by_key.remove(&key.0) {
-                if let Some(peer) = self.peers[slot].take() {
-                    self.held_by_gone += peer.queued as u64;
-                }
-                self.deadlines.set(slot, None);
-                self.free.push(slot);
-            }
-        }
-        let restarted = changes.changed.iter().filter(|c| c.restart_session);
-        for key in changes.added.iter().chain(restarted.map(|c| &c.public_key)) {
-            let Some(peer_config) = config.peer(key) else {
-                continue;
-            };
-            let slot = match self.by_key.get(&key.0) {
-                Some(&slot) => slot,
-                None => {
-                    let slot = self.free.pop().unwrap_or_else(|| {
-                        self.peers.push(None);
-                        self.peers.len() - 1
-                    });
-                    self.by_key.insert(key.0, slot);
-                    slot
-                }
-            };
-            self.deadlines.grow(self.peers.len());
-            let peer = self.new_peer(&peer_config, slot, now);
-            let old = self.peers[slot].replace(peer);
-            if let Some(old) = old {
-                // A restarted peer keeps its counters and, when it has none configured, the
-                // endpoint it roamed to.
-                self.held_by_gone += old.queued as u64;
-                let peer = self.peers[slot].as_mut().expect("the peer just placed");
-                peer.counters = old.counters;
-                peer.endpoint = peer.endpoint.or(old.endpoint);
-            }
-        }
-        for change in &changes.changed {
-            let Some(&slot) = self.by_key.get(&change.public_key.0) else {
-                continue;
-            };
-            let (Some(peer), Some(peer_config)) =
-                (self.peers[slot].as_mut(), config.peer(&change.public_key))
-            else {
-                continue;
-            };
-            if change.persistent_keepalive && !change.restart_session {
-                peer.timers
-                    .set_persistent_keepalive(now, peer_config.persistent_keepalive);
-            }
-            if change.endpoint {
-                // A peer without a configured endpoint keeps the one it roamed to.
-                if let Some(Endpoint::Addr(addr)) = peer_config.endpoint {
-                    peer.endpoint = Some(addr);
-                }
-            }
-            peer.counters.moved(peer.endpoint);
-        }
-        if changes.allowed_ips || !changes.added.is_empty() || !changes.removed.is_empty() {
-            let mut table = AllowedIps::default();
-            for peer in config.peers() {
-                if let Some(&slot) = self.by_key.get(&peer.public_key.0) {
-                    for net in peer.allowed_ips {
-                        table.insert(net, slot);
-                    }
-                }
-            }
-            self.allowed_ips = table;
-        }
-        self.counters.set_peers(
-            config
-                .peers()
-                .filter_map(|p| self.by_key.get(&p.public_key.0))
-                .filter_map(|&slot| self.peers[slot].as_ref().map(|p| p.counters.clone()))
-                .collect(),
-        );
-        for slot in 0..self.peers.len() {
-            if self.peers[slot].is_some() {
-                self.reindex(slot);
-            }
-        }
+    /// The live peer in `slot`.
+    fn cell(&self, slot: usize) -> Option<&Arc<PeerCell>> {
+        self.peers.get(slot).and_then(Option::as_ref)
     }
 
-    /// A new peer in `slot`, with no session yet.
+    /// A new peer for `slot`, with no session yet.
     fn new_peer(&self, config: &PeerConfig, slot: usize, now: Instant) -> Peer {
         let key = *config.public_key.as_bytes();
         let endpoint = match config.endpoint {
@@ -596,48 +497,194 @@ impl TunnelState {
             timers: PeerTimers::new(now, config.persistent_keepalive),
             flush_due: None,
             queued: 0,
+            recorded: None,
+            gone: false,
             counters: Arc::new(PeerCounters::new(config.public_key.clone(), endpoint)),
         }
     }
+}
 
-    fn route(&self, destination: IpAddr) -> Option<usize> {
-        self.allowed_ips.peer_for(destination)
+impl Shared {
+    fn new(private: &Key, state_bytes: usize) -> Shared {
+        Shared {
+            table: ArcSwap::from_pointee(Table::empty(private)),
+            deadlines: Mutex::new(Deadlines::new(0)),
+            first_deadline: AtomicU64::new(u64::MAX),
+            limiter_reset: Mutex::new(Instant::now()),
+            held_by_gone: AtomicU64::new(0),
+            anonymous_opens: AtomicU64::new(0),
+            control: Mutex::new(UapiState::new()),
+            counters: Arc::new(WireGuardCounters::new()),
+            state_bytes,
+            bell: Mutex::new(None),
+        }
     }
 
-    /// Records peer `index`'s next deadline after its state changed.
-    fn reindex(&mut self, index: usize) {
-        let at = self.peers[index].as_ref().and_then(Peer::next_deadline);
-        self.deadlines.set(index, at);
+    /// Makes the live table what `config` describes, `changes` (from the table's last
+    /// configuration to `config`) saying what to touch: peers that stay and did not change
+    /// keep their cells, sessions and held packets included. Configuration calls take turns
+    /// (the caller holds `control`).
+    fn follow(&self, config: &UapiState, changes: &Changes) {
+        let old = self.table.load_full();
+        let mut next = Table {
+            peers: old.peers.clone(),
+            by_key: old.by_key.clone(),
+            allowed_ips: old.allowed_ips.clone(),
+            private: old.private.clone(),
+            public: old.public,
+            limiter: old.limiter.clone(),
+        };
+        if changes.private_key {
+            if let Some(key) = config.private_key() {
+                next.private = StaticSecret::from(*key.as_bytes());
+                next.public = PublicKey::from(&next.private);
+                // mac1 and cookies are made with this end's public key.
+                next.limiter = Arc::new(RateLimiter::new(&next.public, LIMITER_COUNT));
+            }
+        }
+        let mut held = 0;
+        // A peer leaves: marked gone under its lock (a thread that reached it through the
+        // old table then drops its packet), its held packets counted, its deadline cleared.
+        let mut retire = |cell: &PeerCell, slot: usize| -> Arc<PeerCounters> {
+            let mut peer = cell.peer.lock();
+            peer.gone = true;
+            held += peer.queued as u64;
+            peer.queued = 0;
+            self.record_deadline(slot, None);
+            peer.counters.clone()
+        };
+        for key in &changes.removed {
+            if let Some(slot) = next.by_key.remove(&key.0) {
+                if let Some(cell) = next.peers[slot].take() {
+                    retire(&cell, slot);
+                }
+            }
+        }
+        let now = Instant::now();
+        let restarted = changes.changed.iter().filter(|c| c.restart_session);
+        for key in changes.added.iter().chain(restarted.map(|c| &c.public_key)) {
+            let Some(peer_config) = config.peer(key) else {
+                continue;
+            };
+            let slot = match next.by_key.get(&key.0) {
+                Some(&slot) => slot,
+                None => {
+                    let free = next.peers.iter().position(Option::is_none);
+                    let slot = free.unwrap_or_else(|| {
+                        next.peers.push(None);
+                        next.peers.len() - 1
+                    });
+                    next.by_key.insert(key.0, slot);
+                    slot
+                }
+            };
+            let mut peer = next.new_peer(&peer_config, slot, now);
+            if let Some(old) = next.peers[slot].take() {
+                // A restarted peer keeps its counters and, when it has none configured, the
+                // endpoint it roamed to.
+                let endpoint = old.peer.lock().endpoint;
+                peer.counters = retire(&old, slot);
+                peer.endpoint = peer.endpoint.or(endpoint);
+            }
+            next.peers[slot] = Some(Arc::new(PeerCell {
+                peer: Mutex::new(peer),
+            }));
+        }
+        for change in &changes.changed {
+            let (Some(cell), Some(peer_config)) = (
+                next.by_key
+                    .get(&change.public_key.0)
+                    .and_then(|&s| next.cell(s)),
+                config.peer(&change.public_key),
+            ) else {
+                continue;
+            };
+            let mut peer = cell.peer.lock();
+            if change.persistent_keepalive && !change.restart_session {
+                peer.timers
+                    .set_persistent_keepalive(now, peer_config.persistent_keepalive);
+            }
+            if change.endpoint {
+                // A peer without a configured endpoint keeps the one it roamed to.
+                if let Some(Endpoint::Addr(addr)) = peer_config.endpoint {
+                    peer.endpoint = Some(addr);
+                }
+            }
+            peer.counters.moved(peer.endpoint);
+        }
+        if changes.allowed_ips || !changes.added.is_empty() || !changes.removed.is_empty() {
+            let mut table = AllowedIps::default();
+            for peer in config.peers() {
+                if let Some(&slot) = next.by_key.get(&peer.public_key.0) {
+                    for net in peer.allowed_ips {
+                        table.insert(net, slot);
+                    }
+                }
+            }
+            next.allowed_ips = Arc::new(table);
+        }
+        self.counters.set_peers(
+            config
+                .peers()
+                .filter_map(|p| next.by_key.get(&p.public_key.0))
+                .filter_map(|&slot| next.cell(slot))
+                .map(|cell| cell.peer.lock().counters.clone())
+                .collect(),
+        );
+        let fresh: Vec<usize> = changes
+            .added
+            .iter()
+            .chain(changes.changed.iter().map(|c| &c.public_key))
+            .filter_map(|key| next.by_key.get(&key.0).copied())
+            .collect();
+        let next = Arc::new(next);
+        self.table.store(next.clone());
+        // The new and changed peers' deadlines (a persistent keepalive due now, say).
+        for slot in fresh {
+            if let Some(cell) = next.cell(slot) {
+                self.reindex(slot, &mut cell.peer.lock());
+            }
+        }
+        self.held_by_gone.fetch_add(held, Ordering::Relaxed);
     }
 
-    /// Peer `index`, with what processing its packets borrows besides: the scratch buffer,
-    /// the counters and the AllowedIPs table.
-    fn peer_parts(
-        &mut self,
-        index: usize,
-    ) -> (&mut Peer, &mut [u8], &WireGuardCounters, &AllowedIps) {
-        (
-            // Indices come from the routing table, the keys, the session indices checked in
-            // `peer_of` and the deadlines, which hold live slots only.
-            self.peers[index].as_mut().expect("a live peer's slot"),
-            &mut self.scratch,
-            &self.counters,
-            &self.allowed_ips,
-        )
+    /// Records peer `slot`'s deadline in the shared order, if it moved.
+    fn reindex(&self, slot: usize, peer: &mut Peer) {
+        if peer.gone {
+            return;
+        }
+        let at = peer.next_deadline();
+        if at != peer.recorded {
+            peer.recorded = at;
+            self.record_deadline(slot, at);
+        }
+    }
+
+    /// Puts `slot`'s deadline in the order, and the order's first where the engine reads it.
+    fn record_deadline(&self, slot: usize, at: Option<Instant>) {
+        let mut deadlines = self.deadlines.lock();
+        deadlines.grow(slot + 1);
+        deadlines.set(slot, at);
+        let first = deadlines.first().map_or(u64::MAX, Instant::as_nanos);
+        self.first_deadline.store(first, Ordering::Release);
     }
 
     /// The door every handshake message passes before any Diffie-Hellman: its mac1, then the
     /// device's rate limiter, which under load wants a mac2 made with a cookie for the
     /// sender's address and answers a message without one with that cookie. `None` lets the
     /// message on; otherwise what became of it (dropped, or a cookie reply in its place).
-    fn screen(&mut self, packet: &mut PacketBuf, from: SocketAddr, now: Instant) -> Option<Action> {
-        if now.saturating_duration_since(self.limiter_reset) >= LIMITER_PERIOD {
-            // The count starts again (boringtun checks the period once more on its clock).
-            self.limiter.reset_count();
-            self.limiter_reset = now;
+    fn screen(&self, table: &Table, packet: &mut PacketBuf, from: SocketAddr) -> Option<Action> {
+        {
+            let now = Instant::now();
+            let mut reset = self.limiter_reset.lock();
+            if now.saturating_duration_since(*reset) >= LIMITER_PERIOD {
+                // The count starts again (boringtun checks the period once more on its clock).
+                table.limiter.reset_count();
+                *reset = now;
+            }
         }
         let mut cookie = [0u8; COOKIE_REPLY_SIZE];
-        let verdict = match self
+        let verdict = match table
             .limiter
             .verify_packet(Some(from.ip()), packet.data(), &mut cookie)
         {
@@ -666,30 +713,31 @@ impl TunnelState {
         })
     }
 
-    /// The peer an inbound datagram is for.
-    fn peer_of(&mut self, datagram: &[u8]) -> Result<usize, DropReason> {
+    /// The slot of the peer an inbound datagram is for.
+    fn peer_of(&self, table: &Table, datagram: &[u8]) -> Result<usize, DropReason> {
         let by_index = |receiver: u32| {
-            let index = (receiver >> 8) as usize;
-            match self.peers.get(index) {
-                Some(Some(_)) => Ok(index),
-                _ => Err(DropReason::NoSession),
+            let slot = (receiver >> 8) as usize;
+            match table.cell(slot) {
+                Some(_) => Ok(slot),
+                None => Err(DropReason::NoSession),
             }
         };
         match Tunn::parse_incoming_packet(datagram) {
             Err(_) => Err(DropReason::Garbage),
             Ok(Packet::HandshakeInit(init)) => {
-                if self.by_key.len() == 1 {
-                    if let Some(&only) = self.by_key.values().next() {
+                if table.by_key.len() == 1 {
+                    if let Some(&only) = table.by_key.values().next() {
                         return Ok(only);
                     }
                 }
                 // Which peer initiates is known only from its static key, encrypted in the
                 // message: open that much of it (a Diffie-Hellman, once per handshake; its
                 // mac1 and the rate limit were checked first, in `screen`).
-                self.anonymous_opens += 1;
-                let half = parse_handshake_anon(&self.private, &self.public, &init)
+                self.anonymous_opens.fetch_add(1, Ordering::Relaxed);
+                let half = parse_handshake_anon(&table.private, &table.public, &init)
                     .map_err(|_| DropReason::AuthFailure)?;
-                self.by_key
+                table
+                    .by_key
                     .get(&half.peer_static_public)
                     .copied()
                     .ok_or(DropReason::AuthFailure)
@@ -700,283 +748,171 @@ impl TunnelState {
         }
     }
 
-    /// Runs peer `index`'s timers now if its clock is stale, before it stamps a packet.
-    fn tick_if_stale(&mut self, index: usize, out: &mut Emitter<'_>) {
-        if self.peers[index]
-            .as_ref()
-            .is_some_and(|p| p.timers.stale(self.now))
-        {
-            self.tick(index, out);
-        }
-    }
-
-    /// Runs peer `index`'s timers (`update_timers`), sends what they make, and flushes what
-    /// a handshake left queued.
-    fn tick(&mut self, index: usize, out: &mut Emitter<'_>) {
-        let now = self.now;
-        let (peer, scratch, counters, _) = self.peer_parts(index);
-        let awaiting = peer.timers.awaiting_response();
-        let persistent_due = peer.timers.persistent_keepalive_due(now);
-        let mut idle = false;
-        match peer.tunn.update_timers(scratch) {
-            TunnResult::WriteToNetwork(message) => {
-                if message.first() == Some(&HANDSHAKE_INIT) && awaiting {
-                    // The last initiation got no answer in time: this is its retry.
-                    counters.handshake_failed();
-                }
-                send(peer, index, message, Whose::Own, now, counters, out);
-            }
-            TunnResult::Done => idle = true,
-            TunnResult::Err(WireGuardError::ConnectionExpired) => {
-                log::debug!(
-                    "wireguard peer {}: no session (expired or given up)",
-                    index + 1
-                );
-                // `Tunn` gave up the handshake and threw away the packets that waited for it.
-                dropped(peer, counters, DropReason::NoHandshake, peer.queued as u64);
-                out.drop_held(Side::Outside, peer.queued as u64);
-                peer.queued = 0;
-            }
-            _ => {}
-        }
-        if idle && persistent_due && !awaiting {
-            // The persistent keepalive is the stage's, not `Tunn`'s (made without one), so
-            // that its interval can change without a new `Tunn`, which would lose the
-            // session. It goes out as boringtun's would: when the timers sent nothing else
-            // and no handshake is under way; without a session, as a handshake.
-            if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
-                send(peer, index, message, Whose::Own, now, counters, out);
-            }
-        }
-        peer.timers.ticked(now, Instant::now());
-        if peer.flush_due.is_some_and(|due| due <= now) {
-            flush(peer, index, scratch, now, counters, out);
-        }
-    }
-
-    fn outbound(&mut self, packet: &mut PacketBuf, out: &mut Emitter<'_>) -> Action {
-        let Some(peer) = destination(packet.data()).and_then(|dst| self.route(dst)) else {
-            self.counters.dropped(DropReason::NoPeer);
-            return Action::Drop;
-        };
-        self.touched = Some(peer);
-        self.tick_if_stale(peer, out);
-        let now = self.now;
-        let (p, scratch, counters, _) = self.peer_parts(peer);
-        let Some(endpoint) = p.endpoint else {
-            dropped(p, counters, DropReason::NoEndpoint, 1);
-            return Action::Drop;
-        };
-        if p.flush_due.is_some() {
-            // Packets a handshake held go first, through this same path: a flow keeps its
-            // order.
-            flush(p, peer, scratch, now, counters, out);
-        }
-        let inner = packet.len();
-        // Without a session, `Tunn` queues the packet (or, when its queue is full, drops it).
-        let queue_full = p.queued >= QUEUE_DEPTH;
-        match p.tunn.encapsulate(packet.data(), scratch) {
-            TunnResult::WriteToNetwork(message) => {
-                let is_data = message.first() == Some(&DATA);
-                note_sent(p, message, now, counters);
-                if place(packet, message, Some(endpoint)).is_err() {
-                    dropped(p, counters, DropReason::Garbage, 1);
-                    return Action::Drop;
-                }
-                if is_data {
-                    debug_assert_eq!(packet.len(), inner + OVERHEAD);
-                    return Action::Forward;
-                }
-                if queue_full {
-                    // `Tunn` had no room to hold the packet, yet starts a handshake: the
-                    // initiation goes out on its own and the packet is dropped.
-                    send(p, peer, packet.data(), Whose::Own, now, counters, out);
-                    dropped(p, counters, DropReason::NoHandshake, 1);
-                    return Action::Drop;
-                }
-                // No session: the packet waits, and a handshake initiation goes out in its
-                // buffer.
-                p.queued += 1;
-                Action::Replace
-            }
-            // Waits behind a handshake already under way (or, with the queue full, dropped).
-            TunnResult::Done => {
-                if queue_full {
-                    dropped(p, counters, DropReason::NoHandshake, 1);
-                    Action::Drop
-                } else {
-                    p.queued += 1;
-                    Action::Hold
-                }
-            }
-            TunnResult::Err(e) => {
-                dropped(p, counters, reason_of(&e), 1);
-                Action::Drop
-            }
-            _ => Action::Drop,
-        }
-    }
-
-    fn inbound(&mut self, packet: &mut PacketBuf, out: &mut Emitter<'_>) -> Action {
-        let Some(from) = packet.endpoint() else {
-            self.counters.dropped(DropReason::Garbage);
-            return Action::Drop;
-        };
-        let kind = packet.data().first().copied().unwrap_or(0);
-        let handshake = kind == HANDSHAKE_INIT || kind == HANDSHAKE_RESPONSE;
-        if handshake {
-            if let Some(action) = self.screen(packet, from, self.now) {
-                return action;
-            }
-        }
-        let peer = match self.peer_of(packet.data()) {
-            Ok(peer) => {
-                self.touched = Some(peer);
-                peer
-            }
-            Err(reason) => {
-                self.counters.dropped(reason);
-                if handshake && reason == DropReason::AuthFailure {
-                    self.counters.handshake_failed();
-                }
-                return Action::Drop;
-            }
-        };
-        self.tick_if_stale(peer, out);
-        let now = self.now;
-        let (p, scratch, counters, allowed_ips) = self.peer_parts(peer);
-        let message_bytes = packet.len();
-        let result = p.tunn.decapsulate(Some(from.ip()), packet.data(), scratch);
-        let answered_with_cookie = matches!(&result,
-            TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY));
-        if !answered_with_cookie && !matches!(result, TunnResult::Err(_)) {
-            // Authenticated: the peer's, as wireguard-go counts it.
-            p.counters.received(message_bytes);
-        }
-        match result {
-            TunnResult::WriteToNetwork(reply) => {
-                if answered_with_cookie {
-                    // The load came between the door and here.
-                    counters.cookie_sent();
-                } else {
-                    // An authenticated handshake message: a session now exists.
-                    roam(p, from);
-                    p.timers
-                        .session_established(now, kind == HANDSHAKE_RESPONSE);
-                    counters.handshake_completed();
-                    p.counters.handshake_completed();
-                }
-                note_sent(p, reply, now, counters);
-                if p.queued > 0 {
-                    // The packets `Tunn` held for the handshake go out with the next outbound
-                    // packet, ahead of it and through its path (so a flow keeps its order),
-                    // or from the timer if none comes soon.
-                    p.flush_due = Some(now + FLUSH_DELAY);
-                }
-                let placed = place(packet, reply, Some(from));
-                match placed {
-                    Ok(()) => Action::Reply,
-                    Err(()) => Action::Consume,
-                }
-            }
-            TunnResult::WriteToTunnelV4(inner, source) => {
-                let sent_by_owner = allowed_ips.peer_for(IpAddr::V4(source)) == Some(peer);
-                deliver(p, packet, inner, sent_by_owner, from, now, counters)
-            }
-            TunnResult::WriteToTunnelV6(inner, source) => {
-                let sent_by_owner = allowed_ips.peer_for(IpAddr::V6(source)) == Some(peer);
-                deliver(p, packet, inner, sent_by_owner, from, now, counters)
-            }
-            TunnResult::Done => {
-                if kind == DATA {
-                    // A keepalive: authenticated, carrying nothing.
-                    roam(p, from);
-                    p.timers.received(now);
-                }
-                Action::Consume
-            }
-            TunnResult::Err(e) => {
-                dropped(p, counters, reason_of(&e), 1);
-                if handshake {
-                    counters.handshake_failed();
-                }
-                Action::Drop
-            }
-        }
-    }
-}
-
-// What the stage does, under its lock.
-impl TunnelState {
     fn process(
-        &mut self,
+        &self,
         direction: Direction,
         packet: &mut PacketBuf,
         out: &mut Emitter<'_>,
     ) -> Action {
-        self.now = Instant::now();
         self.settle_gone(out);
-        let action = match direction {
-            Direction::Outbound => self.outbound(packet, out),
-            Direction::Inbound => self.inbound(packet, out),
+        let table = self.table.load();
+        let found = match direction {
+            Direction::Outbound => self.route_out(&table, packet),
+            Direction::Inbound => self.route_in(&table, packet),
         };
-        if let Some(index) = self.touched.take() {
-            self.reindex(index);
+        let (slot, cell) = match found {
+            Ok(slot) => match table.cell(slot) {
+                Some(cell) => (slot, cell),
+                None => {
+                    self.counters.dropped(DropReason::NoPeer);
+                    return Action::Drop;
+                }
+            },
+            Err(action) => return action,
+        };
+        let mut peer = cell.peer.lock();
+        if peer.gone {
+            // Removed or restarted as this packet found it.
+            self.counters.dropped(DropReason::NoPeer);
+            return Action::Drop;
         }
+        // The clock, read once the peer's lock is held: no event of this peer is stamped
+        // earlier than one stamped before.
+        let now = Instant::now();
+        let counters = &*self.counters;
+        let action = SCRATCH_BUF.with_borrow_mut(|scratch| {
+            if peer.timers.stale(now) {
+                tick(&mut peer, slot, scratch, now, counters, out);
+            }
+            match direction {
+                Direction::Outbound => {
+                    outbound(&mut peer, slot, scratch, now, counters, packet, out)
+                }
+                Direction::Inbound => {
+                    inbound(&mut peer, slot, scratch, now, counters, &table, packet)
+                }
+            }
+        });
+        self.reindex(slot, &mut peer);
         action
     }
 
-    fn on_deadline(&mut self, out: &mut Emitter<'_>) {
-        self.now = Instant::now();
+    /// The slot of the peer an outbound packet goes to, by its destination; or the packet
+    /// is dropped, with no peer for it.
+    fn route_out(&self, table: &Table, packet: &PacketBuf) -> Result<usize, Action> {
+        destination(packet.data())
+            .and_then(|dst| table.allowed_ips.peer_for(dst))
+            .ok_or_else(|| {
+                self.counters.dropped(DropReason::NoPeer);
+                Action::Drop
+            })
+    }
+
+    /// The slot of the peer an inbound datagram comes from; or what became of it at the door
+    /// (dropped, or a cookie reply in its place).
+    fn route_in(&self, table: &Table, packet: &mut PacketBuf) -> Result<usize, Action> {
+        let Some(from) = packet.endpoint() else {
+            self.counters.dropped(DropReason::Garbage);
+            return Err(Action::Drop);
+        };
+        let kind = packet.data().first().copied().unwrap_or(0);
+        let handshake = kind == HANDSHAKE_INIT || kind == HANDSHAKE_RESPONSE;
+        if handshake {
+            if let Some(action) = self.screen(table, packet, from) {
+                return Err(action);
+            }
+        }
+        self.peer_of(table, packet.data()).map_err(|reason| {
+            self.counters.dropped(reason);
+            if handshake && reason == DropReason::AuthFailure {
+                self.counters.handshake_failed();
+            }
+            Action::Drop
+        })
+    }
+
+    fn on_deadline(&self, out: &mut Emitter<'_>) {
         self.settle_gone(out);
-        let now = self.now;
-        // Running a peer's timers moves its deadline past `now` (or clears it), so each due
-        // peer comes up once; the bound is only a guard.
-        for _ in 0..self.peers.len() {
-            let Some(index) = self.deadlines.first_due(now) else {
+        let table = self.table.load();
+        let due_at = Instant::now();
+        // Running a peer's timers moves its deadline past `due_at` (or clears it), so each
+        // due peer comes up once; the bound is only a guard.
+        for _ in 0..table.peers.len() {
+            let Some(slot) = self.deadlines.lock().first_due(due_at) else {
                 break;
             };
-            self.tick(index, out);
-            self.reindex(index);
+            let Some(cell) = table.cell(slot) else {
+                // Its peer left in a change after this table was loaded; the change cleared
+                // its deadline, or the next table has a new peer there.
+                break;
+            };
+            let mut peer = cell.peer.lock();
+            if peer.gone {
+                break;
+            }
+            let now = Instant::now();
+            SCRATCH_BUF.with_borrow_mut(|scratch| {
+                tick(&mut peer, slot, scratch, now, &self.counters, out);
+            });
+            self.reindex(slot, &mut peer);
         }
     }
 
     fn next_deadline(&self) -> Option<std::time::Instant> {
-        if self.held_by_gone > 0 {
+        if self.held_by_gone.load(Ordering::Relaxed) > 0 {
             // Due now: the timer counts them.
             return Some(std::time::Instant::now());
         }
-        self.deadlines.first().map(Instant::to_std)
+        match self.first_deadline.load(Ordering::Acquire) {
+            u64::MAX => None,
+            ns => Some(Instant::from_nanos(ns).to_std()),
+        }
     }
 
     /// Counts the packets that peers removed or restarted by a configuration change held:
     /// dropped, as no peer will send them.
-    fn settle_gone(&mut self, out: &mut Emitter<'_>) {
-        if self.held_by_gone > 0 {
-            self.counters
-                .dropped_many(DropReason::NoPeer, self.held_by_gone);
-            out.drop_held(Side::Outside, self.held_by_gone);
-            self.held_by_gone = 0;
+    fn settle_gone(&self, out: &mut Emitter<'_>) {
+        if self.held_by_gone.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let held = self.held_by_gone.swap(0, Ordering::Relaxed);
+        if held > 0 {
+            self.counters.dropped_many(DropReason::NoPeer, held);
+            out.drop_held(Side::Outside, held);
         }
     }
 
-    fn path_changed(&mut self, out: &mut Emitter<'_>) {
+    fn path_changed(&self, out: &mut Emitter<'_>) {
         // Run every peer's timers first: a path change (a wake, a new network) is when
         // overdue ones matter most, and it brings `Tunn`'s clock up to date. Then tell every
         // peer where this end now is: a keepalive (or, without a session, a handshake
         // initiation) from the new socket.
-        self.now = Instant::now();
-        let now = self.now;
-        for index in 0..self.peers.len() {
-            if self.peers[index].is_none() {
+        self.settle_gone(out);
+        let table = self.table.load();
+        for (slot, cell) in table.peers.iter().enumerate() {
+            let Some(cell) = cell else {
+                continue;
+            };
+            let mut peer = cell.peer.lock();
+            if peer.gone {
                 continue;
             }
-            self.tick(index, out);
-            let (peer, scratch, counters, _) = self.peer_parts(index);
-            if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
-                send(peer, index, message, Whose::Own, now, counters, out);
-            }
-            self.reindex(index);
+            let now = Instant::now();
+            SCRATCH_BUF.with_borrow_mut(|scratch| {
+                tick(&mut peer, slot, scratch, now, &self.counters, out);
+                if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
+                    send(
+                        &mut peer,
+                        slot,
+                        message,
+                        Whose::Own,
+                        now,
+                        &self.counters,
+                        out,
+                    );
+                }
+            });
+            self.reindex(slot, &mut peer);
         }
     }
 }
@@ -986,6 +922,197 @@ impl Peer {
         match (self.flush_due, self.timers.next_deadline()) {
             (Some(flush), Some(timer)) => Some(flush.min(timer)),
             (flush, timer) => flush.or(timer),
+        }
+    }
+}
+
+/// Runs peer `slot`'s timers (`update_timers`) at `now`, sends what they make, and flushes
+/// what a handshake left queued.
+fn tick(
+    peer: &mut Peer,
+    slot: usize,
+    scratch: &mut [u8],
+    now: Instant,
+    counters: &WireGuardCounters,
+    out: &mut Emitter<'_>,
+) {
+    let awaiting = peer.timers.awaiting_response();
+    let persistent_due = peer.timers.persistent_keepalive_due(now);
+    let mut idle = false;
+    match peer.tunn.update_timers(scratch) {
+        TunnResult::WriteToNetwork(message) => {
+            if message.first() == Some(&HANDSHAKE_INIT) && awaiting {
+                // The last initiation got no answer in time: this is its retry.
+                counters.handshake_failed();
+            }
+            send(peer, slot, message, Whose::Own, now, counters, out);
+        }
+        TunnResult::Done => idle = true,
+        TunnResult::Err(WireGuardError::ConnectionExpired) => {
+            log::debug!(
+                "wireguard peer {}: no session (expired or given up)",
+                slot + 1
+            );
+            // `Tunn` gave up the handshake and threw away the packets that waited for it.
+            dropped(peer, counters, DropReason::NoHandshake, peer.queued as u64);
+            out.drop_held(Side::Outside, peer.queued as u64);
+            peer.queued = 0;
+        }
+        _ => {}
+    }
+    if idle && persistent_due && !awaiting {
+        // The persistent keepalive is the stage's, not `Tunn`'s (made without one), so
+        // that its interval can change without a new `Tunn`, which would lose the
+        // session. It goes out as boringtun's would: when the timers sent nothing else
+        // and no handshake is under way; without a session, as a handshake.
+        if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
+            send(peer, slot, message, Whose::Own, now, counters, out);
+        }
+    }
+    peer.timers.ticked(now, Instant::now());
+    if peer.flush_due.is_some_and(|due| due <= now) {
+        flush(peer, slot, scratch, now, counters, out);
+    }
+}
+
+/// Seals an outbound packet for peer `p` (in `slot`), or holds it for a handshake.
+fn outbound(
+    p: &mut Peer,
+    slot: usize,
+    scratch: &mut [u8],
+    now: Instant,
+    counters: &WireGuardCounters,
+    packet: &mut PacketBuf,
+    out: &mut Emitter<'_>,
+) -> Action {
+    let Some(endpoint) = p.endpoint else {
+        dropped(p, counters, DropReason::NoEndpoint, 1);
+        return Action::Drop;
+    };
+    if p.flush_due.is_some() {
+        // Packets a handshake held go first, through this same path: a flow keeps its
+        // order.
+        flush(p, slot, scratch, now, counters, out);
+    }
+    let inner = packet.len();
+    // Without a session, `Tunn` queues the packet (or, when its queue is full, drops it).
+    let queue_full = p.queued >= QUEUE_DEPTH;
+    match p.tunn.encapsulate(packet.data(), scratch) {
+        TunnResult::WriteToNetwork(message) => {
+            let is_data = message.first() == Some(&DATA);
+            note_sent(p, message, now, counters);
+            if place(packet, message, Some(endpoint)).is_err() {
+                dropped(p, counters, DropReason::Garbage, 1);
+                return Action::Drop;
+            }
+            if is_data {
+                debug_assert_eq!(packet.len(), inner + OVERHEAD);
+                return Action::Forward;
+            }
+            if queue_full {
+                // `Tunn` had no room to hold the packet, yet starts a handshake: the
+                // initiation goes out on its own and the packet is dropped.
+                send(p, slot, packet.data(), Whose::Own, now, counters, out);
+                dropped(p, counters, DropReason::NoHandshake, 1);
+                return Action::Drop;
+            }
+            // No session: the packet waits, and a handshake initiation goes out in its
+            // buffer.
+            p.queued += 1;
+            Action::Replace
+        }
+        // Waits behind a handshake already under way (or, with the queue full, dropped).
+        TunnResult::Done => {
+            if queue_full {
+                dropped(p, counters, DropReason::NoHandshake, 1);
+                Action::Drop
+            } else {
+                p.queued += 1;
+                Action::Hold
+            }
+        }
+        TunnResult::Err(e) => {
+            dropped(p, counters, reason_of(&e), 1);
+            Action::Drop
+        }
+        _ => Action::Drop,
+    }
+}
+
+/// Opens an inbound datagram from peer `p` (in `slot`): a packet to deliver, a handshake
+/// message to answer, a keepalive, or a refusal.
+fn inbound(
+    p: &mut Peer,
+    slot: usize,
+    scratch: &mut [u8],
+    now: Instant,
+    counters: &WireGuardCounters,
+    table: &Table,
+    packet: &mut PacketBuf,
+) -> Action {
+    // `route_in` let through only a datagram with a sender.
+    let Some(from) = packet.endpoint() else {
+        dropped(p, counters, DropReason::Garbage, 1);
+        return Action::Drop;
+    };
+    let kind = packet.data().first().copied().unwrap_or(0);
+    let handshake = kind == HANDSHAKE_INIT || kind == HANDSHAKE_RESPONSE;
+    let message_bytes = packet.len();
+    let result = p.tunn.decapsulate(Some(from.ip()), packet.data(), scratch);
+    let answered_with_cookie = matches!(&result,
+        TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY));
+    if !answered_with_cookie && !matches!(result, TunnResult::Err(_)) {
+        // Authenticated: the peer's, as wireguard-go counts it.
+        p.counters.received(message_bytes);
+    }
+    match result {
+        TunnResult::WriteToNetwork(reply) => {
+            if answered_with_cookie {
+                // The load came between the door and here.
+                counters.cookie_sent();
+            } else {
+                // An authenticated handshake message: a session now exists.
+                roam(p, from);
+                p.timers
+                    .session_established(now, kind == HANDSHAKE_RESPONSE);
+                counters.handshake_completed();
+                p.counters.handshake_completed();
+            }
+            note_sent(p, reply, now, counters);
+            if p.queued > 0 {
+                // The packets `Tunn` held for the handshake go out with the next outbound
+                // packet, ahead of it and through its path (so a flow keeps its order),
+                // or from the timer if none comes soon.
+                p.flush_due = Some(now + FLUSH_DELAY);
+            }
+            let placed = place(packet, reply, Some(from));
+            match placed {
+                Ok(()) => Action::Reply,
+                Err(()) => Action::Consume,
+            }
+        }
+        TunnResult::WriteToTunnelV4(inner, source) => {
+            let sent_by_owner = table.allowed_ips.peer_for(IpAddr::V4(source)) == Some(slot);
+            deliver(p, packet, inner, sent_by_owner, from, now, counters)
+        }
+        TunnResult::WriteToTunnelV6(inner, source) => {
+            let sent_by_owner = table.allowed_ips.peer_for(IpAddr::V6(source)) == Some(slot);
+            deliver(p, packet, inner, sent_by_owner, from, now, counters)
+        }
+        TunnResult::Done => {
+            if kind == DATA {
+                // A keepalive: authenticated, carrying nothing.
+                roam(p, from);
+                p.timers.received(now);
+            }
+            Action::Consume
+        }
+        TunnResult::Err(e) => {
+            dropped(p, counters, reason_of(&e), 1);
+            if handshake {
+                counters.handshake_failed();
+            }
+            Action::Drop
         }
     }
 }
@@ -1194,7 +1321,7 @@ mod tests {
     /// A stage, a place for what it emits, and a clock that stands still (so the rate
     /// limiter's count never starts again during a test).
     struct Rig {
-        stage: TunnelState,
+        stage: Shared,
         spare: Vec<PacketBuf>,
         emitted: Vec<PacketBuf>,
         tally: crate::stage::EmitTally,
@@ -1231,7 +1358,8 @@ mod tests {
         }
 
         fn with(text: &str) -> Rig {
-            let (stage, _) = TunnelState::build(&WgConfig::parse(text).unwrap()).unwrap();
+            let wg = WireGuard::new(&WgConfig::parse(text).unwrap()).unwrap();
+            let stage = Arc::into_inner(wg.shared).expect("the only handle");
             Rig {
                 stage,
                 spare: (0..8).map(|_| PacketBuf::new(64, 2048, 64)).collect(),
@@ -1253,10 +1381,7 @@ mod tests {
         }
 
         /// Runs `work` on the stage with an emitter over the rig's spare buffers.
-        fn with_emitter<R>(
-            &mut self,
-            work: impl FnOnce(&mut TunnelState, &mut Emitter<'_>) -> R,
-        ) -> R {
+        fn with_emitter<R>(&mut self, work: impl FnOnce(&Shared, &mut Emitter<'_>) -> R) -> R {
             let mut out = Emitter {
                 spare: &mut self.spare,
                 emitted: &mut self.emitted,
@@ -1266,7 +1391,7 @@ mod tests {
                 room: [8, 8],
                 tally: &mut self.tally,
             };
-            work(&mut self.stage, &mut out)
+            work(&self.stage, &mut out)
         }
 
         fn process(
@@ -1326,19 +1451,35 @@ mod tests {
         // initiation (as when the thread waited for the CPU in between).
         let mut rig = Rig::new();
         let before = clock::Instant::now();
-        rig.stage.now = before.earlier(Duration::from_millis(3));
+        let stale = before.earlier(Duration::from_millis(3));
         let ipv4_udp = [
             0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, 0, 1, 0, 2, 0, 8,
             0, 0,
         ];
         let mut packet = PacketBuf::new(64, 2048, 64);
         packet.fill(64, &ipv4_udp).unwrap();
-        let action = rig.with_emitter(|stage, out| stage.outbound(&mut packet, out));
+        let action = rig.with_emitter(|stage, out| {
+            let table = stage.table.load();
+            let mut peer = table.cell(0).unwrap().peer.lock();
+            let mut scratch = vec![0; SCRATCH];
+            outbound(
+                &mut peer,
+                0,
+                &mut scratch,
+                stale,
+                &stage.counters,
+                &mut packet,
+                out,
+            )
+        });
         assert_eq!(action, Action::Replace);
         assert_eq!(packet.data()[0], HANDSHAKE_INIT);
-        let retry = rig.stage.peers[0]
-            .as_ref()
+        let table = rig.stage.table.load();
+        let retry = table
+            .cell(0)
             .unwrap()
+            .peer
+            .lock()
             .timers
             .next_deadline()
             .unwrap();
@@ -1402,7 +1543,11 @@ mod tests {
         }
         let s = rig.stage.counters.snapshot();
         assert_eq!(s.drop_bad_mac1, 150, "{s:?}");
-        assert_eq!(rig.stage.anonymous_opens, 0, "a Diffie-Hellman for junk");
+        assert_eq!(
+            rig.stage.anonymous_opens.load(Ordering::Relaxed),
+            0,
+            "a Diffie-Hellman for junk"
+        );
         assert_eq!(s.drop_auth_failure, 0, "{s:?}");
         assert_eq!(s.handshake_failures, 0, "{s:?}");
         assert_eq!(s.cookie_replies, 0, "{s:?}");
@@ -1411,7 +1556,7 @@ mod tests {
         let (action, reply) = rig.receive(&real, PEER_A);
         assert_eq!(action, Action::Reply);
         assert_eq!(reply[0], HANDSHAKE_RESPONSE);
-        assert_eq!(rig.stage.anonymous_opens, 1);
+        assert_eq!(rig.stage.anonymous_opens.load(Ordering::Relaxed), 1);
         assert_eq!(rig.stage.counters.snapshot().handshakes_completed, 1);
     }
 
@@ -1439,7 +1584,7 @@ mod tests {
             assert_eq!(action, Action::Drop);
         }
         assert_eq!(rig.stage.counters.snapshot().cookie_replies, 0);
-        let opened = rig.stage.anonymous_opens;
+        let opened = rig.stage.anonymous_opens.load(Ordering::Relaxed);
         assert_eq!(opened, LIMITER_COUNT);
         // Under load now: each gets a cookie reply instead, with no Diffie-Hellman.
         for _ in 0..100 {
@@ -1447,7 +1592,7 @@ mod tests {
             assert_eq!(action, Action::Reply);
             assert_eq!((reply[0], reply.len()), (COOKIE_REPLY, COOKIE_REPLY_SIZE));
         }
-        assert_eq!(rig.stage.anonymous_opens, opened);
+        assert_eq!(rig.stage.anonymous_opens.load(Ordering::Relaxed), opened);
         assert_eq!(rig.stage.counters.snapshot().cookie_replies, 100);
         // A known peer's initiation gets a cookie too; its next one carries a mac2 made with
         // that cookie, and the handshake completes while the flood's load lasts.
@@ -1493,6 +1638,9 @@ mod tests {
         let (action, _) = rig.receive(&flood, ATTACKER);
         assert_eq!(action, Action::Drop, "an unknown key: opened and refused");
         assert_eq!(rig.stage.counters.snapshot().cookie_replies, 1);
-        assert_eq!(rig.stage.anonymous_opens, LIMITER_COUNT + 1);
+        assert_eq!(
+            rig.stage.anonymous_opens.load(Ordering::Relaxed),
+            LIMITER_COUNT + 1
+        );
     }
 }

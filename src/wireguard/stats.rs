@@ -340,9 +340,10 @@ pub struct PeerStats {
 }
 
 impl PeerStats {
-    /// Packets to or from this peer dropped for `reason` (those a peer can be named for:
-    /// not [`DropReason::NoPeer`], [`DropReason::Garbage`] or [`DropReason::BadMac1`], which
-    /// only the tunnel-wide figures count).
+    /// Packets to or from this peer dropped for `reason`. A datagram's peer is not known
+    /// before it is found by its index or key, so [`DropReason::NoPeer`],
+    /// [`DropReason::BadMac1`] and most [`DropReason::Garbage`] count only in the
+    /// tunnel-wide figures.
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize]
     }
