@@ -293,7 +293,7 @@ pub fn flood(secs: u32, rounds: usize) -> Result<Value, String> {
 }
 
 /// `count` peers nobody runs, each with its own /32 in 10.200.0.0/16 and 10.201.0.0/16.
-fn many_peers(count: usize) -> String {
+pub(crate) fn many_peers(count: usize) -> String {
     let mut text = String::new();
     for i in 0..count {
         let (hi, lo) = (i / 65_536, i % 65_536);

@@ -18,7 +18,9 @@
 //! second arrive, with a bad and with a valid mac1; tunpipe and wireguard-go) and `peers`
 //! (ping's round trip with 1 peer and with 10,000). Energy (energy.rs): `paced` (CPU and
 //! wake-ups per datagram of paced UDP at 1 and 10 Mbit/s each way, against boringtun-cli
-//! with one thread and wireguard-go).
+//! with one thread and wireguard-go). Control plane (live.rs): `live` (ping and TCP while
+//! `wg set` and `wg setconf` change the running end; tunpipe and wireguard-go).
+//! `TUNPIPE_BENCH_PEERS=N` gives `throughput` N peers in all (the others idle).
 //!
 //! `cargo bench -p tunpipe-cli --bench tunnel [quick] [SECTION...]` as root on Linux with
 //! wireguard-go, wireguard-tools, iperf3 and boringtun-cli (`cargo install boringtun-cli
@@ -29,10 +31,12 @@
 mod attack;
 #[cfg(target_os = "linux")]
 mod energy;
+#[cfg(target_os = "linux")]
+mod live;
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use super::{attack, energy};
+    use super::{attack, energy, live};
     use serde_json::{json, Value};
     use std::process::{Child, Command};
     use std::time::{Duration, Instant};
@@ -92,7 +96,8 @@ mod linux {
 
     /// A running end under test.
     pub(crate) enum End {
-        Cli(Running),
+        /// `tunpipe wg`, and its interface's name.
+        Cli(Running, String),
         Daemon(Child, String),
     }
 
@@ -123,7 +128,7 @@ mod linux {
                     command.args(["--workers", &w.to_string()]);
                 }
                 Running::start(&mut command, "stop with Ctrl-C")
-                    .map(End::Cli)
+                    .map(|running| End::Cli(running, name))
                     .map_err(|e| format!("{e:?}"))
             }
             Contender::Boringtun(threads) => {
@@ -155,15 +160,22 @@ mod linux {
     impl End {
         pub(crate) fn pid(&self) -> u32 {
             match self {
-                End::Cli(r) => r.pid(),
+                End::Cli(r, _) => r.pid(),
                 End::Daemon(child, _) => child.id(),
+            }
+        }
+
+        /// The interface's name (and its configuration socket's).
+        pub(crate) fn ifname(&self) -> &str {
+            match self {
+                End::Cli(_, name) | End::Daemon(_, name) => name,
             }
         }
 
         /// Stops the end; the time from the signal to its exit.
         pub(crate) fn stop(self) -> Result<Duration, String> {
             match self {
-                End::Cli(running) => {
+                End::Cli(running, _) => {
                     let ended = running.interrupt().map_err(|e| format!("{e:?}"))?;
                     if !ended.status.success() {
                         return Err(format!("tunpipe wg: {}\n{}", ended.status, ended.stderr));
@@ -288,6 +300,13 @@ mod linux {
 
     fn throughput(secs: u32, rounds: usize) -> Result<Value, String> {
         let contenders = contenders();
+        // `TUNPIPE_BENCH_PEERS=N`: N peers configured in all, the others idle and before the
+        // measured one (the per-packet path with many peers).
+        let peers: usize = std::env::var("TUNPIPE_BENCH_PEERS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let others = attack::many_peers(peers.saturating_sub(1));
         let mut rig = WgRig::up(&PeerOptions::default())?;
         // cells[contender][test][round]
         let mut cells = vec![vec![Vec::<Cell>::new(); TESTS.len()]; contenders.len()];
@@ -305,8 +324,8 @@ mod linux {
                 // so a wireguard-go end after a boringtun-based one would be refused as a
                 // replay for a while.
                 rig.rekey_end()?;
-                let config = config_file(&rig, "throughput", None)?;
-                let end = start(c, &rig, &config, "", n);
+                let config = config_file(&rig, "throughput", Some(rig.config_text_with(&others)))?;
+                let end = start(c, &rig, &config, &others, n);
                 // Read at start: the key need not stay on disk.
                 let _ = std::fs::remove_file(&config);
                 let end = end?;
@@ -502,7 +521,15 @@ mod linux {
     pub fn main() {
         let args = BenchArgs::from_env();
         if args.list {
-            for s in ["throughput", "idle", "stop", "flood", "peers", "paced"] {
+            for s in [
+                "throughput",
+                "idle",
+                "stop",
+                "flood",
+                "peers",
+                "paced",
+                "live",
+            ] {
                 println!("{s}: bench");
             }
             return;
@@ -523,6 +550,7 @@ mod linux {
             (10, 3, 1000)
         };
         let (paced_secs, paced_rounds) = if args.quick { (2, 1) } else { (20, 3) };
+        let (live_secs, live_rounds) = if args.quick { (2, 1) } else { (10, 3) };
         let started = Instant::now();
         let mut out = serde_json::Map::new();
         out.insert("machine".into(), machine());
@@ -540,6 +568,7 @@ mod linux {
                 "paced",
                 Box::new(move || energy::paced(paced_secs, paced_rounds)),
             ),
+            ("live", Box::new(move || live::live(live_secs, live_rounds))),
         ];
         for (name, section) in sections {
             if !args.runs(name) {
