@@ -11,7 +11,7 @@ use tunpipe::wireguard::{Key, PeerStats};
 use tunpipe_testkit::check::{assert_conserved, eventually};
 use tunpipe_testkit::memory::send;
 use tunpipe_testkit::packets::udp4_packet;
-use tunpipe_testkit::wg::{config_text, loopback_udp, End, KeyPair, PeerText};
+use tunpipe_testkit::wg::{config_text, loopback_udp, End, KeyPair, PeerText, Relay};
 
 const A: [u8; 4] = [10, 0, 0, 1];
 const B: [u8; 4] = [10, 0, 0, 2];
@@ -335,5 +335,46 @@ fn changes_made_while_packets_flow_lose_nothing_of_the_peer_they_leave_alone() {
         for end in [&a, &b, &c] {
             stop_and_check(end);
         }
+    }
+}
+
+#[test]
+fn with_roaming_disabled_a_peer_keeps_the_endpoint_it_has() {
+    for disabled in [false, true] {
+        let (udp_a, udp_b) = (loopback_udp(), loopback_udp());
+        let (addr_a, addr_b) = (udp_a.local_addr().unwrap(), udp_b.local_addr().unwrap());
+        // B reaches A through a relay, so that A sees B's datagrams come from elsewhere.
+        let relay = Relay::start(addr_a, addr_b);
+        let (ka, kb) = (KeyPair::generate(), KeyPair::generate());
+        let to = |public, endpoint, allowed_ips| PeerText {
+            public,
+            endpoint: Some(endpoint),
+            allowed_ips,
+        };
+        let text_a = config_text(
+            &ka.private,
+            "10.0.0.1/24",
+            &[to(&kb.public, addr_b, "10.0.0.2/32")],
+        );
+        let text_b = config_text(
+            &kb.private,
+            "10.0.0.2/24",
+            &[to(&ka.public, relay.addr(), "10.0.0.1/32")],
+        );
+        let mut a = End::start(&text_a, udp_a, 0);
+        let mut b = End::start(&text_b, udp_b, 0);
+        if disabled {
+            a.stage.disable_roaming();
+        }
+        carry(&mut b, &mut a, B, A, 5);
+        carry(&mut a, &mut b, A, B, 5);
+        let expected = if disabled { addr_b } else { relay.addr() };
+        assert_eq!(
+            peer(&a, &kb.public).endpoint,
+            Some(expected),
+            "disabled: {disabled}"
+        );
+        stop_and_check(&a);
+        stop_and_check(&b);
     }
 }

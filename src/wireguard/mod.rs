@@ -84,7 +84,7 @@ use parking_lot::Mutex;
 use stats::PeerCounters;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use timers::PeerTimers;
@@ -203,6 +203,9 @@ struct Shared {
     /// Diffie-Hellman operations the stage did to learn who sent an initiation (only with
     /// several peers; each `Tunn` does its own after its own checks).
     anonymous_opens: AtomicU64,
+    /// [`WireGuard::disable_roaming`] was called: a peer given an endpoint from then on does
+    /// not roam either.
+    roaming_disabled: AtomicBool,
     /// The configuration as the UAPI sees it. Taken by configuration calls only (which it
     /// serializes), never for a packet.
     control: Mutex<UapiState>,
@@ -251,6 +254,9 @@ struct Peer {
     /// Removed (or replaced) by a configuration change: a thread that found it in an older
     /// table drops its packet, and records no deadline for its slot.
     gone: bool,
+    /// Its endpoint follows its authenticated datagrams (roaming). Off for a peer with an
+    /// endpoint once [`WireGuard::disable_roaming`] was called.
+    roams: bool,
     counters: Arc<PeerCounters>,
 }
 
@@ -407,6 +413,22 @@ impl WireGuard {
         uapi::format_get(&control, &figures)
     }
 
+    /// Stops peers that have an endpoint now, and peers given one later, from following
+    /// their datagrams to a new address (roaming): wireguard-go's
+    /// `DisableSomeRoamingForBrokenMobileSemantics`, for WireGuardKit. On iOS a handshake
+    /// initiation can come from an address of the device that is not the current path's (a
+    /// NAT64 or a cellular interface the system is leaving), and answering there breaks the
+    /// tunnel. A peer with no endpoint yet still learns one from its first datagram.
+    pub fn disable_roaming(&self) {
+        let _control = self.shared.control.lock();
+        self.shared.roaming_disabled.store(true, Ordering::Relaxed);
+        let table = self.shared.table.load();
+        for cell in table.peers.iter().flatten() {
+            let mut peer = cell.peer.lock();
+            peer.roams = peer.endpoint.is_none();
+        }
+    }
+
     /// Records the port the socket bound when the configuration asked for any (0), so that
     /// `get` shows it, as wireguard-go does.
     pub fn record_bound_port(&self, port: u16) {
@@ -499,6 +521,7 @@ impl Table {
             queued: 0,
             recorded: None,
             gone: false,
+            roams: true,
             counters: Arc::new(PeerCounters::new(config.public_key.clone(), endpoint)),
         }
     }
@@ -513,6 +536,7 @@ impl Shared {
             limiter_reset: Mutex::new(Instant::now()),
             held_by_gone: AtomicU64::new(0),
             anonymous_opens: AtomicU64::new(0),
+            roaming_disabled: AtomicBool::new(false),
             control: Mutex::new(UapiState::new()),
             counters: Arc::new(WireGuardCounters::new()),
             state_bytes,
@@ -579,6 +603,8 @@ impl Shared {
                 }
             };
             let mut peer = next.new_peer(&peer_config, slot, now);
+            peer.roams =
+                !(self.roaming_disabled.load(Ordering::Relaxed) && peer.endpoint.is_some());
             if let Some(old) = next.peers[slot].take() {
                 // A restarted peer keeps its counters and, when it has none configured, the
                 // endpoint it roamed to.
@@ -608,6 +634,7 @@ impl Shared {
                 // A peer without a configured endpoint keeps the one it roamed to.
                 if let Some(Endpoint::Addr(addr)) = peer_config.endpoint {
                     peer.endpoint = Some(addr);
+                    peer.roams = !self.roaming_disabled.load(Ordering::Relaxed);
                 }
             }
             peer.counters.moved(peer.endpoint);
@@ -1166,9 +1193,10 @@ fn deliver(
     }
 }
 
-/// The peer's endpoint follows its latest authenticated datagram.
+/// The peer's endpoint follows its latest authenticated datagram (unless roaming is off for
+/// it: [`WireGuard::disable_roaming`]).
 fn roam(p: &mut Peer, from: SocketAddr) {
-    if p.endpoint != Some(from) {
+    if p.endpoint != Some(from) && p.roams {
         p.endpoint = Some(from);
         p.counters.moved(p.endpoint);
     }
