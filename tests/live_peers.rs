@@ -8,10 +8,12 @@ use std::net::SocketAddr;
 use tunpipe::stage::Direction;
 use tunpipe::wireguard::uapi::parse_set;
 use tunpipe::wireguard::{Key, PeerStats};
-use tunpipe_testkit::check::{assert_conserved, eventually};
+use tunpipe_testkit::check::eventually;
 use tunpipe_testkit::memory::send;
-use tunpipe_testkit::packets::udp4_packet;
-use tunpipe_testkit::wg::{config_text, loopback_udp, End, KeyPair, PeerText, Relay};
+use tunpipe_testkit::wg::{
+    carry, config_text, loopback_udp, numbered_packet, stop_and_check, End, KeyPair, PeerText,
+    Relay,
+};
 
 const A: [u8; 4] = [10, 0, 0, 1];
 const B: [u8; 4] = [10, 0, 0, 2];
@@ -19,33 +21,6 @@ const C: [u8; 4] = [10, 0, 0, 3];
 
 fn hex(key: &Key) -> String {
     key.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn packet(src: [u8; 4], dst: [u8; 4], seq: u64) -> Vec<u8> {
-    udp4_packet(src, dst, 4000, 5000, &seq.to_be_bytes())
-}
-
-/// Sends `n` packets from `from`'s app and waits until `to`'s app got them, in order.
-fn carry(from: &mut End, to: &mut End, src: [u8; 4], dst: [u8; 4], n: u64) {
-    for seq in 0..n {
-        send(&mut from.app_tx, &packet(src, dst, seq));
-    }
-    let mut got = Vec::new();
-    assert!(
-        eventually(|| {
-            while let Some(p) = to.app_rx.recv_with(|p| p.to_vec()) {
-                got.push(p);
-            }
-            got.len() as u64 >= n
-        }),
-        "{} of {n} packets arrived; sender {:?}, receiver {:?}",
-        got.len(),
-        from.counters.snapshot(),
-        to.counters.snapshot(),
-    );
-    for (seq, p) in got.iter().enumerate() {
-        assert_eq!(p, &packet(src, dst, seq as u64), "packet {seq}");
-    }
 }
 
 fn set(end: &End, body: &str) -> tunpipe::wireguard::uapi::Changes {
@@ -61,13 +36,6 @@ fn peer(end: &End, key: &Key) -> PeerStats {
         .into_iter()
         .find(|p| &p.public_key == key)
         .expect("the peer is there")
-}
-
-fn stop_and_check(end: &End) {
-    end.engine.stop().unwrap();
-    for direction in Direction::BOTH {
-        assert_conserved(&end.engine.direction_stats(direction));
-    }
 }
 
 struct Three {
@@ -184,7 +152,7 @@ fn peers_come_and_go_while_the_sessions_they_leave_alone_carry_on() {
     let changes = set(&a, &format!("public_key={}\nremove=true\n", hex(kc)));
     assert_eq!(changes.removed, std::slice::from_ref(kc));
     let no_peer = a.counters.snapshot().drop_no_peer;
-    send(&mut a.app_tx, &packet(A, C, 99));
+    send(&mut a.app_tx, &numbered_packet(A, C, 99));
     assert!(eventually(
         || a.counters.snapshot().drop_no_peer == no_peer + 1
     ));
@@ -238,7 +206,7 @@ fn packets_a_removed_peer_held_for_its_handshake_are_dropped_and_counted() {
         ),
     );
     for seq in 0..3 {
-        send(&mut a.app_tx, &packet(A, [10, 0, 0, 4], seq));
+        send(&mut a.app_tx, &numbered_packet(A, [10, 0, 0, 4], seq));
     }
     assert!(eventually(|| a
         .engine

@@ -8,54 +8,15 @@
 use std::net::UdpSocket;
 use std::time::Duration;
 use tunpipe::stage::Direction;
-use tunpipe_testkit::check::{assert_conserved, eventually, eventually_within};
+use tunpipe_testkit::check::{eventually, eventually_within};
 use tunpipe_testkit::memory::send;
-use tunpipe_testkit::packets::udp4_packet;
 use tunpipe_testkit::wg::{
-    config_text, loopback_udp, pair, pair_texts, stranger_initiation, End, Flood, KeyPair, Pair,
-    PeerText, Relay,
+    carry, config_text, loopback_udp, numbered_packet, pair, pair_texts, stop_and_check,
+    stranger_initiation, End, Flood, KeyPair, Pair, PeerText, Relay,
 };
 
 const A: [u8; 4] = [10, 0, 0, 1];
 const B: [u8; 4] = [10, 0, 0, 2];
-
-/// An IPv4/UDP packet from `src` to `dst` carrying `seq`.
-fn packet(src: [u8; 4], dst: [u8; 4], seq: u64) -> Vec<u8> {
-    udp4_packet(src, dst, 4000, 5000, &seq.to_be_bytes())
-}
-
-/// Sends `n` packets from `from`'s app toward `to_addr`, and waits until `to`'s app got them
-/// all (in order, byte for byte).
-fn carry(from: &mut End, to: &mut End, src: [u8; 4], dst: [u8; 4], n: u64) {
-    for seq in 0..n {
-        send(&mut from.app_tx, &packet(src, dst, seq));
-    }
-    let mut got = Vec::new();
-    assert!(
-        eventually(|| {
-            while let Some(p) = to.app_rx.recv_with(|p| p.to_vec()) {
-                got.push(p);
-            }
-            got.len() as u64 >= n
-        }),
-        "{} of {n} packets arrived; sender {:?} {:?}, receiver {:?} {:?}",
-        got.len(),
-        from.engine.direction_stats(Direction::Outbound),
-        from.counters.snapshot(),
-        to.engine.direction_stats(Direction::Inbound),
-        to.counters.snapshot(),
-    );
-    for (seq, p) in got.iter().enumerate() {
-        assert_eq!(p, &packet(src, dst, seq as u64), "packet {seq}");
-    }
-}
-
-fn stop_and_check(end: &End) {
-    end.engine.stop().unwrap();
-    for direction in Direction::BOTH {
-        assert_conserved(&end.engine.direction_stats(direction));
-    }
-}
 
 #[test]
 fn two_tunnels_handshake_and_carry_packets_both_ways() {
@@ -134,7 +95,7 @@ fn a_stop_with_a_handshake_pending_returns() {
     let mut a = End::start(&text, udp, 0);
     // boringtun holds 256 packets for a handshake, and drops the rest: counted here.
     for seq in 0..300 {
-        send(&mut a.app_tx, &packet(A, B, seq));
+        send(&mut a.app_tx, &numbered_packet(A, B, seq));
     }
     // Wait until the stage has handled all 300 (held, or dropped past the queue), not only
     // until the reader has read them, and until nothing is in flight (the initiation the
@@ -176,7 +137,7 @@ fn a_wrong_peer_key_gives_no_traffic_and_counts_handshake_failures() {
     );
     let mut a = End::start(&text_a, udp_a, 0);
     let b = End::start(&text_b, udp_b, 0);
-    send(&mut a.app_tx, &packet(A, B, 0));
+    send(&mut a.app_tx, &numbered_packet(A, B, 0));
     assert!(eventually(|| b.counters.snapshot().handshake_failures >= 1));
     let sb = b.counters.snapshot();
     assert_eq!(sb.handshakes_completed, 0, "{sb:?}");
@@ -261,10 +222,10 @@ fn a_packet_from_outside_the_peers_allowed_ips_is_dropped_and_counted() {
     let Pair { mut a, mut b, .. } = pair(0);
     carry(&mut a, &mut b, A, B, 3);
     // A (whose own config allows sending anywhere B's AllowedIPs cover) forges its source.
-    send(&mut a.app_tx, &packet([10, 0, 0, 99], B, 0));
+    send(&mut a.app_tx, &numbered_packet([10, 0, 0, 99], B, 0));
     assert!(eventually(|| b.counters.snapshot().drop_not_allowed == 1));
     // And a packet for a destination no peer covers never leaves A.
-    send(&mut a.app_tx, &packet(A, [10, 9, 9, 9], 0));
+    send(&mut a.app_tx, &numbered_packet(A, [10, 9, 9, 9], 0));
     assert!(eventually(|| a.counters.snapshot().drop_no_peer == 1));
     assert_eq!(b.app_rx.pending(), 0);
     stop_and_check(&a);
@@ -364,7 +325,7 @@ fn one_end_with_two_peers_routes_by_allowed_ips_and_knows_who_initiates() {
     assert_eq!(sa.handshakes_completed, 2, "{sa:?}");
     assert_eq!(sa.endpoints, vec![Some(addr_b), Some(addr_c)]);
     // B may speak only for 10.0.0.2: a packet from it claiming C's address is dropped.
-    send(&mut b.app_tx, &packet(C, A, 99));
+    send(&mut b.app_tx, &numbered_packet(C, A, 99));
     assert!(eventually(|| a.counters.snapshot().drop_not_allowed == 1));
     for end in [&a, &b, &c] {
         stop_and_check(end);
@@ -423,8 +384,8 @@ fn overlapping_allowed_ips_route_by_the_longest_prefix_and_a_peer_speaks_only_fo
     carry(&mut c, &mut a, TWICE, A, 3);
     // ...and B, whose 10.0.0.0/8 contains 10.1.2.3, not for C's: its longest match is C's.
     let before = a.counters.snapshot().drop_not_allowed;
-    send(&mut b.app_tx, &packet(IN_C, A, 99));
-    send(&mut b.app_tx, &packet(TWICE, A, 100));
+    send(&mut b.app_tx, &numbered_packet(IN_C, A, 99));
+    send(&mut b.app_tx, &numbered_packet(TWICE, A, 100));
     assert!(eventually(
         || a.counters.snapshot().drop_not_allowed == before + 2
     ));
@@ -489,7 +450,7 @@ fn under_a_flood_of_valid_initiations_cookies_answer_and_a_peer_gets_through_wit
     // with a mac2 made with that cookie, completes the handshake.
     let mut through_a_cookie = false;
     for attempt in 0..5 {
-        send(&mut a.app_tx, &packet(A, X, attempt));
+        send(&mut a.app_tx, &numbered_packet(A, X, attempt));
         // The packet waits in A for the handshake, and arrives when it completes.
         assert!(
             eventually(|| x.app_rx.recv_with(|p| p.to_vec()).is_some()),
@@ -606,7 +567,7 @@ fn an_unanswered_handshake_is_retried_every_5_s() {
         }],
     );
     let mut a = End::start(&text_a, udp_a, 0);
-    send(&mut a.app_tx, &packet(A, B, 1));
+    send(&mut a.app_tx, &numbered_packet(A, B, 1));
     let initiations = || {
         relay
             .arrivals_from(addr_a)
@@ -642,7 +603,7 @@ fn an_unanswered_handshake_is_retried_every_5_s() {
 fn resume_time(from: &mut End, to: &mut End, limit: Duration) -> Option<Duration> {
     let started = std::time::Instant::now();
     while started.elapsed() < limit {
-        send(&mut from.app_tx, &packet(A, B, 7));
+        send(&mut from.app_tx, &numbered_packet(A, B, 7));
         std::thread::sleep(Duration::from_millis(100));
         let mut got = false;
         while to.app_rx.recv_with(|_| ()).is_some() {
@@ -659,7 +620,7 @@ fn resume_time(from: &mut End, to: &mut End, limit: Duration) -> Option<Duration
 fn send_into_the_void(from: &mut End, absence: Duration) {
     let started = std::time::Instant::now();
     while started.elapsed() < absence {
-        send(&mut from.app_tx, &packet(A, B, 7));
+        send(&mut from.app_tx, &numbered_packet(A, B, 7));
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -797,31 +797,40 @@ impl Shared {
             },
             Err(action) => return action,
         };
-        let mut peer = cell.peer.lock();
-        if peer.gone {
-            // Removed or restarted as this packet found it.
-            self.counters.dropped(DropReason::NoPeer);
-            return Action::Drop;
-        }
-        // The clock, read once the peer's lock is held: no event of this peer is stamped
-        // earlier than one stamped before.
-        let now = Instant::now();
         let counters = &*self.counters;
-        let action = SCRATCH_BUF.with_borrow_mut(|scratch| {
+        let done = self.with_peer(slot, cell, |peer, scratch, now| {
             if peer.timers.stale(now) {
-                tick(&mut peer, slot, scratch, now, counters, out);
+                tick(peer, slot, scratch, now, counters, out);
             }
             match direction {
-                Direction::Outbound => {
-                    outbound(&mut peer, slot, scratch, now, counters, packet, out)
-                }
-                Direction::Inbound => {
-                    inbound(&mut peer, slot, scratch, now, counters, &table, packet)
-                }
+                Direction::Outbound => outbound(peer, slot, scratch, now, counters, packet, out),
+                Direction::Inbound => inbound(peer, slot, scratch, now, counters, &table, packet),
             }
         });
+        done.unwrap_or_else(|| {
+            // Removed or restarted as this packet found it.
+            counters.dropped(DropReason::NoPeer);
+            Action::Drop
+        })
+    }
+
+    /// Runs `work` on peer `slot` (`cell`) with its lock held, the clock read once the lock is
+    /// held (so no event of the peer is stamped earlier than one stamped before), and this
+    /// thread's scratch buffer; then records the peer's deadline. `None`: the peer is gone.
+    fn with_peer<R>(
+        &self,
+        slot: usize,
+        cell: &PeerCell,
+        work: impl FnOnce(&mut Peer, &mut [u8], Instant) -> R,
+    ) -> Option<R> {
+        let mut peer = cell.peer.lock();
+        if peer.gone {
+            return None;
+        }
+        let now = Instant::now();
+        let done = SCRATCH_BUF.with_borrow_mut(|scratch| work(&mut peer, scratch, now));
         self.reindex(slot, &mut peer);
-        action
+        Some(done)
     }
 
     /// The slot of the peer an outbound packet goes to, by its destination; or the packet
@@ -873,15 +882,12 @@ impl Shared {
                 // its deadline, or the next table has a new peer there.
                 break;
             };
-            let mut peer = cell.peer.lock();
-            if peer.gone {
+            let ticked = self.with_peer(slot, cell, |peer, scratch, now| {
+                tick(peer, slot, scratch, now, &self.counters, out);
+            });
+            if ticked.is_none() {
                 break;
             }
-            let now = Instant::now();
-            SCRATCH_BUF.with_borrow_mut(|scratch| {
-                tick(&mut peer, slot, scratch, now, &self.counters, out);
-            });
-            self.reindex(slot, &mut peer);
         }
     }
 
@@ -920,26 +926,12 @@ impl Shared {
             let Some(cell) = cell else {
                 continue;
             };
-            let mut peer = cell.peer.lock();
-            if peer.gone {
-                continue;
-            }
-            let now = Instant::now();
-            SCRATCH_BUF.with_borrow_mut(|scratch| {
-                tick(&mut peer, slot, scratch, now, &self.counters, out);
+            self.with_peer(slot, cell, |peer, scratch, now| {
+                tick(peer, slot, scratch, now, &self.counters, out);
                 if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
-                    send(
-                        &mut peer,
-                        slot,
-                        message,
-                        Whose::Own,
-                        now,
-                        &self.counters,
-                        out,
-                    );
+                    send(peer, slot, message, Whose::Own, now, &self.counters, out);
                 }
             });
-            self.reindex(slot, &mut peer);
         }
     }
 }

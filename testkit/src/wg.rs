@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tunpipe::device::{PeerReceiver, PeerSender};
+use tunpipe::stage::Direction;
 use tunpipe::wireguard::{Key, WgConfig, WireGuard, WireGuardCounters};
 use tunpipe::{Engine, MemoryDevice, UdpDevice};
 
@@ -158,6 +159,51 @@ impl End {
         self.engine = engine;
         self.counters = stage.counters();
         self.stage = stage;
+    }
+}
+
+/// An IPv4/UDP packet from `src` to `dst` carrying `seq`: what [`carry`] sends.
+pub fn numbered_packet(src: [u8; 4], dst: [u8; 4], seq: u64) -> Vec<u8> {
+    crate::packets::udp4_packet(src, dst, 4000, 5000, &seq.to_be_bytes())
+}
+
+/// Sends `n` numbered packets from `from`'s app, from `src` to `dst`, and waits until `to`'s
+/// app got them all (in order, byte for byte).
+///
+/// # Panics
+/// If they do not all arrive in time, or not in order: the test's failure.
+pub fn carry(from: &mut End, to: &mut End, src: [u8; 4], dst: [u8; 4], n: u64) {
+    for seq in 0..n {
+        crate::memory::send(&mut from.app_tx, &numbered_packet(src, dst, seq));
+    }
+    let mut got = Vec::new();
+    assert!(
+        crate::check::eventually(|| {
+            while let Some(p) = to.app_rx.recv_with(|p| p.to_vec()) {
+                got.push(p);
+            }
+            got.len() as u64 >= n
+        }),
+        "{} of {n} packets arrived; sender {:?} {:?}, receiver {:?} {:?}",
+        got.len(),
+        from.engine.direction_stats(Direction::Outbound),
+        from.counters.snapshot(),
+        to.engine.direction_stats(Direction::Inbound),
+        to.counters.snapshot(),
+    );
+    for (seq, p) in got.iter().enumerate() {
+        assert_eq!(p, &numbered_packet(src, dst, seq as u64), "packet {seq}");
+    }
+}
+
+/// Stops `end` and asserts that each direction conserved its packets.
+///
+/// # Panics
+/// If the stop fails or a direction does not balance.
+pub fn stop_and_check(end: &End) {
+    end.engine.stop().expect("the tunnel stops");
+    for direction in Direction::BOTH {
+        crate::check::assert_conserved(&end.engine.direction_stats(direction));
     }
 }
 

@@ -754,17 +754,7 @@ impl Connection {
         loop {
             // Poll first, even when bytes are there, so that a client that never stops
             // sending cannot keep this thread from seeing the stop.
-            match wait(
-                Some(self.stream.as_raw_fd()),
-                libc::POLLIN,
-                self.stop,
-                Some(IDLE_TIMEOUT),
-            ) {
-                Ok(Woke::Ready) => {}
-                Ok(Woke::Stopped) => return Err(End::Stopped),
-                Ok(Woke::TimedOut) => return Err(End::Silent),
-                Err(e) => return Err(End::Io(e)),
-            }
+            self.wait_for(libc::POLLIN)?;
             let len = self.pending.len();
             self.pending.resize(len + READ_CHUNK, 0);
             let read = self.stream.read(&mut self.pending[len..]);
@@ -784,6 +774,22 @@ impl Connection {
         }
     }
 
+    /// Waits until the client's socket is ready for `events`, for up to [`IDLE_TIMEOUT`], or
+    /// the stop.
+    fn wait_for(&self, events: libc::c_short) -> Result<(), End> {
+        match wait(
+            Some(self.stream.as_raw_fd()),
+            events,
+            self.stop,
+            Some(IDLE_TIMEOUT),
+        ) {
+            Ok(Woke::Ready) => Ok(()),
+            Ok(Woke::Stopped) => Err(End::Stopped),
+            Ok(Woke::TimedOut) => Err(End::Silent),
+            Err(e) => Err(End::Io(e)),
+        }
+    }
+
     /// Writes all of `bytes`, waiting up to [`IDLE_TIMEOUT`] each time the client's buffer
     /// is full.
     fn write_all(&mut self, mut bytes: &[u8]) -> Result<(), End> {
@@ -792,19 +798,7 @@ impl Connection {
                 Ok(0) => return Err(End::Io(io::ErrorKind::WriteZero.into())),
                 Ok(n) => bytes = &bytes[n..],
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match wait(
-                        Some(self.stream.as_raw_fd()),
-                        libc::POLLOUT,
-                        self.stop,
-                        Some(IDLE_TIMEOUT),
-                    ) {
-                        Ok(Woke::Ready) => {}
-                        Ok(Woke::Stopped) => return Err(End::Stopped),
-                        Ok(Woke::TimedOut) => return Err(End::Silent),
-                        Err(e) => return Err(End::Io(e)),
-                    }
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_for(libc::POLLOUT)?,
                 Err(e) => return Err(End::Io(e)),
             }
         }
