@@ -346,3 +346,40 @@ fn with_roaming_disabled_a_peer_keeps_the_endpoint_it_has() {
         stop_and_check(&b);
     }
 }
+
+#[test]
+fn a_new_private_key_restarts_every_session_and_traffic_resumes_once_the_peer_knows_it() {
+    let Three {
+        mut a,
+        mut b,
+        c,
+        keys,
+        addrs,
+    } = three(0);
+    let kb = &keys[1].public;
+    carry(&mut a, &mut b, A, B, 5);
+    assert_eq!(peer(&a, kb).handshakes, 1);
+    let new = KeyPair::generate();
+    let changes = set(&a, &format!("private_key={}\n", hex(&new.private)));
+    assert!(
+        changes.private_key && changes.changed[0].restart_session,
+        "{changes:?}"
+    );
+    // B learns A's new public key (its old one removed): a new handshake, then traffic.
+    set(
+        &b,
+        &format!(
+            "public_key={}\nremove=true\npublic_key={}\nendpoint={}\nallowed_ip=10.0.0.0/24\n",
+            hex(&keys[0].public),
+            hex(&new.public),
+            addrs[0]
+        ),
+    );
+    carry(&mut a, &mut b, A, B, 5);
+    carry(&mut b, &mut a, B, A, 5);
+    // The peer's counters carry on across the restart.
+    assert_eq!(peer(&a, kb).handshakes, 2);
+    for end in [&a, &b, &c] {
+        stop_and_check(end);
+    }
+}
