@@ -112,6 +112,15 @@ impl Session {
         })
     }
 
+    /// Runs `f` on the tunnel's UDP socket: `None` once the engine is joined (the socket is
+    /// closed then) or when the engine runs no tunnel.
+    pub(crate) fn with_udp<R>(&self, f: impl FnOnce(Option<&UdpDevice>) -> R) -> R {
+        match &self.tunnel {
+            Some(tunnel) => f(tunnel.udp.lock().as_ref()),
+            None => f(None),
+        }
+    }
+
     /// Rebinds a tunnel's UDP socket (the network path changed).
     pub(crate) fn rebind(&self) -> FfiResult {
         if self.tunnel.is_none() {
@@ -127,6 +136,11 @@ impl Session {
             ));
         }
         Ok(self.engine.rebind()?)
+    }
+
+    /// True once a stop was requested (by a caller or by a fatal error).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.engine.is_stopping()
     }
 
     /// Stops and joins the engine, then closes its dup of the fd.
