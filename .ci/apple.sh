@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Apple (and Android) targets without an Apple SDK: type-check every target the engine
-# ships for, build the iOS static archive, and check with llvm-nm that it exports the C ABI.
+# ships for, build the iOS static archive, and check with llvm-nm that it exports the C ABI
+# (every function of ffi/tunpipe.h, and WireGuardKit's eight of ffi/wireguardkit.h).
 # rustup serves aarch64-apple-ios, the macOS targets and Android; aarch64-apple-ios-sim and
 # tvOS are built from source with -Zbuild-std (RUSTC_BOOTSTRAP: no nightly toolchain here).
 set -euo pipefail
@@ -77,6 +78,13 @@ for f in $expected; do
 done
 for f in start_tun stop_tun tunpipe_engine_start tunpipe_engine_stop tunpipe_engine_free; do
   grep -qx "_$f" <<<"$defined" || { echo "   MISSING _$f"; missing=1; }
+done
+# WireGuardKit's eight (ffi/wireguardkit.h, camelCase), for an app that links this archive in
+# place of wireguard-go's libwg-go.a.
+wgkit=$(sed -n 's/^extern [^(]*[ *]\(wg[A-Za-z]*\)(.*/\1/p' ffi/wireguardkit.h | sort -u)
+[ "$(wc -w <<<"$wgkit")" = 8 ] || { echo "could not read WireGuardKit's 8 functions from ffi/wireguardkit.h"; exit 1; }
+for f in $wgkit; do
+  if grep -qx "_$f" <<<"$defined"; then echo "   T _$f"; else echo "   MISSING _$f"; missing=1; fi
 done
 [ "$missing" = 0 ] || { echo "the iOS archive does not export the whole C ABI"; exit 1; }
 echo "== apple: done in $((SECONDS - started)) s"

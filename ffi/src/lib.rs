@@ -4,6 +4,8 @@
 //! - `global`: the seed's `start_tun(fd)` / `stop_tun()` pair and its global config.
 //! - `handle`: engines behind opaque `TunpipeEngine*` handles (several may run at once).
 //! - `stage`: the C callback stage. `log`: the host's log callback and panic hook.
+//! - `wgkit`: WireGuardKit's eight backend functions (`wgTurnOn`, ...; `ffi/wireguardkit.h`),
+//!   so an app built on WireGuardKit links tunpipe in place of wireguard-go.
 //! - `wireguard`: a wg-quick text's settings for the host (addresses, DNS, MTU, routes).
 //!   The tunnel itself is `TunpipeConfig::wireguard_config`; rebind, tunnel and peer figures
 //!   are in `global` and `handle`.
@@ -26,6 +28,7 @@ mod report;
 mod session;
 mod stage;
 mod util;
+mod wgkit;
 mod wireguard;
 
 pub use config::{
@@ -60,6 +63,10 @@ pub use report::{
 };
 pub use stage::{
     TunpipePacket, TunpipeStageCallback, TUNPIPE_VERDICT_DROP, TUNPIPE_VERDICT_FORWARD,
+};
+pub use wgkit::{
+    wgBumpSockets, wgDisableSomeRoamingForBrokenMobileSemantics, wgGetConfig, wgSetConfig,
+    wgSetLogger, wgTurnOff, wgTurnOn, wgVersion, WgLoggerFn,
 };
 pub use wireguard::tunpipe_wireguard_settings;
 

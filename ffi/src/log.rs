@@ -1,4 +1,6 @@
-//! Routes the `log` facade and panic messages to a host callback: stderr is lost on iOS.
+//! Routes the `log` facade and panic messages to a host callback: stderr is lost on iOS. One
+//! callback for the process, set by `tunpipe_set_log_callback` (tunpipe's levels) or by
+//! WireGuardKit's `wgSetLogger` (its two levels), whichever came last.
 
 use super::error::{FfiError, TUNPIPE_ERR_INVALID_ARGUMENT, TUNPIPE_ERR_UNSUPPORTED, TUNPIPE_OK};
 use super::util::HostContext;
@@ -33,10 +35,45 @@ pub type TunpipeLogCallback =
 
 type LogFn = unsafe extern "C" fn(context: *mut c_void, level: i32, message: *const c_char);
 
+/// How a host numbers levels: tunpipe's `TUNPIPE_LOG_*`, or WireGuardKit's two
+/// (`wgSetLogger`: 0 verbose, 1 error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Levels {
+    Tunpipe,
+    WireGuardKit,
+}
+
+impl Levels {
+    fn number(self, level: log::Level) -> i32 {
+        match self {
+            Levels::Tunpipe => level_number(level),
+            // wireguard-go has `Verbosef` and `Errorf` only. A warning is a call tunpipe
+            // refused (a host bug) or a failure it worked around: the host should see it.
+            Levels::WireGuardKit => match level {
+                log::Level::Error | log::Level::Warn => 1,
+                _ => 0,
+            },
+        }
+    }
+}
+
+/// Where log lines go: the host's callback, its context, and its numbering. One for the
+/// process: `tunpipe_set_log_callback` and `wgSetLogger` each replace it.
 #[derive(Clone, Copy)]
-struct Sink {
+pub(crate) struct Sink {
     callback: LogFn,
     context: HostContext,
+    levels: Levels,
+}
+
+impl Sink {
+    pub(crate) fn new(callback: LogFn, context: *mut c_void, levels: Levels) -> Sink {
+        Sink {
+            callback,
+            context: HostContext(context),
+            levels,
+        }
+    }
 }
 
 static SINK: RwLock<Option<Sink>> = RwLock::new(None);
@@ -62,7 +99,7 @@ thread_local! {
     static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
 }
 
-fn emit(level: i32, message: &str) {
+fn emit(level: log::Level, message: &str) {
     if IN_CALLBACK.get() {
         return;
     }
@@ -76,7 +113,7 @@ fn emit(level: i32, message: &str) {
         IN_CALLBACK.set(true);
         // SAFETY: the host installed this callback and context for exactly this call, under
         // the contract on `TunpipeLogCallback`; `text` outlives the call.
-        unsafe { (sink.callback)(sink.context.0, level, text.as_ptr()) };
+        unsafe { (sink.callback)(sink.context.0, sink.levels.number(level), text.as_ptr()) };
         IN_CALLBACK.set(false);
     }
 }
@@ -88,7 +125,7 @@ impl log::Log for HostLogger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            emit(level_number(record.level()), &record.args().to_string());
+            emit(record.level(), &record.args().to_string());
         }
     }
 
@@ -120,7 +157,7 @@ fn install_panic_hook() {
                 .map(|l| format!(" at {}:{}", l.file(), l.line()))
                 .unwrap_or_default();
             emit(
-                TUNPIPE_LOG_ERROR,
+                log::Level::Error,
                 &format!(
                     "panic in thread {}{location}: {}",
                     thread.name().unwrap_or("<unnamed>"),
@@ -154,23 +191,31 @@ ffi_fn! {
                 format!("unknown log level {max_level}"),
             )
         })?;
-        static INSTALLED: OnceLock<bool> = OnceLock::new();
-        if !*INSTALLED.get_or_init(|| log::set_logger(&LOGGER).is_ok()) {
-            return Err(FfiError::new(
-                TUNPIPE_ERR_UNSUPPORTED,
-                "another log logger is already installed in this process",
-            ));
-        }
-        install_panic_hook();
-        *SINK.write() = callback.map(|callback| Sink {
-            callback,
-            context: HostContext(context),
-        });
-        log::set_max_level(if callback.is_some() {
-            filter
-        } else {
-            log::LevelFilter::Off
-        });
+        install(
+            callback.map(|callback| Sink::new(callback, context, Levels::Tunpipe)),
+            filter,
+        )?;
         Ok(TUNPIPE_OK)
     }
+}
+
+/// Makes `sink` the process's one log sink (`None`: logging off), passing lines at or above
+/// `filter`, with tunpipe as the `log` logger (installed on the first call) and the panic
+/// hook. Once it returns, the sink it replaced is not running anywhere.
+///
+/// # Errors
+/// `TUNPIPE_ERR_UNSUPPORTED` when the process installed another `log` logger first.
+pub(crate) fn install(sink: Option<Sink>, filter: log::LevelFilter) -> Result<(), FfiError> {
+    static INSTALLED: OnceLock<bool> = OnceLock::new();
+    if !*INSTALLED.get_or_init(|| log::set_logger(&LOGGER).is_ok()) {
+        return Err(FfiError::new(
+            TUNPIPE_ERR_UNSUPPORTED,
+            "another log logger is already installed in this process",
+        ));
+    }
+    install_panic_hook();
+    let on = sink.is_some();
+    *SINK.write() = sink;
+    log::set_max_level(if on { filter } else { log::LevelFilter::Off });
+    Ok(())
 }

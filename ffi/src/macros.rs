@@ -13,10 +13,29 @@
 //!   C passes a `const TunpipeEngine *`; the macro checks it (NULL and misalignment are error
 //!   codes) and hands the body a reference. A failure is also the handle's last error.
 //!
+//! And for functions whose C signature is not ours to choose (WireGuardKit's, which return
+//! `void`, a handle, a pointer): `[unsafe] fn name(args) [-> T] { .. } ?= fallback`. The body
+//! returns the C value itself and reports its own failures (wireguard-go logs them); a panic
+//! is logged as an error, set as the thread's last error, and answered with `fallback`.
+//!
 //! cbindgen reads the expanded crate (`[parse.expand]` in `ffi/cbindgen.toml`), so the header
 //! shows the functions exactly as the macro makes them, with their doc comments.
 
 macro_rules! ffi_fn {
+    ($(#[$doc:meta])* unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block ?= $fallback:expr) => {
+        $(#[$doc])*
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) $(-> $ret)? {
+            $crate::macros::run_or(stringify!($name), move || $body, || $fallback)
+        }
+    };
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block ?= $fallback:expr) => {
+        $(#[$doc])*
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $name($($arg: $ty),*) $(-> $ret)? {
+            $crate::macros::run_or(stringify!($name), move || $body, || $fallback)
+        }
+    };
     ($(#[$doc:meta])* unsafe fn $name:ident($engine:ident: &TunpipeEngine $(, $arg:ident: $ty:ty)* $(,)?) -> i32 $body:block) => {
         $(#[$doc])*
         #[unsafe(no_mangle)]
@@ -69,6 +88,18 @@ pub(crate) fn run_on_handle(
         let engine = unsafe { &*engine };
         contain(|| body(engine)).inspect_err(|e| engine.set_last_error(name, e))
     })
+}
+
+/// Runs the body of an entry point that returns its C value itself: a panic is logged and
+/// recorded like any failure of [`run`], and answered with `fallback()`.
+pub(crate) fn run_or<T>(name: &str, body: impl FnOnce() -> T, fallback: impl FnOnce() -> T) -> T {
+    match contain(|| Ok(body())) {
+        Ok(value) => value,
+        Err(e) => {
+            fail(name, &e);
+            fallback()
+        }
+    }
 }
 
 /// Runs `body`, turning a panic into a `TUNPIPE_ERR_PANIC` error.

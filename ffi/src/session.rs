@@ -54,33 +54,71 @@ pub(crate) fn resolve_fd(fd: i32) -> FfiResult<i32> {
     })
 }
 
+/// Adopts the host's TUN/utun `fd` (>= 0): the engine's own dup, checked to be a TUN (Linux)
+/// or a utun control socket (Apple). The host's fd is never closed.
+pub(crate) fn adopt(fd: i32) -> FfiResult<TunDevice> {
+    TunDevice::adopt(fd).map_err(|e| {
+        let code = if is_resource_exhaustion(&e) {
+            TUNPIPE_ERR_RESOURCES
+        } else {
+            TUNPIPE_ERR_BAD_FD
+        };
+        FfiError::new(code, format!("cannot adopt fd {fd}: {e}"))
+    })
+}
+
 impl Session {
     /// Adopts `fd` (a dup; the host's fd is never closed) and starts an engine on it.
     pub(crate) fn start(plan: &Plan, fd: i32) -> FfiResult<Session> {
         plan.validate()?;
-        let fd = resolve_fd(fd)?;
-        let device = TunDevice::adopt(fd).map_err(|e| {
-            let code = if is_resource_exhaustion(&e) {
-                TUNPIPE_ERR_RESOURCES
-            } else {
-                TUNPIPE_ERR_BAD_FD
-            };
-            FfiError::new(code, format!("cannot adopt fd {fd}: {e}"))
-        })?;
+        let device = adopt(resolve_fd(fd)?)?;
         let (builder, callback) = plan.builder();
-        let (engine, tunnel) = match &plan.stage {
+        match &plan.stage {
             StagePlan::WireGuard(config) => {
-                let (engine, tunnel) = start_tunnel(builder, config, &device)?;
-                (engine, Some(tunnel))
+                let (stage, udp) = tunnel_parts(config)?;
+                Session::start_tunnel(builder, device, stage, udp)
             }
-            _ => (builder.start(&device)?, None),
-        };
+            _ => Ok(Session {
+                engine: builder.start(&device)?,
+                device: Mutex::new(Some(device)),
+                callback,
+                tunnel: None,
+            }),
+        }
+    }
+
+    /// Starts a tunnel of `stage` between the host's TUN `inside` (from [`adopt`]) and the
+    /// UDP socket `udp`, with `builder`'s config. The port `udp` is bound to is what `get`
+    /// shows when the configuration asked for any (0).
+    pub(crate) fn start_tunnel(
+        builder: tunpipe::Builder,
+        inside: TunDevice,
+        stage: WireGuard,
+        udp: UdpDevice,
+    ) -> FfiResult<Session> {
+        let counters = stage.counters();
+        let engine = builder.start_tunnel(stage.clone(), &inside, &udp)?;
+        if let Ok(addr) = udp.local_addr() {
+            stage.record_bound_port(addr.port());
+        }
         Ok(Session {
             engine,
-            device: Mutex::new(Some(device)),
-            callback,
-            tunnel,
+            device: Mutex::new(Some(inside)),
+            callback: None,
+            tunnel: Some(Tunnel {
+                udp: Mutex::new(Some(udp)),
+                counters,
+            }),
         })
+    }
+
+    /// Runs `f` on the tunnel's UDP socket: `None` once the engine is joined (the socket is
+    /// closed then) or when the engine runs no tunnel.
+    pub(crate) fn with_udp<R>(&self, f: impl FnOnce(Option<&UdpDevice>) -> R) -> R {
+        match &self.tunnel {
+            Some(tunnel) => f(tunnel.udp.lock().as_ref()),
+            None => f(None),
+        }
     }
 
     /// Rebinds a tunnel's UDP socket (the network path changed).
@@ -98,6 +136,11 @@ impl Session {
             ));
         }
         Ok(self.engine.rebind()?)
+    }
+
+    /// True once a stop was requested (by a caller or by a fatal error).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.engine.is_stopping()
     }
 
     /// Stops and joins the engine, then closes its dup of the fd.
@@ -221,27 +264,14 @@ impl Session {
     }
 }
 
-/// Resolves a WireGuard config's host names, builds its stage, binds its UDP socket and starts
-/// the tunnel between the host's TUN and that socket.
-fn start_tunnel(
-    builder: tunpipe::Builder,
-    config: &WgConfig,
-    inside: &TunDevice,
-) -> FfiResult<(Engine, Tunnel)> {
+/// A wg-quick config's stage, with its host names resolved, and its UDP socket, bound.
+fn tunnel_parts(config: &WgConfig) -> FfiResult<(WireGuard, UdpDevice)> {
     let config_error =
         |e: tunpipe::wireguard::WgConfigError| FfiError::new(TUNPIPE_ERR_CONFIG, e.to_string());
     let mut config = config.clone();
     config.resolve().map_err(config_error)?;
     let stage = WireGuard::new(&config).map_err(config_error)?;
-    let counters = stage.counters();
     let port = config.interface.listen_port.unwrap_or(0);
     let udp = UdpDevice::bind_port(port).map_err(|e| EngineError::Device(Arc::new(e)))?;
-    let engine = builder.start_tunnel(stage, inside, &udp)?;
-    Ok((
-        engine,
-        Tunnel {
-            udp: Mutex::new(Some(udp)),
-            counters,
-        },
-    ))
+    Ok((stage, udp))
 }

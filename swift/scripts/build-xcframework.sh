@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds swift/TunPipeFFI.xcframework from the Rust crate: every Apple slice, simulators and
 # macOS lipo'd into fat archives, with ffi/tunpipe.h and the module map in Headers/TunPipeFFI/.
+# An app built on WireGuardKit links the same slices in place of wireguard-go's libwg-go.a
+# (wireguardkit-bridge.sh).
 # WireGuard's crypto (ring) is compiled with Xcode's clang and SDKs, found through xcrun.
 # Runs on a Mac with Xcode and rustup. tvOS and the iOS simulator on Intel are tier 3 in
 # Rust, so they are built from source with -Zbuild-std (RUSTC_BOOTSTRAP, or use nightly).
@@ -51,7 +53,10 @@ if [ -z "${SKIP_TVOS:-}" ]; then fat tvos-sim aarch64-apple-tvos-sim x86_64-appl
 # other packages' in an app build ("Multiple commands produce .../include/module.modulemap").
 headers="$stage/Headers"
 mkdir -p "$headers/TunPipeFFI"
-cp "$root/ffi/tunpipe.h" "$here/Headers/TunPipeFFI/module.modulemap" "$headers/TunPipeFFI/"
+# wireguardkit.h (WireGuardKit's eight, for C and Objective-C hosts) rides along outside the
+# module: WireGuardKit apps import those through WireGuardKitGo's own module.
+cp "$root/ffi/tunpipe.h" "$root/ffi/wireguardkit.h" "$here/Headers/TunPipeFFI/module.modulemap" \
+  "$headers/TunPipeFFI/"
 
 args=(
   -library "$(lib aarch64-apple-ios)" -headers "$headers"
