@@ -18,11 +18,10 @@ use super::session::{self, Session};
 use parking_lot::{Condvar, Mutex};
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::io;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
-use tunpipe::wireguard::uapi::{self, ErrorCode, SetRequest, UapiError};
+use tunpipe::wireguard::uapi::{self, ErrorCode};
 use tunpipe::wireguard::WireGuard;
 use tunpipe::{Config, Engine, UdpDevice};
 
@@ -64,67 +63,6 @@ fn free_handle<T>(tunnels: &BTreeMap<c_int, T>) -> Option<c_int> {
         handle += 1;
     }
     (handle < c_int::MAX).then_some(handle)
-}
-
-/// Applies a UAPI `set` to `stage`, moving `udp` to a new listen port or fwmark when the
-/// request changes them, before anything else changes (so a port that cannot be had changes
-/// nothing: EADDRINUSE, as wireguard-go answers). `udp` is `None` once the tunnel stopped.
-fn apply(
-    stage: &WireGuard,
-    udp: Option<&UdpDevice>,
-    request: &SetRequest,
-) -> Result<(), UapiError> {
-    let mut bound = None;
-    stage.set_with(request, |changes, next| {
-        if !changes.listen_port && !changes.fwmark {
-            return Ok(());
-        }
-        let Some(udp) = udp else {
-            return Err(UapiError::port_in_use(
-                if changes.listen_port {
-                    "listen_port"
-                } else {
-                    "fwmark"
-                },
-                "the tunnel has stopped: it has no socket",
-            ));
-        };
-        // The caller logs the refusal, with the key and the reason.
-        let refused = |key: &'static str, e: io::Error| UapiError::port_in_use(key, e.to_string());
-        let mark_before = udp.fwmark();
-        if changes.fwmark {
-            match udp.set_fwmark(next.fwmark()) {
-                Ok(()) => {}
-                // As wireguard-go's `SetMark` off Linux and the BSDs: accepted, shown by
-                // `get`, applied to nothing.
-                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                    log::info!(
-                        "fwmark {}: kept, but this system has no socket mark",
-                        next.fwmark()
-                    );
-                }
-                Err(e) => return Err(refused("fwmark", e)),
-            }
-        }
-        if changes.listen_port {
-            match udp.rebind_to_port(next.listen_port()) {
-                Ok(port) => bound = Some(port),
-                Err(e) => {
-                    if changes.fwmark {
-                        // As it was: nothing of a refused change stays.
-                        let _ = udp.set_fwmark(mark_before);
-                    }
-                    return Err(refused("listen_port", e));
-                }
-            }
-        }
-        Ok(())
-    })?;
-    if let Some(port) = bound {
-        // A listen_port of 0 shows the port bound, as wireguard-go's does.
-        stage.record_bound_port(port);
-    }
-    Ok(())
 }
 
 /// The bytes of a C string argument; `None` for NULL.
@@ -230,7 +168,9 @@ fn turn_on(settings: &[u8], tun_fd: i32) -> Result<c_int, String> {
     let inside = session::adopt(tun_fd).map_err(|e| e.message)?;
     let stage = WireGuard::unconfigured();
     let udp = UdpDevice::bind_port(0).map_err(|e| format!("Unable to bind a UDP socket: {e}"))?;
-    apply(&stage, Some(&udp), &request).map_err(|e| format!("Unable to set IPC settings: {e}"))?;
+    stage
+        .set_on(&request, Some(&udp))
+        .map_err(|e| format!("Unable to set IPC settings: {e}"))?;
     let mut config = Config::default();
     config.mtu = WGKIT_MTU;
     let builder = Engine::builder().config(config);
@@ -331,10 +271,10 @@ ffi_fn! {
             return i64::from(ErrorCode::Invalid.errno());
         };
         let result = uapi::parse_set_bytes(text).and_then(|request| {
-            tunnel.session.with_udp(|udp| apply(&tunnel.stage, udp, &request))
+            tunnel.session.with_udp(|udp| tunnel.stage.set_on(&request, udp))
         });
         match result {
-            Ok(()) => 0,
+            Ok(_) => 0,
             Err(e) => {
                 log::error!("wgSetConfig: tunnel {handle}: Unable to set IPC settings: {e}");
                 i64::from(e.errno())
@@ -571,7 +511,7 @@ mod tests {
             hex(&peer)
         ))
         .unwrap();
-        apply(&stage, None, &request).unwrap();
+        stage.set_on(&request, None).unwrap();
         let text = stage.get();
         let body = text.strip_suffix(uapi::format_status(0).as_str()).unwrap();
         assert!(body.ends_with("allowed_ip=10.0.0.2/32\n"), "{body}");
@@ -583,7 +523,7 @@ mod tests {
         let stage = WireGuard::unconfigured();
         let before = stage.get();
         let request = uapi::parse_set("listen_port=4242\n").unwrap();
-        let e = apply(&stage, None, &request).unwrap_err();
+        let e = stage.set_on(&request, None).unwrap_err();
         assert_eq!(e.code(), ErrorCode::PortInUse);
         assert_eq!(stage.get(), before);
     }

@@ -67,6 +67,7 @@ pub use config::{
 };
 pub use stats::{DropReason, PeerStats, WireGuardCounters, WireGuardStats};
 
+use crate::device::UdpDevice;
 use crate::pool::PacketBuf;
 use crate::stage::{Action, DeadlineBell, Direction, DuplexStage, Emitter, Side};
 use crate::wire::{check_ip, IpVersion, Ipv4Packet, Ipv6Packet};
@@ -389,6 +390,73 @@ impl WireGuard {
         // packets dropped are counted by the next deadline: the engine asks again.
         if let Some(bell) = self.shared.bell.lock().as_ref() {
             bell.ring(self);
+        }
+        Ok(changes)
+    }
+
+    /// As [`WireGuard::set`], for the code that owns the tunnel's socket, `udp` (`None`: the
+    /// tunnel has stopped and has none): a new listen port moves it
+    /// ([`UdpDevice::rebind_to_port`]; a port of 0 is recorded as bound, as wireguard-go
+    /// shows it), a new fwmark marks it ([`UdpDevice::set_fwmark`]; where the system has no
+    /// socket mark it is kept and shown but marks nothing, as wireguard-go's off Linux). What
+    /// `wg set`, `wg setconf` and WireGuardKit's `wgSetConfig` come through.
+    ///
+    /// # Errors
+    /// As [`WireGuard::set`]; EADDRINUSE ([`uapi::ErrorCode::PortInUse`], wireguard-go's code)
+    /// when the port cannot be had or the mark set, or there is no socket. A refused request
+    /// changes nothing, the socket included.
+    pub fn set_on(
+        &self,
+        request: &SetRequest,
+        udp: Option<&UdpDevice>,
+    ) -> Result<Changes, UapiError> {
+        let mut bound = None;
+        let changes = self.set_with(request, |changes, next| {
+            if !changes.listen_port && !changes.fwmark {
+                return Ok(());
+            }
+            let key = if changes.listen_port {
+                "listen_port"
+            } else {
+                "fwmark"
+            };
+            let Some(udp) = udp else {
+                return Err(UapiError::port_in_use(
+                    key,
+                    "the tunnel has stopped: it has no socket",
+                ));
+            };
+            let refused =
+                |key: &'static str, e: std::io::Error| UapiError::port_in_use(key, e.to_string());
+            let mark_before = udp.fwmark();
+            if changes.fwmark {
+                match udp.set_fwmark(next.fwmark()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                        log::info!(
+                            "fwmark {}: kept, but this system has no socket mark",
+                            next.fwmark()
+                        );
+                    }
+                    Err(e) => return Err(refused("fwmark", e)),
+                }
+            }
+            if changes.listen_port {
+                match udp.rebind_to_port(next.listen_port()) {
+                    Ok(port) => bound = Some(port),
+                    Err(e) => {
+                        if changes.fwmark {
+                            // As it was: nothing of a refused change stays.
+                            let _ = udp.set_fwmark(mark_before);
+                        }
+                        return Err(refused("listen_port", e));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(port) = bound {
+            self.record_bound_port(port);
         }
         Ok(changes)
     }

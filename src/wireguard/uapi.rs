@@ -203,7 +203,8 @@ impl UapiError {
         self.code.errno()
     }
 
-    /// The line, counting from 1 at the first line after `set=1`.
+    /// The line, counting from 1 at the first line after `set=1`; 0 for the request as a whole
+    /// (refused by the tunnel or its socket rather than for one line).
     pub fn line(&self) -> usize {
         self.line
     }
@@ -222,7 +223,11 @@ impl UapiError {
 
 impl fmt::Display for UapiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "UAPI set, line {}", self.line)?;
+        // Line 0: the request as a whole (what the tunnel or its socket refused).
+        match self.line {
+            0 => write!(f, "UAPI set")?,
+            line => write!(f, "UAPI set, line {line}")?,
+        }
         if !self.field.is_empty() {
             write!(f, " ({})", self.field)?;
         }

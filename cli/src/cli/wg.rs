@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 use tunpipe::stage::Direction;
-use tunpipe::wireguard::uapi::{SetRequest, UapiError};
+use tunpipe::wireguard::uapi::SetRequest;
 use tunpipe::wireguard::{
     Endpoint, WgConfig, WireGuard, WireGuardCounters, WireGuardStats, DEFAULT_MTU, MAX_ALLOWED_IPS,
     MAX_PEERS,
@@ -242,38 +242,13 @@ impl uapi::UapiHandler for Control {
     }
 
     fn set(&self, request: &SetRequest) -> Result<(), i32> {
-        let udp = &self.udp;
-        let mut bound = None;
         self.stage
-            .set_with(request, |changes, next| {
-                let refused = |key: &'static str, e: std::io::Error| {
-                    log::warn!("wg set: cannot set {key}: {e}");
-                    UapiError::port_in_use(key, e.to_string())
-                };
-                let mark_before = udp.fwmark();
-                if changes.fwmark {
-                    udp.set_fwmark(next.fwmark())
-                        .map_err(|e| refused("fwmark", e))?;
-                }
-                if changes.listen_port {
-                    match udp.rebind_to_port(next.listen_port()) {
-                        Ok(port) => bound = Some(port),
-                        Err(e) => {
-                            if changes.fwmark {
-                                // As it was: nothing of a refused change stays.
-                                let _ = udp.set_fwmark(mark_before);
-                            }
-                            return Err(refused("listen_port", e));
-                        }
-                    }
-                }
-                Ok(())
+            .set_on(request, Some(&self.udp))
+            .map(drop)
+            .map_err(|e| {
+                log::warn!("wg set: {e}");
+                e.errno()
             })
-            .map_err(|e| e.errno())?;
-        if let Some(port) = bound {
-            self.stage.record_bound_port(port);
-        }
-        Ok(())
     }
 
     fn removed(&self) {
