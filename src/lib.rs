@@ -41,7 +41,7 @@
 //!   readers run the one stage inline; with workers, both readers feed them (the inside
 //!   reader by flow hash, the outside one by the peer's address), and the workers share the
 //!   stage. The engine holds no lock around it: the stage guards its own state (WireGuard
-//!   with one lock of its own, taken per packet).
+//!   locks only the peer a packet belongs to).
 //! - The stage sees each packet with its direction and may emit packets of its own toward
 //!   either side (a handshake response goes back the way the initiation came), from a reserve
 //!   of buffers it is given at start: it never allocates or blocks.

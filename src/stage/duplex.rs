@@ -14,9 +14,9 @@
 //! it: it never allocates or blocks), and names its next deadline. The engine runs one
 //! instance for both directions, called from several threads at once (the readers inline,
 //! the workers, the timer) with no lock of its own around it: the stage guards its own state,
-//! as finely as it can (the WireGuard stage keeps one lock for now). The engine calls
-//! [`DuplexStage::on_deadline`] from a timer thread that sleeps until the deadline: nothing
-//! wakes up periodically when nothing is pending.
+//! as finely as it can (the WireGuard stage locks only the peer a packet belongs to). The
+//! engine calls [`DuplexStage::on_deadline`] from a timer thread that sleeps until the
+//! deadline: nothing wakes up periodically when nothing is pending.
 
 use crate::pool::PacketBuf;
 use std::time::Instant;
