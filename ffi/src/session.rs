@@ -237,20 +237,23 @@ impl Session {
         // right must fail loudly rather than end the loop as if there were no peers.
         // SAFETY: the caller promises a readable `size` field.
         unsafe { sized_len(out) }?;
-        // One snapshot of all peers per call: the table can change between a host's calls
-        // (peers added or removed live), never within one.
-        let peers = tunnel.counters.peers();
+        // One peer's snapshot per call (a walk over N peers costs N, not N²); the table can
+        // change between a host's calls (peers added or removed live).
+        let counters = &tunnel.counters;
         let peer = usize::try_from(index)
             .ok()
-            .and_then(|i| peers.get(i))
+            .and_then(|i| counters.peer(i))
             .ok_or_else(|| {
                 FfiError::new(
                     TUNPIPE_ERR_NOT_FOUND,
-                    format!("no peer {index}: the tunnel has {} now", peers.len()),
+                    format!(
+                        "no peer {index}: the tunnel has {} now",
+                        counters.peer_count()
+                    ),
                 )
             })?;
         // SAFETY: the caller promises `out` holds `size` writable bytes.
-        unsafe { write_sized(out, TunpipePeerStats::from_peer(peer)) }
+        unsafe { write_sized(out, TunpipePeerStats::from_peer(&peer)) }
     }
 
     fn tunnel(&self) -> FfiResult<&Tunnel> {

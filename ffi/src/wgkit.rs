@@ -177,7 +177,7 @@ fn turn_on(settings: &[u8], tun_fd: i32) -> Result<c_int, String> {
     let session = Session::start_tunnel(builder, inside, stage.clone(), udp)
         .map_err(|e| format!("Unable to start the tunnel: {}", e.message))?;
     let port = session.with_udp(|udp| udp.and_then(|u| u.local_addr().ok()));
-    let peers = stage.peers().len();
+    let peers = stage.counters().peer_count();
     let tunnel = Arc::new(WgTunnel {
         session,
         stage,

@@ -183,6 +183,17 @@ impl WireGuardCounters {
         *self.peers.lock() = peers;
     }
 
+    /// How many peers there are now.
+    pub fn peer_count(&self) -> usize {
+        self.peers.lock().len()
+    }
+
+    /// The figures of the peer at `index` in the configuration's order, if there is one: one
+    /// peer's snapshot, for a host that walks the peers one call at a time.
+    pub fn peer(&self, index: usize) -> Option<PeerStats> {
+        self.peers.lock().get(index).map(|p| p.snapshot())
+    }
+
     /// Each peer's figures, in the configuration's order.
     pub fn peers(&self) -> Vec<PeerStats> {
         self.peers.lock().iter().map(|p| p.snapshot()).collect()
