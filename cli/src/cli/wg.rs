@@ -74,6 +74,9 @@ pub fn wg(a: WgArgs) -> CliResult {
     let engine = Arc::new(engine);
     let port = udp.local_addr().map(|a| a.port()).unwrap_or(0);
     stage.record_bound_port(port);
+    // Served before the banner, whose last words tell a script the tunnel is up: `wg show`
+    // works from then on.
+    let control = serve_uapi(&name, &stage, &udp);
 
     let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
     println!(
@@ -86,7 +89,7 @@ pub fn wg(a: WgArgs) -> CliResult {
         },
         engine.workers(),
         bytes(engine.reserved_bytes() as u64),
-        stage.peers().len()
+        counters.peer_count()
     );
     if let Some(config) = &config {
         print_peers(config);
@@ -98,7 +101,6 @@ pub fn wg(a: WgArgs) -> CliResult {
     {
         println!("tunpipe: DNS in the config is left to the host (tunpipe sets no resolver)");
     }
-    let control = serve_uapi(&name, &stage, &udp);
 
     let ended = session::until_stopped(
         &engine,
