@@ -31,6 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tests/rig.h"
+
 static int passed, failed, skipped;
 
 #define CHECK(cond, ...)                                                                   \
@@ -51,13 +53,6 @@ static const char *last_error(void) {
     tunpipe_last_error(buf, sizeof buf);
     return buf;
 }
-
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static int fd_is_open(int fd) { return fcntl(fd, F_GETFD) != -1; }
 
 /* ---- log callback: counts warnings, keeps the last line ---- */
 
@@ -115,12 +110,6 @@ static int ping_addr(const char *addr, int count, double deadline_s) {
 
 /* Pings the reflecting engine's other side. */
 static int ping(int count, double deadline_s) { return ping_addr("10.77.0.2", count, deadline_s); }
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 static struct TunpipeStats global_stats(void) {
     struct TunpipeStats s;
@@ -271,20 +260,6 @@ static void test_no_tun_needed(void) {
     CHECK(tunpipe_available_memory(&avail) == TUNPIPE_ERR_UNSUPPORTED && avail == 0,
           "os_proc_available_memory is iOS/tvOS only");
     CHECK(atomic_load(&log_warnings) > 0, "rejected calls were logged");
-}
-
-static int open_tun(const char *name) {
-    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
-    if (fd < 0) return -1;
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
-    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
-    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
 }
 
 static void test_start_tun(int fd) {

@@ -39,6 +39,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tests/rig.h"
+
 static atomic_int passed, failed, skipped;
 
 #define CHECK(cond, ...)                                                                   \
@@ -70,19 +72,6 @@ static const struct {
               wgSetConfig,   wgGetConfig,   wgBumpSockets,
               wgDisableSomeRoamingForBrokenMobileSemantics,
               wgVersion};
-
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int fd_is_open(int fd) { return fcntl(fd, F_GETFD) != -1; }
 
 /* ---- the logger: every line kept, and checked for the private key ---- */
 
@@ -235,20 +224,6 @@ static void config_lines(const char *cfg, char *out, size_t n) {
 }
 
 /* ---- the rig ---- */
-
-static int open_tun(const char *name) {
-    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
-    if (fd < 0) return -1;
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
-    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
-    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
 
 static int ping(const char *addr, int count) {
     char cmd[160];
