@@ -345,7 +345,7 @@ impl WireGuard {
     /// such a peer as the change is made.
     ///
     /// The listen port and fwmark are the socket's, which the stage does not own: a caller
-    /// that owns the socket uses [`WireGuard::set_with`].
+    /// that owns the socket uses [`WireGuard::set_on`].
     ///
     /// # Errors
     /// A request past the limits, or one that removes the private key (a running tunnel
@@ -356,15 +356,9 @@ impl WireGuard {
     }
 
     /// As [`WireGuard::set`], with `socket` run once the request is known to apply and
-    /// before anything changes: it moves the socket to the new configuration's listen port
-    /// and fwmark when [`Changes::listen_port`] or [`Changes::fwmark`] says so (and writes a
-    /// port bound for 0 back with [`WireGuard::record_bound_port`] after). Its error (the
-    /// port cannot be had: [`uapi::ErrorCode::PortInUse`], as wireguard-go answers) changes
-    /// nothing; it must leave the socket as it was.
-    ///
-    /// # Errors
-    /// As [`WireGuard::set`], and `socket`'s.
-    pub fn set_with(
+    /// before anything changes (for [`WireGuard::set_on`]): its error changes nothing, and
+    /// it must leave the socket as it was.
+    fn set_with(
         &self,
         request: &SetRequest,
         socket: impl FnOnce(&Changes, &UapiState) -> Result<(), UapiError>,

@@ -188,7 +188,7 @@ impl UapiError {
 
     /// The listen port could not be bound or the fwmark set (`field`: `listen_port` or
     /// `fwmark`), as wireguard-go answers it: EADDRINUSE. For the code that owns the
-    /// socket ([`super::WireGuard::set_with`]).
+    /// socket ([`super::WireGuard::set_on`]).
     pub fn port_in_use(field: &'static str, reason: impl Into<String>) -> UapiError {
         UapiError::new(ErrorCode::PortInUse, 0, field, reason)
     }
