@@ -482,8 +482,9 @@ typedef struct TunpipeStats {
   // Of `tx_packets`, those the thread that read (or made) them wrote itself because the
   // writer thread slept: one thread wake-up per such packet instead of two.
   uint64_t tx_direct;
-  // Zero; room for counters added later.
-  uint64_t reserved[1];
+  // Packets in the engine when it was suspended (`tunpipe_suspend`), or sent toward a
+  // device while it was, and so dropped. (In the place of the one reserved word before.)
+  uint64_t drop_suspended;
 } TunpipeStats;
 
 // One latency distribution, in nanoseconds (all 0 when nothing was recorded).
@@ -642,15 +643,37 @@ int32_t start_tun(int32_t fd);
 int32_t stop_tun(void);
 
 // Tells the `start_tun` tunnel that the network path changed (`NWPathMonitor` saw a new
-// path: Wi-Fi to cellular, say): its UDP socket is replaced by a new one on the same port
-// if it can be had, and every peer gets a keepalive from it. Returns once the new socket
-// is in place; the tunnel runs on throughout. WireGuardKit's `wgBumpSockets`.
+// satisfied path: Wi-Fi to cellular, say). Returns at once; a thread of the tunnel's own
+// then looks the endpoints' hosts up again (`getaddrinfo`: DNS64 on an IPv6-only
+// network), gives the UDP socket a new one on the same port if it can (tried every
+// 0.5 s, 10 times, while that fails, as WireGuardKit's `wgBumpSockets`), and starts a
+// handshake with every peer from it. If no peer answers within 5 s, the socket moves to
+// a fresh port and the peers are told again. The tunnel runs on throughout, and a stop
+// never waits for a lookup.
 //
 // Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` when no `start_tun` engine runs,
 // `TUNPIPE_ERR_UNSUPPORTED` when it runs no tunnel (no `wireguard_config`), or
-// `TUNPIPE_ERR_DEVICE` when no new socket could be made (the tunnel then runs on with
-// the old one).
+// `TUNPIPE_ERR_SPAWN` when no thread could be made for it.
 int32_t tunpipe_rebind(void);
+
+// Suspends the `start_tun` engine, for a host whose network is gone
+// (`NWPathMonitor`: unsatisfied) or which is going to sleep (`sleep()` of
+// `NEPacketTunnelProvider`): until `tunpipe_resume`, no thread reads the utun or the
+// socket, no timer fires, and packets still in the engine are dropped and counted
+// (`drop_suspended`). Its threads sleep with no timeout: a suspended tunnel makes no
+// wake-ups. `stop_tun` still returns at once. A tunnel keeps its sessions: after a
+// resume within WireGuard's 180 s (on a clock that counts the device's sleep), data flows
+// at once, without a new handshake.
+//
+// Returns `TUNPIPE_OK` (also when already suspended) or `TUNPIPE_ERR_NOT_RUNNING`.
+int32_t tunpipe_suspend(void);
+
+// Resumes the `start_tun` engine (`tunpipe_suspend`): its threads read and send again,
+// and timers that came due meanwhile run at once. After a network change, call
+// `tunpipe_rebind` too.
+//
+// Returns `TUNPIPE_OK` (also when not suspended) or `TUNPIPE_ERR_NOT_RUNNING`.
+int32_t tunpipe_resume(void);
 
 // Copies the `start_tun` tunnel's figures (the running one, or the last one after it
 // stopped) into `*out`. Set `out->size = sizeof(TunpipeTunnelStats)` first. Returns
@@ -803,11 +826,25 @@ int32_t tunpipe_engine_reserved_bytes(const struct TunpipeEngine *engine,
 
 // Tells the engine's tunnel that the network path changed: as `tunpipe_rebind`, for a
 // handle. Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` once the engine has stopped,
-// `TUNPIPE_ERR_UNSUPPORTED` when it runs no tunnel, or `TUNPIPE_ERR_DEVICE`.
+// `TUNPIPE_ERR_UNSUPPORTED` when it runs no tunnel, or `TUNPIPE_ERR_SPAWN`.
 //
 // # Safety
 // `engine` must be NULL or a live handle from `tunpipe_engine_start`.
 int32_t tunpipe_engine_rebind(const struct TunpipeEngine *engine);
+
+// Suspends the engine: as `tunpipe_suspend`, for a handle. Returns `TUNPIPE_OK` or
+// `TUNPIPE_ERR_NOT_RUNNING` once the engine has stopped.
+//
+// # Safety
+// `engine` must be NULL or a live handle from `tunpipe_engine_start`.
+int32_t tunpipe_engine_suspend(const struct TunpipeEngine *engine);
+
+// Resumes the engine: as `tunpipe_resume`, for a handle. Returns `TUNPIPE_OK` or
+// `TUNPIPE_ERR_NOT_RUNNING` once the engine has stopped.
+//
+// # Safety
+// `engine` must be NULL or a live handle from `tunpipe_engine_start`.
+int32_t tunpipe_engine_resume(const struct TunpipeEngine *engine);
 
 // Copies the engine's tunnel figures into `*out` (also after stop). Set
 // `out->size = sizeof(TunpipeTunnelStats)` first. Returns `TUNPIPE_ERR_UNSUPPORTED` when

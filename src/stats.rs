@@ -93,6 +93,7 @@ pub(crate) enum DropReason {
     NoBuffer,
     WriteError,
     Stopped,
+    Suspended,
 }
 
 /// One direction's outcomes, as one actor counts them: its only way in is
@@ -107,6 +108,7 @@ pub(crate) struct DirectionCounters {
     drop_no_buffer: Counter,
     drop_write_error: Counter,
     stopped: Counter,
+    suspended: Counter,
     originated: Counter,
     consumed: Counter,
     held: Counter,
@@ -134,6 +136,7 @@ impl DirectionCounters {
                 DropReason::NoBuffer => &self.drop_no_buffer,
                 DropReason::WriteError => &self.drop_write_error,
                 DropReason::Stopped => &self.stopped,
+                DropReason::Suspended => &self.suspended,
             },
         };
         counter.add(n);
@@ -208,6 +211,7 @@ impl Counters {
         let tx_bytes = w.tx_bytes.get();
         let drop_write_error = sum(|c| &c.drop_write_error);
         let drop_stopped = sum(|c| &c.stopped);
+        let drop_suspended = sum(|c| &c.suspended);
         // Read the leaving first, so that a snapshot rarely shows fewer held than there are
         // (a release on another thread may be counted just before the hold it ends).
         let unheld: u64 = sum(|c| &c.unheld);
@@ -228,6 +232,7 @@ impl Counters {
             drop_no_buffer: sum(|c| &c.drop_no_buffer),
             drop_write_error,
             drop_stopped,
+            drop_suspended,
             pool_stalls: r.pool_stalls.get(),
             ring_stalls: r.ring_stalls.get(),
             read_errors: r.read_errors.get(),
@@ -310,6 +315,9 @@ pub struct Stats {
     pub drop_write_error: u64,
     /// Still in flight when the engine stopped.
     pub drop_stopped: u64,
+    /// In the rings when the engine was suspended ([`crate::Engine::suspend`]), or sent
+    /// toward a writer while it was.
+    pub drop_suspended: u64,
     /// Times the reader found the pool empty and waited for buffers to come home (not drops:
     /// the kernel's queue takes the pressure meanwhile).
     pub pool_stalls: u64,
@@ -338,6 +346,7 @@ impl Stats {
             + self.drop_no_buffer
             + self.drop_write_error
             + self.drop_stopped
+            + self.drop_suspended
     }
 
     /// Packets read or originated but neither written, dropped, consumed nor held yet: 0 once
@@ -375,6 +384,7 @@ impl std::ops::Add for Stats {
             drop_no_buffer: self.drop_no_buffer + o.drop_no_buffer,
             drop_write_error: self.drop_write_error + o.drop_write_error,
             drop_stopped: self.drop_stopped + o.drop_stopped,
+            drop_suspended: self.drop_suspended + o.drop_suspended,
             pool_stalls: self.pool_stalls + o.pool_stalls,
             ring_stalls: self.ring_stalls + o.ring_stalls,
             read_errors: self.read_errors + o.read_errors,

@@ -9,10 +9,10 @@
 //! joined and its dup of the fd closed, so a `start_tun` right after `stop_tun` returns
 //! finds it free.
 
-use super::config::{Plan, TunpipeConfig};
+use super::config::{Plan, StagePlan, TunpipeConfig};
 use super::error::{
-    FfiError, FfiResult, TUNPIPE_ERR_ALREADY_RUNNING, TUNPIPE_ERR_ENGINE_THREAD,
-    TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_OK,
+    FfiError, FfiResult, TUNPIPE_ERR_ALREADY_RUNNING, TUNPIPE_ERR_CONFIG,
+    TUNPIPE_ERR_ENGINE_THREAD, TUNPIPE_ERR_NOT_RUNNING, TUNPIPE_OK,
 };
 use super::report::{TunpipeLatency, TunpipePeerStats, TunpipeStats, TunpipeTunnelStats};
 use super::session::Session;
@@ -20,6 +20,7 @@ use super::util::check_ptr;
 use parking_lot::{Condvar, Mutex};
 use std::ffi::c_char;
 use std::sync::Arc;
+use tunpipe::wireguard::{WgConfig, WgConfigError};
 
 enum State {
     Idle,
@@ -117,6 +118,10 @@ fn run(fd: i32) -> FfiResult {
     // start_tun and stop_tun would hang or fail: a guard resets it even on a panic.
     let mut slot = StartingSlot { armed: true };
     STARTING_HERE.set(true);
+    let Some(plan) = resolved(plan)? else {
+        log::info!("start_tun: stop_tun arrived while the endpoints were looked up; stopping");
+        return Ok(());
+    };
     let session = match Session::start(&plan, fd) {
         Ok(s) => Arc::new(s),
         Err(e) => return Err(e),
@@ -140,6 +145,44 @@ fn run(fd: i32) -> FfiResult {
     let result = session.wait();
     finish(&session);
     result
+}
+
+/// `plan` with its endpoints' hosts looked up ([`WgConfig::resolve`]), on a thread of its
+/// own: a resolver may take seconds to answer, or never, and a `stop_tun` meanwhile must not
+/// wait for it. `None` when a `stop_tun` came first: the lookup's thread then ends on its own
+/// when the resolver answers, and its answer is dropped unread.
+fn resolved(mut plan: Plan) -> FfiResult<Option<Plan>> {
+    let StagePlan::WireGuard(config) = &plan.stage else {
+        return Ok(Some(plan));
+    };
+    if !config.needs_lookup() {
+        return Ok(Some(plan));
+    }
+    let answer: Arc<Mutex<Option<Result<WgConfig, WgConfigError>>>> = Arc::default();
+    let mut config = (**config).clone();
+    let theirs = answer.clone();
+    std::thread::Builder::new()
+        .name("tunpipe-resolve".into())
+        .spawn(move || {
+            let result = config.resolve().map(|()| config);
+            // Under the slot's lock, so that the wait below cannot miss the notification.
+            let _g = GLOBAL.lock();
+            *theirs.lock() = Some(result);
+            STARTED.notify_all();
+        })
+        .map_err(|e| FfiError::from(tunpipe::EngineError::Spawn(Arc::new(e))))?;
+    let mut g = GLOBAL.lock();
+    loop {
+        if matches!(g.state, State::Starting { cancelled: true }) {
+            return Ok(None);
+        }
+        if let Some(result) = answer.lock().take() {
+            let config = result.map_err(|e| FfiError::new(TUNPIPE_ERR_CONFIG, e.to_string()))?;
+            plan.stage = StagePlan::WireGuard(Box::new(config));
+            return Ok(Some(plan));
+        }
+        STARTED.wait(&mut g);
+    }
 }
 
 /// Resets the slot from `Starting` to `Idle` when dropped armed (start failed, was
@@ -194,7 +237,11 @@ ffi_fn! {
                         ))
                     }
                     State::Starting { cancelled } => {
-                        *cancelled = true;
+                        if !*cancelled {
+                            *cancelled = true;
+                            // A start waiting for a lookup wakes and gives up.
+                            STARTED.notify_all();
+                        }
                         if tunpipe::on_engine_thread() || STARTING_HERE.get() {
                             // The start waits for this very thread (it joins its engine's
                             // threads, or it is this thread): waiting here would never end.
@@ -236,16 +283,46 @@ fn running() -> FfiResult<Arc<Session>> {
 
 ffi_fn! {
     /// Tells the `start_tun` tunnel that the network path changed (`NWPathMonitor` saw a new
-    /// path: Wi-Fi to cellular, say): its UDP socket is replaced by a new one on the same port
-    /// if it can be had, and every peer gets a keepalive from it. Returns once the new socket
-    /// is in place; the tunnel runs on throughout. WireGuardKit's `wgBumpSockets`.
+    /// satisfied path: Wi-Fi to cellular, say). Returns at once; a thread of the tunnel's own
+    /// then looks the endpoints' hosts up again (`getaddrinfo`: DNS64 on an IPv6-only
+    /// network), gives the UDP socket a new one on the same port if it can (tried every
+    /// 0.5 s, 10 times, while that fails, as WireGuardKit's `wgBumpSockets`), and starts a
+    /// handshake with every peer from it. If no peer answers within 5 s, the socket moves to
+    /// a fresh port and the peers are told again. The tunnel runs on throughout, and a stop
+    /// never waits for a lookup.
     ///
     /// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` when no `start_tun` engine runs,
     /// `TUNPIPE_ERR_UNSUPPORTED` when it runs no tunnel (no `wireguard_config`), or
-    /// `TUNPIPE_ERR_DEVICE` when no new socket could be made (the tunnel then runs on with
-    /// the old one).
+    /// `TUNPIPE_ERR_SPAWN` when no thread could be made for it.
     fn tunpipe_rebind() -> i32 {
         running()?.rebind().map(|()| TUNPIPE_OK)
+    }
+}
+
+ffi_fn! {
+    /// Suspends the `start_tun` engine, for a host whose network is gone
+    /// (`NWPathMonitor`: unsatisfied) or which is going to sleep (`sleep()` of
+    /// `NEPacketTunnelProvider`): until `tunpipe_resume`, no thread reads the utun or the
+    /// socket, no timer fires, and packets still in the engine are dropped and counted
+    /// (`drop_suspended`). Its threads sleep with no timeout: a suspended tunnel makes no
+    /// wake-ups. `stop_tun` still returns at once. A tunnel keeps its sessions: after a
+    /// resume within WireGuard's 180 s (on a clock that counts the device's sleep), data flows
+    /// at once, without a new handshake.
+    ///
+    /// Returns `TUNPIPE_OK` (also when already suspended) or `TUNPIPE_ERR_NOT_RUNNING`.
+    fn tunpipe_suspend() -> i32 {
+        running()?.suspend(true).map(|()| TUNPIPE_OK)
+    }
+}
+
+ffi_fn! {
+    /// Resumes the `start_tun` engine (`tunpipe_suspend`): its threads read and send again,
+    /// and timers that came due meanwhile run at once. After a network change, call
+    /// `tunpipe_rebind` too.
+    ///
+    /// Returns `TUNPIPE_OK` (also when not suspended) or `TUNPIPE_ERR_NOT_RUNNING`.
+    fn tunpipe_resume() -> i32 {
+        running()?.suspend(false).map(|()| TUNPIPE_OK)
     }
 }
 

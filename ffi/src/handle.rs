@@ -196,12 +196,34 @@ ffi_fn! {
 ffi_fn! {
     /// Tells the engine's tunnel that the network path changed: as `tunpipe_rebind`, for a
     /// handle. Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` once the engine has stopped,
-    /// `TUNPIPE_ERR_UNSUPPORTED` when it runs no tunnel, or `TUNPIPE_ERR_DEVICE`.
+    /// `TUNPIPE_ERR_UNSUPPORTED` when it runs no tunnel, or `TUNPIPE_ERR_SPAWN`.
     ///
     /// # Safety
     /// `engine` must be NULL or a live handle from `tunpipe_engine_start`.
     unsafe fn tunpipe_engine_rebind(engine: &TunpipeEngine) -> i32 {
         engine.session.rebind().map(|()| TUNPIPE_OK)
+    }
+}
+
+ffi_fn! {
+    /// Suspends the engine: as `tunpipe_suspend`, for a handle. Returns `TUNPIPE_OK` or
+    /// `TUNPIPE_ERR_NOT_RUNNING` once the engine has stopped.
+    ///
+    /// # Safety
+    /// `engine` must be NULL or a live handle from `tunpipe_engine_start`.
+    unsafe fn tunpipe_engine_suspend(engine: &TunpipeEngine) -> i32 {
+        engine.session.suspend(true).map(|()| TUNPIPE_OK)
+    }
+}
+
+ffi_fn! {
+    /// Resumes the engine: as `tunpipe_resume`, for a handle. Returns `TUNPIPE_OK` or
+    /// `TUNPIPE_ERR_NOT_RUNNING` once the engine has stopped.
+    ///
+    /// # Safety
+    /// `engine` must be NULL or a live handle from `tunpipe_engine_start`.
+    unsafe fn tunpipe_engine_resume(engine: &TunpipeEngine) -> i32 {
+        engine.session.suspend(false).map(|()| TUNPIPE_OK)
     }
 }
 

@@ -86,8 +86,9 @@ pub struct TunpipeStats {
     /// Of `tx_packets`, those the thread that read (or made) them wrote itself because the
     /// writer thread slept: one thread wake-up per such packet instead of two.
     pub tx_direct: u64,
-    /// Zero; room for counters added later.
-    pub reserved: [u64; 1],
+    /// Packets in the engine when it was suspended (`tunpipe_suspend`), or sent toward a
+    /// device while it was, and so dropped. (In the place of the one reserved word before.)
+    pub drop_suspended: u64,
 }
 
 /// One direction of a tunnel: outbound is TUN → UDP (sealed toward the peers), inbound is
@@ -389,7 +390,7 @@ impl TunpipeStats {
             ring_stalls: s.ring_stalls,
             held: s.held,
             tx_direct: s.tx_direct,
-            reserved: [0; 1],
+            drop_suspended: s.drop_suspended,
         }
     }
 }

@@ -138,9 +138,19 @@ impl Session {
         Ok(self.engine.rebind()?)
     }
 
-    /// True once a stop was requested (by a caller or by a fatal error).
-    pub(crate) fn is_stopping(&self) -> bool {
-        self.engine.is_stopping()
+    /// Suspends the engine ([`Engine::suspend`]), or resumes it.
+    pub(crate) fn suspend(&self, suspended: bool) -> FfiResult {
+        if self.engine.is_stopping() {
+            return Err(FfiError::new(
+                TUNPIPE_ERR_NOT_RUNNING,
+                "the engine has stopped",
+            ));
+        }
+        if suspended {
+            Ok(self.engine.suspend()?)
+        } else {
+            Ok(self.engine.resume()?)
+        }
     }
 
     /// Stops and joins the engine, then closes its dup of the fd.

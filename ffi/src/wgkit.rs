@@ -15,12 +15,11 @@
 use super::error::TUNPIPE_ERR_ENGINE_THREAD;
 use super::log::{self as host_log, Levels, Sink};
 use super::session::{self, Session};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle, ThreadId};
-use std::time::{Duration, Instant};
+use std::thread;
 use tunpipe::wireguard::uapi::{self, ErrorCode};
 use tunpipe::wireguard::WireGuard;
 use tunpipe::{Config, Engine, UdpDevice};
@@ -32,11 +31,6 @@ use tunpipe::{Config, Engine, UdpDevice};
 /// interface MTU loses the packets above 1500 bytes (counted as oversize).
 const WGKIT_MTU: usize = 1500;
 
-/// How often `wgBumpSockets` tries to rebind, and how long it waits between tries: as
-/// wireguard-go's `api-apple.go` (10 tries, `time.Second / 2`).
-const BUMP_TRIES: u32 = 10;
-const BUMP_RETRY: Duration = Duration::from_millis(500);
-
 /// The running tunnels by handle: wireguard-go's `tunnelHandles` map (behind a lock here;
 /// wireguard-go's map has none).
 static TUNNELS: Mutex<BTreeMap<c_int, Arc<WgTunnel>>> = Mutex::new(BTreeMap::new());
@@ -45,7 +39,6 @@ struct WgTunnel {
     session: Session,
     /// The running stage: `wgSetConfig` and `wgGetConfig` act on it.
     stage: WireGuard,
-    bump: Bumper,
 }
 
 fn tunnel(handle: c_int) -> Option<Arc<WgTunnel>> {
@@ -178,11 +171,7 @@ fn turn_on(settings: &[u8], tun_fd: i32) -> Result<c_int, String> {
         .map_err(|e| format!("Unable to start the tunnel: {}", e.message))?;
     let port = session.with_udp(|udp| udp.and_then(|u| u.local_addr().ok()));
     let peers = stage.counters().peer_count();
-    let tunnel = Arc::new(WgTunnel {
-        session,
-        stage,
-        bump: Bumper::default(),
-    });
+    let tunnel = Arc::new(WgTunnel { session, stage });
     let mut tunnels = TUNNELS.lock();
     let Some(handle) = free_handle(&tunnels) else {
         drop(tunnels);
@@ -201,8 +190,8 @@ fn turn_on(settings: &[u8], tun_fd: i32) -> Result<c_int, String> {
 ffi_fn! {
     /// wireguard-go's `wgTurnOff`: stops the tunnel and frees its handle. It returns once
     /// every engine thread is joined and the engine's dup of the fd and its UDP socket are
-    /// closed (the host may close the fd then), and once a `wgBumpSockets` retry is stopped. A
-    /// handle no tunnel has (never, or no longer, turned on) does nothing. Several threads may
+    /// closed (the host may close the fd then); a `wgBumpSockets` rebind under way ends at its
+    /// next step. A handle no tunnel has (never, or no longer, turned on) does nothing. Several threads may
     /// turn one tunnel off at once; each returns once it is off.
     ///
     /// From the log callback on one of the tunnel's own threads, the stop is requested and
@@ -212,7 +201,6 @@ ffi_fn! {
         let Some(tunnel) = tunnel(handle) else {
             return;
         };
-        tunnel.bump.cancel();
         match tunnel.session.stop() {
             Err(e) if e.code == TUNPIPE_ERR_ENGINE_THREAD => {
                 // This thread is one the stop joins: another finishes it.
@@ -221,7 +209,6 @@ ffi_fn! {
                     .name("tunpipe-wg-off".into())
                     .spawn(move || {
                         let _ = reaper.session.stop();
-                        reaper.bump.join();
                     });
                 if let Err(e) = spawned {
                     log::error!("wgTurnOff: tunnel {handle}: no thread to finish the stop: {e}");
@@ -231,7 +218,6 @@ ffi_fn! {
                 if let Err(e) = result {
                     log::info!("wgTurnOff: tunnel {handle} had stopped: {}", e.message);
                 }
-                tunnel.bump.join();
             }
         }
         let mut tunnels = TUNNELS.lock();
@@ -306,18 +292,22 @@ ffi_fn! {
 }
 
 ffi_fn! {
-    /// wireguard-go's `wgBumpSockets`: the network path changed. Returns at once; a thread of
-    /// the tunnel replaces its UDP socket (the same port if it can be had) and then sends a
-    /// keepalive to each peer from the new one, trying up to 10 times, 0.5 s apart, as
-    /// wireguard-go does. Calls while it tries start its count again (wireguard-go starts
-    /// another goroutine for each). `wgTurnOff` stops it. A handle no tunnel has does nothing.
+    /// wireguard-go's `wgBumpSockets`: the network path changed. Returns at once; the tunnel's
+    /// rebind (`tunpipe_rebind`, one implementation for both) runs on a thread of its own:
+    /// the peers' endpoints are looked up again, the UDP socket is replaced (the same port if
+    /// it can be had; tried up to 10 times, 0.5 s apart, as wireguard-go does), and every
+    /// peer gets a handshake initiation from the new one; with no answer in 5 s, the socket
+    /// moves to a fresh port. Calls while it runs make it start over. `wgTurnOff` ends it. A
+    /// handle no tunnel has does nothing.
     ///
-    /// Differs from wireguard-go: a peer without a current session gets a handshake
-    /// initiation from the new socket (wireguard-go sends only to peers with a session).
+    /// Differs from wireguard-go, which only rebinds and keeps the port even when the path
+    /// behind it is dead.
     #[allow(non_snake_case)]
     fn wgBumpSockets(handle: c_int) {
         if let Some(tunnel) = tunnel(handle) {
-            Bumper::ask(&tunnel, handle);
+            if let Err(e) = tunnel.session.rebind() {
+                log::error!("wgBumpSockets: tunnel {handle}: Unable to update bind: {}", e.message);
+            }
         }
     } ?= ()
 }
@@ -343,143 +333,6 @@ ffi_fn! {
     fn wgVersion() -> *const c_char {
         malloc_string(concat!("tunpipe ", env!("CARGO_PKG_VERSION"))).cast_const()
     } ?= std::ptr::null()
-}
-
-/// `wgBumpSockets`'s thread: at most one per tunnel, which takes every request made while it
-/// runs, and which `wgTurnOff` stops and joins.
-#[derive(Default)]
-struct Bumper {
-    state: Mutex<BumpState>,
-    /// Rung by a new request and by the cancel: the wait between tries ends at once.
-    wake: Condvar,
-    /// The thread, once spawned. Lock order: this, then `state`.
-    thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-#[derive(Default)]
-struct BumpState {
-    /// A request the thread has not taken yet.
-    asked: bool,
-    /// The thread runs (it clears this, under the lock, as it decides to end).
-    running: bool,
-    /// `wgTurnOff` came: no more tries, no new thread.
-    cancelled: bool,
-    /// The thread's id, so that a `wgTurnOff` from its own log callback does not join it.
-    id: Option<ThreadId>,
-}
-
-impl Bumper {
-    /// Asks for a rebind: the running thread takes it, or a new one starts.
-    fn ask(tunnel: &Arc<WgTunnel>, handle: c_int) {
-        let bump = &tunnel.bump;
-        // Held while spawning, so that a `join` after a `cancel` sees the thread.
-        let mut slot = bump.thread.lock();
-        {
-            let mut state = bump.state.lock();
-            if state.cancelled {
-                return;
-            }
-            state.asked = true;
-            if state.running {
-                bump.wake.notify_all();
-                return;
-            }
-            state.running = true;
-        }
-        if let Some(done) = slot.take() {
-            // It cleared `running`: it has ended, or is about to.
-            let _ = done.join();
-        }
-        let worker = tunnel.clone();
-        match thread::Builder::new()
-            .name("tunpipe-wg-bump".into())
-            .spawn(move || worker.bump_sockets(handle))
-        {
-            Ok(thread) => {
-                bump.state.lock().id = Some(thread.thread().id());
-                *slot = Some(thread);
-            }
-            Err(e) => {
-                bump.state.lock().running = false;
-                log::error!("wgBumpSockets: tunnel {handle}: no thread to rebind on: {e}");
-            }
-        }
-    }
-
-    fn cancel(&self) {
-        self.state.lock().cancelled = true;
-        self.wake.notify_all();
-    }
-
-    /// Waits for the thread to end (after [`Bumper::cancel`], at once, or after the rebind it
-    /// is making). Not from the thread itself (a log callback on it).
-    fn join(&self) {
-        let thread = self.thread.lock().take();
-        if let Some(thread) = thread {
-            if Some(thread::current().id()) == self.state.lock().id {
-                return;
-            }
-            let _ = thread.join();
-        }
-    }
-}
-
-impl WgTunnel {
-    /// The body of `wgBumpSockets`'s thread: api-apple.go's goroutine, with its log lines.
-    fn bump_sockets(&self, handle: c_int) {
-        let bump = &self.bump;
-        'asks: loop {
-            {
-                let mut state = bump.state.lock();
-                if state.cancelled || !state.asked {
-                    state.running = false;
-                    return;
-                }
-                state.asked = false;
-            }
-            for attempt in 1..=BUMP_TRIES {
-                if bump.state.lock().cancelled {
-                    continue 'asks;
-                }
-                match self.session.rebind() {
-                    Ok(()) => {
-                        log::info!(
-                            "wgBumpSockets: tunnel {handle}: the UDP socket is rebound, \
-                             keepalives sent"
-                        );
-                        continue 'asks;
-                    }
-                    Err(e) if self.session.is_stopping() => {
-                        log::info!("wgBumpSockets: tunnel {handle} stopped: {}", e.message);
-                        bump.cancel();
-                        continue 'asks;
-                    }
-                    Err(e) => log::error!(
-                        "wgBumpSockets: tunnel {handle}: Unable to update bind, try {attempt}: {}",
-                        e.message
-                    ),
-                }
-                if attempt == BUMP_TRIES {
-                    log::error!(
-                        "wgBumpSockets: tunnel {handle}: Gave up trying to update bind; tunnel \
-                         is likely dysfunctional"
-                    );
-                    continue 'asks;
-                }
-                let deadline = Instant::now() + BUMP_RETRY;
-                let mut state = bump.state.lock();
-                while !state.cancelled && !state.asked {
-                    if bump.wake.wait_until(&mut state, deadline).timed_out() {
-                        break;
-                    }
-                }
-                if state.cancelled || state.asked {
-                    // Ended, or the path changed again: the next request starts over.
-                    continue 'asks;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

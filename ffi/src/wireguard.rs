@@ -7,7 +7,7 @@ use super::error::{FfiError, TUNPIPE_ERR_CONFIG, TUNPIPE_ERR_NULL_POINTER};
 use super::util::write_string;
 use serde_json::json;
 use std::ffi::c_char;
-use tunpipe::wireguard::{Endpoint, WgConfig};
+use tunpipe::wireguard::WgConfig;
 
 ffi_fn! {
     /// Parses the wg-quick text `config` and writes, as NUL-terminated JSON into `buf[0..len]`,
@@ -55,8 +55,7 @@ pub(crate) fn settings_json(config: &WgConfig) -> Result<String, FfiError> {
         .iter()
         .map(|p| {
             let (host, port) = match &p.endpoint {
-                Some(Endpoint::Addr(addr)) => (Some(addr.ip().to_string()), Some(addr.port())),
-                Some(Endpoint::Host(host, port)) => (Some(host.clone()), Some(*port)),
+                Some(endpoint) => (Some(endpoint.host()), Some(endpoint.port())),
                 None => (None, None),
             };
             json!({

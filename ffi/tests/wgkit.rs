@@ -47,7 +47,7 @@ mod linux {
                 get_and_set,
             ),
             (
-                "bump_retries_ten_times_and_a_turn_off_ends_its_thread",
+                "bump_retries_ten_times_moves_a_silent_path_and_ends_at_turn_off",
                 bump_retries,
             ),
         ];
@@ -457,54 +457,69 @@ mod linux {
         );
         let h = turn_on(&settings, device.as_raw_fd());
         check(h >= 0, || format!("handle {h}"))?;
-        let tries =
-            |h: c_int| lines_with(&format!("tunnel {h}: Unable to update bind, try ")).len();
+        let tries = || lines_with("rebind: no new socket yet").len();
+        let path_thread = || thread_names().iter().any(|n| n == "tunpipe-path");
 
-        // Every try fails: ten, 0.5 s apart, then wireguard-go's last word.
+        // Every try fails: ten, 0.5 s apart, then the last word, an error.
         let gave_up = {
             let _no_fds = NoNewFds::now()?;
             wgBumpSockets(h);
-            eventually(|| !lines_with(&format!("tunnel {h}: Gave up trying")).is_empty())
+            eventually(|| !lines_with("rebind: no new socket in 10 tries").is_empty())
         };
-        check(gave_up && tries(h) == 10, || {
-            format!("gave up after {} tries", tries(h))
+        check(gave_up && tries() == 9, || {
+            format!("gave up after {} retries", tries())
         })?;
         check(
-            lines_with("Unable to update bind, try 1:")
+            lines_with("no new socket in 10 tries")
                 .iter()
                 .all(|(l, _)| *l == 1),
-            || "errors at level 1".into(),
+            || "the last word at level 1 (error)".into(),
         )?;
-        // With descriptors again, the next path change rebinds.
+        // With descriptors again, the next path change rebinds; 192.0.2.1 never answers the
+        // handshake from the new socket, so after 5 s it moves to a fresh port, and ends.
         wgBumpSockets(h);
         check(
-            eventually(|| {
-                !lines_with(&format!("tunnel {h}: the UDP socket is rebound")).is_empty()
-            }),
+            eventually(|| !lines_with("rebound the UDP socket").is_empty()),
             || "rebound once it could".into(),
         )?;
         check(
-            eventually_within(Duration::from_secs(5), || {
-                !thread_names().iter().any(|n| n == "tunpipe-wg-bump")
-            }),
-            || "the bump thread ends when it is done".into(),
+            eventually(|| !lines_with("no peer answered from the new socket").is_empty()),
+            || "a fresh port after 5 s of silence".into(),
+        )?;
+        let port = get(h)
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("listen_port=").map(str::to_string))
+            })
+            .unwrap_or_default();
+        check(
+            lines_with(&format!("moved to port {port}")).len() == 1,
+            || {
+                format!(
+                    "get shows the fresh port ({port}): {:?}",
+                    lines_with("port")
+                )
+            },
+        )?;
+        check(
+            eventually_within(Duration::from_secs(5), || !path_thread()),
+            || "the path thread ends when it is done".into(),
         )?;
 
-        // A turn-off in the middle of the retries ends them: its thread is gone when
-        // wgTurnOff returns.
+        // A turn-off in the middle of the retries ends them at once.
         let ended = {
             let _no_fds = NoNewFds::now()?;
             wgBumpSockets(h);
             wgBumpSockets(h);
-            let second_try = eventually(|| tries(h) >= 12);
+            let second_try = eventually(|| tries() >= 11);
             wgTurnOff(h);
             second_try
         };
-        check(ended, || format!("{} tries", tries(h)))?;
-        let names = thread_names();
-        check(!names.iter().any(|n| n == "tunpipe-wg-bump"), || {
-            format!("a bump thread outlived wgTurnOff: {names:?}")
-        })?;
+        check(ended, || format!("{} retries", tries()))?;
+        check(
+            eventually_within(Duration::from_secs(5), || !path_thread()),
+            || format!("a path thread outlived wgTurnOff: {:?}", thread_names()),
+        )?;
         check(get(h).is_none(), || "off".into())
     }
 }

@@ -77,6 +77,9 @@ pub(crate) struct Control {
     deadline_turn: Mutex<()>,
     /// The host said the network path changed (rebind): the timer tells the stage.
     path_changed: AtomicBool,
+    /// The host suspended the engine ([`crate::Engine::suspend`]): no actor touches a device
+    /// or runs a timer until it resumes.
+    suspended: AtomicBool,
 }
 
 impl Control {
@@ -102,6 +105,7 @@ impl Control {
             deadline_ns: AtomicU64::new(NO_DEADLINE),
             deadline_turn: Mutex::new(()),
             path_changed: AtomicBool::new(false),
+            suspended: AtomicBool::new(false),
         }
     }
 
@@ -147,10 +151,7 @@ impl Control {
         for interrupter in self.interrupters.lock().iter() {
             interrupter.interrupt();
         }
-        self.reader_bells.iter().for_each(Doorbell::force);
-        self.worker_bells.iter().for_each(Doorbell::force);
-        self.writer_bells.iter().for_each(Doorbell::force);
-        self.timer_bell.force();
+        self.ring_all();
         *self.stop_requested.lock() = true;
         self.stop_requested_cv.notify_all();
     }
@@ -188,6 +189,16 @@ impl Control {
         }
     }
 
+    /// Blocks until someone requests a stop or `timeout` passes; true if a stop was
+    /// requested.
+    pub(crate) fn wait_for_stop_request_for(&self, timeout: std::time::Duration) -> bool {
+        let mut requested = self.stop_requested.lock();
+        if !*requested {
+            self.stop_requested_cv.wait_for(&mut requested, timeout);
+        }
+        *requested
+    }
+
     fn note_stage_panic(&self) {
         let panics = self.stage_panics.fetch_add(1, Ordering::AcqRel) + 1;
         if panics > self.max_stage_panics {
@@ -219,6 +230,40 @@ impl Control {
         if moved_earlier(ns, self.deadline_ns.swap(ns, Ordering::AcqRel)) {
             self.timer_bell.ring();
         }
+    }
+
+    /// Suspends the engine: readers leave their waits in the kernel and park, the timer
+    /// parks, writers drop what reaches them ("suspended"). False if it already was.
+    pub(crate) fn suspend(&self) -> bool {
+        if self.suspended.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        for interrupter in self.interrupters.lock().iter() {
+            interrupter.interrupt();
+        }
+        self.ring_all();
+        true
+    }
+
+    /// Ends a suspension: every actor goes back to work. False if it was not suspended.
+    pub(crate) fn resume(&self) -> bool {
+        if !self.suspended.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        self.ring_all();
+        true
+    }
+
+    #[inline]
+    pub(crate) fn suspended(&self) -> bool {
+        self.suspended.load(Ordering::Acquire)
+    }
+
+    fn ring_all(&self) {
+        self.reader_bells.iter().for_each(Doorbell::force);
+        self.worker_bells.iter().for_each(Doorbell::force);
+        self.writer_bells.iter().for_each(Doorbell::force);
+        self.timer_bell.force();
     }
 
     /// Tells the timer that the host changed the network path.

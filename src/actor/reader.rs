@@ -64,6 +64,14 @@ impl<R: RxHalf> Reader<R> {
         let mut retry = RetryWindow::new(self.backoff);
         let mut stalled = false;
         while !ctl.stopping() {
+            if ctl.suspended() {
+                // Nothing is read until the resume (the kernel's queue keeps what comes, up
+                // to its size), and the device is not even waited on.
+                if bell.sleep_unless(|| !ctl.suspended() || ctl.stopping()) {
+                    counters.wakeups.add(1);
+                }
+                continue;
+            }
             self.pool.refill();
             if self.pool.free.is_empty() {
                 // The pool is empty: stop reading until buffers come home, so the kernel's
@@ -108,11 +116,21 @@ impl<R: RxHalf> Reader<R> {
                 // for a short window saves a sleep and a wake-up in the kernel per burst.
                 Drained::Empty if retry.try_again() => {}
                 Drained::Empty => {
-                    if let Err(e) = self.rx.wait_readable() {
-                        // Interrupted means a stop trigger or EINTR: the loop condition
-                        // decides, never the error kind.
-                        if self.rx.classify(&e) == ErrorClass::Fatal {
-                            ctl.fail(EngineError::device(e));
+                    match self.rx.wait_readable() {
+                        Ok(()) => {}
+                        // A stop, a suspend or EINTR: the loop's checks decide, never the
+                        // error kind. A suspend's interrupt is cleared, so that the next
+                        // wait blocks again; a stop was set before its interrupt, so the
+                        // loop sees it.
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                            if !ctl.stopping() {
+                                self.rx.rearm();
+                            }
+                        }
+                        Err(e) => {
+                            if self.rx.classify(&e) == ErrorClass::Fatal {
+                                ctl.fail(EngineError::device(e));
+                            }
                         }
                     }
                 }

@@ -22,6 +22,16 @@ impl Timer {
         let counters = &ctl.counters.timer;
         ctl.timer_bell.register_current();
         while !ctl.stopping() {
+            if ctl.suspended() {
+                // No timer fires while suspended, and a path change waits for the resume.
+                if ctl
+                    .timer_bell
+                    .sleep_unless(|| !ctl.suspended() || ctl.stopping())
+                {
+                    counters.wakeups.add(1);
+                }
+                continue;
+            }
             self.pool.refill();
             let now = ctl.now_ns();
             if ctl.take_path_changed() {

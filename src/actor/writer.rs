@@ -79,7 +79,10 @@ impl<T: TxHalf> WriterEnd for Outlet<T> {
     fn try_send(&self, packets: &mut Vec<PacketBuf>) -> bool {
         let ctl = &*self.ctl;
         let bell = ctl.writer_bell(self.side);
-        let Some(mut token) = self.token.try_bypass(bell, || !ctl.stopping()) else {
+        let Some(mut token) = self
+            .token
+            .try_bypass(bell, || !ctl.stopping() && !ctl.suspended())
+        else {
             return false;
         };
         let Some(half) = token.as_mut() else {
@@ -109,9 +112,16 @@ impl<T: TxHalf> Writer<T> {
                 let _ = reply.send(self.latency_snapshot());
             }
             let current_phase = ctl.phase();
+            let discard = if current_phase >= phase::STOP_REQUESTED {
+                Some(DropReason::Stopped)
+            } else if ctl.suspended() {
+                Some(DropReason::Suspended)
+            } else {
+                None
+            };
             let mut moved = 0;
             for i in 0..self.inputs.len() {
-                moved += self.write_from(i, current_phase >= phase::STOP_REQUESTED);
+                moved += self.write_from(i, discard);
             }
             if moved > 0 {
                 idle.reset();
@@ -144,8 +154,9 @@ impl<T: TxHalf> Writer<T> {
         }
     }
 
-    /// Writes one chunk from input `i`; returns how many buffers it took.
-    fn write_from(&mut self, i: usize, stopping: bool) -> usize {
+    /// Writes one chunk from input `i`, or drops it as `discard` says (stopped, suspended);
+    /// returns how many buffers it took.
+    fn write_from(&mut self, i: usize, discard: Option<DropReason>) -> usize {
         let n = self.inputs[i].slots().min(self.batch_size);
         if n == 0 {
             return 0;
@@ -161,13 +172,13 @@ impl<T: TxHalf> Writer<T> {
         let Ok(chunk) = self.inputs[i].read_chunk(n) else {
             return 0;
         };
-        if stopping {
+        if let Some(reason) = discard {
             let (first, second) = chunk.as_slices();
             let in_flight = first.iter().chain(second).filter(|b| !b.recycled()).count();
             let counters = ctl.counters.writer(outlet.side.direction());
             counters
                 .settled
-                .settle(Outcome::Dropped(DropReason::Stopped), in_flight as u64);
+                .settle(Outcome::Dropped(reason), in_flight as u64);
             for buf in chunk {
                 half.send_home(buf);
             }

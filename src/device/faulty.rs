@@ -150,6 +150,10 @@ impl<R: RxHalf> RxHalf for FaultyRx<R> {
         self.inner.interrupter()
     }
 
+    fn rearm(&mut self) {
+        self.inner.rearm();
+    }
+
     fn classify(&self, error: &io::Error) -> ErrorClass {
         self.inner.classify(error)
     }

@@ -231,6 +231,10 @@ impl RxHalf for MemoryRx {
         Ok(())
     }
 
+    fn rearm(&mut self) {
+        self.interrupted.store(false, Ordering::Release);
+    }
+
     fn interrupter(&self) -> Interrupter {
         let interrupted = self.interrupted.clone();
         let shared = self.shared.clone();

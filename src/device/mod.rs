@@ -124,8 +124,15 @@ pub trait RxHalf: Send + 'static {
     fn wait_readable(&mut self) -> io::Result<()>;
 
     /// A handle another thread uses to interrupt [`RxHalf::wait_readable`]. It stays triggered
-    /// until this half is dropped; each opening of a device gets its own.
+    /// until this half is dropped or [`RxHalf::rearm`]ed; each opening of a device gets its
+    /// own.
     fn interrupter(&self) -> Interrupter;
+
+    /// Clears the interrupt, so that the next [`RxHalf::wait_readable`] blocks again: the
+    /// reader calls it after a wait was interrupted while no stop is under way (a suspend).
+    /// A device whose interrupt stayed triggered would have its reader spin after a resume,
+    /// which is why this has no default.
+    fn rearm(&mut self);
 
     /// What a receive error means. The default suits a device node (a TUN): see
     /// [`classify`].
@@ -218,20 +225,39 @@ impl std::fmt::Debug for Interrupter {
 
 /// Rebinds a device (a UDP socket) while it runs; see [`RxHalf::rebinder`].
 #[derive(Clone)]
-pub struct Rebinder(Arc<dyn Fn() -> io::Result<()> + Send + Sync>);
+pub struct Rebinder {
+    same_port: Arc<dyn Fn() -> io::Result<()> + Send + Sync>,
+    fresh_port: Arc<dyn Fn() -> io::Result<u16> + Send + Sync>,
+}
 
 impl Rebinder {
-    /// Wraps the function that rebinds.
-    pub fn new(rebind: impl Fn() -> io::Result<()> + Send + Sync + 'static) -> Self {
-        Rebinder(Arc::new(rebind))
+    /// Wraps the functions that rebind: `same_port` gives the device a new socket on the
+    /// port it has (or any, if that cannot be had), `fresh_port` one on a port it has never
+    /// had, returning it.
+    pub fn new(
+        same_port: impl Fn() -> io::Result<()> + Send + Sync + 'static,
+        fresh_port: impl Fn() -> io::Result<u16> + Send + Sync + 'static,
+    ) -> Self {
+        Rebinder {
+            same_port: Arc::new(same_port),
+            fresh_port: Arc::new(fresh_port),
+        }
     }
 
-    /// Rebinds now.
+    /// A new socket, on the same port if it can be had.
     ///
     /// # Errors
     /// What making the new socket failed with.
     pub fn rebind(&self) -> io::Result<()> {
-        (self.0)()
+        (self.same_port)()
+    }
+
+    /// A new socket on a fresh port; returns the port.
+    ///
+    /// # Errors
+    /// What making the new socket failed with.
+    pub fn rebind_fresh(&self) -> io::Result<u16> {
+        (self.fresh_port)()
     }
 }
 

@@ -259,6 +259,12 @@ impl RxHalf for TunRx {
             .wait_readable_intr(&self.run.interrupt)
     }
 
+    fn rearm(&mut self) {
+        if let Err(e) = self.run.interrupt.reset() {
+            log::error!("could not reset the TUN interrupt event: {e}");
+        }
+    }
+
     fn interrupter(&self) -> Interrupter {
         let event = self.run.interrupt.clone();
         Interrupter::new(move || {

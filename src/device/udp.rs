@@ -176,18 +176,7 @@ impl UdpDevice {
     /// # Errors
     /// What binding the new port failed with (`EADDRINUSE`, ...).
     pub fn rebind_to_port(&self, port: u16) -> io::Result<u16> {
-        let shared = &self.shared;
-        let mut bound = shared.bound.lock();
-        if port != 0 && port == bound.port() {
-            return Ok(port);
-        }
-        let mut addr = *bound;
-        addr.set_port(port);
-        let (socket, granted) = shared.new_socket(addr)?;
-        *bound = local_addr(&socket)?;
-        drop(shared.install(socket, granted));
-        log::info!("moved the UDP socket to {bound}");
-        Ok(bound.port())
+        self.shared.rebind_to_port(port)
     }
 
     /// The firewall mark the socket's datagrams carry (0: none).
@@ -228,6 +217,22 @@ fn set_mark(_socket: &Socket, mark: u32) -> io::Result<()> {
 }
 
 impl Shared {
+    /// See [`UdpDevice::rebind_to_port`]; with `port` 0, another port than the one it has (the new
+    /// socket is bound while the old one still holds its port).
+    fn rebind_to_port(&self, port: u16) -> io::Result<u16> {
+        let mut bound = self.bound.lock();
+        if port != 0 && port == bound.port() {
+            return Ok(port);
+        }
+        let mut addr = *bound;
+        addr.set_port(port);
+        let (socket, granted) = self.new_socket(addr)?;
+        *bound = local_addr(&socket)?;
+        drop(self.install(socket, granted));
+        log::info!("moved the UDP socket to {bound}");
+        Ok(bound.port())
+    }
+
     /// A new socket at `addr` with this device's buffers and mark. Called with `bound` held.
     fn new_socket(&self, addr: SocketAddr) -> io::Result<(Socket, (usize, usize))> {
         let made = new_socket(addr, self.buffer_bytes)?;
@@ -452,13 +457,21 @@ impl RxHalf for UdpRx {
         Interrupter::new(move || stop.wake())
     }
 
+    fn rearm(&mut self) {
+        self.stop.drain();
+    }
+
     fn classify(&self, error: &io::Error) -> ErrorClass {
         classify_socket(error)
     }
 
     fn rebinder(&self) -> Option<Rebinder> {
-        let shared = self.shared.clone();
-        Some(Rebinder::new(move || shared.rebind()))
+        let same = self.shared.clone();
+        let fresh = self.shared.clone();
+        Some(Rebinder::new(
+            move || same.rebind(),
+            move || fresh.rebind_to_port(0),
+        ))
     }
 }
 

@@ -1,17 +1,19 @@
 //! The engine handle: builds the pipeline, spawns the actors, stops them, and answers for
 //! their counters and latency.
 
+mod path;
 mod wiring;
 
 use crate::actor::writer::Mail;
 use crate::actor::Control;
 use crate::config::Config;
-use crate::device::{Device, Rebinder, RxHalf, TxHalf};
+use crate::device::{Device, RxHalf, TxHalf};
 use crate::error::EngineError;
 use crate::stage::{BuiltinStage, Direction, DuplexStage, Side, Stage, StageFactory};
 use crate::stats::{LatencySnapshot, Stats};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::Mutex;
+use path::PathChanges;
 use std::sync::Arc;
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
@@ -228,10 +230,9 @@ pub struct Engine {
     reserved_bytes: usize,
     workers: usize,
     tunnel: bool,
-    /// Rebinds a tunnel's outside device, if it can be.
-    /// How to rebind the outside device; released at the end of the join, so that a stopped
-    /// engine holds no socket (and no port).
-    rebinder: Mutex<Option<Rebinder>>,
+    /// A tunnel's path changes ([`Engine::rebind`]). Its device is released at the end of
+    /// the join, so that a stopped engine holds no socket (and no port).
+    path: Arc<PathChanges>,
     /// Whether every direction balanced when the engine was joined ([`Engine::balanced`]).
     balanced: Mutex<Option<bool>>,
 }
@@ -312,7 +313,7 @@ impl Engine {
         *self.joiner.lock() = Some(thread::current().id());
         let snapshots = join_in_order(&self.ctl, threads);
         self.ctl.counters.settle_held_at_stop();
-        self.rebinder.lock().take();
+        self.path.release();
         *self.final_latency.lock() = Some(snapshots);
         log::info!("tunpipe engine stopped: {:?}", self.stats());
         let balanced = Direction::BOTH.iter().all(|&d| {
@@ -423,29 +424,74 @@ impl Engine {
     }
 
     /// Tells a tunnel that the network path changed (a phone moved between Wi-Fi and
-    /// cellular): the outside device gets a new socket (the same port if it can), and the
-    /// stage a chance to tell its peers (a keepalive). Returns once the new socket is in
-    /// place; the engine keeps running throughout.
+    /// cellular, or woke): returns at once, and a thread of its own, never a reader or
+    /// writer, looks the endpoints' hosts up again, gives the outside device a new socket
+    /// (the same port if it can; tried every 0.5 s, 10 times, while that fails), and has the
+    /// stage start a handshake from it. If no peer answers within 5 s, the socket moves to a
+    /// fresh port and the peers are told again (some NATs stop forwarding an old port after
+    /// a change). A call while one is under way makes it start over. The engine keeps
+    /// running throughout; a stop never waits for a lookup. See `engine/path.rs`.
     ///
     /// # Errors
     /// [`EngineError::Unsupported`] when the engine has no outside device that can be
-    /// rebound (a one-way engine, say); [`EngineError::Device`] when no new socket could be
-    /// made (the old one then stays in use); [`EngineError::Stopping`] once a stop is under
-    /// way. The reader and writer never wait for a rebind beyond a pointer swap: the new
-    /// socket is made and bound on the caller's thread ([`crate::device::UdpDevice::rebind`]).
+    /// rebound (a one-way engine, say); [`EngineError::Spawn`] when no thread could be made
+    /// for it; [`EngineError::Stopping`] once a stop is under way.
     pub fn rebind(&self) -> Result<(), EngineError> {
         if self.ctl.stopping() {
             return Err(EngineError::Stopping);
         }
-        let rebinder = self.rebinder.lock();
-        let Some(rebinder) = rebinder.as_ref() else {
+        if !self.path.can_rebind() {
             return Err(EngineError::Unsupported(
                 "this engine has no outside device that can be rebound",
             ));
-        };
-        rebinder.rebind().map_err(EngineError::device)?;
-        self.ctl.note_path_changed();
+        }
+        self.path
+            .start()
+            .map_err(|e| EngineError::Spawn(Arc::new(e)))
+    }
+
+    /// Suspends the engine, for a host whose network is gone or which is going to sleep (iOS
+    /// `sleep()`, or a path that is not satisfied): until [`Engine::resume`], no thread reads
+    /// the TUN or the socket (the kernel keeps what comes, up to its queue's size), no timer
+    /// fires, and packets still in the rings are dropped and counted as `drop_suspended`.
+    /// Every thread sleeps without a timeout: a suspended engine makes no wake-ups. A stop
+    /// still returns at once. Suspending a suspended engine does nothing.
+    ///
+    /// A tunnel keeps its sessions: after a resume, one younger than WireGuard's
+    /// `REJECT_AFTER_TIME` (180 s, on a clock that counts the device's sleep) carries data at
+    /// once, an older one is renegotiated with the first packet.
+    ///
+    /// # Errors
+    /// [`EngineError::Stopping`] once a stop is under way.
+    pub fn suspend(&self) -> Result<(), EngineError> {
+        if self.ctl.stopping() {
+            return Err(EngineError::Stopping);
+        }
+        if self.ctl.suspend() {
+            log::info!("tunpipe engine suspended");
+        }
         Ok(())
+    }
+
+    /// Ends a suspension ([`Engine::suspend`]): the threads read and send again, and timers
+    /// that came due meanwhile run at once. Resuming an engine that is not suspended does
+    /// nothing. A host whose network changed meanwhile calls [`Engine::rebind`] too.
+    ///
+    /// # Errors
+    /// [`EngineError::Stopping`] once a stop is under way.
+    pub fn resume(&self) -> Result<(), EngineError> {
+        if self.ctl.stopping() {
+            return Err(EngineError::Stopping);
+        }
+        if self.ctl.resume() {
+            log::info!("tunpipe engine resumed");
+        }
+        Ok(())
+    }
+
+    /// Whether the engine is suspended ([`Engine::suspend`]).
+    pub fn is_suspended(&self) -> bool {
+        self.ctl.suspended()
     }
 
     /// Bytes the engine reserved at start: pool, rings and histograms, and a tunnel stage's

@@ -14,6 +14,7 @@
 //! Every buffer belongs to one pool (a reader's, the timer's or, in a tunnel, a worker's: the
 //! reserves a duplex stage emits from), and every writer has a ring back to every pool.
 
+use super::path::PathChanges;
 use super::Engine;
 use crate::actor::reader::{Downstream, Reader};
 use crate::actor::timer::Timer;
@@ -23,7 +24,7 @@ use crate::actor::{
     phase, Control, Emits, Out, Outs, SharedDuplex, StageHost, StageRunner, WriterEnd, STRAIGHT_MAX,
 };
 use crate::config::Config;
-use crate::device::{Interrupter, Rebinder, RxHalf, TxHalf};
+use crate::device::{Interrupter, RxHalf, TxHalf};
 use crate::error::ConfigError;
 use crate::error::EngineError;
 use crate::link::Backoff;
@@ -44,7 +45,7 @@ pub(super) struct Wired {
     /// One mailbox per writer, by side.
     pub mail: Vec<(Side, Sender<Mail>)>,
     pub reserved_bytes: usize,
-    pub rebinder: Option<Rebinder>,
+    pub path: Arc<PathChanges>,
 }
 
 impl Wired {
@@ -64,7 +65,7 @@ impl Wired {
             reserved_bytes: self.reserved_bytes,
             workers,
             tunnel,
-            rebinder: Mutex::new(self.rebinder),
+            path: self.path,
             balanced: Mutex::new(None),
         }
     }
@@ -493,6 +494,10 @@ impl RxHalf for Absent {
     fn interrupter(&self) -> Interrupter {
         match *self {}
     }
+
+    fn rearm(&mut self) {
+        match *self {}
+    }
 }
 
 impl TxHalf for Absent {
@@ -544,6 +549,11 @@ pub(super) fn start<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
     let mut interrupters = vec![inside_rx.interrupter()];
     interrupters.extend(outside_rx.as_ref().map(RxHalf::interrupter));
     let ctl = Arc::new(Control::new(c.workers, interrupters, c.max_stage_panics));
+    let duplex = match &stage {
+        StagePlan::Duplex(stage) => Some(stage.clone()),
+        _ => None,
+    };
+    let path = PathChanges::new(ctl.clone(), duplex, rebinder);
     if let StagePlan::Duplex(stage) = &stage {
         // A deadline the stage names before any packet (say, a keepalive due at start) is
         // kept.
@@ -736,7 +746,7 @@ pub(super) fn start<IR: RxHalf, IT: TxHalf, OR: RxHalf, OT: TxHalf>(
         ctl,
         mail,
         reserved_bytes: engine_bytes + state,
-        rebinder,
+        path,
     })
 }
 

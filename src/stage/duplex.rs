@@ -138,9 +138,31 @@ pub trait DuplexStage: Send + Sync {
     fn next_deadline(&self) -> Option<Instant>;
 
     /// The host says the network path changed and the outside device was rebound: a chance
-    /// to tell the peers where this end now is (a keepalive, say). The default does nothing.
+    /// to tell the peers where this end now is (a handshake, say, which also tests the new
+    /// path: [`DuplexStage::round_trips`]). The default does nothing.
     fn path_changed(&self, out: &mut Emitter<'_>) {
         let _ = out;
+    }
+
+    /// The network path changed: look up again whatever the stage addresses by name (a
+    /// tunnel's endpoints), before the outside device is rebound. The one method that may
+    /// block (on a resolver): the engine calls it on a thread of the rebind's own, never on
+    /// one that carries packets or one a stop waits for. The default does nothing.
+    fn refresh_endpoints(&self) {}
+
+    /// A count that grows each time a message proves that this end's datagrams reach a peer
+    /// and its answers come back (a tunnel: a handshake answered), so that a rebind can tell
+    /// whether the new socket's path works and move to a fresh port if it does not. `None`
+    /// (the default) when the stage cannot tell or has nobody to ask: a rebind then keeps
+    /// its port.
+    fn round_trips(&self) -> Option<u64> {
+        None
+    }
+
+    /// The outside device was moved to a fresh `port` by a rebind whose path did not work.
+    /// The default does nothing.
+    fn socket_moved(&self, port: u16) {
+        let _ = port;
     }
 
     /// The engine that runs the stage gives it, as it starts, its way to say that the next

@@ -30,6 +30,7 @@ mod imp;
 mod imp;
 
 pub(crate) mod net;
+pub(crate) mod resolve;
 
 /// Many packets per call on a utun (Apple: `recvmsg_x`/`sendmsg_x`).
 #[cfg(target_vendor = "apple")]

@@ -28,9 +28,10 @@
 //! A config holds at most [`MAX_PEERS`] peers and [`MAX_ALLOWED_IPS`] AllowedIPs prefixes in
 //! all; past either, parsing fails at the line that goes past it.
 
+use crate::sys::resolve::SYNTHESIZES_FROM_IPV4;
 use ipnet::IpNet;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 
 /// wg-quick's default MTU for the tunnel interface.
 pub const DEFAULT_MTU: u16 = 1420;
@@ -124,13 +125,24 @@ impl fmt::Debug for Key {
     }
 }
 
-/// A peer's endpoint: an address, or a host name still to be resolved.
+/// A peer's endpoint: an address, or a host name still to be resolved, or one resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     /// An IPv4 or IPv6 literal with its port.
     Addr(SocketAddr),
-    /// A host name and port, as written: [`WgConfig::resolve`] turns it into an address.
+    /// A host name and port, as written: [`WgConfig::resolve`] looks it up.
     Host(String, u16),
+    /// A host as written (a name, or on Apple an IPv4 literal, for which DNS64 may give an
+    /// IPv6 address) and the address it resolved to last: a rebind looks it up again, so
+    /// that the endpoint follows the network the phone is on now.
+    Resolved {
+        /// The host as written.
+        host: String,
+        /// The port.
+        port: u16,
+        /// Where it resolved to last.
+        addr: SocketAddr,
+    },
 }
 
 impl Endpoint {
@@ -138,7 +150,36 @@ impl Endpoint {
     pub fn host(&self) -> String {
         match self {
             Endpoint::Addr(addr) => addr.ip().to_string(),
-            Endpoint::Host(host, _) => host.clone(),
+            Endpoint::Host(host, _) | Endpoint::Resolved { host, .. } => host.clone(),
+        }
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        match self {
+            Endpoint::Addr(addr) => addr.port(),
+            Endpoint::Host(_, port) | Endpoint::Resolved { port, .. } => *port,
+        }
+    }
+
+    /// The address to send to, once there is one (not for a host name not resolved yet).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            Endpoint::Addr(addr) | Endpoint::Resolved { addr, .. } => Some(*addr),
+            Endpoint::Host(..) => None,
+        }
+    }
+
+    /// The host and port to look up, if this endpoint needs a lookup to have an address: a
+    /// host name, and an IPv4 literal where the system may synthesize an IPv6 address for
+    /// it (`synthesizes`: DNS64 on Apple).
+    fn to_look_up(&self, synthesizes: bool) -> Option<(String, u16)> {
+        match self {
+            Endpoint::Host(host, port) => Some((host.clone(), *port)),
+            Endpoint::Addr(addr) if synthesizes && addr.is_ipv4() => {
+                Some((addr.ip().to_string(), addr.port()))
+            }
+            Endpoint::Addr(_) | Endpoint::Resolved { .. } => None,
         }
     }
 }
@@ -147,7 +188,9 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Addr(addr) => addr.fmt(f),
-            Endpoint::Host(host, port) => write!(f, "{host}:{port}"),
+            Endpoint::Host(host, port) | Endpoint::Resolved { host, port, .. } => {
+                write!(f, "{host}:{port}")
+            }
         }
     }
 }
@@ -590,28 +633,46 @@ impl WgConfig {
         Ok(())
     }
 
-    /// Resolves every peer endpoint given as a host name (a blocking DNS lookup), keeping the
-    /// first address the resolver gives.
+    /// Whether [`WgConfig::resolve`] has a lookup to make: a peer endpoint is a host name, or
+    /// on Apple an IPv4 literal.
+    pub fn needs_lookup(&self) -> bool {
+        self.peers.iter().any(|p| {
+            p.endpoint
+                .as_ref()
+                .is_some_and(|e| e.to_look_up(SYNTHESIZES_FROM_IPV4).is_some())
+        })
+    }
+
+    /// Resolves every peer endpoint given as a host name (a blocking lookup with the system's
+    /// `getaddrinfo`, IPv4 preferred), and on Apple every IPv4 literal too, which DNS64 maps
+    /// to an IPv6 address on an IPv6-only network. Each becomes [`Endpoint::Resolved`], which
+    /// a rebind looks up again. Call it before starting the engine, never on a thread a stop
+    /// waits for: a resolver may take seconds to answer.
     ///
     /// # Errors
     /// A name that does not resolve, naming the peer by its position (not the name: errors
     /// quote nothing of the config).
     pub fn resolve(&mut self) -> Result<(), WgConfigError> {
         for (i, peer) in self.peers.iter_mut().enumerate() {
-            if let Some(Endpoint::Host(host, port)) = &peer.endpoint {
-                let addr = (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .ok()
-                    .and_then(|mut addrs| addrs.next())
-                    .ok_or_else(|| {
-                        error(
-                            0,
-                            "Endpoint",
-                            &format!("peer {}: its host name does not resolve", i + 1),
-                        )
-                    })?;
-                peer.endpoint = Some(Endpoint::Addr(addr));
-            }
+            let Some(endpoint) = &peer.endpoint else {
+                continue;
+            };
+            let Some((host, port)) = endpoint.to_look_up(SYNTHESIZES_FROM_IPV4) else {
+                continue;
+            };
+            let addr = match crate::sys::resolve::resolve(&host, port) {
+                Ok(addr) => addr,
+                // A literal is an address already: keep it as written.
+                Err(_) if endpoint.addr().is_some() => continue,
+                Err(e) => {
+                    return Err(error(
+                        0,
+                        "Endpoint",
+                        &format!("peer {}: its host does not resolve ({e})", i + 1),
+                    ))
+                }
+            };
+            peer.endpoint = Some(Endpoint::Resolved { host, port, addr });
         }
         Ok(())
     }
@@ -957,14 +1018,43 @@ mod tests {
     }
 
     #[test]
-    fn literal_endpoints_need_no_resolving_and_names_are_resolved() {
+    fn names_are_resolved_and_remembered_for_the_next_lookup() {
         let text = format!("[Interface]\nPrivateKey = {PRIVATE}\n[Peer]\nPublicKey = {PUBLIC}\nEndpoint = localhost:51820\n");
         let mut c = WgConfig::parse(&text).unwrap();
         c.resolve().unwrap();
         match &c.peers[0].endpoint {
-            Some(Endpoint::Addr(addr)) => assert!(addr.ip().is_loopback() && addr.port() == 51820),
+            Some(Endpoint::Resolved { host, port, addr }) => {
+                assert_eq!((host.as_str(), *port), ("localhost", 51820));
+                assert_eq!(*addr, "127.0.0.1:51820".parse().unwrap(), "IPv4 preferred");
+            }
             other => panic!("{other:?}"),
         }
+        let resolved = c.clone();
+        c.resolve().unwrap();
+        assert_eq!(
+            c, resolved,
+            "a resolved endpoint is not looked up again at start"
+        );
+    }
+
+    #[test]
+    fn an_ipv4_literal_is_looked_up_only_where_dns64_may_map_it() {
+        let v4 = Endpoint::Addr("192.0.2.1:51820".parse().unwrap());
+        let v6 = Endpoint::Addr("[2001:db8::1]:51820".parse().unwrap());
+        let name = Endpoint::Host("vpn.example".into(), 1);
+        assert_eq!(v4.to_look_up(false), None);
+        assert_eq!(v4.to_look_up(true), Some(("192.0.2.1".into(), 51820)));
+        assert_eq!(v6.to_look_up(true), None, "DNS64 maps IPv4 only");
+        assert_eq!(name.to_look_up(false), Some(("vpn.example".into(), 1)));
+        let resolved = Endpoint::Resolved {
+            host: "vpn.example".into(),
+            port: 1,
+            addr: "192.0.2.9:1".parse().unwrap(),
+        };
+        assert_eq!(resolved.to_look_up(true), None);
+        assert_eq!(resolved.addr(), Some("192.0.2.9:1".parse().unwrap()));
+        assert_eq!(resolved.host(), "vpn.example");
+        assert_eq!(name.addr(), None);
     }
 
     mod properties {

@@ -216,6 +216,10 @@ struct Shared {
     /// The engine's ear for a deadline moved by a configuration change, once an engine runs
     /// the stage.
     bell: Mutex<Option<DeadlineBell>>,
+    /// The endpoints the configuration gave as a host to look up ([`Endpoint::Resolved`]),
+    /// by peer key: [`WireGuard::refresh_endpoints`] looks them up again. An endpoint set
+    /// through the UAPI (an address) takes its peer out, as does the peer's removal.
+    hosts: Mutex<HashMap<[u8; 32], (String, u16)>>,
 }
 
 /// The peers and what finds them: immutable once published, replaced whole.
@@ -308,6 +312,16 @@ impl WireGuard {
         };
         shared.follow(&control, &everyone);
         *shared.control.lock() = control;
+        *shared.hosts.lock() = config
+            .peers
+            .iter()
+            .filter_map(|p| match &p.endpoint {
+                Some(Endpoint::Resolved { host, port, .. }) => {
+                    Some((p.public_key.0, (host.clone(), *port)))
+                }
+                _ => None,
+            })
+            .collect();
         Ok(WireGuard {
             shared: Arc::new(shared),
         })
@@ -352,7 +366,60 @@ impl WireGuard {
     /// keeps one; wireguard-go would stop answering handshakes): EINVAL. A request that
     /// fails changes nothing.
     pub fn set(&self, request: &SetRequest) -> Result<Changes, UapiError> {
-        self.set_with(request, |_, _| Ok(()))
+        let changes = self.set_with(request, |_, _| Ok(()))?;
+        self.forget_hosts(&changes);
+        Ok(changes)
+    }
+
+    /// Peers removed, or given an address through the UAPI, are not looked up again.
+    fn forget_hosts(&self, changes: &Changes) {
+        let mut hosts = self.shared.hosts.lock();
+        if hosts.is_empty() {
+            return;
+        }
+        for key in &changes.removed {
+            hosts.remove(&key.0);
+        }
+        for change in changes.changed.iter().filter(|c| c.endpoint) {
+            hosts.remove(&change.public_key.0);
+        }
+    }
+
+    /// Looks up again every endpoint the configuration gave as a host (a name, or on Apple
+    /// an IPv4 literal: [`Endpoint::Resolved`]) and moves its peer to the address it stands
+    /// for now: the network changed, and a name may resolve to another address there (or
+    /// DNS64 to another prefix). Blocks for the lookups, holding no lock a packet takes
+    /// meanwhile: call it where a resolver may take seconds. A host that does not resolve
+    /// now leaves its peer where it was.
+    pub fn refresh_endpoints(&self) {
+        let hosts: Vec<_> = self
+            .shared
+            .hosts
+            .lock()
+            .iter()
+            .map(|(key, host)| (*key, host.clone()))
+            .collect();
+        let mut moves = Vec::new();
+        for (key, (host, port)) in hosts {
+            match crate::sys::resolve::resolve(&host, port) {
+                Ok(addr) => moves.push((Key(key), addr)),
+                Err(e) => log::warn!(
+                    "an endpoint's host does not resolve now ({e}): its peer keeps its address"
+                ),
+            }
+        }
+        // Those changed meanwhile through the UAPI are not moved back.
+        moves.retain(|(key, _)| self.shared.hosts.lock().contains_key(&key.0));
+        let moved = self.set_with(&SetRequest::move_endpoints(&moves), |_, _| Ok(()));
+        match moved {
+            Ok(changes) => {
+                let n = changes.changed.iter().filter(|c| c.endpoint).count();
+                if n > 0 {
+                    log::info!("{n} endpoint(s) resolve to a new address: their peers moved");
+                }
+            }
+            Err(e) => log::warn!("endpoints looked up again could not be applied: {e}"),
+        }
     }
 
     /// As [`WireGuard::set`], with `socket` run once the request is known to apply and
@@ -452,6 +519,7 @@ impl WireGuard {
         if let Some(port) = bound {
             self.record_bound_port(port);
         }
+        self.forget_hosts(&changes);
         Ok(changes)
     }
 
@@ -523,6 +591,25 @@ impl DuplexStage for WireGuard {
         self.shared.path_changed(out);
     }
 
+    fn refresh_endpoints(&self) {
+        self.refresh_endpoints();
+    }
+
+    fn round_trips(&self) -> Option<u64> {
+        let table = self.shared.table.load();
+        let anyone = table
+            .peers
+            .iter()
+            .flatten()
+            .any(|cell| cell.peer.lock().endpoint.is_some());
+        anyone.then(|| self.shared.counters.round_trips())
+    }
+
+    fn socket_moved(&self, port: u16) {
+        // The socket is there now, whatever port was asked for: `get` shows it.
+        self.shared.control.lock().record_bound_port(port);
+    }
+
     fn attach(&self, bell: DeadlineBell) {
         *self.shared.bell.lock() = Some(bell);
     }
@@ -563,10 +650,7 @@ impl Table {
     /// A new peer for `slot`, with no session yet.
     fn new_peer(&self, config: &PeerConfig, slot: usize, now: Instant) -> Peer {
         let key = *config.public_key.as_bytes();
-        let endpoint = match config.endpoint {
-            Some(Endpoint::Addr(addr)) => Some(addr),
-            _ => None,
-        };
+        let endpoint = config.endpoint.as_ref().and_then(Endpoint::addr);
         Peer {
             tunn: Tunn::new(
                 self.private.clone(),
@@ -603,6 +687,7 @@ impl Shared {
             counters: Arc::new(WireGuardCounters::new()),
             state_bytes,
             bell: Mutex::new(None),
+            hosts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -694,7 +779,7 @@ impl Shared {
             }
             if change.endpoint {
                 // A peer without a configured endpoint keeps the one it roamed to.
-                if let Some(Endpoint::Addr(addr)) = peer_config.endpoint {
+                if let Some(addr) = peer_config.endpoint.as_ref().and_then(Endpoint::addr) {
                     peer.endpoint = Some(addr);
                     peer.roams = !self.roaming_disabled.load(Ordering::Relaxed);
                 }
@@ -979,9 +1064,10 @@ impl Shared {
 
     fn path_changed(&self, out: &mut Emitter<'_>) {
         // Run every peer's timers first: a path change (a wake, a new network) is when
-        // overdue ones matter most, and it brings `Tunn`'s clock up to date. Then tell every
-        // peer where this end now is: a keepalive (or, without a session, a handshake
-        // initiation) from the new socket.
+        // overdue ones matter most, and it brings `Tunn`'s clock up to date. Then start a
+        // handshake with every peer from the new socket: it tells the peer where this end now
+        // is, and its answer proves the new path (`round_trips`); the session in use carries
+        // data meanwhile.
         self.settle_gone(out);
         let table = self.table.load();
         for (slot, cell) in table.peers.iter().enumerate() {
@@ -990,7 +1076,9 @@ impl Shared {
             };
             self.with_peer(slot, cell, |peer, scratch, now| {
                 tick(peer, slot, scratch, now, &self.counters, out);
-                if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
+                if let TunnResult::WriteToNetwork(message) =
+                    peer.tunn.format_handshake_initiation(scratch, true)
+                {
                     send(peer, slot, message, Whose::Own, now, &self.counters, out);
                 }
             });
@@ -1158,6 +1246,9 @@ fn inbound(
                     .session_established(now, kind == HANDSHAKE_RESPONSE);
                 counters.handshake_completed();
                 p.counters.handshake_completed();
+                if kind == HANDSHAKE_RESPONSE {
+                    counters.initiation_answered();
+                }
             }
             note_sent(p, reply, now, counters);
             if p.queued > 0 {

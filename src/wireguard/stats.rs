@@ -43,6 +43,9 @@ pub struct WireGuardCounters {
     handshakes_completed: AtomicU64,
     handshake_failures: AtomicU64,
     handshake_initiations: AtomicU64,
+    /// Handshake responses to this end's initiations: each proves that the path works both
+    /// ways ([`crate::stage::DuplexStage::round_trips`]).
+    answered_initiations: AtomicU64,
     cookie_replies: AtomicU64,
     /// Seconds since the Unix epoch of the last completed handshake (0: none).
     last_handshake: AtomicU64,
@@ -126,6 +129,7 @@ impl WireGuardCounters {
             handshakes_completed: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
             handshake_initiations: AtomicU64::new(0),
+            answered_initiations: AtomicU64::new(0),
             cookie_replies: AtomicU64::new(0),
             last_handshake: AtomicU64::new(0),
             tx_packets: AtomicU64::new(0),
@@ -160,6 +164,15 @@ impl WireGuardCounters {
 
     pub(crate) fn initiation_sent(&self) {
         self.handshake_initiations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn initiation_answered(&self) {
+        self.answered_initiations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Handshake responses to this end's initiations so far.
+    pub(crate) fn round_trips(&self) -> u64 {
+        self.answered_initiations.load(Ordering::Relaxed)
     }
 
     pub(crate) fn cookie_sent(&self) {

@@ -267,6 +267,24 @@ struct DeviceRequest {
     replace_peers: bool,
 }
 
+impl SetRequest {
+    /// A request that moves existing peers to new endpoints and touches nothing else (a
+    /// peer no longer there is not made again): what a rebind's fresh lookups apply.
+    pub(crate) fn move_endpoints(moves: &[(Key, SocketAddr)]) -> SetRequest {
+        SetRequest {
+            device: DeviceRequest::default(),
+            peers: moves
+                .iter()
+                .map(|(key, addr)| PeerRequest {
+                    public_key: key.clone(),
+                    line: 0,
+                    ops: vec![(0, PeerOp::UpdateOnly), (0, PeerOp::Endpoint(*addr))],
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One peer's lines: its `public_key` and what follows, until the next `public_key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PeerRequest {
@@ -766,14 +784,16 @@ impl UapiState {
             let mut ops = vec![(0, PeerOp::PresharedKey(peer.preshared_key.clone()))];
             match &peer.endpoint {
                 None => {}
-                Some(Endpoint::Addr(addr)) => ops.push((0, PeerOp::Endpoint(*addr))),
-                Some(Endpoint::Host(..)) => {
-                    return Err(invalid(
-                        0,
-                        "endpoint",
-                        format!("peer {}: a host name not resolved yet", index + 1),
-                    ))
-                }
+                Some(endpoint) => match endpoint.addr() {
+                    Some(addr) => ops.push((0, PeerOp::Endpoint(addr))),
+                    None => {
+                        return Err(invalid(
+                            0,
+                            "endpoint",
+                            format!("peer {}: a host name not resolved yet", index + 1),
+                        ))
+                    }
+                },
             }
             ops.push((
                 0,
@@ -2207,10 +2227,7 @@ mod tests {
                 .map(|p| plain::Peer {
                     key: p.public_key.0,
                     preshared: p.preshared_key,
-                    endpoint: p.endpoint.map(|e| match e {
-                        Endpoint::Addr(a) => a,
-                        Endpoint::Host(..) => unreachable!(),
-                    }),
+                    endpoint: p.endpoint.and_then(|e| e.addr()),
                     keepalive: p.persistent_keepalive.unwrap_or(0),
                     allowed: p.allowed_ips,
                 })

@@ -295,7 +295,7 @@ impl Endpoints {
     fn of(config: &WgConfig) -> Endpoints {
         let mut endpoints = std::collections::BTreeMap::new();
         for (i, peer) in config.peers.iter().enumerate() {
-            if let Some(Endpoint::Addr(endpoint)) = peer.endpoint {
+            if let Some(endpoint) = peer.endpoint.as_ref().and_then(Endpoint::addr) {
                 endpoints.entry(endpoint.ip()).or_insert(i);
             }
         }

@@ -208,6 +208,8 @@ public struct TunPipeStats: Codable, Sendable {
     /// Of `txPackets`, those the thread that read (or made) them wrote itself because the
     /// writer thread slept: one thread wake-up per such packet instead of two.
     public var txDirect: UInt64
+    /// Packets in the engine when it was suspended, or sent toward a device while it was.
+    public var dropSuspended: UInt64
 
     init(_ s: TunpipeStats) {
         rxPackets = s.rx_packets
@@ -233,6 +235,7 @@ public struct TunPipeStats: Codable, Sendable {
         consumed = s.consumed
         held = s.held
         txDirect = s.tx_direct
+        dropSuspended = s.drop_suspended
     }
 
     static func read(_ fill: (UnsafeMutablePointer<TunpipeStats>) -> Int32) throws -> TunPipeStats {
@@ -577,11 +580,26 @@ public final class TunPipe: Sendable {
         thread.start()
     }
 
-    /// Tells the tunnel that the network path changed (from `NWPathMonitor`): a new UDP
-    /// socket, the same port if it can be had, and a keepalive to every peer from it. Throws
-    /// `TUNPIPE_ERR_UNSUPPORTED` for an engine without a tunnel.
+    /// Tells the tunnel that the network path changed (from `NWPathMonitor`, a satisfied
+    /// path). Returns at once; the tunnel then looks its endpoints' hosts up again (DNS64 on
+    /// an IPv6-only network), takes a new UDP socket (the same port if it can be had), and
+    /// starts a handshake with every peer from it; with no answer in 5 s it moves to a fresh
+    /// port. Throws `TUNPIPE_ERR_UNSUPPORTED` for an engine without a tunnel.
     public func rebind() throws {
         try check(tunpipe_engine_rebind(handle.pointer))
+    }
+
+    /// Suspends the engine while the network is gone (an unsatisfied path) or the device
+    /// sleeps (`sleep(completionHandler:)`): nothing is read, sent or timed, and its threads
+    /// make no wake-ups, until `resume()`. Sessions are kept.
+    public func suspend() throws {
+        try check(tunpipe_engine_suspend(handle.pointer))
+    }
+
+    /// Ends a suspension (`wake()`, or a satisfied path; call `rebind()` too after a network
+    /// change).
+    public func resume() throws {
+        try check(tunpipe_engine_resume(handle.pointer))
     }
 
     public func stats() throws -> TunPipeStats {
@@ -731,6 +749,16 @@ public enum TunPipeGlobal {
     /// `TunPipe.rebind()`).
     public static func rebind() throws {
         try check(tunpipe_rebind())
+    }
+
+    /// Suspends the running `start_tun` engine (as `TunPipe.suspend()`).
+    public static func suspend() throws {
+        try check(tunpipe_suspend())
+    }
+
+    /// Resumes the running `start_tun` engine (as `TunPipe.resume()`).
+    public static func resume() throws {
+        try check(tunpipe_resume())
     }
 
     /// Counters of the running engine, or of the last one after it stopped.
