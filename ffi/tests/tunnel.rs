@@ -26,7 +26,7 @@ mod linux {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
     use tunpipe_ffi::*;
     use tunpipe_testkit::check::{check, eventually};
-    use tunpipe_testkit::netns::{enter_fresh_netns, run_here, Ipv6};
+    use tunpipe_testkit::netns::{enter_fresh_netns, run_here, EtcFile, Ipv6};
     use tunpipe_testkit::thread::on_thread;
     use tunpipe_testkit::trials::{root_trials, run_one_at_a_time, Test};
     use tunpipe_testkit::tun::tun;
@@ -39,7 +39,7 @@ mod linux {
 
     pub fn main() {
         let problem = tunpipe_testkit::tun::privilege_problem().or_else(wireguard_go_problem);
-        let root: [(&str, Test); 2] = [
+        let root: [(&str, Test); 3] = [
             (
                 "peer_figures_through_a_handle_match_wireguard_go_and_refuse_bad_calls",
                 handle_peer_figures,
@@ -47,6 +47,10 @@ mod linux {
             (
                 "peer_figures_of_the_start_tun_tunnel_while_running_and_after_stop",
                 global_peer_figures,
+            ),
+            (
+                "stop_tun_returns_within_50_ms_while_start_tun_waits_on_a_resolver_that_never_answers",
+                stop_during_a_silent_lookup,
             ),
         ];
         run_one_at_a_time(root_trials(&root, &problem, in_fresh_netns))
@@ -338,5 +342,57 @@ mod linux {
         check(code == TUNPIPE_OK, || format!("peer 0 after stop: {code}"))?;
         is_the_rig_peer(&rig, &after)?;
         shook_hands_and_carried(&after, 3)
+    }
+
+    fn stop_during_a_silent_lookup() -> Result<(), Failed> {
+        // A DNS server that reads every query and answers none, as this thread's only
+        // resolver (the engine's threads inherit the mount).
+        run_here(&["ip", "link", "set", "lo", "up"])?;
+        let silent = std::net::UdpSocket::bind("127.0.0.1:53")?;
+        let _resolv = EtcFile::mount(
+            "/etc/resolv.conf",
+            "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n",
+        )?;
+        let tun = end_tun()?;
+        let keys = [
+            tunpipe::wireguard::Key::generate(),
+            tunpipe::wireguard::Key::generate(),
+        ];
+        let text = format!(
+            "[Interface]\nPrivateKey = {}\n[Peer]\nPublicKey = {}\n\
+             Endpoint = nobody-answers.tunpipe.test:51820\nAllowedIPs = 10.99.0.2/32\n",
+            keys[0].to_base64(),
+            keys[1].public_key().to_base64()
+        );
+        let text = CString::new(text)?;
+        let mut c = default_config();
+        c.wireguard_config = text.as_ptr();
+        // SAFETY: a valid config; the text is copied before the call returns.
+        let code = unsafe { tunpipe_set_config(&c) };
+        check(code == TUNPIPE_OK, || format!("set_config: {code}"))?;
+        let fd = tun.as_raw_fd();
+        let start = std::thread::spawn(move || start_tun(fd));
+        // The query arrives: start_tun is waiting on the resolver.
+        silent.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut query = [0u8; 512];
+        let asked = silent.recv_from(&mut query);
+        let stopping = std::time::Instant::now();
+        let stopped = stop_tun();
+        let took = stopping.elapsed();
+        let started = start.join().map_err(|_| "start_tun's thread panicked")?;
+        // SAFETY: a default config, back for whoever runs start_tun next.
+        unsafe { tunpipe_set_config(&default_config()) };
+        check(asked.is_ok(), || format!("no DNS query came: {asked:?}"))?;
+        println!("stop_tun during the lookup returned after {took:?}");
+        check(stopped == TUNPIPE_OK && started == TUNPIPE_OK, || {
+            format!("stop_tun {stopped}, start_tun {started}: {}", last_error())
+        })?;
+        check(took <= Duration::from_millis(50), || {
+            format!("stop_tun took {took:?}")
+        })?;
+        // Nothing runs, and the slot is free for the next start.
+        check(tunpipe_rebind() == TUNPIPE_ERR_NOT_RUNNING, || {
+            "an engine runs after stop_tun".into()
+        })
     }
 }

@@ -15,6 +15,14 @@
 //! ways, that was a wake-up for about every other packet. Left armed, the deadline only moves
 //! earlier when a timer is armed from nothing.
 //!
+//! The handshake owed for silence counts from the first data sent since the peer was last
+//! heard, as the whitepaper and wireguard-go count it. boringtun's condition counts from the
+//! last packet heard, so after any quiet spell longer than 15 s (an idle minute, a suspended
+//! engine) the first packet sent would renegotiate at the next tick, although the session is
+//! young and the answer is a round trip away. Counted from the send, the answer comes first,
+//! and boringtun then finds nothing to do: its condition needs the last data sent to be later
+//! than the last packet heard.
+//!
 //! The derived moments are never earlier than boringtun's own: it stamps events with the time
 //! of its last tick, which is never later than ours, and an initiation with its clock when it
 //! formats it, which the stage reads again after (`note_sent`). The clock is read inside the
@@ -51,9 +59,11 @@ pub(crate) struct PeerTimers {
     pub last_tick: Instant,
     last_sent: Instant,
     last_received: Instant,
-    /// Data (not a keepalive or a handshake message) last went out, and last came in.
-    last_data_sent: Option<Instant>,
+    /// Data (not a keepalive or a handshake message) last came in.
     last_data_received: Option<Instant>,
+    /// The first data sent since the peer was last heard: the silence handshake counts
+    /// from it.
+    unanswered_since: Option<Instant>,
     persistent_keepalive: Option<Duration>,
     retry: Option<Instant>,
     keepalive: Option<Instant>,
@@ -69,8 +79,8 @@ impl PeerTimers {
             last_tick: now,
             last_sent: now,
             last_received: now,
-            last_data_sent: None,
             last_data_received: None,
+            unanswered_since: None,
             persistent_keepalive,
             retry: None,
             keepalive: None,
@@ -97,7 +107,7 @@ impl PeerTimers {
     /// Data went out (not a keepalive): if the peer stays silent, a new handshake follows.
     pub(crate) fn data_sent(&mut self, now: Instant) {
         self.sent(now);
-        self.last_data_sent = Some(now);
+        self.unanswered_since.get_or_insert(now);
         if self.handshake_on_silence.is_none() {
             self.handshake_on_silence = self.silence_handshake_at();
         }
@@ -107,6 +117,7 @@ impl PeerTimers {
     /// that timer, if armed, stays armed: module docs.)
     pub(crate) fn received(&mut self, now: Instant) {
         self.last_received = now;
+        self.unanswered_since = None;
     }
 
     /// Data came from the peer (not a keepalive): a keepalive is owed if nothing goes back.
@@ -127,11 +138,11 @@ impl PeerTimers {
     }
 
     /// When a handshake is owed for silence: data went out after the last packet came in,
-    /// and nothing comes in for `KEEPALIVE_TIMEOUT + REKEY_TIMEOUT`.
+    /// and nothing comes in for `KEEPALIVE_TIMEOUT + REKEY_TIMEOUT` after the first of it
+    /// (module docs).
     fn silence_handshake_at(&self) -> Option<Instant> {
-        self.last_data_sent
-            .filter(|&s| s >= self.last_received)
-            .map(|_| self.last_received + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + SLACK)
+        self.unanswered_since
+            .map(|sent| sent + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + SLACK)
     }
 
     /// A handshake completed; `initiator` if this end started it.
@@ -332,6 +343,27 @@ mod tests {
         assert_eq!(t.next_deadline(), Some(due));
         t.ticked(due, due);
         assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn after_a_quiet_spell_the_silence_handshake_counts_from_the_send_not_from_the_last_answer() {
+        let t0 = Instant::now();
+        let mut t = PeerTimers::new(t0, None);
+        t.session_established(t0, true);
+        t.data_sent(t0 + secs(1));
+        t.data_received(t0 + secs(1));
+        // A minute of quiet (idle, or suspended), then data goes out.
+        t.ticked(t0 + secs(11), t0 + secs(11));
+        let sent = t0 + secs(61);
+        t.data_sent(sent);
+        let silence = t.silence_handshake_at().unwrap();
+        assert!(
+            silence >= sent + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT,
+            "{silence:?}"
+        );
+        // Answered: nothing is owed any more.
+        t.received(sent + secs(1));
+        assert_eq!(t.silence_handshake_at(), None);
     }
 
     #[test]

@@ -56,6 +56,85 @@ where
     })
 }
 
+/// A file of `/etc` as this thread sees it, in a mount namespace of its own: what `ip netns
+/// exec NAME` does with `/etc/netns/NAME/FILE`. The thread, and the threads it starts after
+/// (an engine's, a resolver's), read [`EtcFile::write`]'s text there; the rest of the process
+/// sees the real file.
+#[derive(Debug)]
+pub struct EtcFile {
+    /// The file mounted over the real one, rewritten in place (the mount follows the inode,
+    /// not the name).
+    backing: std::path::PathBuf,
+}
+
+impl EtcFile {
+    /// Mounts a file holding `text` over `target` (`/etc/hosts`, `/etc/resolv.conf`) for this
+    /// thread: it moves into a new mount namespace first (`unshare(CLONE_NEWNS)` and mounts
+    /// made private, so that nothing leaks to the host's).
+    pub fn mount(target: &str, text: &str) -> Result<EtcFile, String> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let backing = std::env::temp_dir().join(format!(
+            "tunpipe-etc-{}-{n}-{}",
+            std::process::id(),
+            target.rsplit('/').next().unwrap_or("file")
+        ));
+        std::fs::write(&backing, text).map_err(|e| format!("{}: {e}", backing.display()))?;
+        // SAFETY: unshare takes flags only; it moves this thread into a new mount namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+            return Err(format!(
+                "unshare(CLONE_NEWNS): {}",
+                io::Error::last_os_error()
+            ));
+        }
+        let c = |s: &str| std::ffi::CString::new(s).map_err(|e| e.to_string());
+        let (none, root) = (c("none")?, c("/")?);
+        let (from, to) = (c(&backing.to_string_lossy())?, c(target)?);
+        // SAFETY: NUL-terminated strings alive through each call; null data and type.
+        let private = unsafe {
+            libc::mount(
+                none.as_ptr(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        };
+        if private != 0 {
+            return Err(format!("make / private: {}", io::Error::last_os_error()));
+        }
+        // SAFETY: as above.
+        let bound = unsafe {
+            libc::mount(
+                from.as_ptr(),
+                to.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        if bound != 0 {
+            return Err(format!(
+                "bind over {target}: {}",
+                io::Error::last_os_error()
+            ));
+        }
+        Ok(EtcFile { backing })
+    }
+
+    /// Rewrites the file in place: this thread (and its children) read `text` from now on.
+    pub fn write(&self, text: &str) -> Result<(), String> {
+        std::fs::write(&self.backing, text).map_err(|e| format!("{}: {e}", self.backing.display()))
+    }
+}
+
+impl Drop for EtcFile {
+    fn drop(&mut self) {
+        // The mount keeps the inode while the namespace lives; the name can go now.
+        let _ = std::fs::remove_file(&self.backing);
+    }
+}
+
 /// Whether this thread's network namespace has an interface `name` (/sys/class/net shows the
 /// namespace sysfs was mounted in, not ours; `if_nametoindex` asks a socket in ours).
 pub fn interface_exists(name: &str) -> bool {

@@ -207,15 +207,16 @@ pub fn stop_and_check(end: &End) {
     }
 }
 
-/// Starts a tunnel with the wg-quick `text` between `inside` and `outside`, with `workers`
-/// workers; returns it with (a handle to) its stage.
+/// Starts a tunnel with the wg-quick `text` (its endpoints' hosts looked up first) between
+/// `inside` and `outside`, with `workers` workers; returns it with (a handle to) its stage.
 pub fn start_engine(
     text: &str,
     inside: &impl tunpipe::Device,
     outside: &UdpDevice,
     workers: usize,
 ) -> Result<(Engine, WireGuard), String> {
-    let config = WgConfig::parse(text).map_err(|e| e.to_string())?;
+    let mut config = WgConfig::parse(text).map_err(|e| e.to_string())?;
+    config.resolve().map_err(|e| e.to_string())?;
     let stage = WireGuard::new(&config).map_err(|e| e.to_string())?;
     let mut c = crate::config(workers);
     c.mtu = usize::from(config.interface.mtu);

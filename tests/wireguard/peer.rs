@@ -5,7 +5,7 @@ use libtest_mimic::Failed;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 use tunpipe_testkit::check::{check, eventually};
-use tunpipe_testkit::netns::{iperf3, iperf3_installed, iperf3_result};
+use tunpipe_testkit::netns::{iperf3, iperf3_installed, iperf3_result, EtcFile};
 use tunpipe_testkit::ping::ping;
 use tunpipe_testkit::trials::Test;
 use tunpipe_testkit::wg::{stranger_initiation, Flood, KeyPair, Relay};
@@ -20,7 +20,7 @@ pub const WATCHDOG: Duration = Duration::from_secs(120);
 /// The tunnel's TUN (namespaces keep tests apart).
 const TUN: &str = "tpw0";
 
-pub const TESTS: [(&str, Test); 13] = [
+pub const TESTS: [(&str, Test); 16] = [
     (
         "tunpipe_starts_the_handshake_and_ping_crosses_both_ways_v4_and_v6",
         ping_both_ways,
@@ -63,6 +63,18 @@ pub const TESTS: [(&str, Test); 13] = [
     (
         "a_peer_that_goes_away_and_comes_back_gets_pings_again_within_10_s",
         peer_away_and_back,
+    ),
+    (
+        "an_endpoint_host_name_is_looked_up_again_at_a_rebind_and_traffic_follows_the_peer",
+        endpoint_name_follows_the_peer,
+    ),
+    (
+        "a_rebind_keeps_a_port_that_works_and_recovers_from_a_blackholed_one_on_a_fresh_port",
+        rebind_recovers_on_a_fresh_port,
+    ),
+    (
+        "suspended_nothing_leaves_and_no_thread_wakes_for_30_s_resumed_pings_within_1_s_no_handshake",
+        suspend_and_resume,
     ),
 ];
 
@@ -486,5 +498,178 @@ fn peer_away_and_back() -> Result<(), Failed> {
     check(back.is_some_and(|t| t <= Duration::from_secs(10)), || {
         format!("{back:?}; {:?}", end.counters.snapshot())
     })?;
+    end.stop_conserved()
+}
+
+/// The peer's second underlay address, where it moves in [`endpoint_name_follows_the_peer`].
+const PEER_MOVED: &str = "192.168.77.3";
+
+fn endpoint_name_follows_the_peer() -> Result<(), Failed> {
+    const NAME: &str = "peer.tunpipe.test";
+    let rig = WgRig::up(&PeerOptions::default())?;
+    // This thread's /etc/hosts (the engine's threads inherit it): the name is the peer's.
+    let hosts = EtcFile::mount("/etc/hosts", &format!("{PEER_UNDERLAY} {NAME}\n"))?;
+    let text = rig.config_text().replace(
+        &format!("Endpoint = {PEER_UNDERLAY}:"),
+        &format!("Endpoint = {NAME}:"),
+    );
+    check(text.contains(NAME), || "the config names the peer".into())?;
+    let end = TunnelEnd::start(TUN, &text, 0)?;
+    rig.ping_all_from_end(PEER_V4, 3)?;
+
+    // The peer moves to another address (the old one goes first: deleting a primary
+    // address takes the secondaries of its subnet with it); the name follows it.
+    let old = format!("{PEER_UNDERLAY}/24");
+    rig.peer
+        .output(&["ip", "addr", "del", &old, "dev", "tpvb"], "")?;
+    let moved = format!("{PEER_MOVED}/24");
+    rig.peer
+        .output(&["ip", "addr", "add", &moved, "dev", "tpvb"], "")?;
+    hosts.write(&format!("{PEER_MOVED} {NAME}\n"))?;
+    end.engine.rebind()?;
+    let back = pings_resume_within(Duration::from_secs(20))?;
+    println!("the peer moved: pings answered again after {back:?}");
+    check(back.is_some(), || {
+        format!("no answer from the moved peer: {:?}", end.stage.peers())
+    })?;
+    let endpoint = end.stage.peers()[0].endpoint;
+    check(
+        endpoint == Some(format!("{PEER_MOVED}:{PEER_PORT}").parse()?),
+        || format!("the peer's endpoint is {endpoint:?}"),
+    )?;
+    end.stop_conserved()
+}
+
+/// Drops, in the peer's namespace, every datagram from the end's port `END_PORT`: a NAT that
+/// stopped forwarding the old port after a network change.
+fn blackhole_old_port(rig: &WgRig) -> Result<(), Failed> {
+    let rules = format!(
+        "table inet tpport {{\n chain input {{\n type filter hook input priority 0;\n \
+         udp sport {END_PORT} drop\n }}\n}}\n"
+    );
+    rig.peer.output(&["nft", "-f", "-"], &rules)?;
+    Ok(())
+}
+
+fn rebind_recovers_on_a_fresh_port() -> Result<(), Failed> {
+    nft_installed()?;
+    let rig = WgRig::up(&PeerOptions::default())?;
+    let end = TunnelEnd::start(TUN, &rig.config_text(), 0)?;
+    rig.ping_all_from_end(PEER_V4, 2)?;
+    let path_thread = || !tunpipe_testkit::proc::tasks_named("tunpipe-path").is_empty();
+
+    // A path that works: the handshake from the new socket is answered, the port stays.
+    let before = end.counters.snapshot().handshakes_completed;
+    end.engine.rebind()?;
+    check(
+        eventually(|| end.counters.snapshot().handshakes_completed > before),
+        || "the handshake after the rebind was answered".into(),
+    )?;
+    check(eventually(|| !path_thread()), || {
+        "the rebind's thread ends".into()
+    })?;
+    check(end.udp.local_addr()?.port() == END_PORT, || {
+        format!("the port moved: {:?}", end.udp.local_addr())
+    })?;
+    rig.ping_all_from_end(PEER_V4, 2)?;
+
+    // The old port is blackholed: the rebind finds nobody answers, and moves.
+    blackhole_old_port(&rig)?;
+    let rebound = Instant::now();
+    end.engine.rebind()?;
+    let back = pings_resume_within(Duration::from_secs(30))?;
+    let took = back.map(|_| rebound.elapsed());
+    println!("old port blackholed: pings answered again {took:?} after the rebind");
+    check(took.is_some_and(|t| t <= Duration::from_secs(10)), || {
+        format!("{took:?}; {:?}", end.counters.snapshot())
+    })?;
+    let port = end.udp.local_addr()?.port();
+    check(port != END_PORT, || "still on the blackholed port".into())?;
+    check(
+        end.stage.get().contains(&format!("listen_port={port}\n")),
+        || "get shows the fresh port".into(),
+    )?;
+    end.stop_conserved()
+}
+
+/// Reads the counter of the peer's `tpcount` table: datagrams from the end that reached the
+/// peer's namespace.
+fn datagrams_at_peer(rig: &WgRig) -> Result<u64, Failed> {
+    let listing = rig
+        .peer
+        .output(&["nft", "list", "table", "inet", "tpcount"], "")?;
+    let packets = listing
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no counter in {listing}"))?;
+    Ok(packets)
+}
+
+fn suspend_and_resume() -> Result<(), Failed> {
+    nft_installed()?;
+    let rig = WgRig::up(&PeerOptions::default())?;
+    let counter = format!(
+        "table inet tpcount {{\n chain input {{\n type filter hook input priority 0;\n \
+         udp dport {PEER_PORT} counter\n }}\n}}\n"
+    );
+    rig.peer.output(&["nft", "-f", "-"], &counter)?;
+    let end = TunnelEnd::start(TUN, &rig.config_text(), 1)?;
+    rig.ping_all_from_end(PEER_V4, 3)?;
+    // The peer's echoes last, and so its keepalive for the answers, 10 s later: a quiet
+    // tunnel that owes nothing either way. (Had tunpipe been the last to get data, it would
+    // owe the keepalive, which boringtun skips when the data came within the tick of its
+    // own last send; wireguard-go then starts a handshake 15 s after its answers.)
+    rig.ping_all_from_peer(END_V4, 3)?;
+    let rx = || end.stage.peers().first().map_or(0, |p| p.rx_bytes);
+    let before_keepalive = rx();
+    check(eventually(|| rx() > before_keepalive), || {
+        "the peer's keepalive".into()
+    })?;
+    let handshake = rig.peer_view()?.latest_handshake;
+
+    end.engine.suspend()?;
+    // Once every engine thread has parked (its count of blocking waits stops moving), none
+    // may wake again while suspended.
+    let engine_threads = || tunpipe_testkit::proc::thread_cpu(&["tunpipe-"]);
+    check(
+        eventually(|| {
+            let first = engine_threads().voluntary;
+            std::thread::sleep(Duration::from_millis(100));
+            engine_threads().voluntary == first
+        }),
+        || "the engine's threads park".into(),
+    )?;
+    let threads_before = engine_threads();
+    let datagrams_before = datagrams_at_peer(&rig)?;
+    // 30 s of pings into the suspended tunnel, one a second: none answered, none sent. (They
+    // wait in the TUN's queue and go out at the resume.)
+    let (sent, got) = ping(&["-n", "-q", "-c", "30", "-i", "1", "-W", "1", PEER_V4])?;
+    check(got == 0, || {
+        format!("{got} of {sent} answered while suspended")
+    })?;
+    let woke = engine_threads().since(&threads_before);
+    let datagrams = datagrams_at_peer(&rig)? - datagrams_before;
+    println!("suspended 30 s: {datagrams} datagrams left, engine threads {woke:?}");
+    check(datagrams == 0, || format!("{datagrams} datagrams left"))?;
+    check(woke.voluntary == 0, || {
+        format!("engine threads woke while suspended: {woke:?}")
+    })?;
+
+    end.engine.resume()?;
+    let back = pings_resume_within(Duration::from_secs(10))?;
+    println!("resumed: pings answered after {back:?}");
+    check(back.is_some_and(|t| t <= Duration::from_secs(1)), || {
+        format!("{back:?}; {:?}", end.counters.snapshot())
+    })?;
+    let after = rig.peer_view()?.latest_handshake;
+    check(after == handshake, || {
+        format!("a new handshake at {after} (was {handshake}): the young session was not kept")
+    })?;
+    let stats = end
+        .engine
+        .direction_stats(tunpipe::stage::Direction::Outbound);
+    println!("outbound after resume: {stats:?}");
     end.stop_conserved()
 }
