@@ -1,6 +1,7 @@
 //! What an adversarial host does to the engine (issue 9), on the in-memory device: a stage
 //! that is slow when the stop comes, a stage factory that panics, and a crowd of threads
-//! asking for latency. None of these tests times anything: each counts what happened.
+//! asking for latency; a suspension. None of these tests times anything: each counts what
+//! happened.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -176,5 +177,57 @@ fn a_stop_reaches_actors_that_are_spinning() {
         );
         stopper.join().unwrap().unwrap();
         assert_eq!(engine.stats().tx_packets, 3);
+    }
+}
+
+/// A phone's network goes away, or the phone sleeps (issue 22): a suspended engine reads
+/// nothing and sends nothing, and a stop still ends it at once; resumed, it carries what
+/// waited in the device meanwhile.
+#[test]
+fn a_suspended_engine_reads_nothing_stops_at_once_and_resumed_carries_what_waited() {
+    for workers in [0, 1, 2] {
+        let (dev, mut tx, mut rx) = MemoryDevice::new(256, 2048);
+        let engine = Arc::new(
+            Engine::builder()
+                .config(config(workers))
+                .start(&dev)
+                .unwrap(),
+        );
+        send(&mut tx, &udp4(1, 2, 0, 16));
+        assert_eq!(recv_n(&mut rx, 1).len(), 1);
+        engine.suspend().unwrap();
+        assert!(engine.is_suspended());
+        for seq in 1..=5 {
+            send(&mut tx, &udp4(1, 2, seq, 16));
+        }
+        // A wrong read has 50 ms to happen (this cannot fail a right engine).
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(
+            engine.stats().rx_packets,
+            1,
+            "workers {workers}: read while suspended"
+        );
+        engine.resume().unwrap();
+        assert!(!engine.is_suspended());
+        assert_eq!(recv_n(&mut rx, 5).len(), 5, "workers {workers}");
+
+        engine.suspend().unwrap();
+        let stopper = {
+            let engine = engine.clone();
+            std::thread::spawn(move || engine.stop())
+        };
+        assert!(
+            eventually(|| stopper.is_finished()),
+            "workers {workers}: a suspended engine did not stop"
+        );
+        stopper.join().unwrap().unwrap();
+        assert!(matches!(engine.resume(), Err(EngineError::Stopping)));
+        let s = engine.stats();
+        assert_eq!(
+            (s.rx_packets, s.tx_packets),
+            (6, 6),
+            "workers {workers}: {s:?}"
+        );
+        assert_conserved(&s);
     }
 }

@@ -135,6 +135,8 @@ fn every_pointer_taking_function_rejects_null() {
         tunpipe_engine_peer_stats(null(), 0, &mut peer)
     );
     refused!("tunpipe_engine_rebind", tunpipe_engine_rebind(null()));
+    refused!("tunpipe_engine_suspend", tunpipe_engine_suspend(null()));
+    refused!("tunpipe_engine_resume", tunpipe_engine_resume(null()));
     refused!(
         "tunpipe_wireguard_settings",
         tunpipe_wireguard_settings(null(), buf.as_mut_ptr(), buf.len(), null_mut())
@@ -387,8 +389,10 @@ fn global_queries_before_any_start_tun_say_not_running() {
 }
 
 #[test]
-fn rebind_and_tunnel_stats_without_a_running_tunnel_say_why() {
+fn rebind_suspend_and_tunnel_stats_without_a_running_tunnel_say_why() {
     assert_eq!(tunpipe_rebind(), TUNPIPE_ERR_NOT_RUNNING);
+    assert_eq!(tunpipe_suspend(), TUNPIPE_ERR_NOT_RUNNING);
+    assert_eq!(tunpipe_resume(), TUNPIPE_ERR_NOT_RUNNING);
     let mut tunnel = TunpipeTunnelStats::default();
     // SAFETY: a valid, sized struct.
     let code = unsafe { tunpipe_tunnel_stats(&mut tunnel) };

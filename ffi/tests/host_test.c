@@ -740,6 +740,10 @@ static void test_wireguard(const char *peer_script) {
         CHECK(ping_addr("10.78.0.2", 3, 10), "ping through the handle's tunnel");
         CHECK(tunpipe_engine_rebind(e) == TUNPIPE_OK, "tunpipe_engine_rebind");
         CHECK(ping_addr("10.78.0.2", 3, 10), "ping after the handle's rebind");
+        CHECK(tunpipe_engine_suspend(e) == TUNPIPE_OK, "tunpipe_engine_suspend");
+        CHECK(tunpipe_engine_suspend(e) == TUNPIPE_OK, "suspend again: nothing to do");
+        CHECK(tunpipe_engine_resume(e) == TUNPIPE_OK, "tunpipe_engine_resume");
+        CHECK(ping_addr("10.78.0.2", 3, 10), "ping after the handle's resume");
         at = now_ms();
         CHECK(tunpipe_engine_stop(e) == TUNPIPE_OK, "tunpipe_engine_stop");
         printf("tunpipe_engine_stop with the WireGuard tunnel up: %.2f ms\n", now_ms() - at);
@@ -751,6 +755,7 @@ static void test_wireguard(const char *peer_script) {
         check_tunnel_after_stop(t, s, "handle");
         check_peers_after_stop(e, t, peer_key, "handle");
         CHECK(tunpipe_engine_rebind(e) == TUNPIPE_ERR_NOT_RUNNING, "rebind after stop");
+        CHECK(tunpipe_engine_suspend(e) == TUNPIPE_ERR_NOT_RUNNING, "suspend after stop");
         tunpipe_engine_free(e);
     }
     CHECK(fd_is_open(fd), "the fd stays open after the handle's stop");
