@@ -51,6 +51,9 @@
 //!   an idle tunnel wakes nobody.
 //! - Every writer returns each buffer to the pool it came from: a reader's, the timer's, or a
 //!   worker's reserve.
+//! - A **path change** ([`Engine::rebind`]) runs on a thread of its own: endpoints looked up
+//!   again, a new socket, a handshake from it, a fresh port if nobody answers.
+//!   [`Engine::suspend`] parks every actor with no timeout until [`Engine::resume`].
 //!
 //! The two are one topology, built in one place: a one-way engine is a tunnel with only the
 //! outbound direction, no timer, and a stage that emits nothing, and every pool and ring is

@@ -1,6 +1,10 @@
 //! The seed's calls: `start_tun(fd)` blocks while one global engine runs; `stop_tun()` stops
 //! it. They never touch engines started through handles.
 //!
+//! A tunnel whose endpoints need a lookup (`WgConfig::resolve`) gets it while `Starting`, on
+//! a thread of its own that a `stop_tun` does not wait for: the start gives up at once, and
+//! the lookup ends whenever the resolver answers, unread.
+//!
 //! The global slot walks `Idle → Starting → Running → Idle`. A `stop_tun` that finds it
 //! `Starting` marks the start as cancelled and waits: `start_tun` sees the mark when it would
 //! move to `Running`, stops its fresh engine itself, and only then leaves `Starting`. So a

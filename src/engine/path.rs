@@ -1,6 +1,6 @@
 //! A network path change, handled off the I/O threads: what [`crate::Engine::rebind`] starts.
 //!
-//! 1. The stage looks its endpoints' hosts up again ([`DuplexStage::refresh_endpoints`]): a
+//! 1. The stage looks its endpoints' hosts up again ([`crate::stage::DuplexStage::refresh_endpoints`]): a
 //!    name may stand for another address on the new network, and on Apple an IPv4 endpoint
 //!    for another NAT64 prefix. A resolver may take seconds, so this runs on a thread of its
 //!    own, which a stop never waits for.
@@ -8,7 +8,7 @@
 //!    (the new network not ready yet) is tried again every 0.5 s, 10 times in all, as
 //!    WireGuardKit's `wgBumpSockets` does.
 //! 3. The timer tells the stage, which starts a handshake with each peer from the new socket.
-//! 4. When the stage can tell ([`DuplexStage::round_trips`]) and no peer answers within 5 s,
+//! 4. When the stage can tell ([`crate::stage::DuplexStage::round_trips`]) and no peer answers within 5 s,
 //!    the socket moves to a fresh port and the peers are told again: some carrier NATs stop
 //!    forwarding an old port after a change, and only a new one recovers. A path whose old
 //!    port still works keeps it.
