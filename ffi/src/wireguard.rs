@@ -15,15 +15,18 @@ ffi_fn! {
     ///
     /// ```json
     /// {"addresses": ["10.0.0.2/32", "fd00::2/128"], "dns": ["1.1.1.1"], "dns_search": [],
-    ///  "mtu": 1420, "listen_port": null,
+    ///  "mtu": 1420, "mtu_set": false, "listen_port": null,
     ///  "peers": [{"endpoint": "vpn.example.com:51820", "endpoint_host": "vpn.example.com",
     ///             "endpoint_port": 51820, "allowed_ips": ["0.0.0.0/0", "::/0"],
     ///             "persistent_keepalive": 25}]}
     /// ```
     ///
     /// On iOS: `addresses` go to `NEIPv4Settings`/`NEIPv6Settings`, `allowed_ips` to their
-    /// included routes, `dns` and `dns_search` to `NEDNSSettings`, `mtu` to the settings' MTU,
-    /// and the first peer's `endpoint_host` is `tunnelRemoteAddress`. No key is included.
+    /// included routes, `dns` and `dns_search` to `NEDNSSettings`, `mtu` to the settings' MTU
+    /// (1420 when the text sets none; `mtu_set` says whether it did, so that a host may pick
+    /// its own default, as WireGuardKit picks 1280 on iOS). `endpoint_host` is for display:
+    /// `tunnelRemoteAddress` takes an address, never a host name (WireGuardKit gives it
+    /// 127.0.0.1). No key is included.
     /// `*needed` (if not NULL) receives the bytes required including the NUL; when `len` is too
     /// small nothing is written to `buf` and `TUNPIPE_ERR_BUFFER_TOO_SMALL` is returned (call
     /// with `buf = NULL, len = 0` to ask). An invalid text is `TUNPIPE_ERR_CONFIG`, with the
@@ -73,6 +76,7 @@ pub(crate) fn settings_json(config: &WgConfig) -> Result<String, FfiError> {
         "dns": strings(&mut i.dns.iter().map(ToString::to_string)),
         "dns_search": i.dns_search,
         "mtu": i.mtu,
+        "mtu_set": i.mtu_set,
         "listen_port": i.listen_port,
         "peers": peers,
     });
@@ -105,6 +109,7 @@ mod tests {
         assert_eq!(v["dns"], json!(["1.1.1.1"]));
         assert_eq!(v["dns_search"], json!(["corp.example"]));
         assert_eq!(v["mtu"], 1380);
+        assert_eq!(v["mtu_set"], true);
         assert_eq!(v["peers"][0]["endpoint_host"], "vpn.example.com");
         assert_eq!(v["peers"][0]["endpoint_port"], 443);
         assert_eq!(v["peers"][0]["allowed_ips"], json!(["0.0.0.0/0", "::/0"]));

@@ -1,8 +1,14 @@
-//! Apple (iOS, tvOS, macOS): utun checks, thread QoS.
+//! Apple (iOS, tvOS, macOS): utun checks, many packets per call on the utun and the UDP
+//! socket (private calls looked up at run time), thread QoS.
 
+use super::batch::{batch_prefix, BatchFailed, Batching, RecvCalls, SendCalls};
+use super::net::{for_socket, from_storage, no_destination, DatagramBuf, SingleDatagramIo};
 use super::{byte_count, TunIdentity};
+use socket2::SockAddr;
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::OnceLock;
 
 /// The utun kernel control's name: `getpeername` on a utun fd reports its control id.
 const UTUN_CONTROL_NAME: &[u8] = b"com.apple.net.utun_control";
@@ -269,40 +275,90 @@ struct MsghdrX {
 // The layout must match XNU's exactly (LP64), or the kernel reads past the array.
 const _: () = assert!(std::mem::size_of::<MsghdrX>() == 56);
 
-extern "C" {
-    /// Receives up to `cnt` datagrams; returns how many, or -1 (`errno`).
-    fn recvmsg_x(
-        s: libc::c_int,
-        msgp: *const MsghdrX,
-        cnt: libc::c_uint,
-        flags: libc::c_int,
-    ) -> isize;
-    /// Sends up to `cnt` datagrams; returns how many, or -1 (`errno`), which does not say how
-    /// many went before the failure.
-    fn sendmsg_x(
-        s: libc::c_int,
-        msgp: *const MsghdrX,
-        cnt: libc::c_uint,
-        flags: libc::c_int,
-    ) -> isize;
+impl MsghdrX {
+    fn zeroed() -> Self {
+        // SAFETY: a plain C struct of integers and raw pointers: all zeroes (null pointers,
+        // zero lengths) is a valid value.
+        unsafe { std::mem::zeroed() }
+    }
 }
 
-/// Most packets one `recvmsg_x`/`sendmsg_x` moves.
+/// The C type of `recvmsg_x` and `sendmsg_x` (`socket_private.h`: `ssize_t f(int s, const
+/// struct msghdr_x *msgp, u_int cnt, int flags)`; `recvmsg_x` writes the array all the same,
+/// so it is given a pointer that may be written through).
+type MsgXFn = unsafe extern "C" fn(libc::c_int, *const MsghdrX, libc::c_uint, libc::c_int) -> isize;
+
+/// XNU's private multi-datagram calls, found at run time.
+#[derive(Clone, Copy)]
+struct MsgXCalls {
+    recvmsg_x: MsgXFn,
+    sendmsg_x: MsgXFn,
+}
+
+/// `recvmsg_x` and `sendmsg_x`, looked up once per process with `dlsym`, as firezone does:
+/// they are private XNU API ("subject to change"), so tunpipe does not link them (no
+/// undefined private symbol in the binary, no load failure should Apple remove them) and
+/// moves one packet per call where they are missing (`batch.rs`).
+fn msg_x_calls() -> Option<MsgXCalls> {
+    static CALLS: OnceLock<Option<MsgXCalls>> = OnceLock::new();
+    *CALLS.get_or_init(|| {
+        let calls = lookup(c"recvmsg_x")
+            .zip(lookup(c"sendmsg_x"))
+            .map(|(recvmsg_x, sendmsg_x)| MsgXCalls {
+                recvmsg_x,
+                sendmsg_x,
+            });
+        if calls.is_none() {
+            log::info!("recvmsg_x/sendmsg_x not found: the utun and UDP move one packet per call");
+        }
+        calls
+    })
+}
+
+/// The function `name` (one of the two above), if the process has it.
+fn lookup(name: &CStr) -> Option<MsgXFn> {
+    // SAFETY: `name` is NUL-terminated and lives for the call; RTLD_DEFAULT searches the
+    // images already loaded, and dlsym only reads the name.
+    let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    if address.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null address for these names is libSystem's function of that name, whose
+    // C signature is `MsgXFn`'s (socket_private.h); a function pointer and a data pointer
+    // have the same size and representation on Apple targets.
+    Some(unsafe { std::mem::transmute::<*mut libc::c_void, MsgXFn>(address) })
+}
+
+/// The socket's send buffer (`SO_SNDBUF`), which bounds one `sendmsg_x`: XNU refuses a batch
+/// whose datagrams add up to more (`EMSGSIZE`). Unknown: no bound.
+fn send_buffer(fd: RawFd) -> usize {
+    get_int_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)
+        .ok()
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .filter(|&bytes| bytes > 0)
+        .unwrap_or(usize::MAX)
+}
+
+/// The error a batch call reports when the calls were never found (refused as missing).
+fn no_batch_call() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOSYS)
+}
+
+/// Most packets one `recvmsg_x`/`sendmsg_x` moves on the utun.
 const TUN_BATCH: usize = 32;
 
 /// Reads and writes many packets per call on a utun control socket (`recvmsg_x`,
-/// `sendmsg_x`, as firezone's connlib does), each behind its 4-byte protocol family. One per
+/// `sendmsg_x`, as firezone's connlib does), each behind its 4-byte protocol family, or one
+/// per call (`TunIo`) where those calls are missing or refused (`batch.rs` decides). One per
 /// device half, allocated once and rewritten before every call.
-///
-/// `sendmsg_x` returns -1 when a datagram fails, without saying how many went before it. The
-/// failure is then the first packet's (a write error), and the rest of that batch goes one
-/// packet per call: none is lost for not knowing, though one that had gone may go twice.
 pub(crate) struct TunBatchIo {
+    calls: Option<MsgXCalls>,
+    batching: Batching,
     headers: Box<[MsghdrX]>,
     vectors: Box<[[libc::iovec; 2]]>,
     families: Box<[[u8; FAMILY_HEADER]]>,
-    /// Packets still to send one per call after a failed batch.
-    one_by_one: usize,
+    /// The utun's send buffer ([`send_buffer`]), asked at the first batch send.
+    send_limit: Option<usize>,
 }
 
 // SAFETY: the raw pointers in `headers` and `vectors` point only at this struct's arrays and
@@ -312,24 +368,71 @@ unsafe impl Send for TunBatchIo {}
 
 impl TunBatchIo {
     pub(crate) fn new() -> Self {
-        // SAFETY: MsghdrX and iovec are plain C structs for which all zeroes is valid.
-        let zeroed_header = || unsafe { std::mem::zeroed::<MsghdrX>() };
-        // SAFETY: as above.
+        let calls = msg_x_calls();
+        // SAFETY: iovec is a plain C struct for which all zeroes is valid.
         let zeroed_iov = || unsafe { std::mem::zeroed::<libc::iovec>() };
         TunBatchIo {
-            headers: (0..TUN_BATCH).map(|_| zeroed_header()).collect(),
+            calls,
+            batching: Batching::new("utun", TUN_BATCH, calls.is_some()),
+            headers: (0..TUN_BATCH).map(|_| MsghdrX::zeroed()).collect(),
             vectors: (0..TUN_BATCH)
                 .map(|_| [zeroed_iov(), zeroed_iov()])
                 .collect(),
             families: vec![[0; FAMILY_HEADER]; TUN_BATCH].into_boxed_slice(),
-            one_by_one: 0,
+            send_limit: None,
         }
     }
 
     pub(crate) fn max_batch(&self) -> usize {
-        TUN_BATCH
+        self.batching.max_batch()
     }
 
+    /// Receives up to `bufs.len()` packets without blocking; returns how many.
+    pub(crate) fn read<B: DatagramBuf>(&mut self, fd: RawFd, bufs: &mut [B]) -> io::Result<usize> {
+        let len = bufs.len();
+        let mut calls = TunCalls {
+            fd,
+            calls: self.calls,
+            headers: &mut self.headers,
+            vectors: &mut self.vectors,
+            families: &mut self.families,
+            send_limit: &mut self.send_limit,
+            bufs,
+        };
+        self.batching.recv(&mut calls, len)
+    }
+
+    /// Sends up to `bufs.len()` packets without blocking; returns how many went. A packet
+    /// that is no IP packet ends the batch (first in the batch, it is the error).
+    pub(crate) fn write<B: DatagramBuf>(&mut self, fd: RawFd, bufs: &[B]) -> io::Result<usize> {
+        let len = bufs.len();
+        let mut calls = TunCalls {
+            fd,
+            calls: self.calls,
+            headers: &mut self.headers,
+            vectors: &mut self.vectors,
+            families: &mut self.families,
+            send_limit: &mut self.send_limit,
+            bufs,
+        };
+        self.batching.send(&mut calls, len)
+    }
+}
+
+/// One utun call's view of a [`TunBatchIo`] and of the buffers it moves (`&mut [B]` to
+/// receive, `&[B]` to send).
+struct TunCalls<'a, Bufs> {
+    fd: RawFd,
+    calls: Option<MsgXCalls>,
+    headers: &'a mut [MsghdrX],
+    vectors: &'a mut [[libc::iovec; 2]],
+    families: &'a mut [[u8; FAMILY_HEADER]],
+    send_limit: &'a mut Option<usize>,
+    bufs: Bufs,
+}
+
+impl<Bufs> TunCalls<'_, Bufs> {
+    /// Points message `i` at its family bytes and at `len` bytes of packet at `data`.
     fn point(&mut self, i: usize, data: *mut u8, len: usize) {
         self.vectors[i] = [
             libc::iovec {
@@ -341,100 +444,348 @@ impl TunBatchIo {
                 iov_len: len,
             },
         ];
-        let header = &mut self.headers[i];
-        header.msg_name = std::ptr::null_mut();
-        header.msg_namelen = 0;
-        header.msg_iov = self.vectors[i].as_mut_ptr();
-        header.msg_iovlen = 2;
-        header.msg_control = std::ptr::null_mut();
-        header.msg_controllen = 0;
-        header.msg_flags = 0;
-        header.msg_datalen = 0;
+        self.headers[i] = MsghdrX {
+            msg_iov: self.vectors[i].as_mut_ptr(),
+            msg_iovlen: 2,
+            ..MsghdrX::zeroed()
+        };
     }
+}
 
-    /// Receives up to `bufs.len()` packets without blocking; returns how many.
-    pub(crate) fn read<B: super::net::DatagramBuf>(
-        &mut self,
-        fd: RawFd,
-        bufs: &mut [B],
-    ) -> io::Result<usize> {
-        let n = bufs.len().min(TUN_BATCH);
-        if n == 0 {
-            return Ok(0);
-        }
-        for (i, buf) in bufs.iter_mut().enumerate().take(n) {
-            let area = buf.area();
-            self.point(i, area.as_mut_ptr(), area.len());
+impl<B: DatagramBuf> RecvCalls for TunCalls<'_, &mut [B]> {
+    fn recv_many(&mut self, n: usize) -> io::Result<usize> {
+        let calls = self.calls.ok_or_else(no_batch_call)?;
+        let n = n.min(self.bufs.len()).min(self.headers.len());
+        for i in 0..n {
+            let area = self.bufs[i].area();
+            let (data, len) = (area.as_mut_ptr(), area.len());
+            self.point(i, data, len);
         }
         // SAFETY: the first `n` headers point at this struct's family bytes and at the areas
-        // of `bufs`, borrowed exclusively for the call; the kernel writes only within them.
+        // of `bufs`, borrowed exclusively for the call; the kernel writes only within them
+        // and into the headers, whose pointer comes from a unique borrow.
         let got = byte_count(unsafe {
-            recvmsg_x(
-                fd,
-                self.headers.as_ptr(),
+            (calls.recvmsg_x)(
+                self.fd,
+                self.headers.as_mut_ptr().cast_const(),
                 n as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
-        })?;
-        for (i, buf) in bufs.iter_mut().enumerate().take(got.min(n)) {
+        })?
+        .min(n);
+        for i in 0..got {
             // A datagram shorter than its header carries no packet: an empty one, which the
-            // reader drops as malformed.
-            let len = self.headers[i].msg_datalen.saturating_sub(FAMILY_HEADER);
-            buf.received(len, None);
+            // reader drops as malformed. One longer than the area arrives cut to it.
+            let area = self.vectors[i][1].iov_len;
+            let len = self.headers[i]
+                .msg_datalen
+                .saturating_sub(FAMILY_HEADER)
+                .min(area);
+            self.bufs[i].received(len, None);
         }
-        Ok(got.min(n))
+        Ok(got)
     }
 
-    /// Sends up to `bufs.len()` packets without blocking; returns how many went. A packet
-    /// that is no IP packet ends the batch (first in the batch, it is the error).
-    pub(crate) fn write<B: super::net::DatagramBuf>(
-        &mut self,
-        fd: RawFd,
-        bufs: &[B],
-    ) -> io::Result<usize> {
-        if self.one_by_one > 0 {
-            let Some(first) = bufs.first() else {
-                return Ok(0);
-            };
-            self.one_by_one -= 1;
-            let (data, _) = first.datagram();
-            return TunIo.write(fd, data).map(|_| 1);
-        }
-        let mut n = 0;
-        for buf in bufs.iter().take(TUN_BATCH) {
+    fn recv_one(&mut self) -> io::Result<()> {
+        let Some(buf) = self.bufs.first_mut() else {
+            return Ok(());
+        };
+        let n = TunIo.read(self.fd, buf.area())?;
+        buf.received(n, None);
+        Ok(())
+    }
+}
+
+impl<B: DatagramBuf> SendCalls for TunCalls<'_, &[B]> {
+    fn send_many(&mut self, n: usize) -> Result<usize, BatchFailed> {
+        let fd = self.fd;
+        let limit = *self.send_limit.get_or_insert_with(|| send_buffer(fd));
+        let bufs = self.bufs;
+        let lengths = bufs.iter().map(|buf| {
             let (data, _) = buf.datagram();
-            let Some(family) = family_of(data) else {
-                break;
-            };
-            self.families[n] = (family as u32).to_be_bytes();
-            self.point(n, data.as_ptr() as *mut u8, data.len());
-            n += 1;
+            family_of(data).map(|_| FAMILY_HEADER + data.len())
+        });
+        let offered = batch_prefix(lengths, n.min(self.headers.len()), limit);
+        if offered == 0 {
+            return Err(BatchFailed {
+                error: not_ip(),
+                offered: 0,
+            });
         }
-        if n == 0 {
-            return if bufs.is_empty() {
-                Ok(0)
-            } else {
-                Err(not_ip())
-            };
+        let Some(calls) = self.calls else {
+            return Err(BatchFailed {
+                error: no_batch_call(),
+                offered,
+            });
+        };
+        for (i, buf) in bufs.iter().take(offered).enumerate() {
+            let (data, _) = buf.datagram();
+            // Every packet offered is IP (`batch_prefix` stopped before any other).
+            let family = family_of(data).unwrap_or(libc::AF_INET);
+            self.families[i] = (family as u32).to_be_bytes();
+            self.point(i, data.as_ptr().cast_mut(), data.len());
         }
-        // SAFETY: the first `n` headers point at this struct's family bytes and at the
+        // SAFETY: the first `offered` headers point at this struct's family bytes and at the
         // packets of `bufs`, borrowed for the call; the kernel only reads them.
         let sent = unsafe {
-            sendmsg_x(
+            (calls.sendmsg_x)(
                 fd,
                 self.headers.as_ptr(),
-                n as libc::c_uint,
+                offered as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
         };
-        match byte_count(sent) {
-            Ok(sent) => Ok(sent.min(n)),
-            Err(e) => {
-                // How many went is unknown: the first is the error, the rest go one by one.
-                self.one_by_one = n - 1;
-                Err(e)
-            }
+        byte_count(sent)
+            .map(|sent| sent.min(offered))
+            .map_err(|error| BatchFailed { error, offered })
+    }
+
+    fn send_one(&mut self) -> io::Result<()> {
+        let Some(buf) = self.bufs.first() else {
+            return Ok(());
+        };
+        let (data, _) = buf.datagram();
+        if TunIo.write(self.fd, data)? != data.len() {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short utun write"));
         }
+        Ok(())
+    }
+}
+
+/// The tunnel's UDP socket, many datagrams per call (`recvmsg_x`/`sendmsg_x`, as quinn-udp
+/// batches UDP on Apple platforms), each with its peer's address; one per call
+/// (`SingleDatagramIo`) where those calls are missing or refused (`batch.rs` decides).
+///
+/// `socket_private.h` says that `sendmsg_x` takes no address; quinn-udp gives it one per
+/// message on unconnected UDP sockets all the same, and tests that on macOS. Should a system
+/// refuse the addresses, the batch sends fail while each datagram then goes alone, and
+/// batching stops after a few (`batch.rs`); a receive that brings a datagram without its
+/// source address stops batching too.
+pub(crate) struct DatagramIo {
+    calls: Option<MsgXCalls>,
+    batching: Batching,
+    headers: Box<[MsghdrX]>,
+    vectors: Box<[libc::iovec]>,
+    received_from: Box<[libc::sockaddr_storage]>,
+    send_to: Box<[SockAddr]>,
+    /// The socket's send buffer ([`send_buffer`]), asked at its first batch send.
+    send_limit: Option<usize>,
+    single: SingleDatagramIo,
+    v6: bool,
+}
+
+// SAFETY: the raw pointers in `headers` and `vectors` point only at this struct's arrays and
+// at the buffers of the call in progress; they are rewritten before each call and never read
+// between calls. The struct moves between threads only with the device half that owns it.
+unsafe impl Send for DatagramIo {}
+
+impl DatagramIo {
+    pub(crate) fn new(max_batch: usize, v6: bool) -> Self {
+        let max = max_batch.max(1);
+        let calls = msg_x_calls();
+        let unspecified = SockAddr::from(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        DatagramIo {
+            calls,
+            batching: Batching::new("UDP", max, calls.is_some()),
+            headers: (0..max).map(|_| MsghdrX::zeroed()).collect(),
+            // SAFETY: iovec is a plain C struct for which all zeroes is valid.
+            vectors: (0..max).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            // SAFETY: all zeroes is a valid sockaddr_storage.
+            received_from: (0..max).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            send_to: (0..max).map(|_| unspecified.clone()).collect(),
+            send_limit: None,
+            single: SingleDatagramIo::new(1, v6),
+            v6,
+        }
+    }
+
+    /// The socket was replaced (a rebind): batching is tried again, and the new socket's
+    /// send buffer asked.
+    pub(crate) fn socket_replaced(&mut self) {
+        self.batching.socket_replaced();
+        self.send_limit = None;
+    }
+
+    pub(crate) fn max_batch(&self) -> usize {
+        self.batching.max_batch()
+    }
+
+    /// Receives up to `bufs.len()` datagrams without blocking; returns how many.
+    pub(crate) fn recv<B: DatagramBuf>(&mut self, fd: RawFd, bufs: &mut [B]) -> io::Result<usize> {
+        let len = bufs.len();
+        let mut calls = UdpCalls {
+            fd,
+            calls: self.calls,
+            headers: &mut self.headers,
+            vectors: &mut self.vectors,
+            received_from: &mut self.received_from,
+            send_to: &mut self.send_to,
+            send_limit: &mut self.send_limit,
+            single: &mut self.single,
+            v6: self.v6,
+            sourceless: false,
+            bufs,
+        };
+        let got = self.batching.recv(&mut calls, len);
+        if calls.sourceless {
+            self.batching
+                .stop("recvmsg_x", &"a datagram came without its source address");
+        }
+        got
+    }
+
+    /// Sends up to `bufs.len()` datagrams, each to its endpoint, without blocking; returns
+    /// how many went. The first one without an endpoint ends the batch (and, first in the
+    /// batch, is the error).
+    pub(crate) fn send<B: DatagramBuf>(&mut self, fd: RawFd, bufs: &[B]) -> io::Result<usize> {
+        let len = bufs.len();
+        let mut calls = UdpCalls {
+            fd,
+            calls: self.calls,
+            headers: &mut self.headers,
+            vectors: &mut self.vectors,
+            received_from: &mut self.received_from,
+            send_to: &mut self.send_to,
+            send_limit: &mut self.send_limit,
+            single: &mut self.single,
+            v6: self.v6,
+            sourceless: false,
+            bufs,
+        };
+        self.batching.send(&mut calls, len)
+    }
+}
+
+/// One UDP call's view of a [`DatagramIo`] and of the buffers it moves.
+struct UdpCalls<'a, Bufs> {
+    fd: RawFd,
+    calls: Option<MsgXCalls>,
+    headers: &'a mut [MsghdrX],
+    vectors: &'a mut [libc::iovec],
+    received_from: &'a mut [libc::sockaddr_storage],
+    send_to: &'a mut [SockAddr],
+    send_limit: &'a mut Option<usize>,
+    single: &'a mut SingleDatagramIo,
+    v6: bool,
+    /// A batch receive brought a datagram without its source address.
+    sourceless: bool,
+    bufs: Bufs,
+}
+
+impl<B: DatagramBuf> RecvCalls for UdpCalls<'_, &mut [B]> {
+    fn recv_many(&mut self, n: usize) -> io::Result<usize> {
+        let calls = self.calls.ok_or_else(no_batch_call)?;
+        let n = n.min(self.bufs.len()).min(self.headers.len());
+        let name_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        for i in 0..n {
+            let area = self.bufs[i].area();
+            self.vectors[i] = libc::iovec {
+                iov_base: area.as_mut_ptr().cast(),
+                iov_len: area.len(),
+            };
+            // A slot the kernel leaves without an address reads as none, not as the last
+            // datagram's.
+            self.received_from[i].ss_family = libc::AF_UNSPEC as libc::sa_family_t;
+            self.headers[i] = MsghdrX {
+                msg_name: (&mut self.received_from[i] as *mut libc::sockaddr_storage).cast(),
+                msg_namelen: name_len,
+                msg_iov: &mut self.vectors[i],
+                msg_iovlen: 1,
+                ..MsghdrX::zeroed()
+            };
+        }
+        // SAFETY: the first `n` headers point at the areas of `bufs`, borrowed exclusively
+        // for the call, and at this struct's address storage, each as large as its length
+        // says; the kernel writes only within them and into the headers, whose pointer comes
+        // from a unique borrow.
+        let got = byte_count(unsafe {
+            (calls.recvmsg_x)(
+                self.fd,
+                self.headers.as_mut_ptr().cast_const(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        })?
+        .min(n);
+        for i in 0..got {
+            // A datagram longer than the area arrives cut to it: the reader's area is one
+            // byte past the largest datagram, so it sees the datagram oversize.
+            let len = self.headers[i].msg_datalen.min(self.vectors[i].iov_len);
+            let from = from_storage(&self.received_from[i], self.headers[i].msg_namelen);
+            self.sourceless |= from.is_none();
+            self.bufs[i].received(len, from);
+        }
+        Ok(got)
+    }
+
+    fn recv_one(&mut self) -> io::Result<()> {
+        self.single.recv(self.fd, self.bufs).map(|_| ())
+    }
+}
+
+impl<B: DatagramBuf> SendCalls for UdpCalls<'_, &[B]> {
+    fn send_many(&mut self, n: usize) -> Result<usize, BatchFailed> {
+        let fd = self.fd;
+        let limit = *self.send_limit.get_or_insert_with(|| send_buffer(fd));
+        let bufs = self.bufs;
+        let lengths = bufs.iter().map(|buf| {
+            let (data, to) = buf.datagram();
+            to.map(|_| data.len())
+        });
+        let offered = batch_prefix(lengths, n.min(self.headers.len()), limit);
+        if offered == 0 {
+            return Err(BatchFailed {
+                error: no_destination(),
+                offered: 0,
+            });
+        }
+        let Some(calls) = self.calls else {
+            return Err(BatchFailed {
+                error: no_batch_call(),
+                offered,
+            });
+        };
+        let mut prepared = 0;
+        for buf in bufs.iter().take(offered) {
+            let (data, Some(to)) = buf.datagram() else {
+                break;
+            };
+            let i = prepared;
+            self.send_to[i] = for_socket(to, self.v6);
+            self.vectors[i] = libc::iovec {
+                iov_base: data.as_ptr().cast_mut().cast(),
+                iov_len: data.len(),
+            };
+            self.headers[i] = MsghdrX {
+                msg_name: self.send_to[i].as_ptr().cast_mut().cast(),
+                msg_namelen: self.send_to[i].len(),
+                msg_iov: &mut self.vectors[i],
+                msg_iovlen: 1,
+                ..MsghdrX::zeroed()
+            };
+            prepared += 1;
+        }
+        // SAFETY: the first `prepared` headers point at the datagrams of `bufs` (borrowed for
+        // the call) and at this struct's addresses, each as long as its length says; the
+        // kernel only reads them.
+        let sent = unsafe {
+            (calls.sendmsg_x)(
+                fd,
+                self.headers.as_ptr(),
+                prepared as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        byte_count(sent)
+            .map(|sent| sent.min(prepared))
+            .map_err(|error| BatchFailed {
+                error,
+                offered: prepared,
+            })
+    }
+
+    fn send_one(&mut self) -> io::Result<()> {
+        self.single.send(self.fd, self.bufs).map(|_| ())
     }
 }
 
@@ -595,8 +946,6 @@ pub(crate) fn place_current_thread(actor_index: usize, pin: bool) {
         log::warn!("could not set the QoS class of actor {actor_index}: error {ret}");
     }
 }
-
-pub(crate) use super::net::SingleDatagramIo as DatagramIo;
 
 /// Asks for `bytes` of receive and send buffer, halving the request until the kernel takes
 /// it (XNU refuses, rather than clamps, a size past its limit); returns what it granted.

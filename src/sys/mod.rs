@@ -6,10 +6,12 @@
 //! - `tun_identity(fd)`: who the TUN behind `fd` is, the same for all its dups (`TunIdentity`);
 //! - `TunIo`: reads and writes of one packet that never block, whatever `O_NONBLOCK` says;
 //! - `tune_tun(fd)`: best-effort throughput settings for a fresh run (logged on failure);
-//! - Apple only, `TunBatchIo`: many utun packets per call (`recvmsg_x`/`sendmsg_x`); a Linux
-//!   TUN without offload has no multi-packet read or write;
+//! - Apple only, `TunBatchIo`: many utun packets per call (`recvmsg_x`/`sendmsg_x`, looked
+//!   up at run time, one packet per call without them: `batch`); a Linux TUN without offload
+//!   has no multi-packet read or write;
 //! - `DatagramIo`: a UDP socket's datagrams, many per call where the platform can
-//!   (`recvmmsg`/`sendmmsg`), one per call elsewhere (`net::SingleDatagramIo`);
+//!   (`recvmmsg`/`sendmmsg` on Linux, `recvmsg_x`/`sendmsg_x` on Apple as for the utun), one
+//!   per call elsewhere (`net::SingleDatagramIo`);
 //! - `set_socket_buffers(socket, bytes)`: the largest receive and send buffers it can get;
 //! - `place_current_thread(actor_index, pin)`: core pinning (Linux, Android) or a QoS class
 //!   (Apple), logged, never fatal.
@@ -29,10 +31,14 @@ mod imp;
 #[path = "other.rs"]
 mod imp;
 
+/// When a half moves many packets per call, and how it falls back to one: Apple's, tested
+/// everywhere.
+#[cfg(any(test, target_vendor = "apple"))]
+pub(crate) mod batch;
 pub(crate) mod net;
 pub(crate) mod resolve;
 
-/// Many packets per call on a utun (Apple: `recvmsg_x`/`sendmsg_x`).
+/// Many packets per call on a utun (Apple: `recvmsg_x`/`sendmsg_x` where found).
 #[cfg(target_vendor = "apple")]
 pub(crate) use imp::TunBatchIo;
 /// GSO refusals in a row after which a UDP half sends without GSO (until a rebind).

@@ -1,6 +1,7 @@
 //! Plain POSIX pieces of the UDP device that every platform shares: socket addresses, a
 //! self-pipe that wakes a `poll`, the readiness wait, and one-datagram-per-call I/O (the
-//! batch calls are platform code: `recvmmsg`/`sendmmsg` on Linux).
+//! batch calls are platform code: `recvmmsg`/`sendmmsg` on Linux, `recvmsg_x`/`sendmsg_x`
+//! on Apple).
 
 use super::byte_count;
 use socket2::{SockAddr, SockAddrStorage};
@@ -147,14 +148,19 @@ pub(crate) fn wait_readable(socket: RawFd, pipes: &[&WakePipe]) -> io::Result<Wo
 }
 
 /// One datagram per call, for platforms without a batch call: `recvfrom` and `sendto` with
-/// `MSG_DONTWAIT`. (Linux uses `recvmmsg`/`sendmmsg`; this path is tested there all the same.)
+/// `MSG_DONTWAIT`. (Linux uses `recvmmsg`/`sendmmsg`, and this path is tested there all the
+/// same; Apple uses it where `recvmsg_x`/`sendmsg_x` are missing or refused.)
 #[derive(Debug)]
 #[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
 pub(crate) struct SingleDatagramIo {
     v6: bool,
 }
 
-#[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+// Linux uses none of it outside tests; Apple's batch device only receives and sends with it.
+#[cfg_attr(
+    any(target_os = "linux", target_os = "android", target_vendor = "apple"),
+    allow(dead_code)
+)]
 impl SingleDatagramIo {
     pub(crate) fn new(_max_batch: usize, v6: bool) -> Self {
         SingleDatagramIo { v6 }

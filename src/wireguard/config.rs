@@ -207,6 +207,10 @@ pub struct Interface {
     pub listen_port: Option<u16>,
     /// The tunnel interface's MTU ([`DEFAULT_MTU`] when absent).
     pub mtu: u16,
+    /// Whether the text sets `MTU`. Without it a host may pick its own interface MTU, as
+    /// WireGuardKit picks 1280 on iOS (at 1420, an outer IPv6 packet fills 1500 bytes, which
+    /// too many mobile networks do not carry).
+    pub mtu_set: bool,
     /// DNS servers (`DNS`): accepted for the host to apply (the OS sets DNS, not tunpipe).
     pub dns: Vec<IpAddr>,
     /// DNS search domains (the non-address entries of `DNS`).
@@ -532,6 +536,7 @@ impl WgConfig {
             addresses: interface.addresses,
             listen_port: interface.listen_port,
             mtu: interface.mtu.unwrap_or(DEFAULT_MTU),
+            mtu_set: interface.mtu.is_some(),
             dns: interface.dns,
             dns_search: interface.dns_search,
         };
@@ -960,6 +965,7 @@ mod tests {
         assert_eq!(c.interface.addresses.len(), 3);
         assert_eq!(c.interface.addresses[2].to_string(), "10.1.0.2/32");
         assert_eq!(c.interface.mtu, DEFAULT_MTU);
+        assert!(!c.interface.mtu_set);
         assert_eq!(c.interface.listen_port, None);
         assert_eq!(c.interface.dns.len(), 2);
         assert_eq!(c.interface.dns_search, ["corp.example"]);
@@ -1115,6 +1121,8 @@ mod tests {
                             addresses,
                             listen_port,
                             mtu,
+                            // The text written from it always sets MTU.
+                            mtu_set: true,
                             dns,
                             dns_search: Vec::new(),
                         },

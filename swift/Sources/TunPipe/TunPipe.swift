@@ -426,7 +426,8 @@ public struct TunPipeWireGuardSettings: Decodable, Sendable {
     public struct Peer: Decodable, Sendable {
         /// "vpn.example.com:51820" or "[2001:db8::1]:51820"; nil if the peer reaches us first.
         public var endpoint: String?
-        /// The endpoint's host, for `tunnelRemoteAddress`.
+        /// The endpoint's host, for display (`tunnelRemoteAddress` takes an address, never a
+        /// host name: give it "127.0.0.1", as WireGuardKit does).
         public var endpointHost: String?
         public var endpointPort: UInt16?
         /// Prefixes routed to this peer ("0.0.0.0/0", "10.0.0.0/8", "::/0").
@@ -438,7 +439,10 @@ public struct TunPipeWireGuardSettings: Decodable, Sendable {
     public var addresses: [String]
     public var dns: [String]
     public var dnsSearch: [String]
+    /// The text's MTU, 1420 when it sets none (`mtuSet` says whether it did).
     public var mtu: Int
+    /// Whether the text sets `MTU`. Without it, WireGuardKit gives the interface 1280 on iOS.
+    public var mtuSet: Bool
     public var listenPort: UInt16?
     public var peers: [Peer]
 
