@@ -656,6 +656,15 @@ int32_t stop_tun(void);
 // `TUNPIPE_ERR_SPAWN` when no thread could be made for it.
 int32_t tunpipe_rebind(void);
 
+// From now on, a peer of the `start_tun` tunnel that has an endpoint keeps it instead of
+// following the source address of its authenticated datagrams (a peer with none still
+// learns one). WireGuardKit does this on iOS (`wgDisableSomeRoamingForBrokenMobileSemantics`):
+// an initiation can arrive from an address of the device that is not the current path's
+// (a NAT64, or a cellular interface being left), and answering there breaks the tunnel.
+//
+// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` or `TUNPIPE_ERR_UNSUPPORTED` (no tunnel).
+int32_t tunpipe_disable_roaming(void);
+
 // Suspends the `start_tun` engine, for a host whose network is gone
 // (`NWPathMonitor`: unsatisfied) or which is going to sleep (`sleep()` of
 // `NEPacketTunnelProvider`): until `tunpipe_resume`, no thread reads the utun or the
@@ -831,6 +840,13 @@ int32_t tunpipe_engine_reserved_bytes(const struct TunpipeEngine *engine,
 // # Safety
 // `engine` must be NULL or a live handle from `tunpipe_engine_start`.
 int32_t tunpipe_engine_rebind(const struct TunpipeEngine *engine);
+
+// As `tunpipe_disable_roaming`, for a handle. Returns `TUNPIPE_OK` (also after stop) or
+// `TUNPIPE_ERR_UNSUPPORTED` when the engine runs no tunnel.
+//
+// # Safety
+// `engine` must be NULL or a live handle from `tunpipe_engine_start`.
+int32_t tunpipe_engine_disable_roaming(const struct TunpipeEngine *engine);
 
 // Suspends the engine: as `tunpipe_suspend`, for a handle. Returns `TUNPIPE_OK` or
 // `TUNPIPE_ERR_NOT_RUNNING` once the engine has stopped.

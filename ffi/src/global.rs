@@ -304,6 +304,19 @@ ffi_fn! {
 }
 
 ffi_fn! {
+    /// From now on, a peer of the `start_tun` tunnel that has an endpoint keeps it instead of
+    /// following the source address of its authenticated datagrams (a peer with none still
+    /// learns one). WireGuardKit does this on iOS (`wgDisableSomeRoamingForBrokenMobileSemantics`):
+    /// an initiation can arrive from an address of the device that is not the current path's
+    /// (a NAT64, or a cellular interface being left), and answering there breaks the tunnel.
+    ///
+    /// Returns `TUNPIPE_OK`, `TUNPIPE_ERR_NOT_RUNNING` or `TUNPIPE_ERR_UNSUPPORTED` (no tunnel).
+    fn tunpipe_disable_roaming() -> i32 {
+        running()?.disable_roaming().map(|()| TUNPIPE_OK)
+    }
+}
+
+ffi_fn! {
     /// Suspends the `start_tun` engine, for a host whose network is gone
     /// (`NWPathMonitor`: unsatisfied) or which is going to sleep (`sleep()` of
     /// `NEPacketTunnelProvider`): until `tunpipe_resume`, no thread reads the utun or the

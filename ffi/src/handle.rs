@@ -206,6 +206,17 @@ ffi_fn! {
 }
 
 ffi_fn! {
+    /// As `tunpipe_disable_roaming`, for a handle. Returns `TUNPIPE_OK` (also after stop) or
+    /// `TUNPIPE_ERR_UNSUPPORTED` when the engine runs no tunnel.
+    ///
+    /// # Safety
+    /// `engine` must be NULL or a live handle from `tunpipe_engine_start`.
+    unsafe fn tunpipe_engine_disable_roaming(engine: &TunpipeEngine) -> i32 {
+        engine.session.disable_roaming().map(|()| TUNPIPE_OK)
+    }
+}
+
+ffi_fn! {
     /// Suspends the engine: as `tunpipe_suspend`, for a handle. Returns `TUNPIPE_OK` or
     /// `TUNPIPE_ERR_NOT_RUNNING` once the engine has stopped.
     ///

@@ -44,16 +44,16 @@ pub use error::{
     TUNPIPE_ERR_STRUCT_SIZE, TUNPIPE_ERR_UNSUPPORTED, TUNPIPE_OK,
 };
 pub use global::{
-    start_tun, stop_tun, tunpipe_latency, tunpipe_latency_base64, tunpipe_peer_stats,
-    tunpipe_rebind, tunpipe_resume, tunpipe_set_config, tunpipe_stats, tunpipe_suspend,
-    tunpipe_tunnel_stats,
+    start_tun, stop_tun, tunpipe_disable_roaming, tunpipe_latency, tunpipe_latency_base64,
+    tunpipe_peer_stats, tunpipe_rebind, tunpipe_resume, tunpipe_set_config, tunpipe_stats,
+    tunpipe_suspend, tunpipe_tunnel_stats,
 };
 pub use handle::{
-    tunpipe_engine_free, tunpipe_engine_last_error, tunpipe_engine_latency,
-    tunpipe_engine_latency_base64, tunpipe_engine_peer_stats, tunpipe_engine_rebind,
-    tunpipe_engine_reserved_bytes, tunpipe_engine_resume, tunpipe_engine_start,
-    tunpipe_engine_stats, tunpipe_engine_stop, tunpipe_engine_suspend, tunpipe_engine_tunnel_stats,
-    tunpipe_engine_wait, TunpipeEngine,
+    tunpipe_engine_disable_roaming, tunpipe_engine_free, tunpipe_engine_last_error,
+    tunpipe_engine_latency, tunpipe_engine_latency_base64, tunpipe_engine_peer_stats,
+    tunpipe_engine_rebind, tunpipe_engine_reserved_bytes, tunpipe_engine_resume,
+    tunpipe_engine_start, tunpipe_engine_stats, tunpipe_engine_stop, tunpipe_engine_suspend,
+    tunpipe_engine_tunnel_stats, tunpipe_engine_wait, TunpipeEngine,
 };
 pub use log::{
     tunpipe_set_log_callback, TunpipeLogCallback, TUNPIPE_LOG_DEBUG, TUNPIPE_LOG_ERROR,

@@ -36,6 +36,7 @@ struct Tunnel {
     /// is free for the next start while the session's figures stay readable.
     udp: Mutex<Option<UdpDevice>>,
     counters: Arc<WireGuardCounters>,
+    stage: WireGuard,
 }
 
 /// The host's fd, or with `fd < 0` the utun fd found by scanning (Apple only).
@@ -108,6 +109,7 @@ impl Session {
             tunnel: Some(Tunnel {
                 udp: Mutex::new(Some(udp)),
                 counters,
+                stage,
             }),
         })
     }
@@ -136,6 +138,13 @@ impl Session {
             ));
         }
         Ok(self.engine.rebind()?)
+    }
+
+    /// Stops the tunnel's peers that have an endpoint from following their datagrams
+    /// ([`WireGuard::disable_roaming`]).
+    pub(crate) fn disable_roaming(&self) -> FfiResult {
+        self.tunnel()?.stage.disable_roaming();
+        Ok(())
     }
 
     /// Suspends the engine ([`Engine::suspend`]), or resumes it.

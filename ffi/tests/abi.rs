@@ -138,6 +138,10 @@ fn every_pointer_taking_function_rejects_null() {
     refused!("tunpipe_engine_suspend", tunpipe_engine_suspend(null()));
     refused!("tunpipe_engine_resume", tunpipe_engine_resume(null()));
     refused!(
+        "tunpipe_engine_disable_roaming",
+        tunpipe_engine_disable_roaming(null())
+    );
+    refused!(
         "tunpipe_wireguard_settings",
         tunpipe_wireguard_settings(null(), buf.as_mut_ptr(), buf.len(), null_mut())
     );
@@ -393,6 +397,7 @@ fn rebind_suspend_and_tunnel_stats_without_a_running_tunnel_say_why() {
     assert_eq!(tunpipe_rebind(), TUNPIPE_ERR_NOT_RUNNING);
     assert_eq!(tunpipe_suspend(), TUNPIPE_ERR_NOT_RUNNING);
     assert_eq!(tunpipe_resume(), TUNPIPE_ERR_NOT_RUNNING);
+    assert_eq!(tunpipe_disable_roaming(), TUNPIPE_ERR_NOT_RUNNING);
     let mut tunnel = TunpipeTunnelStats::default();
     // SAFETY: a valid, sized struct.
     let code = unsafe { tunpipe_tunnel_stats(&mut tunnel) };

@@ -743,6 +743,7 @@ static void test_wireguard(const char *peer_script) {
         CHECK(tunpipe_engine_suspend(e) == TUNPIPE_OK, "tunpipe_engine_suspend");
         CHECK(tunpipe_engine_suspend(e) == TUNPIPE_OK, "suspend again: nothing to do");
         CHECK(tunpipe_engine_resume(e) == TUNPIPE_OK, "tunpipe_engine_resume");
+        CHECK(tunpipe_engine_disable_roaming(e) == TUNPIPE_OK, "tunpipe_engine_disable_roaming");
         CHECK(ping_addr("10.78.0.2", 3, 10), "ping after the handle's resume");
         at = now_ms();
         CHECK(tunpipe_engine_stop(e) == TUNPIPE_OK, "tunpipe_engine_stop");
@@ -767,6 +768,8 @@ static void test_wireguard(const char *peer_script) {
     CHECK(tunpipe_engine_start(&c, fd, &e) == TUNPIPE_OK, "a reflecting engine");
     if (e) {
         CHECK(tunpipe_engine_rebind(e) == TUNPIPE_ERR_UNSUPPORTED, "rebind without a tunnel");
+        CHECK(tunpipe_engine_disable_roaming(e) == TUNPIPE_ERR_UNSUPPORTED,
+              "no roaming to disable without a tunnel");
         memset(&t, 0, sizeof t);
         t.size = sizeof t;
         CHECK(tunpipe_engine_tunnel_stats(e, &t) == TUNPIPE_ERR_UNSUPPORTED, "no tunnel stats");

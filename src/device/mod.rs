@@ -232,8 +232,8 @@ pub struct Rebinder {
 
 impl Rebinder {
     /// Wraps the functions that rebind: `same_port` gives the device a new socket on the
-    /// port it has (or any, if that cannot be had), `fresh_port` one on a port it has never
-    /// had, returning it.
+    /// port it has (or any, if that cannot be had), `fresh_port` one on another port than
+    /// the one it has, returning it.
     pub fn new(
         same_port: impl Fn() -> io::Result<()> + Send + Sync + 'static,
         fresh_port: impl Fn() -> io::Result<u16> + Send + Sync + 'static,
@@ -252,7 +252,7 @@ impl Rebinder {
         (self.same_port)()
     }
 
-    /// A new socket on a fresh port; returns the port.
+    /// A new socket on another port than the one in use; returns the port.
     ///
     /// # Errors
     /// What making the new socket failed with.

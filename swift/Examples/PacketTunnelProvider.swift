@@ -72,6 +72,11 @@ final class PacketTunnelProvider: NEPacketTunnelProvider {
                 log.warning("the tunnel needs \(needed) bytes, \(available) available")
             }
             let engine = try TunPipe(fd: fd, configuration: configuration)
+            #if os(iOS)
+            // WireGuardKit's wgDisableSomeRoamingForBrokenMobileSemantics: on iOS an
+            // initiation can come from an address that is not the current path's.
+            try engine.disableRoaming()
+            #endif
             engine.onStop(queue: workQueue) { [weak self] error in
                 // A fatal error (say, the utun went away): tell the system.
                 if let error { self?.cancelTunnelWithError(error) }

@@ -606,6 +606,14 @@ public final class TunPipe: Sendable {
         try check(tunpipe_engine_resume(handle.pointer))
     }
 
+    /// From now on, a peer that has an endpoint keeps it instead of following the source of
+    /// its authenticated packets, as WireGuardKit asks on iOS: an initiation can come from an
+    /// address of the device that is not the current path's. Throws
+    /// `TUNPIPE_ERR_UNSUPPORTED` for an engine without a tunnel.
+    public func disableRoaming() throws {
+        try check(tunpipe_engine_disable_roaming(handle.pointer))
+    }
+
     public func stats() throws -> TunPipeStats {
         try TunPipeStats.read { tunpipe_engine_stats(handle.pointer, $0) }
     }
@@ -763,6 +771,11 @@ public enum TunPipeGlobal {
     /// Resumes the running `start_tun` engine (as `TunPipe.resume()`).
     public static func resume() throws {
         try check(tunpipe_resume())
+    }
+
+    /// Disables roaming in the running `start_tun` tunnel (as `TunPipe.disableRoaming()`).
+    public static func disableRoaming() throws {
+        try check(tunpipe_disable_roaming())
     }
 
     /// Counters of the running engine, or of the last one after it stopped.
