@@ -231,3 +231,70 @@ fn a_suspended_engine_reads_nothing_stops_at_once_and_resumed_carries_what_waite
         assert_conserved(&s);
     }
 }
+
+/// Suspends and resumes over and over under a flood (issue 22): whatever a suspension finds in
+/// the rings is dropped and counted, nothing is lost otherwise (but to a full receiving side,
+/// counted too), and every direction balances.
+#[test]
+fn suspend_and_resume_under_a_flood_lose_only_what_they_count() {
+    const PACKETS: u64 = 20_000;
+    for workers in [0, 1, 2] {
+        let (dev, mut tx, mut rx) = MemoryDevice::new(256, 2048);
+        let engine = Arc::new(
+            Engine::builder()
+                .config(config(workers))
+                .start(&dev)
+                .unwrap(),
+        );
+        let flooding = Arc::new(AtomicBool::new(true));
+        let sender = std::thread::spawn(move || {
+            for seq in 0..PACKETS {
+                send(&mut tx, &udp4(1, 2, seq, 16));
+            }
+        });
+        let receiver = {
+            let flooding = flooding.clone();
+            std::thread::spawn(move || {
+                let mut got = 0u64;
+                loop {
+                    match rx.recv_with(|_| ()) {
+                        Some(()) => got += 1,
+                        None if !flooding.load(Ordering::SeqCst) => return got,
+                        None => std::thread::yield_now(),
+                    }
+                }
+            })
+        };
+        let mut toggles = 0;
+        while !sender.is_finished() {
+            engine.suspend().unwrap();
+            std::thread::yield_now();
+            engine.resume().unwrap();
+            toggles += 1;
+        }
+        sender.join().unwrap();
+        assert!(
+            eventually(|| engine.stats().rx_packets == PACKETS),
+            "workers {workers}: read {} of {PACKETS}",
+            engine.stats().rx_packets
+        );
+        assert!(eventually(|| engine.stats().in_flight() == 0));
+        engine.stop().unwrap();
+        flooding.store(false, Ordering::SeqCst);
+        let got = receiver.join().unwrap();
+        let s = engine.stats();
+        assert_conserved(&s);
+        // Lost only to a suspension, or to the receiving side being full (the memory
+        // device's answer is a write error).
+        assert_eq!(
+            s.dropped(),
+            s.drop_suspended + s.drop_write_error,
+            "workers {workers}, {toggles} suspensions: {s:?}"
+        );
+        assert_eq!(got, s.tx_packets, "workers {workers}: {s:?}");
+        println!(
+            "workers {workers}: {toggles} suspensions, {} dropped as suspended",
+            s.drop_suspended
+        );
+    }
+}
