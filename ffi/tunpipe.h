@@ -670,7 +670,9 @@ int32_t tunpipe_disable_roaming(void);
 // `NEPacketTunnelProvider`): until `tunpipe_resume`, no thread reads the utun or the
 // socket, no timer fires, and packets still in the engine are dropped and counted
 // (`drop_suspended`). Its threads sleep with no timeout: a suspended tunnel makes no
-// wake-ups. `stop_tun` still returns at once. A tunnel keeps its sessions: after a
+// wake-ups. `stop_tun` still returns at once. It returns at once too; the tunnel first
+// sends the keepalives it owes for data just received (so that no peer starts a
+// handshake while it sleeps), then suspends, within milliseconds. A tunnel keeps its sessions: after a
 // resume within WireGuard's 180 s (on a clock that counts the device's sleep), data flows
 // at once, without a new handshake.
 //

@@ -80,6 +80,20 @@ pub(crate) struct Control {
     /// The host suspended the engine ([`crate::Engine::suspend`]): no actor touches a device
     /// or runs a timer until it resumes.
     suspended: AtomicBool,
+    /// A suspension the timer has been asked to begin, once the stage has settled what it
+    /// owes its peers (a tunnel's keepalives): read by the timer without the lock.
+    suspend_requested: AtomicBool,
+    /// Where a suspension is: taken by the host's calls and by the timer as it begins one.
+    suspension: Mutex<Suspension>,
+}
+
+/// Where a suspension is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Suspension {
+    Running,
+    /// Asked for; the timer begins it ([`Control::begin_requested_suspension`]).
+    Requested,
+    Suspended,
 }
 
 impl Control {
@@ -106,6 +120,8 @@ impl Control {
             deadline_turn: Mutex::new(()),
             path_changed: AtomicBool::new(false),
             suspended: AtomicBool::new(false),
+            suspend_requested: AtomicBool::new(false),
+            suspension: Mutex::new(Suspension::Running),
         }
     }
 
@@ -232,26 +248,66 @@ impl Control {
         }
     }
 
-    /// Suspends the engine: readers leave their waits in the kernel and park, the timer
-    /// parks, writers drop what reaches them ("suspended"). False if it already was.
-    pub(crate) fn suspend(&self) -> bool {
-        if self.suspended.swap(true, Ordering::AcqRel) {
+    /// Suspends the engine, or (`via_timer`: a tunnel) asks the timer to: it first lets the
+    /// stage send what it owes (a keepalive for data just received, without which a peer
+    /// starts a handshake 15 s later), then suspends. False if it already was, or was asked.
+    pub(crate) fn suspend(&self, via_timer: bool) -> bool {
+        let mut suspension = self.suspension.lock();
+        if *suspension != Suspension::Running {
             return false;
         }
+        if via_timer {
+            *suspension = Suspension::Requested;
+            self.suspend_requested.store(true, Ordering::Release);
+            self.timer_bell.force();
+        } else {
+            *suspension = Suspension::Suspended;
+            self.park_everyone();
+        }
+        true
+    }
+
+    /// Whether the timer has a suspension to begin.
+    pub(crate) fn suspend_requested(&self) -> bool {
+        self.suspend_requested.load(Ordering::Acquire)
+    }
+
+    /// The timer begins the suspension asked for, unless a resume came first.
+    pub(crate) fn begin_requested_suspension(&self) {
+        let mut suspension = self.suspension.lock();
+        self.suspend_requested.store(false, Ordering::Release);
+        if *suspension == Suspension::Requested {
+            *suspension = Suspension::Suspended;
+            self.park_everyone();
+        }
+    }
+
+    /// Readers leave their waits in the kernel and park, the timer parks, writers drop what
+    /// reaches them ("suspended").
+    fn park_everyone(&self) {
+        self.suspended.store(true, Ordering::Release);
         for interrupter in self.interrupters.lock().iter() {
             interrupter.interrupt();
         }
         self.ring_all();
-        true
     }
 
-    /// Ends a suspension: every actor goes back to work. False if it was not suspended.
+    /// Ends a suspension, or a request for one: every actor goes back to work. False if
+    /// there was none.
     pub(crate) fn resume(&self) -> bool {
-        if !self.suspended.swap(false, Ordering::AcqRel) {
-            return false;
+        let mut suspension = self.suspension.lock();
+        let was = std::mem::replace(&mut *suspension, Suspension::Running);
+        self.suspend_requested.store(false, Ordering::Release);
+        if was == Suspension::Suspended {
+            self.suspended.store(false, Ordering::Release);
+            self.ring_all();
         }
-        self.ring_all();
-        true
+        was != Suspension::Running
+    }
+
+    /// Whether the host suspended the engine (or asked to).
+    pub(crate) fn suspension(&self) -> Suspension {
+        *self.suspension.lock()
     }
 
     #[inline]

@@ -149,6 +149,11 @@ impl Outs {
         }
     }
 
+    /// Whether every ring to a writer is empty (the writers took all).
+    pub(crate) fn drained(&self) -> bool {
+        self.by_side.iter().flatten().all(Out::ring_is_empty)
+    }
+
     /// Hands a packet toward the writer of the side stamped on it. `Err` gives it back when
     /// there is no room (the ring is full) or no writer there (a reply in a one-way engine).
     pub(crate) fn push(&mut self, buf: PacketBuf) -> Result<(), PacketBuf> {

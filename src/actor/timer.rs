@@ -5,7 +5,11 @@
 use super::{run_duplex_timers, Control, Emits, Outs, SharedDuplex, NO_DEADLINE};
 use crate::pool::Pool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The longest a suspension waits for the writers to take what the stage sent before it
+/// (they are awake, and take it in microseconds; this bounds a writer stuck in a send).
+const FLUSH_BEFORE_SUSPEND: Duration = Duration::from_millis(20);
 
 pub(crate) struct Timer {
     pub ctl: Arc<Control>,
@@ -34,6 +38,18 @@ impl Timer {
             }
             self.pool.refill();
             let now = ctl.now_ns();
+            if ctl.suspend_requested() {
+                // Before the suspension, what the stage owes its peers goes out (a keepalive
+                // for data just received), and the writers take it from the rings before
+                // they start dropping.
+                self.run_stage(now, |stage, out| stage.suspending(out));
+                let until = Instant::now() + FLUSH_BEFORE_SUSPEND;
+                while !self.outs.drained() && !ctl.stopping() && Instant::now() < until {
+                    std::thread::yield_now();
+                }
+                ctl.begin_requested_suspension();
+                continue;
+            }
             if ctl.take_path_changed() {
                 self.run_stage(now, |stage, out| stage.path_changed(out));
             }
@@ -46,7 +62,12 @@ impl Timer {
             // stop comes: whoever changes one of these rings the bell.
             let timeout = (deadline != NO_DEADLINE).then(|| Duration::from_nanos(deadline - now));
             let parked = ctl.timer_bell.sleep_unless_for(
-                || ctl.stopping() || ctl.path_change_pending() || ctl.deadline_ns() < deadline,
+                || {
+                    ctl.stopping()
+                        || ctl.path_change_pending()
+                        || ctl.suspend_requested()
+                        || ctl.deadline_ns() < deadline
+                },
                 timeout,
             );
             if parked {

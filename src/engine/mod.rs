@@ -457,6 +457,10 @@ impl Engine {
     /// Every thread sleeps without a timeout: a suspended engine makes no wake-ups. A stop
     /// still returns at once. Suspending a suspended engine does nothing.
     ///
+    /// Returns at once. A tunnel's timer begins the suspension within milliseconds, once the
+    /// stage has sent what it owes ([`crate::stage::DuplexStage::suspending`]: a keepalive
+    /// for data just received, without which a WireGuard peer starts a handshake 15 s later).
+    ///
     /// A tunnel keeps its sessions: after a resume, one younger than WireGuard's
     /// `REJECT_AFTER_TIME` (180 s, on a clock that counts the device's sleep) carries data at
     /// once, an older one is renegotiated with the first packet.
@@ -467,7 +471,7 @@ impl Engine {
         if self.ctl.stopping() {
             return Err(EngineError::Stopping);
         }
-        if self.ctl.suspend() {
+        if self.ctl.suspend(self.tunnel) {
             log::info!("tunpipe engine suspended");
         }
         Ok(())
@@ -489,9 +493,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether the engine is suspended ([`Engine::suspend`]).
+    /// Whether the engine is suspended ([`Engine::suspend`]), or about to be.
     pub fn is_suspended(&self) -> bool {
-        self.ctl.suspended()
+        self.ctl.suspension() != crate::actor::Suspension::Running
     }
 
     /// Bytes the engine reserved at start: pool, rings and histograms, and a tunnel stage's

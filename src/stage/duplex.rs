@@ -144,6 +144,13 @@ pub trait DuplexStage: Send + Sync {
         let _ = out;
     }
 
+    /// The engine is about to be suspended ([`crate::Engine::suspend`]): the last chance to
+    /// send what the stage owes its peers before nothing goes out for a while (a tunnel's
+    /// keepalive for data just received). The default does nothing.
+    fn suspending(&self, out: &mut Emitter<'_>) {
+        let _ = out;
+    }
+
     /// The network path changed: look up again whatever the stage addresses by name (a
     /// tunnel's endpoints), before the outside device is rebound. The one method that may
     /// block (on a resolver): the engine calls it on a thread of the rebind's own, never on

@@ -591,6 +591,10 @@ impl DuplexStage for WireGuard {
         self.shared.path_changed(out);
     }
 
+    fn suspending(&self, out: &mut Emitter<'_>) {
+        self.shared.suspending(out);
+    }
+
     fn refresh_endpoints(&self) {
         self.refresh_endpoints();
     }
@@ -1059,6 +1063,27 @@ impl Shared {
         if held > 0 {
             self.counters.dropped_many(DropReason::NoPeer, held);
             out.drop_held(Side::Outside, held);
+        }
+    }
+
+    fn suspending(&self, out: &mut Emitter<'_>) {
+        // The keepalive owed for data just received goes now: suspended, this end would send
+        // it late, and a peer that hears nothing for 15 s after its data starts a handshake,
+        // answered (a new session for nothing) when the engine resumes.
+        self.settle_gone(out);
+        let table = self.table.load();
+        for (slot, cell) in table.peers.iter().enumerate() {
+            let Some(cell) = cell else {
+                continue;
+            };
+            self.with_peer(slot, cell, |peer, scratch, now| {
+                if !peer.timers.owes_keepalive() {
+                    return;
+                }
+                if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
+                    send(peer, slot, message, Whose::Own, now, &self.counters, out);
+                }
+            });
         }
     }
 

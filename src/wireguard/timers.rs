@@ -210,6 +210,12 @@ impl PeerTimers {
         self.persistent_keepalive = every;
     }
 
+    /// True when data came after the last packet went out: a keepalive is owed (now, or at
+    /// its deadline).
+    pub(crate) fn owes_keepalive(&self) -> bool {
+        self.keepalive_at().is_some()
+    }
+
     /// True while an initiation of ours waits for its response.
     pub(crate) fn awaiting_response(&self) -> bool {
         self.retry.is_some()
