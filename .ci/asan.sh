@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The unsafe code under AddressSanitizer and LeakSanitizer: the tests that exercise it (device I/O, TUN offload,
-# UDP batching, the C ABI, the tunnel) built with -Zsanitizer=address on a nightly toolchain.
+# UDP batching, the C ABI and WireGuardKit's functions, the tunnel) built with -Zsanitizer=address on a
+# nightly toolchain.
 # Skipped under it, each for a reason: checks that compare resident memory (ASan's shadow
 # memory and quarantine change it), the address-space-cap test (ASan reserves terabytes of
 # address space), and doc tests (they link without the sanitizer runtime).
@@ -23,6 +24,6 @@ asan_test -p tunpipe --lib
 asan_test -p tunpipe --test tunnel --test pipeline --test balance --test reliability --test sizes
 asan_test -p tunpipe --test real_tun -- --skip tun_start_stop_cycles_leak_no_threads_fds_or_memory
 asan_test -p tunpipe --test wireguard
-asan_test -p tunpipe-ffi --test abi --test secrets
+asan_test -p tunpipe-ffi --test abi --test secrets --test wgkit --test tunnel
 asan_test -p tunpipe-ffi --test misuse -- --skip a_valid_config_too_large_to_allocate_is_an_error_not_an_abort
 echo "AddressSanitizer: no memory error found"
