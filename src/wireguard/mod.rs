@@ -1066,25 +1066,36 @@ impl Shared {
         }
     }
 
+    /// Runs `work` on every live peer in turn, each under its own lock, once the packets of
+    /// peers gone are counted: for what the host asks of all peers at once.
+    fn each_peer(
+        &self,
+        out: &mut Emitter<'_>,
+        mut work: impl FnMut(&mut Peer, usize, &mut [u8], Instant, &mut Emitter<'_>),
+    ) {
+        self.settle_gone(out);
+        let table = self.table.load();
+        for (slot, cell) in table.peers.iter().enumerate() {
+            if let Some(cell) = cell {
+                self.with_peer(slot, cell, |peer, scratch, now| {
+                    work(peer, slot, scratch, now, out)
+                });
+            }
+        }
+    }
+
     fn suspending(&self, out: &mut Emitter<'_>) {
         // The keepalive owed for data just received goes now: suspended, this end would send
         // it late, and a peer that hears nothing for 15 s after its data starts a handshake,
         // answered (a new session for nothing) when the engine resumes.
-        self.settle_gone(out);
-        let table = self.table.load();
-        for (slot, cell) in table.peers.iter().enumerate() {
-            let Some(cell) = cell else {
-                continue;
-            };
-            self.with_peer(slot, cell, |peer, scratch, now| {
-                if !peer.timers.owes_keepalive() {
-                    return;
-                }
-                if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
-                    send(peer, slot, message, Whose::Own, now, &self.counters, out);
-                }
-            });
-        }
+        self.each_peer(out, |peer, slot, scratch, now, out| {
+            if !peer.timers.owes_keepalive() {
+                return;
+            }
+            if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
+                send(peer, slot, message, Whose::Own, now, &self.counters, out);
+            }
+        });
     }
 
     fn path_changed(&self, out: &mut Emitter<'_>) {
@@ -1093,21 +1104,14 @@ impl Shared {
         // handshake with every peer from the new socket: it tells the peer where this end now
         // is, and its answer proves the new path (`round_trips`); the session in use carries
         // data meanwhile.
-        self.settle_gone(out);
-        let table = self.table.load();
-        for (slot, cell) in table.peers.iter().enumerate() {
-            let Some(cell) = cell else {
-                continue;
-            };
-            self.with_peer(slot, cell, |peer, scratch, now| {
-                tick(peer, slot, scratch, now, &self.counters, out);
-                if let TunnResult::WriteToNetwork(message) =
-                    peer.tunn.format_handshake_initiation(scratch, true)
-                {
-                    send(peer, slot, message, Whose::Own, now, &self.counters, out);
-                }
-            });
-        }
+        self.each_peer(out, |peer, slot, scratch, now, out| {
+            tick(peer, slot, scratch, now, &self.counters, out);
+            if let TunnResult::WriteToNetwork(message) =
+                peer.tunn.format_handshake_initiation(scratch, true)
+            {
+                send(peer, slot, message, Whose::Own, now, &self.counters, out);
+            }
+        });
     }
 }
 
