@@ -8,10 +8,11 @@
 //!    (the new network not ready yet) is tried again every 0.5 s, 10 times in all, as
 //!    WireGuardKit's `wgBumpSockets` does.
 //! 3. The timer tells the stage, which starts a handshake with each peer from the new socket.
-//! 4. When the stage can tell ([`crate::stage::DuplexStage::round_trips`]) and no peer answers within 5 s,
-//!    the socket moves to a fresh port and the peers are told again: some carrier NATs stop
-//!    forwarding an old port after a change, and only a new one recovers. A path whose old
-//!    port still works keeps it.
+//! 4. When the stage can tell ([`crate::stage::DuplexStage::round_trips`]) and no peer answers
+//!    within 5 s (the stage is told twice, 2.5 s apart, so that one lost datagram is not taken
+//!    for a dead path), the socket moves to a fresh port and the peers are told again: some
+//!    carrier NATs stop forwarding an old port after a change, and only a new one recovers. A
+//!    path whose old port still works keeps it.
 //!
 //! A rebind asked for while one runs makes the running one start over from step 1 (its waits
 //! end at once). A stop ends it at its next step; the device is let go at the join, which
@@ -168,7 +169,13 @@ impl PathChanges {
         let Some(before) = before else {
             return;
         };
-        if self.answer_since(before) != Answer::Silent {
+        // Two tries in the 5 s, so that one lost datagram does not look like a dead path (nor
+        // a peer's flood limit: wireguard-go drops an initiation within 20 ms of the last).
+        if self.answer_since(before, ANSWER_WAIT / 2) != Answer::Silent {
+            return;
+        }
+        self.ctl.note_path_changed();
+        if self.answer_since(before, ANSWER_WAIT / 2) != Answer::Silent {
             return;
         }
         match self.with_device(Rebinder::rebind_fresh) {
@@ -187,9 +194,9 @@ impl PathChanges {
         }
     }
 
-    /// Waits up to [`ANSWER_WAIT`] for the stage's round trips to pass `before`.
-    fn answer_since(&self, before: u64) -> Answer {
-        let until = Instant::now() + ANSWER_WAIT;
+    /// Waits up to `wait` for the stage's round trips to pass `before`.
+    fn answer_since(&self, before: u64, wait: Duration) -> Answer {
+        let until = Instant::now() + wait;
         loop {
             let now = self.stage.as_ref().and_then(|s| s.round_trips());
             if now.is_some_and(|n| n > before) {
