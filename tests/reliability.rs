@@ -167,15 +167,7 @@ fn a_stop_reaches_actors_that_are_spinning() {
             0,
             "workers {workers}: someone slept"
         );
-        let stopper = {
-            let engine = engine.clone();
-            std::thread::spawn(move || engine.stop())
-        };
-        assert!(
-            eventually(|| stopper.is_finished()),
-            "workers {workers}: the stop never finished"
-        );
-        stopper.join().unwrap().unwrap();
+        stop_elsewhere(&engine, &format!("workers {workers}, spinning"));
         assert_eq!(engine.stats().tx_packets, 3);
     }
 }
@@ -212,15 +204,7 @@ fn a_suspended_engine_reads_nothing_stops_at_once_and_resumed_carries_what_waite
         assert_eq!(recv_n(&mut rx, 5).len(), 5, "workers {workers}");
 
         engine.suspend().unwrap();
-        let stopper = {
-            let engine = engine.clone();
-            std::thread::spawn(move || engine.stop())
-        };
-        assert!(
-            eventually(|| stopper.is_finished()),
-            "workers {workers}: a suspended engine did not stop"
-        );
-        stopper.join().unwrap().unwrap();
+        stop_elsewhere(&engine, &format!("workers {workers}, suspended"));
         assert!(matches!(engine.resume(), Err(EngineError::Stopping)));
         let s = engine.stats();
         assert_eq!(
@@ -297,4 +281,18 @@ fn suspend_and_resume_under_a_flood_lose_only_what_they_count() {
             s.drop_suspended
         );
     }
+}
+
+/// Stops `engine` from another thread and checks that the stop finishes (`eventually`'s
+/// deadline turns a hang into a failure) and succeeds.
+fn stop_elsewhere(engine: &Arc<Engine>, what: &str) {
+    let stopper = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.stop())
+    };
+    assert!(
+        eventually(|| stopper.is_finished()),
+        "{what}: the stop never finished"
+    );
+    stopper.join().unwrap().unwrap();
 }

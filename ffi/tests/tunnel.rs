@@ -298,15 +298,20 @@ mod linux {
         )
     }
 
-    fn global_peer_figures() -> Result<(), Failed> {
-        let rig = WgRig::up(&PeerOptions::default())?;
-        let tun = end_tun()?;
-        let text = CString::new(rig.config_text())?;
+    /// Makes the wg-quick `text` the tunnel the next `start_tun` runs.
+    fn set_global_tunnel(text: &str) -> Result<(), Failed> {
+        let text = CString::new(text)?;
         let mut c = default_config();
         c.wireguard_config = text.as_ptr();
         // SAFETY: a valid config; the text is copied before the call returns.
         let code = unsafe { tunpipe_set_config(&c) };
-        check(code == TUNPIPE_OK, || format!("set_config: {code}"))?;
+        check(code == TUNPIPE_OK, || format!("set_config: {code}"))
+    }
+
+    fn global_peer_figures() -> Result<(), Failed> {
+        let rig = WgRig::up(&PeerOptions::default())?;
+        let tun = end_tun()?;
+        set_global_tunnel(&rig.config_text())?;
         let fd = tun.as_raw_fd();
         let start = std::thread::spawn(move || start_tun(fd));
         // start_tun returns only at stop: wait until it has claimed the slot.
@@ -364,12 +369,7 @@ mod linux {
             keys[0].to_base64(),
             keys[1].public_key().to_base64()
         );
-        let text = CString::new(text)?;
-        let mut c = default_config();
-        c.wireguard_config = text.as_ptr();
-        // SAFETY: a valid config; the text is copied before the call returns.
-        let code = unsafe { tunpipe_set_config(&c) };
-        check(code == TUNPIPE_OK, || format!("set_config: {code}"))?;
+        set_global_tunnel(&text)?;
         let fd = tun.as_raw_fd();
         let start = std::thread::spawn(move || start_tun(fd));
         // The query arrives: start_tun is waiting on the resolver.
