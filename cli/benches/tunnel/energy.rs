@@ -5,7 +5,7 @@
 //! time and context switches over the run are divided by the datagrams iperf3 sent (never by
 //! an end's own counters). Contenders alternate round by round; the median counts.
 
-use crate::linux::{config_file, median, start, Contender};
+use crate::linux::{config_file, median, start, wanted, Contender};
 use serde_json::{json, Value};
 use std::time::Instant;
 use tunpipe_testkit::netns::iperf3_with;
@@ -14,7 +14,8 @@ use tunpipe_testkit::report::print_table;
 use tunpipe_testkit::wgpeer::{PeerOptions, WgRig, PEER_V4};
 
 /// tunpipe with its defaults, boringtun-cli with one thread, wireguard-go; and another build
-/// of tunpipe if `TUNPIPE_BENCH_ALT` names one (an A/B in the same run).
+/// of tunpipe if `TUNPIPE_BENCH_ALT` names one (an A/B in the same run). Only those named
+/// in `TUNPIPE_BENCH_ENDS`, if set.
 fn ends() -> Vec<Contender> {
     let alt = std::env::var_os("TUNPIPE_BENCH_ALT").map(|_| Contender::TunpipeAlt);
     [
@@ -24,6 +25,7 @@ fn ends() -> Vec<Contender> {
     ]
     .into_iter()
     .chain(alt)
+    .filter(|c| wanted(*c))
     .collect()
 }
 
@@ -56,7 +58,10 @@ fn measure(rig: &WgRig, pid: u32, rate: &str, reverse: bool, secs: u32) -> Resul
         flags.push("-R");
     }
     let before = process_cpu(pid);
-    let report = iperf3_with(&rig.peer, PEER_V4, secs, &flags)?;
+    let profile = Profile::start(pid, &format!("{rate}{}", if reverse { "-R" } else { "" }));
+    let report = iperf3_with(&rig.peer, PEER_V4, secs, &flags);
+    drop(profile);
+    let report = report?;
     let used = process_cpu(pid).since(&before);
     let json: Value = serde_json::from_str(&report).map_err(|e| e.to_string())?;
     let packets = json["end"]["sum"]["packets"]
@@ -70,6 +75,49 @@ fn measure(rig: &WgRig, pid: u32, rate: &str, reverse: bool, secs: u32) -> Resul
         wakeups: per(used.voluntary),
         preempted: per(used.involuntary),
     })
+}
+
+/// `TUNPIPE_BENCH_PERF=DIR`: `perf record` (DWARF call graphs) of the end under test during
+/// each load, into `DIR/PID-LOAD.data`, to see where a packet's CPU goes. The recording's
+/// own cost is charged to the end, so its figures are then not comparable.
+struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    fn start(pid: u32, load: &str) -> Profile {
+        let Some(dir) = std::env::var_os("TUNPIPE_BENCH_PERF") else {
+            return Profile(None);
+        };
+        let out = std::path::Path::new(&dir).join(format!("{pid}-{load}.data"));
+        let child = std::process::Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-F",
+                "9999",
+                "--call-graph",
+                "dwarf,16384",
+                "-p",
+            ])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(out)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| println!("perf record: {e}"))
+            .ok();
+        Profile(child)
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            // perf writes its file on SIGINT.
+            // SAFETY: kill(2) with a child's pid, which `wait` below has not reaped yet.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+            let _ = child.wait();
+        }
+    }
 }
 
 pub fn paced(secs: u32, rounds: usize) -> Result<Value, String> {

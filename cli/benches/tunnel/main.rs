@@ -286,15 +286,20 @@ mod linux {
         Ok(path.to_string_lossy().into_owned())
     }
 
-    /// The contenders to run: all, or those named in `TUNPIPE_BENCH_ENDS` (comma-separated),
-    /// for experiments.
-    fn contenders() -> Vec<Contender> {
+    /// Whether contender `c` runs: all do, unless `TUNPIPE_BENCH_ENDS` names some
+    /// (comma-separated), for experiments.
+    pub(crate) fn wanted(c: Contender) -> bool {
         let wanted = std::env::var("TUNPIPE_BENCH_ENDS").unwrap_or_default();
+        wanted.is_empty() || wanted.split(',').any(|w| w == c.name())
+    }
+
+    /// The contenders of `throughput`.
+    fn contenders() -> Vec<Contender> {
         let alt = std::env::var_os("TUNPIPE_BENCH_ALT").map(|_| Contender::TunpipeAlt);
         CONTENDERS
             .into_iter()
             .chain(alt)
-            .filter(|c| wanted.is_empty() || wanted.split(',').any(|w| w == c.name()))
+            .filter(|&c| wanted(c))
             .collect()
     }
 
@@ -549,7 +554,16 @@ mod linux {
         } else {
             (10, 3, 1000)
         };
-        let (paced_secs, paced_rounds) = if args.quick { (2, 1) } else { (20, 3) };
+        // `TUNPIPE_BENCH_PACED_ROUNDS=N`: more rounds, for an A/B whose difference is
+        // smaller than this VM's spread.
+        let paced_rounds = std::env::var("TUNPIPE_BENCH_PACED_ROUNDS")
+            .ok()
+            .and_then(|n| n.parse().ok());
+        let (paced_secs, paced_rounds) = if args.quick {
+            (2, paced_rounds.unwrap_or(1))
+        } else {
+            (20, paced_rounds.unwrap_or(3))
+        };
         let (live_secs, live_rounds) = if args.quick { (2, 1) } else { (10, 3) };
         let started = Instant::now();
         let mut out = serde_json::Map::new();
