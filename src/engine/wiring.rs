@@ -16,7 +16,7 @@
 
 use super::path::PathChanges;
 use super::Engine;
-use crate::actor::reader::{Downstream, Reader};
+use crate::actor::reader::{Downstream, Offer, Reader};
 use crate::actor::timer::Timer;
 use crate::actor::worker::Worker;
 use crate::actor::writer::{Mail, Outlet, SendHalf, Writer};
@@ -822,7 +822,7 @@ fn reader<R: RxHalf>(
         latency: c.latency,
         backoff: backoff(c),
         medium: caps.medium,
-        max_batch: caps.max_batch,
+        offer: Offer::new(caps.max_batch),
     }
 }
 
