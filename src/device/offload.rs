@@ -45,6 +45,9 @@ pub(crate) struct Splitter {
     /// Segments `next..count` wait to be handed on.
     next: usize,
     count: usize,
+    /// The frame held one packet, which stays where it was read (`sizes[0]` bytes after the
+    /// header) instead of being copied into `segments[0]` and then again into a packet.
+    in_frame: bool,
 }
 
 impl Splitter {
@@ -59,6 +62,7 @@ impl Splitter {
             sizes: vec![0; MAX_SEGMENTS].into_boxed_slice(),
             next: 0,
             count: 0,
+            in_frame: false,
         }
     }
 
@@ -73,6 +77,7 @@ impl Splitter {
     pub(crate) fn take(&mut self, len: usize) {
         self.next = 0;
         self.count = 1;
+        self.in_frame = false;
         let Ok(header) = VirtioNetHdr::decode(&self.frame[..len]) else {
             self.sizes[0] = 0;
             return;
@@ -85,11 +90,10 @@ impl Splitter {
                 self.sizes[0] = 0;
                 return;
             }
-            let area = &mut self.segments[0];
-            let n = packet.len().min(area.len());
-            area[..n].copy_from_slice(&packet[..n]);
-            // Longer than the area: handed on cut, and so seen as oversize.
-            self.sizes[0] = n;
+            // Longer than a segment's area: handed on cut, as a split segment would be (and
+            // seen as oversize either way).
+            self.sizes[0] = packet.len().min(self.segments[0].len());
+            self.in_frame = true;
             return;
         }
         let v6 = packet.first().is_some_and(|b| b >> 4 == 6);
@@ -107,7 +111,13 @@ impl Splitter {
     pub(crate) fn drain(&mut self, slots: usize, mut put: impl FnMut(usize, &[u8])) -> usize {
         let mut handed = 0;
         while handed < slots && self.next < self.count {
-            put(handed, &self.segments[self.next][..self.sizes[self.next]]);
+            let size = self.sizes[self.next];
+            let packet = if self.in_frame {
+                &self.frame[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + size]
+            } else {
+                &self.segments[self.next][..size]
+            };
+            put(handed, packet);
             self.next += 1;
             handed += 1;
         }
@@ -591,5 +601,18 @@ mod tests {
         .encode(&mut frame)
         .unwrap();
         assert_eq!(split(&frame, 1500), vec![Vec::<u8>::new()]);
+    }
+
+    #[test]
+    fn a_whole_packet_is_handed_on_as_read_and_one_past_the_mtu_is_cut() {
+        for (len, handed) in [(1400, 1400), (1600, 1501)] {
+            let mut frame = vec![0u8; VIRTIO_NET_HDR_LEN];
+            frame.extend((0..len).map(|i| i as u8));
+            let packets = split(&frame, 1500);
+            assert_eq!(
+                packets,
+                vec![frame[VIRTIO_NET_HDR_LEN..][..handed].to_vec()]
+            );
+        }
     }
 }
