@@ -63,7 +63,9 @@ pub struct Config {
     /// and CPU under load; an idle engine still sleeps in every thread after this window.
     /// An actor spins (and yields) only while the gaps between its recent pieces of work
     /// predict the next within this window: sparse traffic (a call, a stream) sleeps after
-    /// each packet instead of spinning for nothing. 0: never spin or yield.
+    /// each packet instead of spinning for nothing. A reader whose spins wait, on average,
+    /// longer than a quarter of the window (they cost more CPU than the sleep they save)
+    /// stops spinning for a while, longer each time. 0: never spin or yield.
     pub spin: Duration,
     /// How many times an idle consumer yields after spinning, before it parks.
     pub yields: u32,

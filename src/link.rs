@@ -333,13 +333,93 @@ impl Idle {
     }
 }
 
+/// Whether the reader's spins have paid lately: whether, on average, the packet a spin
+/// waited for came within a quarter of the spin window (12.5 µs at the default 50 µs; a
+/// sleep and a wake-up cost about 10 µs of CPU here, PERFORMANCE.md "Energy"). Then spinning
+/// costs no more than sleeping would have.
+///
+/// The cadence alone cannot decide this: the gaps a reader that slept measures include its
+/// own wake-up, so packets 50 µs apart (which sleeping serves for less CPU) look like one
+/// packet in flight on this VM (whose round trip is short only while the reader stays
+/// awake). Spinning tells them apart once the pipeline has settled: the first then still
+/// waits about 50 µs per packet, or catches a burst's next one at once and the one after it
+/// late, the second about 3 µs each time (reader and writer both awake). Settling takes a
+/// few dozen packets, so the first [`Payoff::TRIAL`] spins after a rest are not judged;
+/// after that, each [`Payoff::ROUND`] spins are. A round whose average spin is longer than
+/// the bound sends the reader to sleep at once for a rest of [`Payoff::FIRST_REST`] packets,
+/// each rest after another without a paying round twice as long (up to
+/// [`Payoff::LONGEST_REST`]); then it tries again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Payoff {
+    /// Spins left before spins are judged.
+    trial: u32,
+    /// The judged spins of this round, and their time.
+    spins: u32,
+    spent: Duration,
+    /// Packets to sleep through before spinning again.
+    rest: u32,
+    next_rest: u32,
+}
+
+impl Payoff {
+    const TRIAL: u32 = 256;
+    const ROUND: u32 = 16;
+    const FIRST_REST: u32 = 64;
+    const LONGEST_REST: u32 = 4096;
+
+    pub(crate) fn new() -> Self {
+        Payoff {
+            trial: Self::TRIAL,
+            spins: 0,
+            spent: Duration::ZERO,
+            rest: 0,
+            next_rest: Self::FIRST_REST,
+        }
+    }
+
+    /// Whether the reader may spin now (it is not resting).
+    pub(crate) fn may_spin(&self) -> bool {
+        self.rest == 0
+    }
+
+    /// A spin of `spun` ended (with a packet, or at the end of the window); `pays` is the
+    /// longest average spin that costs no more than sleeping.
+    pub(crate) fn spun(&mut self, spun: Duration, pays: Duration) {
+        if self.trial > 0 {
+            self.trial -= 1;
+            return;
+        }
+        self.spins += 1;
+        self.spent += spun;
+        if self.spins < Self::ROUND {
+            return;
+        }
+        if self.spent > pays * Self::ROUND {
+            self.rest = self.next_rest;
+            self.next_rest = (self.next_rest * 2).min(Self::LONGEST_REST);
+            self.trial = Self::TRIAL;
+        } else {
+            self.next_rest = Self::FIRST_REST;
+        }
+        self.spins = 0;
+        self.spent = Duration::ZERO;
+    }
+
+    /// Packets came: a rest is that much shorter.
+    pub(crate) fn packets_came(&mut self) {
+        self.rest = self.rest.saturating_sub(1);
+    }
+}
+
 /// The reader's spin window: after a receive finds the device empty, the reader tries again
 /// for [`Backoff::spin`] before it waits in the kernel, if the cadence of recent packets
-/// predicts the next within that window. Each try is a receive (on a TUN, a syscall), so the
-/// clock is read on every try, and the yield comes every 16 tries.
+/// predicts the next within that window and its recent spins paid ([`Payoff`]). Each try is
+/// a receive (on a TUN, a syscall), so the clock is read on every try, and the yield comes
+/// every 16 tries.
 pub(crate) struct RetryWindow {
     backoff: Backoff,
     cadence: Cadence,
+    payoff: Payoff,
     started: Option<Instant>,
     tries: u32,
 }
@@ -349,15 +429,23 @@ impl RetryWindow {
         RetryWindow {
             backoff,
             cadence: Cadence::new(),
+            payoff: Payoff::new(),
             started: None,
             tries: 0,
         }
     }
 
-    /// Packets came: they feed the cadence, and the next empty device starts a new window.
+    /// Packets came: they feed the cadence (and, if they ended a spin, its payoff), and the
+    /// next empty device starts a new window.
     #[inline]
     pub(crate) fn reset(&mut self) {
-        self.cadence.arrived(Instant::now(), self.backoff.spin);
+        let now = Instant::now();
+        if let Some(started) = self.started {
+            let spun = now.saturating_duration_since(started);
+            self.payoff.spun(spun, self.backoff.spin / 4);
+        }
+        self.payoff.packets_came();
+        self.cadence.arrived(now, self.backoff.spin);
         self.started = None;
         self.tries = 0;
     }
@@ -372,12 +460,13 @@ impl RetryWindow {
     /// false once the window is over, or when the next packet is not expected within it, to
     /// wait in the kernel (and start a new window after).
     pub(crate) fn try_again(&mut self) -> bool {
-        if !self.cadence.within(self.backoff.spin) {
+        if !self.payoff.may_spin() || !self.cadence.within(self.backoff.spin) {
             return false;
         }
         let started = *self.started.get_or_insert_with(Instant::now);
         if started.elapsed() >= self.backoff.spin {
             // The window is over (no packet came): the next one starts afresh.
+            self.payoff.spun(self.backoff.spin, self.backoff.spin / 4);
             self.started = None;
             self.tries = 0;
             return false;
@@ -431,6 +520,52 @@ mod tests {
         // A window of zero (`Config::spin` = 0) never stays awake.
         assert!(!c.within(Duration::ZERO));
     }
+    #[test]
+    fn spins_that_cost_more_than_sleeping_rest_the_reader_longer_each_time() {
+        let us = Duration::from_micros;
+        let pays = us(12);
+        let mut p = Payoff::new();
+        // The trial: long spins are not judged while the pipeline settles.
+        for _ in 0..Payoff::TRIAL {
+            p.spun(us(50), pays);
+        }
+        assert!(p.may_spin());
+        // One packet in flight, settled: spins of 3 µs, with a late one now and then.
+        for i in 0..10 * Payoff::ROUND {
+            p.spun(if i % 8 == 0 { us(50) } else { us(3) }, pays);
+        }
+        assert!(p.may_spin());
+        // Packets 50 µs apart, half of them in pairs: the average spin is 25 µs.
+        let mut rests = Vec::new();
+        for _ in 0..4 {
+            let mut i = 0;
+            while p.may_spin() {
+                p.spun(if i % 2 == 0 { us(1) } else { us(49) }, pays);
+                i += 1;
+            }
+            let mut rest = 0;
+            while !p.may_spin() {
+                p.packets_came();
+                rest += 1;
+            }
+            rests.push(rest);
+        }
+        assert_eq!(rests, [64, 128, 256, 512]);
+        // A round that pays makes the next rest short again.
+        for _ in 0..Payoff::TRIAL + Payoff::ROUND {
+            p.spun(us(2), pays);
+        }
+        for _ in 0..Payoff::ROUND {
+            p.spun(us(50), pays);
+        }
+        let mut rest = 0;
+        while !p.may_spin() {
+            p.packets_came();
+            rest += 1;
+        }
+        assert_eq!(rest, Payoff::FIRST_REST);
+    }
+
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
 

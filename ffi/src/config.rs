@@ -95,7 +95,9 @@ pub struct TunpipeConfig {
     /// What it costs. A thread spins only while its recent packets came at most about two
     /// windows apart: sparse traffic (at 50, packets more than about 100 µs apart, as in a
     /// call or a paced stream) sleeps after each packet whatever this says, and an idle
-    /// engine sleeps in every thread. The window matters in
+    /// engine sleeps in every thread. A reader whose spins wait, on average, longer than a
+    /// quarter window (costing more than the sleep they save: at 50, packets about 50 µs
+    /// apart) stops spinning for a while too. The window matters in
     /// bursts and quick request-reply exchanges: a spin keeps a core busy through the gaps
     /// (CPU, so battery) and saves a sleep and a wake-up (latency). With 0, each packet a
     /// thread waited for costs a sleep and a wake-up, tens of µs, and the core is free

@@ -103,8 +103,8 @@ public struct TunPipeConfiguration: @unchecked Sendable {
     /// How long, in microseconds, an idle engine thread keeps looking for the next packet
     /// before it sleeps (`spin_us`): 0 to `TUNPIPE_SPIN_US_MAX` (10000); 50 by default, on
     /// every platform. 0: never, an idle thread sleeps at once. A thread spins only while
-    /// its recent packets came close together, so sparse traffic and an idle tunnel sleep
-    /// whatever this says; in bursts and quick request-reply exchanges a spin keeps a core
+    /// its recent packets came close together and its spins paid, so sparse traffic and an
+    /// idle tunnel sleep whatever this says; in bursts and quick request-reply exchanges a spin keeps a core
     /// busy (battery) to save a sleep and a wake-up per packet (tens of µs of latency). What
     /// each setting cost where it was measured (a Linux VM, not Apple hardware): the header.
     public var spinMicroseconds: UInt32
