@@ -365,7 +365,7 @@ impl Payoff {
     const TRIAL: u32 = 256;
     const ROUND: u32 = 16;
     const FIRST_REST: u32 = 64;
-    const LONGEST_REST: u32 = 4096;
+    const LONGEST_REST: u32 = 16_384;
 
     pub(crate) fn new() -> Self {
         Payoff {
