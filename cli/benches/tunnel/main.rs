@@ -544,25 +544,25 @@ mod linux {
             println!("tunnel bench skipped: {why}");
             return;
         }
+        // `TUNPIPE_BENCH_ROUNDS=N`: the rounds of `throughput` and `paced`, for an A/B whose
+        // difference is smaller than this VM's spread.
+        let more_rounds: Option<usize> = std::env::var("TUNPIPE_BENCH_ROUNDS")
+            .ok()
+            .and_then(|n| n.parse().ok());
         let (secs, rounds, idle_secs, cycles) = if args.quick {
-            (1, 1, 2, 5)
+            (1, more_rounds.unwrap_or(1), 2, 5)
         } else {
-            (4, 3, 60, 100)
+            (4, more_rounds.unwrap_or(3), 60, 100)
         };
         let (flood_secs, flood_rounds, pings) = if args.quick {
             (1, 1, 50)
         } else {
             (10, 3, 1000)
         };
-        // `TUNPIPE_BENCH_PACED_ROUNDS=N`: more rounds, for an A/B whose difference is
-        // smaller than this VM's spread.
-        let paced_rounds = std::env::var("TUNPIPE_BENCH_PACED_ROUNDS")
-            .ok()
-            .and_then(|n| n.parse().ok());
         let (paced_secs, paced_rounds) = if args.quick {
-            (2, paced_rounds.unwrap_or(1))
+            (2, more_rounds.unwrap_or(1))
         } else {
-            (20, paced_rounds.unwrap_or(3))
+            (20, more_rounds.unwrap_or(3))
         };
         let (live_secs, live_rounds) = if args.quick { (2, 1) } else { (10, 3) };
         let started = Instant::now();
