@@ -67,7 +67,9 @@
 //! - *Spin only when it pays.* An idle actor spins briefly, yields, then parks, but spins (or
 //!   the reader re-reads) only while the gaps between its recent pieces of work predict the
 //!   next one within the spin window ([`Config::spin`]); otherwise it parks at once. A
-//!   producer rings a parked consumer's doorbell, and only then.
+//!   reader whose spins, on average, wait longer than a quarter window (more CPU than the
+//!   sleep they save) stops spinning for a while, longer each time. A producer rings a
+//!   parked consumer's doorbell, and only then.
 //! - *Bypass a sleeping writer.* A producer (a reader running the stage, a worker, the
 //!   timer) that finds the writer asleep and its own ring to it empty, and whose own cadence
 //!   says the traffic is sparse, sends up to 8 packets itself, holding the writer's send

@@ -333,29 +333,32 @@ impl Idle {
     }
 }
 
-/// Whether the reader's spins have paid lately: whether, on average, the packet a spin
-/// waited for came within a quarter of the spin window (12.5 µs at the default 50 µs; a
-/// sleep and a wake-up cost about 10 µs of CPU here, PERFORMANCE.md "Energy"). Then spinning
-/// costs no more than sleeping would have.
+/// Whether the reader's spins have paid lately: whether its spinning cost at most a quarter
+/// of the spin window per packet it found (12.5 µs at the default 50 µs; a sleep and a
+/// wake-up cost about 10 µs of CPU here, PERFORMANCE.md "Energy"). Then spinning costs no
+/// more than sleeping would have. Per packet, because a spin that ends with a batch (a
+/// saturated engine) pays for all of it.
 ///
 /// The cadence alone cannot decide this: the gaps a reader that slept measures include its
 /// own wake-up, so packets 50 µs apart (which sleeping serves for less CPU) look like one
 /// packet in flight on this VM (whose round trip is short only while the reader stays
 /// awake). Spinning tells them apart once the pipeline has settled: the first then still
 /// waits about 50 µs per packet, or catches a burst's next one at once and the one after it
-/// late, the second about 3 µs each time (reader and writer both awake). Settling takes a
-/// few dozen packets, so the first [`Payoff::TRIAL`] spins after a rest are not judged;
-/// after that, each [`Payoff::ROUND`] spins are. A round whose average spin is longer than
-/// the bound sends the reader to sleep at once for a rest of [`Payoff::FIRST_REST`] packets,
+/// late, the second about 3 µs each time (reader and writer both awake). Settling can take
+/// more than a hundred packets (a trial of 64 was too short for it in most runs), so the
+/// first [`Payoff::TRIAL`] spins (at the start, and after each rest) are not judged;
+/// after that, each [`Payoff::ROUND`] spins are. A round whose spinning per packet is longer
+/// than the bound sends the reader to sleep at once for a rest of [`Payoff::FIRST_REST`] packets,
 /// each rest after another without a paying round twice as long (up to
 /// [`Payoff::LONGEST_REST`]); then it tries again.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Payoff {
     /// Spins left before spins are judged.
     trial: u32,
-    /// The judged spins of this round, and their time.
+    /// The judged spins of this round, their time, and the packets they found.
     spins: u32,
     spent: Duration,
+    found: u32,
     /// Packets to sleep through before spinning again.
     rest: u32,
     next_rest: u32,
@@ -372,6 +375,7 @@ impl Payoff {
             trial: Self::TRIAL,
             spins: 0,
             spent: Duration::ZERO,
+            found: 0,
             rest: 0,
             next_rest: Self::FIRST_REST,
         }
@@ -382,19 +386,22 @@ impl Payoff {
         self.rest == 0
     }
 
-    /// A spin of `spun` ended (with a packet, or at the end of the window); `pays` is the
-    /// longest average spin that costs no more than sleeping.
-    pub(crate) fn spun(&mut self, spun: Duration, pays: Duration) {
+    /// A spin of `spun` ended with `found` packets (0 at the end of the window); `pays` is
+    /// the most spinning per packet that costs no more than sleeping.
+    pub(crate) fn spun(&mut self, spun: Duration, found: usize, pays: Duration) {
         if self.trial > 0 {
             self.trial -= 1;
             return;
         }
         self.spins += 1;
         self.spent += spun;
+        self.found = self
+            .found
+            .saturating_add(u32::try_from(found).unwrap_or(u32::MAX));
         if self.spins < Self::ROUND {
             return;
         }
-        if self.spent > pays * Self::ROUND {
+        if self.spent > pays.saturating_mul(self.found) {
             self.rest = self.next_rest;
             self.next_rest = (self.next_rest * 2).min(Self::LONGEST_REST);
             self.trial = Self::TRIAL;
@@ -403,6 +410,7 @@ impl Payoff {
         }
         self.spins = 0;
         self.spent = Duration::ZERO;
+        self.found = 0;
     }
 
     /// Packets came: a rest is that much shorter.
@@ -435,14 +443,14 @@ impl RetryWindow {
         }
     }
 
-    /// Packets came: they feed the cadence (and, if they ended a spin, its payoff), and the
+    /// `packets` came: they feed the cadence (and, if they ended a spin, its payoff), and the
     /// next empty device starts a new window.
     #[inline]
-    pub(crate) fn reset(&mut self) {
+    pub(crate) fn reset(&mut self, packets: usize) {
         let now = Instant::now();
         if let Some(started) = self.started {
             let spun = now.saturating_duration_since(started);
-            self.payoff.spun(spun, self.backoff.spin / 4);
+            self.payoff.spun(spun, packets, self.backoff.spin / 4);
         }
         self.payoff.packets_came();
         self.cadence.arrived(now, self.backoff.spin);
@@ -466,7 +474,8 @@ impl RetryWindow {
         let started = *self.started.get_or_insert_with(Instant::now);
         if started.elapsed() >= self.backoff.spin {
             // The window is over (no packet came): the next one starts afresh.
-            self.payoff.spun(self.backoff.spin, self.backoff.spin / 4);
+            self.payoff
+                .spun(self.backoff.spin, 0, self.backoff.spin / 4);
             self.started = None;
             self.tries = 0;
             return false;
@@ -520,6 +529,7 @@ mod tests {
         // A window of zero (`Config::spin` = 0) never stays awake.
         assert!(!c.within(Duration::ZERO));
     }
+
     #[test]
     fn spins_that_cost_more_than_sleeping_rest_the_reader_longer_each_time() {
         let us = Duration::from_micros;
@@ -527,12 +537,17 @@ mod tests {
         let mut p = Payoff::new();
         // The trial: long spins are not judged while the pipeline settles.
         for _ in 0..Payoff::TRIAL {
-            p.spun(us(50), pays);
+            p.spun(us(50), 1, pays);
         }
         assert!(p.may_spin());
         // One packet in flight, settled: spins of 3 µs, with a late one now and then.
         for i in 0..10 * Payoff::ROUND {
-            p.spun(if i % 8 == 0 { us(50) } else { us(3) }, pays);
+            p.spun(if i % 8 == 0 { us(50) } else { us(3) }, 1, pays);
+        }
+        assert!(p.may_spin());
+        // A saturated engine: each spin of 20 µs ends with a batch of 40.
+        for _ in 0..10 * Payoff::ROUND {
+            p.spun(us(20), 40, pays);
         }
         assert!(p.may_spin());
         // Packets 50 µs apart, half of them in pairs: the average spin is 25 µs.
@@ -540,7 +555,7 @@ mod tests {
         for _ in 0..4 {
             let mut i = 0;
             while p.may_spin() {
-                p.spun(if i % 2 == 0 { us(1) } else { us(49) }, pays);
+                p.spun(if i % 2 == 0 { us(1) } else { us(49) }, 1, pays);
                 i += 1;
             }
             let mut rest = 0;
@@ -553,10 +568,11 @@ mod tests {
         assert_eq!(rests, [64, 128, 256, 512]);
         // A round that pays makes the next rest short again.
         for _ in 0..Payoff::TRIAL + Payoff::ROUND {
-            p.spun(us(2), pays);
+            p.spun(us(2), 1, pays);
         }
+        // Windows that end with nothing found cost a whole window each.
         for _ in 0..Payoff::ROUND {
-            p.spun(us(50), pays);
+            p.spun(us(50), 0, pays);
         }
         let mut rest = 0;
         while !p.may_spin() {

@@ -54,7 +54,8 @@ pub(crate) struct Reader<R: RxHalf> {
 /// for each sparse packet was the largest user-space cost of a paced tunnel packet (a
 /// profile of `tunpipe wg` at 10 Mbit/s: more than the encryption). So the offer starts
 /// small, doubles while calls fill it, and after a drain that emptied the device falls back
-/// to what that drain received: a burst grows it within a drain, and a steady load keeps it.
+/// to twice what that drain received: a burst grows it within a drain, and a steady load
+/// keeps it.
 pub(crate) struct Offer {
     max: usize,
     next: usize,
@@ -83,9 +84,11 @@ impl Offer {
         self.next = (self.next * 2).min(self.max);
     }
 
-    /// A drain emptied the device after `received` packets: offer about that many next.
+    /// A drain emptied the device after `received` packets: offer twice that next, so that a
+    /// steady load's next drain empties the device in one call (an offer it fills exactly
+    /// costs another call, on a UDP socket another system call, to find it empty).
     fn ran_dry(&mut self, received: usize) {
-        self.next = received.clamp(Self::MIN.min(self.max), self.max);
+        self.next = (received * 2).clamp(Self::MIN.min(self.max), self.max);
     }
 }
 
@@ -150,7 +153,7 @@ impl<R: RxHalf> Reader<R> {
             idle.restart();
             let drained = self.drain(room);
             if !self.batch.is_empty() {
-                retry.reset();
+                retry.reset(self.batch.len());
             }
             self.dispatch(retry.expects_more());
             match drained {
@@ -386,7 +389,9 @@ mod tests {
         offer.filled();
         assert_eq!(offer.size(), 64);
         offer.ran_dry(10);
-        assert_eq!(offer.size(), 10);
+        assert_eq!(offer.size(), 20);
+        offer.ran_dry(40);
+        assert_eq!(offer.size(), 64);
         offer.ran_dry(1);
         assert_eq!(offer.size(), 4);
         let mut one = Offer::new(1);
