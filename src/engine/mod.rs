@@ -450,6 +450,12 @@ impl Engine {
             .map_err(|e| EngineError::Spawn(Arc::new(e)))
     }
 
+    /// Whether a path change that [`Engine::rebind`] started is still under way (looking up
+    /// hosts, making a socket, or waiting for a peer's answer before it moves to a fresh port).
+    pub fn rebinding(&self) -> bool {
+        self.path.running()
+    }
+
     /// Suspends the engine, for a host whose network is gone or which is going to sleep (iOS
     /// `sleep()`, or a path that is not satisfied): until [`Engine::resume`], no thread reads
     /// the TUN or the socket (the kernel keeps what comes, up to its queue's size), no timer

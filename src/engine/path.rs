@@ -77,6 +77,11 @@ impl PathChanges {
         })
     }
 
+    /// Whether a path change is under way (its thread has not finished it).
+    pub(crate) fn running(&self) -> bool {
+        self.run.lock().running
+    }
+
     /// Whether the engine has an outside device that can be rebound (and is not joined).
     pub(crate) fn can_rebind(&self) -> bool {
         self.rebinder.lock().is_some()

@@ -71,6 +71,9 @@ pub struct WireGuardStats {
     pub handshake_failures: u64,
     /// Handshake initiations sent.
     pub handshake_initiations: u64,
+    /// Handshake responses to this end's initiations: each proves the path works both ways
+    /// (what a rebind waits for).
+    pub initiations_answered: u64,
     /// Cookie replies sent: handshake messages with a valid mac1 that came while the device
     /// was under load (past its rate limit) without a valid mac2, and got a cookie instead of
     /// an answer.
@@ -226,6 +229,7 @@ impl WireGuardCounters {
         });
         WireGuardStats {
             handshakes_completed: get(&self.handshakes_completed),
+            initiations_answered: get(&self.answered_initiations),
             handshake_failures: get(&self.handshake_failures),
             handshake_initiations: get(&self.handshake_initiations),
             cookie_replies: get(&self.cookie_replies),
