@@ -349,8 +349,11 @@ typedef struct TunpipeTunnelStats {
   // Cookie replies sent: handshake messages that came while the device was past its rate
   // limit without a valid mac2, and got a cookie instead of an answer.
   uint64_t cookie_replies;
+  // Handshake responses to this end's initiations: each proves that the path to the peer
+  // works both ways (a rebind's fresh port answered, for one).
+  uint64_t initiations_answered;
   // Zero; room for counters added later.
-  uint64_t reserved[12];
+  uint64_t reserved[11];
 } TunpipeTunnelStats;
 
 // One peer's figures (`tunpipe_peer_stats`, `tunpipe_engine_peer_stats`). Set

@@ -182,8 +182,11 @@ pub struct TunpipeTunnelStats {
     /// Cookie replies sent: handshake messages that came while the device was past its rate
     /// limit without a valid mac2, and got a cookie instead of an answer.
     pub cookie_replies: u64,
+    /// Handshake responses to this end's initiations: each proves that the path to the peer
+    /// works both ways (a rebind's fresh port answered, for one).
+    pub initiations_answered: u64,
     /// Zero; room for counters added later.
-    pub reserved: [u64; 12],
+    pub reserved: [u64; 11],
 }
 
 impl Default for TunpipeTunnelStats {
@@ -214,7 +217,8 @@ impl Default for TunpipeTunnelStats {
             inbound_held: 0,
             drop_bad_mac1: 0,
             cookie_replies: 0,
-            reserved: [0; 12],
+            initiations_answered: 0,
+            reserved: [0; 11],
         }
     }
 }
@@ -456,7 +460,8 @@ impl TunpipeTunnelStats {
             drop_garbage: w.drop_garbage,
             drop_bad_mac1: w.drop_bad_mac1,
             cookie_replies: w.cookie_replies,
-            reserved: [0; 12],
+            initiations_answered: w.initiations_answered,
+            reserved: [0; 11],
         }
     }
 }

@@ -304,6 +304,8 @@ public struct TunPipeTunnelStats: Codable, Sendable {
     /// Cookie replies sent: handshake messages that came past the rate limit without a valid
     /// mac2.
     public var cookieReplies: UInt64
+    /// Handshake responses to this end's initiations: each proves the path works both ways.
+    public var initiationsAnswered: UInt64
 
     init(_ t: TunpipeTunnelStats) {
         peers = t.peers
@@ -331,6 +333,7 @@ public struct TunPipeTunnelStats: Codable, Sendable {
         inboundHeld = t.inbound_held
         dropBadMac1 = t.drop_bad_mac1
         cookieReplies = t.cookie_replies
+        initiationsAnswered = t.initiations_answered
     }
 
     static func read(_ fill: (UnsafeMutablePointer<TunpipeTunnelStats>) -> Int32) throws -> TunPipeTunnelStats {
