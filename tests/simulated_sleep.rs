@@ -1,7 +1,7 @@
-//! The tunnel's timers across a simulated sleep of 9 minutes, and boringtun's timer moments
-//! probed (tests/mock_clock): run here, by its own cargo invocation, because they need the
-//! test-only feature `mock-clock`, and cargo would give a feature asked for in this workspace
-//! to every build of the engine in it.
+//! The tunnel's timers across a simulated sleep of 9 minutes and after a quiet spell, and
+//! boringtun's timer moments probed (tests/mock_clock): run here, by its own cargo
+//! invocation, because they need the test-only feature `mock-clock`, and cargo would give a
+//! feature asked for in this workspace to every build of the engine in it.
 
 use std::process::Command;
 
@@ -20,7 +20,7 @@ fn timers_across_a_simulated_sleep() {
     assert!(output.status.success(), "tests/mock_clock failed");
     assert_eq!(
         text.matches("test result: ok. 1 passed").count(),
-        2,
-        "the sleep and the boringtun probe did not both run"
+        3,
+        "the sleep, the quiet spell and the boringtun probe did not all run"
     );
 }

@@ -1124,8 +1124,9 @@ impl Peer {
     }
 }
 
-/// Runs peer `slot`'s timers (`update_timers`) at `now`, sends what they make, and flushes
-/// what a handshake left queued.
+/// Runs peer `slot`'s timers (`update_timers`) at `now`, unless they would start a handshake
+/// not owed ([`PeerTimers::holds_timers`]); sends what they make, and the stage's own
+/// keepalives (timers module docs); and flushes what a handshake left queued.
 fn tick(
     peer: &mut Peer,
     slot: usize,
@@ -1136,33 +1137,38 @@ fn tick(
 ) {
     let awaiting = peer.timers.awaiting_response();
     let persistent_due = peer.timers.persistent_keepalive_due(now);
-    let mut idle = false;
-    match peer.tunn.update_timers(scratch) {
-        TunnResult::WriteToNetwork(message) => {
-            if message.first() == Some(&HANDSHAKE_INIT) && awaiting {
-                // The last initiation got no answer in time: this is its retry.
-                counters.handshake_failed();
+    let keepalive_owed = peer.timers.keepalive_owed(now);
+    let held = peer.timers.holds_timers(now);
+    let mut idle = held;
+    if !held {
+        peer.timers.last_tick = now;
+        match peer.tunn.update_timers(scratch) {
+            TunnResult::WriteToNetwork(message) => {
+                if message.first() == Some(&HANDSHAKE_INIT) && awaiting {
+                    // The last initiation got no answer in time: this is its retry.
+                    counters.handshake_failed();
+                }
+                send(peer, slot, message, Whose::Own, now, counters, out);
             }
-            send(peer, slot, message, Whose::Own, now, counters, out);
+            TunnResult::Done => idle = true,
+            TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                log::debug!(
+                    "wireguard peer {}: no session (expired or given up)",
+                    slot + 1
+                );
+                // `Tunn` gave up the handshake and threw away the packets that waited for it.
+                dropped(peer, counters, DropReason::NoHandshake, peer.queued as u64);
+                out.drop_held(Side::Outside, peer.queued as u64);
+                peer.queued = 0;
+            }
+            _ => {}
         }
-        TunnResult::Done => idle = true,
-        TunnResult::Err(WireGuardError::ConnectionExpired) => {
-            log::debug!(
-                "wireguard peer {}: no session (expired or given up)",
-                slot + 1
-            );
-            // `Tunn` gave up the handshake and threw away the packets that waited for it.
-            dropped(peer, counters, DropReason::NoHandshake, peer.queued as u64);
-            out.drop_held(Side::Outside, peer.queued as u64);
-            peer.queued = 0;
-        }
-        _ => {}
     }
-    if idle && persistent_due && !awaiting {
-        // The persistent keepalive is the stage's, not `Tunn`'s (made without one), so
-        // that its interval can change without a new `Tunn`, which would lose the
-        // session. It goes out as boringtun's would: when the timers sent nothing else
-        // and no handshake is under way; without a session, as a handshake.
+    // The persistent keepalive goes out as boringtun's would: when the timers sent nothing
+    // else and no handshake is under way; without a session, as a handshake. The one owed
+    // for data received needs the session that data came on.
+    let has_session = || peer.tunn.time_since_last_handshake().is_some();
+    if idle && !awaiting && (persistent_due || keepalive_owed && has_session()) {
         if let TunnResult::WriteToNetwork(message) = peer.tunn.encapsulate(&[], scratch) {
             send(peer, slot, message, Whose::Own, now, counters, out);
         }
@@ -1721,6 +1727,59 @@ mod tests {
             TunnResult::WriteToNetwork(message) => message.to_vec(),
             _ => panic!("no initiation"),
         }
+    }
+
+    #[test]
+    fn the_keepalive_owed_for_data_goes_out_when_boringtuns_timers_see_none() {
+        // A peer completes a handshake and sends data. No tick of `Tunn`'s came between (its
+        // stamps are all one), so its own timers never find the keepalive owed; the stage's,
+        // 11 s later, send it, once.
+        let (own, a, b) = (Key::generate(), Key::generate(), Key::generate());
+        let mut rig = Rig::two_peers(&own, &a, &b);
+        let mut tunn_a = peer_tunn(&a, &own, 1);
+        let (_, response) = rig.receive(&initiation(&mut tunn_a), PEER_A);
+        let mut buf = [0u8; 2048];
+        let stage_ip = Some(IpAddr::from([192, 0, 2, 100]));
+        let TunnResult::WriteToNetwork(keepalive) =
+            tunn_a.decapsulate(stage_ip, &response, &mut buf)
+        else {
+            panic!("the handshake did not complete");
+        };
+        let keepalive = keepalive.to_vec();
+        assert_eq!(rig.receive(&keepalive, PEER_A).0, Action::Consume);
+        let ipv4_udp = [
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 1, 0, 1, 10, 0, 0, 2, 0, 1, 0, 2, 0, 8,
+            0, 0,
+        ];
+        let TunnResult::WriteToNetwork(data) = tunn_a.encapsulate(&ipv4_udp, &mut buf) else {
+            panic!("no data message");
+        };
+        let data = data.to_vec();
+        rig.receive(&data, PEER_A);
+        assert_eq!(rig.stage.counters.snapshot().rx_packets, 1);
+
+        let tick_at = |rig: &mut Rig, at: clock::Instant| {
+            rig.emitted.clear();
+            rig.with_emitter(|stage, out| {
+                let table = stage.table.load();
+                let mut peer = table.cell(0).unwrap().peer.lock();
+                let mut scratch = vec![0; SCRATCH];
+                tick(&mut peer, 0, &mut scratch, at, &stage.counters, out);
+            });
+            rig.emitted
+                .iter()
+                .map(|p| p.data().to_vec())
+                .collect::<Vec<_>>()
+        };
+        let later = clock::Instant::now() + Duration::from_secs(11);
+        let sent = tick_at(&mut rig, later);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!((sent[0][0], sent[0].len()), (DATA, OVERHEAD));
+        assert!(matches!(
+            tunn_a.decapsulate(stage_ip, &sent[0], &mut buf),
+            TunnResult::Done
+        ));
+        assert!(tick_at(&mut rig, later + Duration::from_secs(1)).is_empty());
     }
 
     #[test]

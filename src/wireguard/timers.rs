@@ -18,10 +18,20 @@
 //! The handshake owed for silence counts from the first data sent since the peer was last
 //! heard, as the whitepaper and wireguard-go count it. boringtun's condition counts from the
 //! last packet heard, so after any quiet spell longer than 15 s (an idle minute, a suspended
-//! engine) the first packet sent would renegotiate at the next tick, although the session is
-//! young and the answer is a round trip away. Counted from the send, the answer comes first,
-//! and boringtun then finds nothing to do: its condition needs the last data sent to be later
-//! than the last packet heard.
+//! engine) the first packet sent would renegotiate at boringtun's next tick, although the
+//! session is young and the answer is a round trip away. So while that answer is awaited
+//! ([`PeerTimers::holds_timers`]), `update_timers` does not run at all: not for a stale clock
+//! (a round trip longer than [`TICK`]), nor for another timer (one that came due at a resume,
+//! racing the first packet out). The answer is then stamped with the same tick as the data
+//! sent, and boringtun's condition, which needs the last data sent to be later than the last
+//! packet heard, finds nothing to do. Unanswered, the handshake comes at our moment.
+//!
+//! Two keepalives are the stage's own, sent when `update_timers` sent nothing (or did not
+//! run): the persistent one (so that its interval can change without a new `Tunn`), and the
+//! one owed for data received ([`PeerTimers::keepalive_owed`]). boringtun stamps events with
+//! its last tick, so data that comes within one tick of the packet it answers looks no later
+//! than it, and boringtun owes nothing for it; a peer that then hears nothing for 15 s starts
+//! a handshake.
 //!
 //! The derived moments are never earlier than boringtun's own: it stamps events with the time
 //! of its last tick, which is never later than ours, and an initiation with its clock when it
@@ -59,6 +69,8 @@ pub(crate) struct PeerTimers {
     pub last_tick: Instant,
     last_sent: Instant,
     last_received: Instant,
+    /// When `Tunn` thinks it last heard the peer: it stamps an event with its last tick.
+    heard_stamp: Instant,
     /// Data (not a keepalive or a handshake message) last came in.
     last_data_received: Option<Instant>,
     /// The first data sent since the peer was last heard: the silence handshake counts
@@ -79,6 +91,7 @@ impl PeerTimers {
             last_tick: now,
             last_sent: now,
             last_received: now,
+            heard_stamp: now,
             last_data_received: None,
             unanswered_since: None,
             persistent_keepalive,
@@ -117,6 +130,7 @@ impl PeerTimers {
     /// that timer, if armed, stays armed: module docs.)
     pub(crate) fn received(&mut self, now: Instant) {
         self.last_received = now;
+        self.heard_stamp = self.last_tick;
         self.unanswered_since = None;
     }
 
@@ -161,14 +175,15 @@ impl PeerTimers {
         ];
     }
 
-    /// The timers ran (`update_timers`): every timer due at `now` (read before the call) has
-    /// fired, and the persistent keepalive, if it was due, starts its next interval from
-    /// `ran` (read after the call). boringtun counts that interval from its own clock at the
-    /// call; counted from `now`, which may be earlier (many peers run on one reading), our
-    /// next deadline could come before boringtun's, find it not due, and so slip a whole
-    /// interval.
+    /// The timers ran at `now` (read before the call): every timer due then has fired (in
+    /// `update_timers`, or by the stage: its keepalives, or nothing while
+    /// [`PeerTimers::holds_timers`]), and the persistent keepalive, if it was due, starts its
+    /// next interval from `ran` (read after the call). boringtun counts that interval from its
+    /// own clock at the call; counted from `now`, which may be earlier (many peers run on one
+    /// reading), our next deadline could come before boringtun's, find it not due, and so slip
+    /// a whole interval. (Whether `Tunn`'s clock moved is the caller's to record, in
+    /// `last_tick`.)
     pub(crate) fn ticked(&mut self, now: Instant, ran: Instant) {
-        self.last_tick = now;
         let due = |t: &mut Option<Instant>| {
             if t.is_some_and(|t| t <= now) {
                 *t = None;
@@ -214,6 +229,25 @@ impl PeerTimers {
     /// its deadline).
     pub(crate) fn owes_keepalive(&self) -> bool {
         self.keepalive_at().is_some()
+    }
+
+    /// True when the keepalive owed for data received is due at `now` (module docs: the
+    /// stage sends it when `update_timers` does not).
+    pub(crate) fn keepalive_owed(&self, now: Instant) -> bool {
+        self.keepalive_at().is_some_and(|at| at <= now)
+    }
+
+    /// True while `update_timers` would start a handshake that is not owed (module docs):
+    /// data went out after `Tunn` last heard the peer, the silence since then is (within a
+    /// tick) long enough for boringtun's condition, and neither an answer nor our moment for
+    /// that handshake has come. Not while a timer that starts a handshake anyway is due, or
+    /// one is under way (boringtun then does not look at the silence).
+    pub(crate) fn holds_timers(&self, now: Instant) -> bool {
+        let silence = KEEPALIVE_TIMEOUT + REKEY_TIMEOUT;
+        let misjudged = self.unanswered_since.is_some_and(|since| {
+            now < since + silence + SLACK && now + TICK >= self.heard_stamp + silence
+        });
+        misjudged && self.retry.is_none() && !self.session.iter().flatten().any(|&t| t <= now)
     }
 
     /// True while an initiation of ours waits for its response.
@@ -370,6 +404,74 @@ mod tests {
         // Answered: nothing is owed any more.
         t.received(sent + secs(1));
         assert_eq!(t.silence_handshake_at(), None);
+    }
+
+    #[test]
+    fn after_a_quiet_spell_the_timers_hold_until_the_answer_or_the_moment_counted_from_the_send() {
+        let t0 = Instant::now();
+        let mut t = PeerTimers::new(t0, None);
+        t.session_established(t0, false);
+        // A quiet minute, then the timers run (a stale clock) and data goes out.
+        let sent = t0 + secs(60);
+        t.last_tick = sent;
+        t.data_sent(sent);
+        // boringtun would renegotiate at any tick now, until the answer comes.
+        assert!(t.holds_timers(sent + Duration::from_millis(300)));
+        let ours = t.silence_handshake_at().unwrap();
+        assert!(t.holds_timers(ours.earlier(SLACK * 2)));
+        assert!(!t.holds_timers(ours), "unanswered, the handshake is owed");
+        // Answered: `Tunn` stamps the answer with the tick before the send, no later than it
+        // stamped the send, and finds nothing to do.
+        t.received(sent + secs(1));
+        assert!(!t.holds_timers(sent + secs(1)));
+        // The next unanswered data is judged from that stamp (a tick to spare).
+        let next = sent + secs(10);
+        t.data_sent(next);
+        assert!(!t.holds_timers(next + secs(4)));
+        assert!(t.holds_timers((sent + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT).earlier(TICK)));
+    }
+
+    #[test]
+    fn data_soon_after_the_peer_was_heard_holds_nothing() {
+        let t0 = Instant::now();
+        let mut t = PeerTimers::new(t0, None);
+        t.session_established(t0, false);
+        t.last_tick = t0 + secs(1);
+        t.data_received(t0 + secs(1));
+        t.data_sent(t0 + secs(2));
+        // Unanswered, boringtun's moment (from the last packet heard) comes a second before
+        // ours (from the send): the timers hold for that second (and a tick), not before.
+        assert!(!t.holds_timers(t0 + secs(3)));
+        assert!(!t.holds_timers(t0 + secs(15)));
+        assert!(t.holds_timers(t0 + secs(16)));
+        assert!(!t.holds_timers(t0 + secs(17) + SLACK));
+    }
+
+    #[test]
+    fn a_due_rekey_or_a_handshake_under_way_is_not_held() {
+        let t0 = Instant::now();
+        let mut t = PeerTimers::new(t0, None);
+        t.session_established(t0, true);
+        let sent = t0 + secs(110);
+        t.last_tick = sent;
+        t.data_sent(sent);
+        assert!(t.holds_timers(sent + secs(1)));
+        // The session is 120 s old: the initiator renegotiates anyway.
+        assert!(!t.holds_timers(t0 + REKEY_AFTER_TIME + SLACK));
+        t.initiation_sent(sent + secs(2));
+        assert!(!t.holds_timers(sent + secs(3)));
+    }
+
+    #[test]
+    fn the_keepalive_owed_for_data_is_due_ten_seconds_after_the_last_packet_out() {
+        let t0 = Instant::now();
+        let mut t = PeerTimers::new(t0, None);
+        t.sent(t0 + secs(1));
+        t.data_received(t0 + secs(1));
+        assert!(!t.keepalive_owed(t0 + secs(10)));
+        assert!(t.keepalive_owed(t0 + secs(11) + SLACK));
+        t.sent(t0 + secs(12));
+        assert!(!t.keepalive_owed(t0 + secs(30)));
     }
 
     #[test]
