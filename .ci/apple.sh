@@ -59,10 +59,11 @@ for t in aarch64-apple-ios-sim aarch64-apple-tvos; do
     cargo check --quiet --workspace --lib -Zbuild-std=std,panic_abort --target "$t"
 done
 
-# A staticlib needs no linker, but tun-rs asks for a cdylib of itself, which does: point
-# that link at /bin/true (the .dylib is not shipped; the .a is).
-timed "build --release --lib aarch64-apple-ios" env CARGO_TARGET_AARCH64_APPLE_IOS_LINKER=/bin/true \
-  cargo build --quiet --release --workspace --lib --target aarch64-apple-ios
+# The archive as hosts get it: its crate type alone, so that LTO runs (ffi/Cargo.toml). A
+# staticlib needs no linker, but tun-rs asks for a cdylib of itself, which does: point that
+# link at /bin/true (the .dylib is not shipped; the .a is).
+timed "the archive, aarch64-apple-ios" env CARGO_TARGET_AARCH64_APPLE_IOS_LINKER=/bin/true \
+  cargo rustc --quiet --release -p tunpipe-ffi --lib --crate-type staticlib --target aarch64-apple-ios
 
 archive="${target_dir}/aarch64-apple-ios/release/libtunpipe_ffi.a"
 echo "== apple: exported C ABI in $archive"

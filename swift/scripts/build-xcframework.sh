@@ -26,10 +26,13 @@ export TVOS_DEPLOYMENT_TARGET=17.0
 export MACOSX_DEPLOYMENT_TARGET=12.0
 
 rustup target add "${tier2[@]}"
-build() { (cd "$root" && cargo build --release -p tunpipe-ffi --lib --target "$1"); }
+# The archive alone (--crate-type staticlib), so that the release profile's LTO runs
+# (ffi/Cargo.toml).
+archive=(rustc --release -p tunpipe-ffi --lib --crate-type staticlib)
+build() { (cd "$root" && cargo "${archive[@]}" --target "$1"); }
 build_std() {
   rustup component add rust-src
-  (cd "$root" && RUSTC_BOOTSTRAP=1 cargo build --release -p tunpipe-ffi --lib -Zbuild-std=std,panic_abort --target "$1")
+  (cd "$root" && RUSTC_BOOTSTRAP=1 cargo "${archive[@]}" -Zbuild-std=std,panic_abort --target "$1")
 }
 for t in "${tier2[@]}"; do build "$t"; done
 if [ -z "${SKIP_TVOS:-}" ]; then for t in "${tier3[@]}"; do build_std "$t"; done; fi
