@@ -51,9 +51,9 @@ pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
 /// A session's keys are no longer used past this age.
 pub(crate) const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
-/// How stale `Tunn`'s clock may be before a packet is processed: its clock moves only in
-/// `update_timers`, which stamps the events it records (and resets its rate limiter). This is
-/// boringtun's own device's tick.
+/// How stale `Tunn`'s clock may be before a packet is processed (unless
+/// [`PeerTimers::holds_timers`]): it moves only in `update_timers`, and `Tunn` stamps the
+/// events it records with it. This is boringtun's own device's tick.
 pub(crate) const TICK: Duration = Duration::from_millis(250);
 /// boringtun's timers compare whole durations: a deadline is taken this much after the
 /// moment, so that the comparison has surely turned.
