@@ -36,6 +36,7 @@ mod imp;
 #[cfg(any(test, target_vendor = "apple"))]
 pub(crate) mod batch;
 pub(crate) mod net;
+#[cfg(feature = "wireguard")]
 pub(crate) mod resolve;
 
 /// Many packets per call on a utun (Apple: `recvmsg_x`/`sendmsg_x` where found).
