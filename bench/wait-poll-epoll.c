@@ -1,8 +1,9 @@
 /* What a reader's wait costs, by kind. A sender paces 1200-byte UDP datagrams over loopback;
  * the waiting thread wakes, drains the socket and waits again; its CPU time
  * (CLOCK_THREAD_CPUTIME_ID) is divided by the datagrams. The kinds alternate round by round:
- *   poll3   poll(2) on three descriptors (the socket and two wake pipes, as tunpipe's readers
- *           wait), then receives until the socket is empty (the last receive finds nothing);
+ *   poll3   poll(2) on three descriptors (the socket and two wake pipes, as tunpipe's UDP
+ *           reader waits; its TUN reader polls two), then receives until the socket is empty
+ *           (the last receive finds nothing);
  *   epoll   epoll_wait(2) on a set holding the same three, then the same receives;
  *   block   a blocking recv(2), as the seed loop waits: no wake pipe, so nothing but a signal
  *           or a datagram could end it (the sender ends it with one);
